@@ -1,0 +1,120 @@
+"""The data types that flow through m3embed: one sparse form, one output bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from scipy import sparse as sp
+
+MODES = ("dense", "sparse", "colbert")
+
+
+class SparseVector(NamedTuple):
+    """Lexical weights of one text: token ids (int32, sorted, unique) and their weights (float32, > 0)."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+
+    def to_flag(self) -> dict[str, float]:
+        """FlagEmbedding's `lexical_weights` form: `{str(token_id): weight}`."""
+        return {str(int(i)): float(w) for i, w in zip(self.ids, self.weights)}
+
+    @classmethod
+    def from_flag(cls, weights: dict[str, float]) -> SparseVector:
+        ids = np.array([int(k) for k in weights], dtype=np.int32)
+        vals = np.array([float(v) for v in weights.values()], dtype=np.float32)
+        order = np.argsort(ids, kind="stable")
+        keep = vals[order] > 0
+        return cls(ids[order][keep], vals[order][keep])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class M3Output:
+    """What one encoder pass returns for n texts, in input order.
+
+    Attributes:
+        dense: (n, h) float32, L2-normalised; None if not requested.
+        sparse: csr_array (n, vocab) float32 of max-pooled lexical weights; None if not requested.
+        colbert: n arrays of shape (n_tokens - 1, h) float32, each row L2-normalised; None if not requested.
+        n_tokens: (n,) int64, tokens per text after truncation (special tokens included).
+    """
+
+    dense: np.ndarray | None = None
+    sparse: sp.csr_array | None = None
+    colbert: list[np.ndarray] | None = None
+    n_tokens: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        for part in (self.dense, self.colbert, self.n_tokens):
+            if part is not None:
+                return len(part)
+        return self.sparse.shape[0] if self.sparse is not None else 0
+
+    def sparse_vector(self, i: int) -> SparseVector:
+        """Row i of `sparse` as a SparseVector."""
+        if self.sparse is None:
+            raise ValueError("sparse output was not requested; encode with modes including 'sparse'")
+        start, end = self.sparse.indptr[i], self.sparse.indptr[i + 1]
+        return SparseVector(
+            self.sparse.indices[start:end].astype(np.int32), self.sparse.data[start:end].astype(np.float32)
+        )
+
+    def sparse_vectors(self) -> list[SparseVector]:
+        return [self.sparse_vector(i) for i in range(len(self))]
+
+    @property
+    def lexical_weights(self) -> list[dict[str, float]]:
+        """FlagEmbedding-compatible view: one `{str(token_id): weight}` dict per text."""
+        return [v.to_flag() for v in self.sparse_vectors()]
+
+    def colbert_flat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Compact storage form: all colbert rows stacked (N, h) and offsets (n + 1,) int64."""
+        if self.colbert is None:
+            raise ValueError("colbert output was not requested; encode with modes including 'colbert'")
+        offsets = np.zeros(len(self.colbert) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(c) for c in self.colbert])
+        dim = self.colbert[0].shape[1] if self.colbert else 0
+        flat = np.concatenate(self.colbert) if self.colbert else np.zeros((0, dim), np.float32)
+        return flat, offsets
+
+    @staticmethod
+    def colbert_from_flat(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+        return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+    def select(self, idx: Sequence[int] | np.ndarray) -> M3Output:
+        """The outputs of the texts at positions `idx`, in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return M3Output(
+            dense=None if self.dense is None else self.dense[idx],
+            sparse=None if self.sparse is None else self.sparse[idx],
+            colbert=None if self.colbert is None else [self.colbert[i] for i in idx],
+            n_tokens=None if self.n_tokens is None else self.n_tokens[idx],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[M3Output]) -> M3Output:
+        """Join outputs of consecutive chunks (all parts must hold the same modes)."""
+        if not parts:
+            return M3Output()
+        first = parts[0]
+        return M3Output(
+            dense=None if first.dense is None else np.concatenate([p.dense for p in parts]),
+            sparse=None if first.sparse is None else sp.vstack([p.sparse for p in parts], format="csr"),
+            colbert=None if first.colbert is None else [c for p in parts for c in p.colbert],
+            n_tokens=None if first.n_tokens is None else np.concatenate([p.n_tokens for p in parts]),
+        )
+
+
+def check_modes(modes: Sequence[str] | str) -> tuple[str, ...]:
+    """Normalise a mode selection to a tuple in canonical order; raise on unknown names."""
+    if isinstance(modes, str):
+        modes = [m.strip() for m in modes.replace("+", ",").split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {bad or modes!r}; choose from {', '.join(MODES)}")
+    return tuple(m for m in MODES if m in modes)
