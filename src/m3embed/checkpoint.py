@@ -1,0 +1,122 @@
+"""The BGE-M3 checkpoint directory: where it is, what it must hold, and our small config file.
+
+Layout (BAAI/bge-m3 and every checkpoint fine-tuned from it):
+    config.json                         Hugging Face encoder config (XLM-R or BERT)
+    model.safetensors | pytorch_model.bin (or a sharded index of either)
+    tokenizer files                     tokenizer.json, sentencepiece.bpe.model or vocab.txt
+    colbert_linear.pt                   state dict of nn.Linear(hidden, hidden)
+    sparse_linear.pt                    state dict of nn.Linear(hidden, 1)
+    m3embed.json                        ours, optional: {"pooling": "cls" | "mean"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+HEAD_FILES = {"colbert": "colbert_linear.pt", "sparse": "sparse_linear.pt"}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.model")
+CONFIG_FILE = "m3embed.json"
+POOLINGS = ("cls", "mean")
+
+
+@dataclass
+class M3Config:
+    """m3embed's own settings stored beside a checkpoint."""
+
+    pooling: str = "cls"  # the paper's dense pooling; MiniLM-style backbones use "mean"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+
+    def save(self, directory: Path) -> None:
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint directory for a path or a Hugging Face hub id (downloaded on first use)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path} is a file; a checkpoint is a directory holding config.json")
+        return path
+    text = str(name_or_path)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):  # not an "owner/name" hub id
+        raise FileNotFoundError(f"checkpoint directory {text} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, revision=revision,
+                                      ignore_patterns=["flax_model.msgpack", "rust_model.ot", "tf_model.h5", "onnx/*"]))
+    except Exception as e:  # the hub client raises many types; say what failed and how to fix it
+        raise FileNotFoundError(
+            f"{text} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(e).__name__}: {e}); pass a local checkpoint directory instead"
+        ) from e
+
+
+def check_layout(directory: Path, modes: Sequence[str]) -> None:
+    """Raise FileNotFoundError naming every file the requested modes need but the directory lacks."""
+    missing = []
+    if not (directory / "config.json").is_file():
+        missing.append("config.json")
+    if not any((directory / f).is_file() for f in WEIGHT_FILES):
+        missing.append("model weights (model.safetensors or pytorch_model.bin)")
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json, sentencepiece.bpe.model or vocab.txt)")
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a model checkpoint: missing {', '.join(missing)}")
+    for mode in modes:
+        if mode in HEAD_FILES and not (directory / HEAD_FILES[mode]).is_file():
+            need = [m for m in modes if m != mode]
+            hint = f"request only modes={tuple(need)!r}" if need else "request modes=('dense',)"
+            raise FileNotFoundError(
+                f"{directory / HEAD_FILES[mode]} is missing, so the {mode} output cannot be computed; {hint}"
+            )
+
+
+def read_config(directory: Path) -> M3Config:
+    """m3embed.json if present; else the sentence-transformers pooling config; else CLS pooling."""
+    ours = directory / CONFIG_FILE
+    if ours.is_file():
+        try:
+            return M3Config(**json.loads(ours.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{ours} is not a valid m3embed config: {e}") from e
+    st_pooling = directory / "1_Pooling" / "config.json"
+    if st_pooling.is_file():
+        cfg = json.loads(st_pooling.read_text())
+        if cfg.get("pooling_mode_mean_tokens") and not cfg.get("pooling_mode_cls_token"):
+            return M3Config(pooling="mean")
+    return M3Config()
+
+
+def load_head(path: Path, in_features: int, out_features: int) -> torch.nn.Linear:
+    """Load an nn.Linear head saved as a state dict, checking keys and shapes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable torch state dict: {e}") from e
+    if not isinstance(state, dict) or set(state) != {"weight", "bias"}:
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} must hold the keys 'weight' and 'bias' of nn.Linear, found {keys}")
+    if tuple(state["weight"].shape) != (out_features, in_features):
+        raise ValueError(
+            f"{path}: weight shape {tuple(state['weight'].shape)} does not fit this backbone, "
+            f"expected {(out_features, in_features)}"
+        )
+    head = torch.nn.Linear(in_features, out_features)
+    head.load_state_dict({k: v.float() for k, v in state.items()})
+    return head
+
+
+def save_head(head: torch.nn.Linear, path: Path) -> None:
+    torch.save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, path)

@@ -1,0 +1,135 @@
+"""Batched inference: texts → token-budget batches → one forward pass each → an M3Output in input order."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from scipy import sparse as sp
+
+from m3embed.tokenize import budget_batches, check_texts, insert_cls, pad, tokenize
+from m3embed.types import M3Output, check_modes
+
+if TYPE_CHECKING:
+    from m3embed.model import M3Model
+
+MCLS_EVERY = 256  # the paper's interval between inserted CLS tokens (Appendix B.2)
+AUTO_PROGRESS_TOKENS = 200_000  # show a progress bar by default above this many tokens
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per forward pass: small on CPU (cache-friendly), large on GPU."""
+    return 32_768 if device.type == "cuda" else 8_192
+
+
+def encode(model: M3Model, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
+           max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
+           mcls: bool | int = False, progress: bool | None = None) -> M3Output:
+    """Encode texts with one forward pass per batch, computing only the requested modes.
+
+    Args:
+        model: the M3Model.
+        texts: a str or a sequence of str (anything else raises TypeError naming its index).
+        modes: any of "dense", "sparse", "colbert" (or "dense+sparse" style strings).
+        max_length: truncation length in tokens, specials included; default the model's own limit.
+        batch_tokens: budget of padded tokens per forward pass (texts are sorted longest first).
+        max_batch_size: cap on texts per forward pass.
+        mcls: multiple-CLS dense pooling for long texts (paper §3.4): True inserts a CLS every 256 tokens,
+            an int sets the interval; the dense output is the mean of all CLS states.
+        progress: show a progress bar; None shows one only for long runs.
+    """
+    modes = check_modes(modes)
+    texts = check_texts(texts)
+    max_length = model.max_length if max_length is None else int(max_length)
+    if max_length > model.max_length:
+        raise ValueError(f"max_length={max_length} exceeds this model's position limit of {model.max_length} tokens")
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
+    for mode in modes:
+        if mode != "dense":
+            model._head(mode)
+    every = (MCLS_EVERY if mcls is True else int(mcls)) if mcls else 0
+
+    ids = tokenize(model.tokenizer, texts, max_length)
+    cls_positions: list[list[int]] | None = None
+    if every:
+        pairs = [insert_cls(x, model.tokenizer.cls_token_id, every, max_length) for x in ids]
+        ids, cls_positions = [p[0] for p in pairs], [p[1] for p in pairs]
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    device = model.device
+    batches = budget_batches(lengths, batch_tokens or default_batch_tokens(device), max_batch_size)
+
+    n, h = len(texts), model.hidden_size
+    dense = np.zeros((n, h), dtype=np.float32) if "dense" in modes else None
+    colbert: list[np.ndarray] | None = [None] * n if "colbert" in modes else None  # type: ignore[list-item]
+    lexical: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    special = torch.tensor(model.special_ids, dtype=torch.long)
+    show = progress if progress is not None else int(lengths.sum()) >= AUTO_PROGRESS_TOKENS
+
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _progress(show, int(lengths.sum())) as bar:
+        for batch in batches:
+            input_ids, mask = pad([ids[i] for i in batch], model.tokenizer.pad_token_id)
+            positions = None
+            if cls_positions is not None:
+                k = max(len(cls_positions[i]) for i in batch)
+                positions = torch.tensor([cls_positions[i] + [-1] * (k - len(cls_positions[i])) for i in batch])
+                positions = positions.to(device)
+            out = model(input_ids.to(device), mask.to(device), modes, positions)
+            if dense is not None:
+                dense[batch] = out["dense"].cpu().numpy()
+            if "sparse" in modes:
+                w = out["token_weights"].cpu()  # (B, T)
+                keep = (w > 0) & ~torch.isin(input_ids, special)
+                rows, cols = keep.nonzero(as_tuple=True)
+                lexical.append((batch[rows.numpy()], input_ids[rows, cols].numpy(), w[rows, cols].numpy()))
+            if colbert is not None:
+                vecs = out["colbert"].cpu().numpy()  # (B, T-1, H)
+                for j, i in enumerate(batch):
+                    rows_i = vecs[j, : lengths[i] - 1]
+                    if cls_positions is not None and len(cls_positions[i]) > 1:  # drop inserted CLS rows
+                        rows_i = np.delete(rows_i, np.array(cls_positions[i][1:]) - 1, axis=0)
+                    colbert[i] = np.ascontiguousarray(rows_i, dtype=np.float32)
+            if bar is not None:
+                bar[0].advance(bar[1], int(lengths[batch].sum()))
+    model.train(was_training)
+
+    n_tokens = lengths if cls_positions is None else lengths - np.array([len(p) - 1 for p in cls_positions])
+    return M3Output(dense=dense, sparse=_max_pool(lexical, n, model.vocab_size) if "sparse" in modes else None,
+                    colbert=colbert, n_tokens=n_tokens)
+
+
+def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vocab: int) -> sp.csr_array:
+    """(text, token id, weight) triples → csr_array (n, vocab) holding the max weight per (text, id)."""
+    if not parts:
+        return sp.csr_array((n, vocab), dtype=np.float32)
+    rows, ids, w = (np.concatenate(p) for p in zip(*parts))
+    keys = rows.astype(np.int64) * vocab + ids
+    order = np.lexsort((-w, keys))  # by key, largest weight first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = keys[order][1:] != keys[order][:-1]
+    sel = order[first]
+    out = sp.csr_array((w[sel].astype(np.float32), (rows[sel], ids[sel])), shape=(n, vocab))
+    out.sort_indices()
+    return out
+
+
+def _progress(show: bool, total: int):
+    if not show:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class _Bar:
+        def __enter__(self):
+            self.p = Progress(TextColumn("encoding tokens"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), transient=False)
+            self.p.__enter__()
+            return self.p, self.p.add_task("encode", total=total)
+
+        def __exit__(self, *exc):
+            return self.p.__exit__(*exc)
+
+    return _Bar()

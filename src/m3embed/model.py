@@ -1,0 +1,244 @@
+"""M3Model: a Hugging Face encoder with BGE-M3's dense pooling, sparse head and ColBERT head."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m3embed import checkpoint
+from m3embed.types import MODES, M3Output, check_modes
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+class M3Model(nn.Module):
+    """One encoder pass → dense, sparse (lexical) and ColBERT representations.
+
+    Build it with `M3Model.from_pretrained(...)`. `forward` is the differentiable training view (torch);
+    `encode`, `encode_queries`, `encode_corpus` and `compute_score` are the inference API (numpy).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer, colbert_linear: nn.Linear | None,
+                 sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "") -> None:
+        super().__init__()
+        if pooling not in checkpoint.POOLINGS:
+            raise ValueError(f"pooling must be one of {checkpoint.POOLINGS}, got {pooling!r}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.colbert_linear = colbert_linear
+        self.sparse_linear = sparse_linear
+        self.pooling = pooling
+        self.name = name
+        cfg = backbone.config
+        self.hidden_size: int = cfg.hidden_size
+        self.vocab_size: int = cfg.vocab_size
+        # XLM-R positions start after the padding index: 8194 embeddings leave 8192 usable tokens
+        offset = cfg.pad_token_id + 1 if cfg.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+        self.max_length: int = cfg.max_position_embeddings - offset
+        self.query_max_length: int = self.max_length
+        self.passage_max_length: int = self.max_length
+        # dropped from lexical weights, as FlagEmbedding does: cls, eos, pad and unk where the tokenizer has them
+        self.special_ids: tuple[int, ...] = tuple(sorted({
+            i for i in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                        tokenizer.unk_token_id) if i is not None
+        }))
+
+    # ---- loading and saving ----
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str = torch.float32, modes: Sequence[str] | str = MODES,
+                        pooling: str | None = None, new_heads: bool = False, revision: str | None = None,
+                        ) -> M3Model:
+        """Load a checkpoint in the BGE-M3 layout from a local directory or a hub id.
+
+        Args:
+            name_or_path: local directory, or a hub id such as "BAAI/bge-m3".
+            device: "cpu", "cuda", "cuda:1"...; None picks cuda when available.
+            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU) or float16 (GPU only).
+            modes: the outputs this model must be able to produce; a head file they need must exist.
+            pooling: override the dense pooling ("cls" or "mean") recorded beside the checkpoint.
+            new_heads: create missing heads with random weights (to fine-tune a plain encoder into M3).
+        """
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        modes = check_modes(modes)
+        directory = checkpoint.resolve(name_or_path, revision)
+        checkpoint.check_layout(directory, () if new_heads else modes)
+        dtype = _dtype(dtype)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype == torch.float16 and device.type == "cpu":
+            raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
+        config = checkpoint.read_config(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the unused pooler weights are expected; don't report them
+        try:
+            backbone = AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        hidden = backbone.config.hidden_size
+        heads = {}
+        for mode, (file, out_features) in {"colbert": (checkpoint.HEAD_FILES["colbert"], hidden),
+                                          "sparse": (checkpoint.HEAD_FILES["sparse"], 1)}.items():
+            path = directory / file
+            if path.is_file():
+                heads[mode] = checkpoint.load_head(path, hidden, out_features)
+            elif new_heads:
+                heads[mode] = nn.Linear(hidden, out_features)
+            else:
+                heads[mode] = None
+        model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"],
+                    pooling=pooling or config.pooling, name=str(name_or_path))
+        return model.to(device).eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the official layout (weights, tokenizer, head .pt files) plus m3embed.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
+            if head is not None:
+                checkpoint.save_head(head, directory / checkpoint.HEAD_FILES[mode])
+        checkpoint.M3Config(pooling=self.pooling).save(directory)
+        return directory
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of what shapes the outputs: 16 hex digits of sha256 over the backbone config and head weights."""
+        config = {k: v for k, v in self.backbone.config.to_dict().items()
+                  if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        digest.update(self.pooling.encode())
+        for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
+            digest.update(mode.encode())
+            if head is not None:
+                for t in (head.weight, head.bias):
+                    digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    def available_modes(self) -> tuple[str, ...]:
+        return tuple(m for m in MODES if m == "dense" or self._head(m, required=False) is not None)
+
+    def _head(self, mode: str, required: bool = True) -> nn.Linear | None:
+        head = self.colbert_linear if mode == "colbert" else self.sparse_linear
+        if head is None and required:
+            raise ValueError(f"this model has no {mode} head ({checkpoint.HEAD_FILES[mode]} was not loaded); "
+                             f"request modes={tuple(m for m in self.available_modes())!r}")
+        return head
+
+    # ---- the forward pass ----
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str] = MODES,
+                cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Differentiable outputs for a padded batch.
+
+        Args:
+            input_ids, attention_mask: (B, T) right-padded.
+            modes: any of "dense", "sparse", "colbert".
+            cls_positions: (B, K) positions of CLS tokens to average for the dense output (MCLS), -1 = none.
+
+        Returns:
+            "dense": (B, h) L2-normalised; "token_weights": (B, T) relu(sparse_linear(H)), 0 on padding;
+            "colbert": (B, T-1, h) L2-normalised colbert_linear(H[:, 1:]), zero rows on padding.
+        """
+        for mode in modes:
+            if mode != "dense":
+                self._head(mode)
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        h = h.float()  # heads and pooling run in float32 whatever the backbone dtype
+        mask = attention_mask.to(h.dtype)  # (B, T)
+        out: dict[str, torch.Tensor] = {}
+        if "dense" in modes:
+            out["dense"] = F.normalize(self._pool(h, mask, cls_positions), dim=-1)  # (B, H)
+        if "sparse" in modes:
+            out["token_weights"] = torch.relu(self.sparse_linear(h)).squeeze(-1) * mask  # (B, T)
+        if "colbert" in modes:
+            c = self.colbert_linear(h[:, 1:]) * mask[:, 1:, None]  # (B, T-1, H)
+            out["colbert"] = F.normalize(c, dim=-1)
+        return out
+
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor, cls_positions: torch.Tensor | None) -> torch.Tensor:
+        if cls_positions is not None:  # MCLS: mean of the CLS states
+            valid = (cls_positions >= 0).to(h.dtype)  # (B, K)
+            states = torch.gather(h, 1, cls_positions.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))
+            return (states * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        if self.pooling == "cls":
+            return h[:, 0]
+        return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+    def sparse_embedding(self, input_ids: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+        """(B, vocab) lexical vectors: max weight per token id, special ids zeroed (differentiable)."""
+        emb = token_weights.new_zeros(input_ids.shape[0], self.vocab_size)
+        emb = emb.scatter_reduce(1, input_ids, token_weights, reduce="amax", include_self=True)
+        keep = torch.ones(self.vocab_size, dtype=emb.dtype, device=emb.device)
+        keep[list(self.special_ids)] = 0
+        return emb * keep
+
+    # ---- inference API (numpy); implemented in encode.py ----
+
+    def encode(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), **kwargs) -> M3Output:
+        """Encode texts into an M3Output (input order kept). See `m3embed.encode.encode` for the options."""
+        from m3embed.encode import encode
+
+        return encode(self, texts, modes=modes, **kwargs)
+
+    def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",),
+                       **kwargs) -> M3Output:
+        """`encode` with the query max length (`self.query_max_length` unless max_length is given)."""
+        kwargs.setdefault("max_length", self.query_max_length)
+        return self.encode(texts, modes=modes, **kwargs)
+
+    def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",),
+                      **kwargs) -> M3Output:
+        """`encode` with the passage max length (`self.passage_max_length` unless max_length is given)."""
+        kwargs.setdefault("max_length", self.passage_max_length)
+        return self.encode(texts, modes=modes, **kwargs)
+
+    def compute_score(self, pairs: Sequence[tuple[str, str]], weights: Sequence[float] = (1.0, 1.0, 1.0),
+                      max_query_length: int | None = None, max_passage_length: int | None = None,
+                      **kwargs) -> dict[str, list[float]]:
+        """FlagEmbedding's `compute_score`: per pair dense, sparse, colbert and the weighted hybrids."""
+        from m3embed.scoring import compute_score
+
+        pairs = list(pairs)
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"pair at index {i} must be a (query, passage) pair, got {type(pair).__name__}")
+        q = self.encode_queries([p[0] for p in pairs], modes=MODES, max_length=max_query_length
+                                or self.query_max_length, **kwargs)
+        p = self.encode_corpus([p[1] for p in pairs], modes=MODES, max_length=max_passage_length
+                               or self.passage_max_length, **kwargs)
+        return compute_score(q, p, weights)
+
+    def convert_id_to_token(self, weights: dict[str, float] | M3Output) -> list[dict[str, float]] | dict[str, float]:
+        """Map lexical weights keyed by token id to the decoded token strings."""
+        if isinstance(weights, M3Output):
+            return [self.convert_id_to_token(w) for w in weights.lexical_weights]
+        return {self.tokenizer.decode([int(k)]): v for k, v in weights.items()}
+

@@ -1,0 +1,85 @@
+"""BGE-M3 scores as pure NumPy functions: dense, lexical, ColBERT, and their weighted hybrid."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import sparse as sp
+
+from m3embed.types import M3Output, SparseVector
+
+DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # (dense, sparse, colbert): the BGE-M3 README's hybrid weights
+
+
+def dense_scores(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """q (m, h), d (n, h) → (m, n) inner products."""
+    return q @ d.T
+
+
+def lexical_scores(q: sp.csr_array, d: sp.csr_array) -> np.ndarray:
+    """q (m, V), d (n, V) lexical weights → (m, n): Σ over shared ids of w_q · w_d."""
+    return (q @ d.T).toarray()
+
+
+def lexical_score(q: SparseVector, d: SparseVector) -> float:
+    """Σ over token ids present in both of w_q · w_d (unnormalised, as in the paper)."""
+    _, qi, di = np.intersect1d(q.ids, d.ids, assume_unique=True, return_indices=True)
+    return float(np.dot(q.weights[qi].astype(np.float64), d.weights[di]))
+
+
+def colbert_score(q: np.ndarray, d: np.ndarray) -> float:
+    """q (n_q, h), d (n_d, h) → mean over query vectors of the max similarity to any document vector."""
+    if len(q) == 0 or len(d) == 0:
+        return 0.0
+    return float((q @ d.T).max(axis=1).mean())
+
+
+def colbert_scores(q: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
+    """One query's ColBERT score against each document: (n,)."""
+    return np.array([colbert_score(q, d) for d in docs], dtype=np.float32)
+
+
+def hybrid(scores: dict[str, np.ndarray | float], weights: Sequence[float] = DEFAULT_WEIGHTS,
+           normalize: bool = False) -> np.ndarray | float:
+    """s = w1·dense + w2·sparse + w3·colbert over the modes present; / Σw of those modes if normalize."""
+    total, wsum = 0.0, 0.0
+    for mode, w in zip(("dense", "sparse", "colbert"), weights):
+        if mode in scores and w:
+            total = total + w * np.asarray(scores[mode], dtype=np.float64)
+            wsum += w
+    return total / wsum if normalize and wsum else total
+
+
+def pair_scores(q: M3Output, p: M3Output) -> dict[str, np.ndarray]:
+    """Scores of pair i = (query i, passage i) for every mode both outputs hold: dict of (n,) arrays."""
+    if len(q) != len(p):
+        raise ValueError(f"{len(q)} queries but {len(p)} passages; pairs need equal counts")
+    out: dict[str, np.ndarray] = {}
+    if q.dense is not None and p.dense is not None:
+        out["dense"] = np.einsum("ih,ih->i", q.dense, p.dense)
+    if q.sparse is not None and p.sparse is not None:
+        out["sparse"] = np.asarray(q.sparse.multiply(p.sparse).sum(axis=1), dtype=np.float32).ravel()
+    if q.colbert is not None and p.colbert is not None:
+        out["colbert"] = np.array([colbert_score(a, b) for a, b in zip(q.colbert, p.colbert)], dtype=np.float32)
+    return out
+
+
+def compute_score(q: M3Output, p: M3Output, weights: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, list[float]]:
+    """FlagEmbedding's `compute_score` result from encoded pairs.
+
+    Keys: dense, sparse, colbert, "sparse+dense" = (w_d·d + w_s·s)/(w_d + w_s) and
+    "colbert+sparse+dense" = (w_d·d + w_s·s + w_c·c)/(w_d + w_s + w_c); weights are (dense, sparse, colbert).
+    """
+    if len(weights) != 3:
+        raise ValueError(f"weights must be (dense, sparse, colbert), got {len(weights)} values")
+    wd, ws, wc = (float(w) for w in weights)
+    s = pair_scores(q, p)
+    d, lx, c = (np.asarray(s[m], dtype=np.float32) for m in ("dense", "sparse", "colbert"))
+    return {
+        "colbert": c.tolist(),
+        "sparse": lx.tolist(),
+        "dense": d.tolist(),
+        "sparse+dense": ((ws * lx + wd * d) / (wd + ws)).tolist(),
+        "colbert+sparse+dense": ((wc * c + ws * lx + wd * d) / (wd + ws + wc)).tolist(),
+    }

@@ -1,0 +1,71 @@
+"""Text to token ids: input checks, truncation, MCLS insertion, and token-budget batches."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def check_texts(texts: Sequence[str] | str) -> list[str]:
+    """Return the texts as a list; raise TypeError naming the first item that is not a str."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text at index {i} is {type(t).__name__}, expected str"
+                            + (" (decode bytes first)" if isinstance(t, (bytes, bytearray)) else ""))
+    return list(texts)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids with the model's special tokens, truncated to max_length (as FlagEmbedding does)."""
+    if not texts:
+        return []
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def insert_cls(ids: list[int], cls_id: int, every: int, max_length: int) -> tuple[list[int], list[int]]:
+    """MCLS (paper §3.4): a CLS token before every `every` content tokens, total kept within max_length.
+
+    `ids` is `[CLS] content... [EOS]`. Returns the new ids and the positions of all CLS tokens.
+    """
+    content, eos = ids[1:-1], ids[-1:]
+    # content n needs n + 2 + (ceil(n / every) - 1) positions: shrink n until it fits
+    n = len(content)
+    while n > 0 and n + 1 + len(eos) + (n - 1) // every > max_length:
+        n -= 1
+    out, positions = [ids[0]], [0]
+    for start in range(0, n, every):
+        if start:
+            positions.append(len(out))
+            out.append(cls_id)
+        out.extend(content[start : min(start + every, n)])
+    return out + eos, positions
+
+
+def budget_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Group text indices, longest first, so that batch size × longest length stays within batch_tokens."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, min(max_batch_size, batch_tokens // max(longest, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: input_ids (B, T) and attention_mask (B, T)."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    return input_ids, mask
