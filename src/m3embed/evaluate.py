@@ -21,9 +21,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise TypeError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
 
 
@@ -94,7 +95,7 @@ def _field(obj: dict[str, Any], key: str, where: str, *, required: bool = True) 
     if key == "id" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # some BEIR exports write numeric ids
     if not isinstance(value, str):
-        raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+        raise TypeError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
     return value
 
 
@@ -359,8 +360,8 @@ def markdown_table(result: EvalResult) -> str:
     """The result as a Markdown table (best value per metric in bold) with a one-line header."""
     best = {m: max(s[m] for s in result.scores.values()) for m in METRICS} if result.scores else {}
     lines = [
-        f"**{result.dataset}** ({result.qrels_file}): {result.n_queries} queries, {result.n_docs} documents, "
-        f"top {result.k} retrieved per query",
+        (f"**{result.dataset}** ({result.qrels_file}): {result.n_queries} queries, {result.n_docs} documents, "
+         f"top {result.k} retrieved per query"),
         "",
         "| system | " + " | ".join(METRICS) + " | search s |",
         "|---" * (len(METRICS) + 2) + "|",
