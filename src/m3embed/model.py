@@ -87,12 +87,15 @@ class M3Model(nn.Module):
             raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
         config = checkpoint.read_config(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # the unused pooler weights are expected; don't report them
+        hf_logging.disable_progress_bar()
         try:
             backbone = AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         hidden = backbone.config.hidden_size
         heads = {}
         for mode, (file, out_features) in {"colbert": (checkpoint.HEAD_FILES["colbert"], hidden),

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
+import json
+from pathlib import Path
+
 import numpy as np
 from scipy import sparse as sp
 
@@ -95,6 +98,49 @@ class M3Output:
             colbert=None if self.colbert is None else [self.colbert[i] for i in idx],
             n_tokens=None if self.n_tokens is None else self.n_tokens[idx],
         )
+
+    def save(self, directory: str | Path, ids: Sequence[str] | None = None, meta: dict | None = None) -> Path:
+        """Write the outputs as files a reader needs only NumPy/SciPy for.
+
+        dense.npy (n, h) float32 · sparse.npz (scipy csr, n × vocab) · colbert.npy (N, h) float32 with
+        colbert_offsets.npy (n + 1,) int64, rows of text i = colbert[offsets[i]:offsets[i+1]] ·
+        n_tokens.npy · ids.json (list of str) · meta.json (model, modes, counts).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.dense is not None:
+            np.save(directory / "dense.npy", self.dense)
+        if self.sparse is not None:
+            sp.save_npz(directory / "sparse.npz", sp.csr_matrix(self.sparse))
+        if self.colbert is not None:
+            flat, offsets = self.colbert_flat()
+            np.save(directory / "colbert.npy", flat)
+            np.save(directory / "colbert_offsets.npy", offsets)
+        if self.n_tokens is not None:
+            np.save(directory / "n_tokens.npy", self.n_tokens)
+        ids = [str(i) for i in (ids if ids is not None else range(len(self)))]
+        (directory / "ids.json").write_text(json.dumps(ids, ensure_ascii=False))
+        (directory / "meta.json").write_text(json.dumps({"count": len(self), **(meta or {})}, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[M3Output, list[str]]:
+        """Read what `save` wrote: the outputs and the ids."""
+        directory = Path(directory)
+        if not (directory / "ids.json").is_file():
+            raise FileNotFoundError(f"{directory} holds no saved outputs (ids.json is missing)")
+        colbert = None
+        if (directory / "colbert.npy").is_file():
+            colbert = cls.colbert_from_flat(np.load(directory / "colbert.npy"),
+                                            np.load(directory / "colbert_offsets.npy"))
+        out = cls(
+            dense=np.load(directory / "dense.npy") if (directory / "dense.npy").is_file() else None,
+            sparse=sp.csr_array(sp.load_npz(directory / "sparse.npz")) if (directory / "sparse.npz").is_file()
+            else None,
+            colbert=colbert,
+            n_tokens=np.load(directory / "n_tokens.npy") if (directory / "n_tokens.npy").is_file() else None,
+        )
+        return out, json.loads((directory / "ids.json").read_text())
 
     @staticmethod
     def concat(parts: Sequence[M3Output]) -> M3Output:

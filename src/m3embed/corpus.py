@@ -1,0 +1,88 @@
+"""Reading documents from jsonl, txt or parquet files, streamed, with errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+FORMATS = (".jsonl", ".json", ".txt", ".parquet")
+
+
+@dataclass
+class Record:
+    """One input document: its id, its text and any other fields as metadata."""
+
+    id: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+def read_records(path: str | Path, text_field: str = "text", id_field: str = "id",
+                 title_field: str | None = "title") -> Iterator[Record]:
+    """Stream records from a file.
+
+    jsonl: one object per line; `text_field` is required, `id_field` defaults to the line number, a
+    `title_field` value is prepended to the text ("title text", the BEIR convention). txt: one text per
+    line, ids are line numbers. parquet: the same fields as columns, read in row groups.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        yield from _jsonl(path, text_field, id_field, title_field)
+    elif suffix == ".txt":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                yield Record(str(lineno), line.rstrip("\n"))
+    elif suffix == ".parquet":
+        yield from _parquet(path, text_field, id_field, title_field)
+    else:
+        raise ValueError(f"{path}: unsupported input format {suffix!r}; use one of {', '.join(FORMATS)}")
+
+
+def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str,
+          title_field: str | None) -> Record:
+    if text_field not in row:
+        raise ValueError(f"{where}: missing field {text_field!r} (fields: {', '.join(map(str, row)) or 'none'})")
+    text = row[text_field]
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: field {text_field!r} must be a string, got {type(text).__name__}")
+    title = row.get(title_field) if title_field else None
+    if isinstance(title, str) and title.strip():
+        text = f"{title} {text}" if text else title
+    raw_id = row.get(id_field, default_id)
+    if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+        raise ValueError(f"{where}: field {id_field!r} must be a string or an integer, got {type(raw_id).__name__}")
+    meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
+    return Record(str(raw_id), text, meta)
+
+
+def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield _make(row, where, str(lineno), text_field, id_field, title_field)
+
+
+def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    reader = pq.ParquetFile(path)
+    if text_field not in reader.schema_arrow.names:
+        raise ValueError(f"{path}: missing column {text_field!r} (columns: {', '.join(reader.schema_arrow.names)})")
+    row_no = 0
+    for batch in reader.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            row_no += 1
+            yield _make(row, f"{path}: row {row_no}", str(row_no), text_field, id_field, title_field)
