@@ -1,0 +1,424 @@
+"""`Index`: documents with dense, sparse and ColBERT vectors in one engine, searched with M3's hybrid score."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from m3embed import scoring
+from m3embed.index.manifest import (LOCK_NAME, MANIFEST_NAME, DirectoryLock, Manifest, read_manifest,
+                                    write_manifest)
+from m3embed.index.store import (DEFAULT_CANDIDATES, DEFAULT_WEIGHTS, SEARCH_MODES, DocBatch, QueryVectors,
+                                 Store, check_search_mode, parse_filter, plan_search)
+from m3embed.types import MODES, Hit, M3Output, check_modes
+
+DEFAULT_COLLECTION = "m3embed"
+
+
+def is_remote(location: Any) -> bool:
+    """True for a Qdrant server URL, ":memory:" or a QdrantClient: places without an index directory."""
+    if isinstance(location, (str, Path)):
+        s = str(location)
+        return s == ":memory:" or s.startswith(("http://", "https://"))
+    return True
+
+
+class Index:
+    """An M3 retrieval index: add documents (texts or precomputed outputs), search them, delete, count.
+
+    Build one with `Index.create` or `open_index`. Threads may share an Index (searches run while another
+    thread adds); a second process, or a second Index on the same directory, is refused with a clear error.
+
+    Attributes:
+        manifest: what the index stores and which model made its vectors.
+        model: the M3Model used to encode texts (None: only precomputed outputs can be added/searched).
+        location: the directory, URL or ":memory:".
+    """
+
+    def __init__(self, store: Store, manifest: Manifest, location: str, model: Any = None,
+                 lock: DirectoryLock | None = None) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.location = location
+        self.model = model
+        self._lock = lock
+        self._write = threading.RLock()
+        self._closed = False
+
+    # ---- create / open / close ----
+
+    @classmethod
+    def create(cls, location: str | Path | Any, model: Any = None, *, fingerprint: str | None = None,
+               model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
+               dim: int | None = None, colbert_dim: int | None = None, colbert_dtype: str = "float16",
+               store_text: bool = True, collection: str = DEFAULT_COLLECTION,
+               client_options: Mapping[str, Any] | None = None,
+               collection_options: Mapping[str, Any] | None = None) -> Index:
+        """Create a new, empty index.
+
+        Args:
+            location: a directory (new or empty), a Qdrant URL, ":memory:", or a QdrantClient.
+            model: the M3Model whose outputs the index holds; sets the fingerprint, name and sizes.
+            fingerprint, model_name, dim, colbert_dim: the model identity and vector sizes when no model is
+                given (for precomputed outputs); colbert_dim defaults to dim.
+            engine: "edge" (default for directories) or "qdrant" (always for URLs and ":memory:").
+            modes: representations to store; drop "colbert" to save most of the space.
+            colbert_dtype: "float16" (default, half the size) or "float32".
+            store_text: keep document texts in the index.
+            collection: collection name (qdrant engine).
+            client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
+            collection_options: extra create_collection arguments (shard_number, replication_factor, ...).
+        """
+        modes = check_modes(modes)
+        if model is not None:
+            fingerprint, model_name = model.fingerprint, getattr(model, "name", "") or model_name
+            dim = dim or model.hidden_size
+            missing = [m for m in modes if m not in model.available_modes()]
+            if missing:
+                raise ValueError(f"the model has no head for {', '.join(missing)}; create the index with "
+                                 f"modes={model.available_modes()!r}")
+        if dim is None or fingerprint is None:
+            raise ValueError("Index.create needs a model, or fingerprint= and dim= for precomputed outputs")
+        engine = engine or ("qdrant" if is_remote(location) else "edge")
+        manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
+                            dim=dim, colbert_dim=colbert_dim or dim, colbert_dtype=colbert_dtype,
+                            store_text=store_text)
+        if is_remote(location):
+            if engine != "qdrant":
+                raise ValueError(f"{location!r} is a Qdrant location; use engine='qdrant' (edge needs a directory)")
+            from m3embed.index.qdrant import QdrantStore
+
+            client = _client(location, client_options)
+            store = QdrantStore.create(client, collection, manifest, collection_options,
+                                       owns_client=client is not location)
+            return cls(store, manifest, _describe(location), model)
+        directory = Path(location)
+        _check_new_directory(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = DirectoryLock(directory)
+        lock.acquire()
+        try:
+            store = _create_dir_store(directory, manifest, collection, collection_options)
+            write_manifest(directory, manifest)  # last: a manifest means a complete index
+        except BaseException:
+            lock.release()
+            raise
+        return cls(store, manifest, str(directory), model, lock)
+
+    @classmethod
+    def open(cls, location: str | Path | Any, model: Any = None, *, collection: str = DEFAULT_COLLECTION,
+             client_options: Mapping[str, Any] | None = None) -> Index:
+        """Open an existing index; with a model, refuse it unless it is the model the index was built with."""
+        if is_remote(location):
+            from m3embed.index.qdrant import QdrantStore
+
+            client = _client(location, client_options)
+            store = QdrantStore(client, collection, owns_client=client is not location)
+            data = store.read_manifest()
+            if data is None:
+                store.close()
+                raise FileNotFoundError(f"no m3embed index in collection {collection!r} at {_describe(location)}; "
+                                        "create it with Index.create or `m3embed index build`")
+            manifest = Manifest.from_json(data, f"{_describe(location)} collection {collection!r}")
+            index = cls(store, manifest, _describe(location))
+        else:
+            directory = Path(location)
+            manifest = read_manifest(directory)
+            lock = DirectoryLock(directory)
+            lock.acquire()
+            try:
+                store = _load_dir_store(directory, manifest, collection)
+            except BaseException:
+                lock.release()
+                raise
+            index = cls(store, manifest, str(directory), lock=lock)
+        if model is not None:
+            try:
+                index.attach(model)
+            except ValueError:
+                index.close()
+                raise
+        return index
+
+    def attach(self, model: Any) -> None:
+        """Use `model` to encode texts; it must be the model the index was built with."""
+        self.manifest.check_model(model, self.location)
+        self.model = model
+
+    def close(self) -> None:
+        """Flush and release the engine and the directory lock (idempotent)."""
+        with self._write:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.store.flush()
+                self.store.close()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing ----
+
+    def add(self, ids: Sequence[str | int], texts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None,
+            batch_size: int = 256) -> int:
+        """Encode texts with the index's model and upsert them by id; returns the number written."""
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
+        model = self._require_model("add texts")
+        for start in range(0, len(texts), batch_size):
+            chunk = slice(start, start + batch_size)
+            out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes)
+            self.add_outputs(ids[chunk], out, texts=texts[chunk],
+                             metadata=None if metadata is None else metadata[chunk])
+        return len(texts)
+
+    def add_outputs(self, ids: Sequence[str | int], outputs: M3Output, texts: Sequence[str] | None = None,
+                    metadata: Sequence[Mapping[str, Any]] | None = None) -> int:
+        """Upsert precomputed model outputs by id (they must hold every mode the index stores)."""
+        batch = self._batch(ids, outputs, texts, metadata)
+        with self._write:
+            self._check_open()
+            self.store.upsert(batch)
+        return len(batch)
+
+    def delete(self, ids: Sequence[str | int]) -> None:
+        """Remove documents by id; unknown ids are ignored."""
+        with self._write:
+            self._check_open()
+            self.store.delete([str(i) for i in ids])
+
+    def flush(self) -> None:
+        """Make every add and delete so far durable."""
+        with self._write:
+            self._check_open()
+            self.store.flush()
+
+    def optimize(self) -> None:
+        """Build the search structures now (HNSW graphs) instead of searching unindexed segments."""
+        with self._write:
+            self._check_open()
+            self.store.optimize()
+
+    # ---- reading ----
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """Number of documents (matching a metadata filter, see `search`)."""
+        with self._reading():
+            return self.store.count(parse_filter(filter))
+
+    def missing(self, ids: Sequence[str | int]) -> list[str]:
+        """The ids (as str, in order) that the index does not hold."""
+        ids = [str(i) for i in ids]
+        with self._reading():
+            have = self.store.existing(ids)
+        return [i for i in ids if i not in have]
+
+    def __contains__(self, doc_id: str | int) -> bool:
+        return not self.missing([doc_id])
+
+    def info(self) -> dict[str, Any]:
+        """Location, engine, model identity, stored modes and document count."""
+        return {"location": self.location, **self.manifest.to_json(), "count": self.count()}
+
+    def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str = "all",
+               weights: Sequence[float] | None = None, candidates: int | None = None,
+               filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False
+               ) -> list[Hit] | list[list[Hit]]:
+        """Search with one of the M3 modes; returns hits best first (a list per query for several queries).
+
+        Args:
+            query: a text, a list of texts, or precomputed query outputs (M3Output).
+            k: hits per query.
+            mode: "dense", "sparse", "colbert", "dense+sparse" or "all".
+            weights: (dense, sparse, colbert) for hybrid modes; default (0.4, 0.2, 0.4).
+            candidates: candidates per route (dense, sparse) whose union hybrid modes rescore; default 100.
+            filter: metadata conditions, all must hold: {"lang": "en", "tag": ["a", "b"], "year": {"gte": 2000}}.
+            with_text: return stored texts.
+            explain: fill Hit.scores with each mode's score (computed from the stored vectors).
+        """
+        check_search_mode(mode, self.manifest.modes)
+        weights = tuple(DEFAULT_WEIGHTS if weights is None else weights)
+        if len(weights) != 3:
+            raise ValueError(f"weights must be (dense, sparse, colbert), got {len(weights)} values")
+        single = isinstance(query, str)
+        outputs = query if isinstance(query, M3Output) else self._encode_queries([query] if single else query, mode)
+        cands = max(candidates or DEFAULT_CANDIDATES, k)
+        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes) for q in _query_vectors(outputs)]
+        conditions = parse_filter(filter)
+        with self._reading():
+            results = self.store.search(plans, conditions, with_text and self.manifest.store_text)
+        hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
+                     {mode: h.score} if mode in MODES else None) for h in found] for found in results]
+        if explain:
+            hits = [self._explain(q, found) for q, found in zip(_query_vectors(outputs), hits)]
+        return hits[0] if single else hits
+
+    # ---- helpers ----
+
+    def _encode_queries(self, texts: Sequence[str], mode: str) -> M3Output:
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
+        model = self._require_model("search with texts")
+        return model.encode_queries(list(texts), modes=_query_modes(mode, self.manifest.modes))
+
+    def _explain(self, q: QueryVectors, hits: list[Hit]) -> list[Hit]:
+        with self._reading():
+            stored = self.store.vectors([h.id for h in hits])
+        out = []
+        for h in hits:
+            v = stored.get(h.id)
+            scores = {}
+            if v is not None and v.dense is not None and q.dense is not None:
+                scores["dense"] = float(scoring.dense_scores(q.dense[None], v.dense[None])[0, 0])
+            if v is not None and v.sparse is not None and q.sparse is not None:
+                scores["sparse"] = scoring.lexical_score(q.sparse, v.sparse)
+            if v is not None and v.colbert is not None and q.colbert is not None:
+                scores["colbert"] = scoring.colbert_score(q.colbert, v.colbert)
+            out.append(h._replace(scores=scores))
+        return out
+
+    def _batch(self, ids: Sequence[str | int], out: M3Output, texts: Sequence[str] | None,
+               metadata: Sequence[Mapping[str, Any]] | None) -> DocBatch:
+        n = len(ids)
+        if len(out) != n or (texts is not None and len(texts) != n) or (metadata is not None and len(metadata) != n):
+            raise ValueError(f"{n} ids, {len(out)} outputs, {'-' if texts is None else len(texts)} texts and "
+                             f"{'-' if metadata is None else len(metadata)} metadata entries: give one of each "
+                             "per document")
+        m = self.manifest
+        for mode in m.modes:
+            if getattr(out, mode) is None:
+                raise ValueError(f"the outputs lack {mode!r}, which this index stores; encode with "
+                                 f"modes={m.modes!r}")
+        payloads = []
+        for i, doc_id in enumerate(ids):
+            if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
+                raise ValueError(f"document id at position {i} must be a non-empty str or int, got {doc_id!r}")
+            meta = {} if metadata is None or metadata[i] is None else metadata[i]
+            if not isinstance(meta, Mapping):
+                raise TypeError(f"metadata of document {doc_id!r} must be a dict, got {type(meta).__name__}")
+            payload: dict[str, Any] = {"id": str(doc_id), "meta": dict(meta)}
+            if m.store_text and texts is not None:
+                payload["text"] = texts[i]
+            payloads.append(payload)
+        dense = colbert = None
+        if "dense" in m.modes:
+            dense = np.asarray(out.dense, dtype=np.float32)
+            _check_dim("dense", dense.shape[1], m.dim)
+        if "colbert" in m.modes:
+            dtype = np.float16 if m.colbert_dtype == "float16" else np.float32
+            # round to the stored precision here so every engine (and a brute-force check) sees equal values
+            colbert = [np.asarray(c, dtype=dtype).astype(np.float32) for c in out.colbert]
+            for c in colbert:
+                _check_dim("colbert", c.shape[1], m.colbert_dim)
+        sparse = out.sparse_vectors() if "sparse" in m.modes else None
+        return DocBatch([str(i) for i in ids], payloads, dense, sparse, colbert)
+
+    def _require_model(self, action: str) -> Any:
+        if self.model is None:
+            raise ValueError(f"to {action}, open the index with its model (model {self.manifest.model_name!r}, "
+                             f"fingerprint {self.manifest.fingerprint}); or pass precomputed M3Output")
+        return self.model
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"index {self.location} is closed; open it again")
+
+    def _reading(self) -> Any:
+        """Searches need no lock on a thread-safe engine; otherwise they wait for the writer."""
+        self._check_open()
+        return _NoLock() if self.store.thread_safe else self._write
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _query_modes(mode: str, stored: Sequence[str]) -> tuple[str, ...]:
+    """The query representations a search mode needs (colbert also needs the candidate routes)."""
+    if mode in ("dense", "sparse"):
+        return (mode,)
+    if mode == "dense+sparse":
+        return ("dense", "sparse")
+    return tuple(m for m in MODES if m in stored)
+
+
+def _query_vectors(out: M3Output) -> Iterator[QueryVectors]:
+    for i in range(len(out)):
+        yield QueryVectors(dense=None if out.dense is None else np.asarray(out.dense[i], dtype=np.float32),
+                           sparse=None if out.sparse is None else out.sparse_vector(i),
+                           colbert=None if out.colbert is None else np.asarray(out.colbert[i], dtype=np.float32))
+
+
+def _check_dim(mode: str, got: int, want: int) -> None:
+    if got != want:
+        raise ValueError(f"{mode} vectors have size {got}, but the index holds size {want}; use the model the "
+                         "index was built with")
+
+
+def _check_new_directory(directory: Path) -> None:
+    if directory.exists():
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is a file; give a directory for the new index")
+        if (directory / MANIFEST_NAME).exists():
+            raise FileExistsError(f"{directory} already holds an index; open it (Index.open / open_index) "
+                                  "or choose another directory")
+        if any(p.name != LOCK_NAME for p in directory.iterdir()):
+            raise FileExistsError(f"{directory} is not empty and holds no index; choose a new or empty directory")
+
+
+def _create_dir_store(directory: Path, manifest: Manifest, collection: str,
+                      collection_options: Mapping[str, Any] | None) -> Store:
+    if manifest.engine == "edge":
+        from m3embed.index.edge import EdgeStore
+
+        return EdgeStore.create(directory, manifest)
+    from m3embed.index.qdrant import QdrantStore
+
+    client = _client(str(directory / "qdrant"), None, path=True)
+    return QdrantStore.create(client, collection, manifest, collection_options)
+
+
+def _load_dir_store(directory: Path, manifest: Manifest, collection: str) -> Store:
+    if manifest.engine == "edge":
+        from m3embed.index.edge import EdgeStore
+
+        return EdgeStore.load(directory, manifest)
+    from m3embed.index.qdrant import QdrantStore
+
+    if not (directory / "qdrant").is_dir():
+        raise ValueError(f"index {directory} is damaged: its qdrant folder is missing; rebuild the index")
+    store = QdrantStore(_client(str(directory / "qdrant"), None, path=True), collection)
+    if store.read_manifest() is None:
+        store.close()
+        raise ValueError(f"index {directory} is damaged: collection {collection!r} is missing; rebuild the index")
+    return store
+
+
+def _client(location: Any, options: Mapping[str, Any] | None, path: bool = False) -> Any:
+    from qdrant_client import QdrantClient
+
+    if not isinstance(location, (str, Path)):
+        return location  # a QdrantClient the caller built
+    if path:
+        return QdrantClient(path=str(location), **dict(options or {}))
+    if str(location) == ":memory:":
+        return QdrantClient(location=":memory:", **dict(options or {}))
+    return QdrantClient(url=str(location), **dict(options or {}))
+
+
+def _describe(location: Any) -> str:
+    return str(location) if isinstance(location, (str, Path)) else type(location).__name__

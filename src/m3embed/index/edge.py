@@ -1,0 +1,164 @@
+"""The default engine: Qdrant Edge (PyPI `qdrant-edge-py`), an embedded on-disk shard with no server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import qdrant_edge as qe
+
+from m3embed.index.manifest import Manifest
+from m3embed.index.store import (MIN_HNSW_EF, Condition, DocBatch, Nearest, Plan, Store, StoredHit,
+                                 StoredVectors, point_id)
+from m3embed.types import SparseVector
+
+SHARD_DIR = "shard"
+
+
+class EdgeStore(Store):
+    """Points in one Qdrant Edge shard at `<index dir>/shard`.
+
+    Dense vectors get an HNSW graph (built by `optimize`), sparse vectors an inverted index, and colbert
+    multivectors no graph at all (m=0): they only rescore candidates.
+    """
+
+    thread_safe = True
+
+    def __init__(self, shard: qe.EdgeShard, manifest: Manifest) -> None:
+        self.shard = shard
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, directory: Path, manifest: Manifest) -> EdgeStore:
+        vectors: dict[str, qe.EdgeVectorParams] = {}
+        if "dense" in manifest.modes:
+            vectors["dense"] = qe.EdgeVectorParams(size=manifest.dim, distance=qe.Distance.Dot)
+        if "colbert" in manifest.modes:
+            dtype = qe.VectorStorageDatatype.Float16 if manifest.colbert_dtype == "float16" else None
+            vectors["colbert"] = qe.EdgeVectorParams(
+                size=manifest.colbert_dim, distance=qe.Distance.Dot, datatype=dtype,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
+        sparse = {"sparse": qe.EdgeSparseVectorParams()} if "sparse" in manifest.modes else None
+        config = qe.EdgeConfig(vectors=vectors or None, sparse_vectors=sparse)
+        return cls(qe.EdgeShard.create(str(directory / SHARD_DIR), config), manifest)
+
+    @classmethod
+    def load(cls, directory: Path, manifest: Manifest) -> EdgeStore:
+        path = directory / SHARD_DIR
+        if not path.is_dir():
+            raise ValueError(f"index {directory} is damaged: its Qdrant Edge shard ({path}) is missing; "
+                             "rebuild the index")
+        try:
+            shard = qe.EdgeShard.load(str(path))
+        except Exception as e:  # the binding raises a bare Exception with the engine's message
+            raise ValueError(f"index {directory}: the Qdrant Edge shard could not be opened ({e}); the "
+                             "directory is damaged or in use; rebuild the index if it persists") from e
+        return cls(shard, manifest)
+
+    # ---- writes ----
+
+    def upsert(self, batch: DocBatch) -> None:
+        points = []
+        for i, doc_id in enumerate(batch.ids):
+            vector: dict[str, Any] = {}
+            if batch.dense is not None:
+                vector["dense"] = batch.dense[i].tolist()
+            if batch.sparse is not None:
+                vector["sparse"] = qe.SparseVector(batch.sparse[i].ids.tolist(), batch.sparse[i].weights.tolist())
+            if batch.colbert is not None:
+                vector["colbert"] = batch.colbert[i].tolist()
+            points.append(qe.Point(point_id(doc_id), vector, batch.payloads[i]))
+        self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self.shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in ids]))
+
+    def flush(self) -> None:
+        self.shard.flush()
+
+    def optimize(self) -> None:
+        self.shard.optimize()
+
+    def close(self) -> None:
+        self.shard.close()
+
+    # ---- reads ----
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        by_point = {str(point_id(i)): i for i in ids}
+        records = self.shard.retrieve(list(map(point_id, ids)), with_payload=False, with_vector=False)
+        return {by_point[str(r.id)] for r in records}
+
+    def count(self, conditions: Sequence[Condition] = ()) -> int:
+        return self.shard.count(qe.CountRequest(exact=True, filter=_filter(conditions)))
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
+        records = self.shard.retrieve(list(map(point_id, ids)), with_payload=qe.PayloadSelector.Include(["id"]),
+                                      with_vector=True)
+        out = {}
+        for r in records:
+            v = r.vector or {}
+            sv = v.get("sparse")
+            out[r.payload["id"]] = StoredVectors(
+                dense=np.asarray(v["dense"], dtype=np.float32) if "dense" in v else None,
+                sparse=None if sv is None else SparseVector(np.asarray(sv.indices, dtype=np.int32),
+                                                            np.asarray(sv.values, dtype=np.float32)),
+                colbert=np.asarray(v["colbert"], dtype=np.float32) if "colbert" in v else None)
+        return out
+
+    def search(self, plans: Sequence[Plan], conditions: Sequence[Condition], with_text: bool
+               ) -> list[list[StoredHit]]:
+        flt = _filter(conditions)
+        keys = ["id", "meta"] + (["text"] if with_text else [])
+        requests = [self._request(p, flt, qe.PayloadSelector.Include(keys)) for p in plans]
+        if len(requests) == 1:
+            results = [self.shard.query(requests[0])]
+        else:
+            results = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[StoredHit(float(p.score), p.payload or {}) for p in points] for points in results]
+
+    def _request(self, plan: Plan, flt: qe.Filter | None, payload: qe.PayloadSelector) -> qe.QueryRequest:
+        if isinstance(plan, Nearest):
+            return qe.QueryRequest(limit=plan.limit, query=_nearest(plan), filter=flt, params=_params(plan),
+                                   with_payload=payload)
+        terms = [qe.Expression.Mult([qe.Expression.Constant(w), qe.Expression.Variable(f"$score[{i}]")])
+                 for i, w in enumerate(plan.weights)]
+        formula = qe.Formula(qe.Expression.Sum(terms), defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
+        return qe.QueryRequest(limit=plan.limit, query=formula, filter=flt, with_payload=payload,
+                               prefetches=[_prefetch(b, flt) for b in plan.branches])
+
+
+def _prefetch(node: Nearest, flt: qe.Filter | None) -> qe.Prefetch:
+    inner = [_prefetch(c, flt) for c in node.over]
+    return qe.Prefetch(limit=node.limit, query=_nearest(node), prefetches=inner or None,
+                       filter=None if inner else flt, params=None if inner else _params(node))
+
+
+def _nearest(node: Nearest) -> qe.Query:
+    v = node.vector
+    if isinstance(v, SparseVector):
+        return qe.Query.Nearest(qe.SparseVector(v.ids.tolist(), v.weights.tolist()), using=node.using)
+    return qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=node.using)
+
+
+def _params(node: Nearest) -> qe.SearchParams | None:
+    return qe.SearchParams(hnsw_ef=max(node.limit, MIN_HNSW_EF)) if node.using == "dense" else None
+
+
+def _filter(conditions: Sequence[Condition]) -> qe.Filter | None:
+    if not conditions:
+        return None
+    must = []
+    for c in conditions:
+        key = f"meta.{c.key}"
+        if c.kind == "match":
+            must.append(qe.FieldCondition(key=key, match=qe.MatchValue(c.value)))
+        elif c.kind == "any":
+            must.append(qe.FieldCondition(key=key, match=qe.MatchAny(c.value)))
+        else:
+            must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**c.value)))
+    return qe.Filter(must=must)

@@ -1,0 +1,138 @@
+"""The index manifest (format version, engine, model identity, stored modes) and the directory lock."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import portalocker
+
+from m3embed.types import MODES, check_modes
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "m3embed-index.json"
+LOCK_NAME = ".m3embed.lock"
+ENGINES = ("edge", "qdrant")
+COLBERT_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class Manifest:
+    """What an index is: written once at creation, checked at every open.
+
+    Attributes:
+        engine: "edge" (Qdrant Edge, embedded) or "qdrant" (qdrant-client: local path, memory or server).
+        model_name: the model's name or path when the index was created (informative).
+        fingerprint: the model's fingerprint; adding or searching with another model is refused.
+        modes: the representations stored, in canonical order.
+        dim: dense vector size; colbert_dim: colbert vector size.
+        colbert_dtype: storage type of colbert vectors ("float16" halves their size).
+        store_text: whether document texts are kept in the payload.
+    """
+
+    engine: str
+    model_name: str
+    fingerprint: str
+    modes: tuple[str, ...]
+    dim: int
+    colbert_dim: int
+    colbert_dtype: str = "float16"
+    store_text: bool = True
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        self.modes = check_modes(self.modes)
+        if self.colbert_dtype not in COLBERT_DTYPES:
+            raise ValueError(f"colbert_dtype must be one of {COLBERT_DTYPES}, got {self.colbert_dtype!r}")
+        if self.dim < 1 or self.colbert_dim < 1:
+            raise ValueError(f"vector sizes must be positive, got dim={self.dim}, colbert_dim={self.colbert_dim}")
+        if not self.fingerprint:
+            raise ValueError("an index needs a model identity: pass model=... or fingerprint='some-label'")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modes"] = list(self.modes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: str) -> Manifest:
+        """Validate a manifest read from `source`; a newer format or missing keys give a clear error."""
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{source}: index format version {version!r} is not supported by this m3embed "
+                             f"(it reads version {FORMAT_VERSION}); rebuild the index or upgrade m3embed")
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: damaged index manifest ({e}); rebuild the index") from e
+
+    def check_model(self, model: Any, location: str) -> None:
+        """Refuse a model whose fingerprint differs from the one the index was built with."""
+        fp = getattr(model, "fingerprint", None)
+        if fp != self.fingerprint:
+            name = getattr(model, "name", None) or type(model).__name__
+            raise ValueError(f"index {location} was built with model {self.model_name!r} (fingerprint "
+                             f"{self.fingerprint}), but the given model {name!r} has fingerprint {fp}; "
+                             "use the index's model or build a new index")
+        missing = [m for m in self.modes if m not in model.available_modes()]
+        if missing:
+            raise ValueError(f"index {location} stores {', '.join(missing)} but the model has no such head")
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """The manifest of an index directory, with clear errors for missing, foreign or damaged ones."""
+    path = directory / MANIFEST_NAME
+    if not directory.exists():
+        raise FileNotFoundError(f"no index at {directory}; create one with `m3embed index build` "
+                                "or open_index(path, model, create=True)")
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file, not an index directory")
+    if not path.is_file():
+        raise ValueError(f"{directory} is not an m3embed index (no {MANIFEST_NAME}); point to an index "
+                         "directory, or create a new index in an empty one")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); rebuild the index") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); rebuild the index")
+    return Manifest.from_json(data, str(path))
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write the manifest atomically (temp file + rename)."""
+    tmp = directory / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    os.replace(tmp, directory / MANIFEST_NAME)
+
+
+class IndexBusyError(PermissionError):
+    """The index directory is held by another open Index (this or another process)."""
+
+
+class DirectoryLock:
+    """An exclusive lock on an index directory: one open Index per directory at a time, across processes.
+
+    Threads of one process share one Index instead. The OS drops the lock when the process dies.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_NAME
+        self._lock = portalocker.Lock(str(self.path), mode="a", timeout=0,
+                                      flags=portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire()
+        except portalocker.LockException as e:
+            raise IndexBusyError(f"index {self.path.parent} is open elsewhere (another process or another Index "
+                               "object holds it); close that first. One process opens an index at a time; "
+                               "its threads can share the Index for concurrent searches and adds") from e
+
+    def release(self) -> None:
+        self._lock.release()

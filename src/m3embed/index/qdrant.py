@@ -1,0 +1,166 @@
+"""The scale-out engine: a Qdrant collection through `qdrant-client`.
+
+`url=` reaches a server or a sharded/replicated cluster; `path=` and ":memory:" run qdrant-client's local
+mode, which answers the same API (used in tests as the stand-in for a server, none being installable here).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from m3embed.index.manifest import Manifest
+from m3embed.index.store import (MIN_HNSW_EF, Condition, DocBatch, Nearest, Plan, Store, StoredHit,
+                                 StoredVectors, point_id)
+from m3embed.types import SparseVector
+
+METADATA_KEY = "m3embed"  # the manifest, kept in the collection's metadata
+
+# local mode searches exactly and says so on every query that carries an HNSW ef; the same query goes to servers
+warnings.filterwarnings("ignore", message="Local mode performs exact", category=UserWarning)
+
+
+class QdrantStore(Store):
+    """Points in one collection of a Qdrant server or of qdrant-client local mode."""
+
+    thread_safe = False  # local mode is plain Python/NumPy without locks
+
+    def __init__(self, client: QdrantClient, collection: str, owns_client: bool = True) -> None:
+        self.client = client
+        self.collection = collection
+        self.owns_client = owns_client  # False for a client the caller passed in: left open on close()
+
+    @classmethod
+    def create(cls, client: QdrantClient, collection: str, manifest: Manifest,
+               collection_options: Mapping[str, Any] | None = None, owns_client: bool = True) -> QdrantStore:
+        """Create the collection with named vectors for the manifest's modes.
+
+        Args:
+            collection_options: passed to `create_collection` (e.g. shard_number, replication_factor).
+        """
+        if client.collection_exists(collection):
+            raise FileExistsError(f"collection {collection!r} already exists; open it instead, or pick "
+                                  "another collection name")
+        vectors = {}
+        if "dense" in manifest.modes:
+            vectors["dense"] = models.VectorParams(size=manifest.dim, distance=models.Distance.DOT)
+        if "colbert" in manifest.modes:
+            vectors["colbert"] = models.VectorParams(
+                size=manifest.colbert_dim, distance=models.Distance.DOT,
+                datatype=models.Datatype.FLOAT16 if manifest.colbert_dtype == "float16" else None,
+                multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+                hnsw_config=models.HnswConfigDiff(m=0))  # rescoring only: no graph
+        sparse = {"sparse": models.SparseVectorParams()} if "sparse" in manifest.modes else None
+        client.create_collection(collection, vectors_config=vectors, sparse_vectors_config=sparse,
+                                 metadata={METADATA_KEY: manifest.to_json()}, **dict(collection_options or {}))
+        return cls(client, collection, owns_client)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest stored with the collection, or None when the collection is missing or foreign."""
+        if not self.client.collection_exists(self.collection):
+            return None
+        meta = self.client.get_collection(self.collection).config.metadata or {}
+        return meta.get(METADATA_KEY)
+
+    # ---- writes ----
+
+    def upsert(self, batch: DocBatch) -> None:
+        points = []
+        for i, doc_id in enumerate(batch.ids):
+            vector: dict[str, Any] = {}
+            if batch.dense is not None:
+                vector["dense"] = batch.dense[i].tolist()
+            if batch.sparse is not None:
+                sv = batch.sparse[i]
+                vector["sparse"] = models.SparseVector(indices=sv.ids.tolist(), values=sv.weights.tolist())
+            if batch.colbert is not None:
+                vector["colbert"] = batch.colbert[i].tolist()
+            points.append(models.PointStruct(id=str(point_id(doc_id)), vector=vector, payload=batch.payloads[i]))
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        selector = models.PointIdsList(points=[str(point_id(i)) for i in ids])
+        self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    def close(self) -> None:
+        if self.owns_client:
+            self.client.close()
+
+    # ---- reads ----
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        by_point = {str(point_id(i)): i for i in ids}
+        records = self.client.retrieve(self.collection, list(by_point), with_payload=False, with_vectors=False)
+        return {by_point[str(r.id)] for r in records}
+
+    def count(self, conditions: Sequence[Condition] = ()) -> int:
+        return self.client.count(self.collection, count_filter=_filter(conditions), exact=True).count
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
+        records = self.client.retrieve(self.collection, [str(point_id(i)) for i in ids], with_payload=["id"],
+                                       with_vectors=True)
+        out = {}
+        for r in records:
+            v = r.vector or {}
+            sv = v.get("sparse")
+            out[r.payload["id"]] = StoredVectors(
+                dense=np.asarray(v["dense"], dtype=np.float32) if "dense" in v else None,
+                sparse=None if sv is None else SparseVector(np.asarray(sv.indices, dtype=np.int32),
+                                                            np.asarray(sv.values, dtype=np.float32)),
+                colbert=np.asarray(v["colbert"], dtype=np.float32) if "colbert" in v else None)
+        return out
+
+    def search(self, plans: Sequence[Plan], conditions: Sequence[Condition], with_text: bool
+               ) -> list[list[StoredHit]]:
+        flt = _filter(conditions)
+        payload = ["id", "meta"] + (["text"] if with_text else [])
+        requests = [self._request(p, flt, payload) for p in plans]
+        responses = self.client.query_batch_points(self.collection, requests)
+        return [[StoredHit(float(p.score), p.payload or {}) for p in r.points] for r in responses]
+
+    def _request(self, plan: Plan, flt: models.Filter | None, payload: list[str]) -> models.QueryRequest:
+        if isinstance(plan, Nearest):
+            return models.QueryRequest(query=_vector(plan), using=plan.using, limit=plan.limit, filter=flt,
+                                       params=_params(plan), with_payload=payload)
+        terms = [models.MultExpression(mult=[w, f"$score[{i}]"]) for i, w in enumerate(plan.weights)]
+        formula = models.FormulaQuery(formula=models.SumExpression(sum=terms),
+                                      defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
+        return models.QueryRequest(query=formula, prefetch=[_prefetch(b, flt) for b in plan.branches],
+                                   limit=plan.limit, filter=flt, with_payload=payload)
+
+
+def _prefetch(node: Nearest, flt: models.Filter | None) -> models.Prefetch:
+    inner = [_prefetch(c, flt) for c in node.over]
+    return models.Prefetch(query=_vector(node), using=node.using, limit=node.limit, prefetch=inner or None,
+                           filter=None if inner else flt, params=None if inner else _params(node))
+
+
+def _vector(node: Nearest) -> list[float] | list[list[float]] | models.SparseVector:
+    v = node.vector
+    if isinstance(v, SparseVector):
+        return models.SparseVector(indices=v.ids.tolist(), values=v.weights.tolist())
+    return np.asarray(v, dtype=np.float32).tolist()
+
+
+def _params(node: Nearest) -> models.SearchParams | None:
+    return models.SearchParams(hnsw_ef=max(node.limit, MIN_HNSW_EF)) if node.using == "dense" else None
+
+
+def _filter(conditions: Sequence[Condition]) -> models.Filter | None:
+    if not conditions:
+        return None
+    must: list[models.Condition] = []
+    for c in conditions:
+        key = f"meta.{c.key}"
+        if c.kind == "match":
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=c.value)))
+        elif c.kind == "any":
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=c.value)))
+        else:
+            must.append(models.FieldCondition(key=key, range=models.Range(**c.value)))
+    return models.Filter(must=must)

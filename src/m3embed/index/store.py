@@ -1,0 +1,252 @@
+"""The small interface every engine implements, and the engine-neutral query plan it runs.
+
+An engine stores, per document, up to three named vectors ("dense", "sparse", "colbert") and a payload
+`{"id": user id, "text": str (optional), "meta": dict}` under a point id derived from the user id.
+Search is described once, here, as a plan (`Nearest` leaves, rescoring `Nearest` over candidates, a
+`WeightedSum` on top); each engine translates the plan into its own prefetch/formula objects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple, Sequence, Union
+
+import numpy as np
+
+from m3embed.types import MODES, SparseVector
+
+SEARCH_MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
+DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # (dense, sparse, colbert): the BGE-M3 README's hybrid weights
+DEFAULT_CANDIDATES = 100  # per candidate route (dense and sparse); the union is rescored
+MIN_HNSW_EF = 128  # dense candidate search: a smaller HNSW ef loses recall at 100k documents
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/m3embed/index")
+
+
+def point_id(doc_id: str) -> uuid.UUID:
+    """The engine's point id for a user id: a uuid5, the same on every engine and every run."""
+    return uuid.uuid5(_NAMESPACE, doc_id)
+
+
+# ---- what is stored and what comes back ----
+
+
+@dataclass
+class DocBatch:
+    """Documents to upsert: ids, payloads and the vectors of the modes the index stores.
+
+    Attributes:
+        ids: user ids (str), unique within the batch.
+        payloads: one `{"id", "meta", ["text"]}` dict per document.
+        dense: (n, h) float32, or None.
+        sparse: n SparseVectors, or None.
+        colbert: n arrays (n_tok_i, h) float32, or None.
+    """
+
+    ids: list[str]
+    payloads: list[dict[str, Any]]
+    dense: np.ndarray | None = None
+    sparse: list[SparseVector] | None = None
+    colbert: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class StoredHit(NamedTuple):
+    """One result as an engine returns it: the payload holds the user id, text and metadata."""
+
+    score: float
+    payload: dict[str, Any]
+
+
+class StoredVectors(NamedTuple):
+    """A stored document's vectors (None for modes the index does not hold)."""
+
+    dense: np.ndarray | None
+    sparse: SparseVector | None
+    colbert: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class QueryVectors:
+    """One query's representations: dense (h,), sparse, colbert (n_q, h); None where not needed."""
+
+    dense: np.ndarray | None = None
+    sparse: SparseVector | None = None
+    colbert: np.ndarray | None = None
+
+
+# ---- the query plan ----
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """Score by one named vector: a search over the collection, or a rescoring of `over`'s candidates."""
+
+    using: str
+    vector: np.ndarray | SparseVector = field(repr=False)
+    limit: int
+    over: tuple[Nearest, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """s = Σ weights[i] · score of branches[i]; a candidate a branch did not score counts 0."""
+
+    weights: tuple[float, ...]
+    branches: tuple[Nearest, ...]
+    limit: int
+
+
+Plan = Union[Nearest, WeightedSum]
+
+
+def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
+                stored: Sequence[str]) -> Plan:
+    """The plan that returns exactly M3's ranking for `mode`.
+
+    Hybrid modes take candidates from dense and from sparse (`candidates` each), then rescore their union
+    with each mode in the formula. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score is
+    the mean, so the colbert weight is divided by the number of query vectors.
+
+    Args:
+        q: the query's vectors (those the mode needs must be set).
+        mode: one of SEARCH_MODES.
+        k: results to return.
+        candidates: candidates per route for hybrid modes.
+        weights: (dense, sparse, colbert).
+        stored: the modes the index holds.
+    """
+    check_search_mode(mode, stored)
+    if k < 1 or candidates < 1:
+        raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
+    if mode in ("dense", "sparse"):
+        return Nearest(mode, _query_vector(q, mode), k)
+    routes = tuple(Nearest(m, _query_vector(q, m), candidates) for m in ("dense", "sparse") if m in stored)
+    union = candidates * len(routes)
+    parts = ("colbert",) if mode == "colbert" else ("dense", "sparse") if mode == "dense+sparse" else MODES
+    wd, ws, wc = (float(w) for w in weights)
+    scale = {"dense": wd, "sparse": ws, "colbert": wc}
+    if mode == "colbert":
+        scale["colbert"] = 1.0
+    if "colbert" in parts:
+        scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
+    branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
+    return WeightedSum(tuple(scale[m] for m in parts), branches, k)
+
+
+def check_search_mode(mode: str, stored: Sequence[str]) -> None:
+    """Raise unless `mode` is a search mode the stored representations can serve."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"unknown search mode {mode!r}; choose from {', '.join(SEARCH_MODES)}")
+    need = {"dense": ("dense",), "sparse": ("sparse",), "dense+sparse": ("dense", "sparse"),
+            "colbert": ("colbert",), "all": MODES}[mode]
+    missing = [m for m in need if m not in stored]
+    if mode == "colbert" and not any(m in stored for m in ("dense", "sparse")):
+        missing.append("dense or sparse (for candidates)")
+    if missing:
+        raise ValueError(f"search mode {mode!r} needs {', '.join(missing)}, but this index stores only "
+                         f"{', '.join(stored)}; pick another mode or rebuild the index with those modes")
+
+
+def _query_vector(q: QueryVectors, mode: str) -> np.ndarray | SparseVector:
+    v = getattr(q, mode)
+    if v is None:
+        raise ValueError(f"the query has no {mode} representation; encode it with modes including {mode!r}")
+    return v
+
+
+# ---- metadata filters ----
+
+
+class Condition(NamedTuple):
+    """One filter condition on a metadata field: kind is "match", "any" or "range"."""
+
+    key: str
+    kind: str
+    value: Any
+
+
+RANGE_OPS = ("gt", "gte", "lt", "lte")
+
+
+def parse_filter(spec: Mapping[str, Any] | None) -> list[Condition]:
+    """Turn `{"lang": "en", "tag": ["a", "b"], "year": {"gte": 2000}}` into conditions (all must hold).
+
+    A scalar (str, int, bool) matches equal values, a list matches any of its values, and a dict with
+    keys among gt/gte/lt/lte is a numeric range. Keys name metadata fields ("a.b" reaches nested ones).
+    """
+    if not spec:
+        return []
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"filter must be a dict of metadata field -> value, got {type(spec).__name__}")
+    out = []
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"filter keys must be non-empty metadata field names, got {key!r}")
+        if isinstance(value, Mapping):
+            bad = [op for op in value if op not in RANGE_OPS]
+            if bad or not value:
+                raise ValueError(f"filter on {key!r}: range keys must be among {RANGE_OPS}, got {list(value)}")
+            out.append(Condition(key, "range", {op: float(v) for op, v in value.items()}))
+        elif isinstance(value, (list, tuple, set)):
+            values = list(value)
+            if not values or len({type(v) for v in values}) != 1 or not isinstance(values[0], (str, int)):
+                raise ValueError(f"filter on {key!r}: a list must hold values of one type, str or int")
+            out.append(Condition(key, "any", values))
+        elif isinstance(value, (str, int, bool)):
+            out.append(Condition(key, "match", value))
+        else:
+            raise TypeError(f"filter on {key!r}: expected str, int, bool, list or range dict, "
+                            f"got {type(value).__name__}")
+    return out
+
+
+# ---- the interface ----
+
+
+class Store(ABC):
+    """Where an index keeps its points. Engines implement these few methods and nothing else.
+
+    Attributes:
+        thread_safe: whether searches may run while another thread writes without outside locking.
+    """
+
+    thread_safe: bool = False
+
+    @abstractmethod
+    def upsert(self, batch: DocBatch) -> None:
+        """Insert or replace documents by id."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove documents by id (unknown ids are ignored)."""
+
+    @abstractmethod
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """The subset of `ids` that is stored."""
+
+    @abstractmethod
+    def count(self, conditions: Sequence[Condition] = ()) -> int:
+        """Number of stored documents (matching the conditions)."""
+
+    @abstractmethod
+    def search(self, plans: Sequence[Plan], conditions: Sequence[Condition], with_text: bool
+               ) -> list[list[StoredHit]]:
+        """Run one plan per query; hits best first."""
+
+    @abstractmethod
+    def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
+        """The stored vectors of these documents, by user id (missing ids left out)."""
+
+    def flush(self) -> None:
+        """Make everything upserted so far durable."""
+
+    def optimize(self) -> None:
+        """Finish background index building (call before timing searches)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files, locks and connections."""
