@@ -156,6 +156,24 @@ class M3Output:
         )
 
 
+class Hit(NamedTuple):
+    """One search result.
+
+    Attributes:
+        id: the document's id as given when it was added.
+        score: the ranking score (for hybrid modes w_d·dense + w_s·sparse + w_c·colbert, unnormalised).
+        text: the stored text, or None when the index keeps no text.
+        metadata: the document's metadata dict.
+        scores: per-mode scores {"dense", "sparse", "colbert"} when known (single-mode search, or explain=True).
+    """
+
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict | None = None
+    scores: dict[str, float] | None = None
+
+
 def check_modes(modes: Sequence[str] | str) -> tuple[str, ...]:
     """Normalise a mode selection to a tuple in canonical order; raise on unknown names."""
     if isinstance(modes, str):
