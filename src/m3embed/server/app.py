@@ -1,0 +1,400 @@
+"""The FastAPI app: OpenAI-compatible embeddings, every M3 output, M3 scores and the index, over HTTP.
+
+Every model call goes through one `Batcher` worker thread, so concurrent requests share forward passes and the
+model is never used by two threads at once. Index writes run on the same worker, in arrival order, so shutdown
+(which drains the worker) never leaves one half done.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from m3embed.server import schemas as s
+from m3embed.server.batching import Batcher
+from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
+from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
+from m3embed.types import MODES, M3Output
+
+if TYPE_CHECKING:
+    from m3embed.model import M3Model
+
+
+@dataclass
+class ServerSettings:
+    """What `m3embed serve` configures; the defaults suit one CPU or GPU replica."""
+
+    model_name: str | None = None  # the name clients pass as `model`; None: the name the model was loaded by
+    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
+    max_items: int = 2048  # texts (or pairs, or documents) per request, as OpenAI allows
+    max_chars: int = 100_000  # characters per text, checked before tokenising
+    max_body_bytes: int = 32 * 2**20
+    max_length: int | None = None  # tokens per text (truncation length); None: the model's own limit
+    batching: bool = True  # False: one request per model call (the baseline)
+    max_batch_tokens: int = 16_384  # merge queued requests up to this many tokens per model call
+    max_wait_ms: float = 2.0  # how long the worker waits for more requests before running a batch
+    max_queue: int = 4096  # requests waiting for the model beyond which the server answers 503
+    batch_tokens: int | None = None  # padded tokens per forward pass inside encode; None: encode's default
+
+
+class _Tokens:
+    """Token counting and id → string for request handlers, on a private tokenizer copy.
+
+    The worker's tokenizer changes its truncation state on every call, which races with other threads; this
+    copy is only ever read, so handler threads share it safely.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if self.backend is not None:
+            self.backend.no_truncation()
+            self.backend.no_padding()
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens per text, special tokens included, before truncation."""
+        if not texts:
+            return []
+        if self.backend is not None:
+            return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=True)]
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def strings(self, ids: np.ndarray) -> list[str]:
+        """Each id as the model's `convert_id_to_token` writes it (one decoded token)."""
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+
+class _Service:
+    """The request-independent state of the routes: model, worker, limits, index."""
+
+    def __init__(self, model: M3Model, index: Any, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        self.model, self.index, self.settings, self.metrics = model, index, settings, metrics
+        self.name = settings.model_name or getattr(model, "name", "") or "m3embed"
+        self.max_length = settings.max_length or model.max_length
+        if self.max_length > model.max_length:
+            raise ValueError(f"max_length={self.max_length} exceeds the model's limit of {model.max_length} tokens")
+        self.modes = tuple(model.available_modes())
+        self.tokens = _Tokens(model.tokenizer)
+        self.batcher = Batcher(self._encode, max_batch_tokens=settings.max_batch_tokens,
+                               max_wait_s=settings.max_wait_ms / 1000, enabled=settings.batching,
+                               max_queue=settings.max_queue, on_batch=metrics.on_batch)
+
+    def _encode(self, texts: list[str], modes: tuple[str, ...]) -> M3Output:  # worker thread only
+        return self.model.encode(texts, modes=modes, max_length=self.max_length,
+                                 batch_tokens=self.settings.batch_tokens, progress=False)
+
+    # ---- request checks ----
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.name:
+            raise ApiError(404, f"model {name!r} is not served here; this server serves {self.name!r}",
+                           code="model_not_found", param="model")
+
+    def check_modes(self, modes: Sequence[str]) -> tuple[str, ...]:
+        missing = [m for m in modes if m not in self.modes]
+        if missing:
+            raise ApiError(422, f"this model has no {' or '.join(missing)} head; available modes: "
+                                f"{', '.join(self.modes)}", code="mode_unavailable", param="modes")
+        return tuple(m for m in MODES if m in modes)
+
+    def texts(self, value: Any, param: str = "input") -> list[str]:
+        """The input as a list of texts, within the item and character limits."""
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, list) and all(isinstance(t, str) for t in value):
+            texts = value
+        else:
+            raise ApiError(422, f"{param} holds token ids; this server takes text: send a string or a list of "
+                                "strings", code="token_input_unsupported", param=param)
+        self.check_count(len(texts), param)
+        self.check_chars(texts, param)
+        return texts
+
+    def check_count(self, n: int, param: str) -> None:
+        if n == 0:
+            raise ApiError(422, f"{param} is empty; send at least one item", code="empty_input", param=param)
+        if n > self.settings.max_items:
+            raise ApiError(413, f"{param} has {n} items; the limit is {self.settings.max_items} per request "
+                                "(--max-items); split the request", code="max_items", param=param)
+
+    def check_chars(self, texts: Sequence[str], param: str) -> None:
+        limit = self.settings.max_chars
+        for i, t in enumerate(texts):
+            if len(t) > limit:
+                raise ApiError(413, f"{param}[{i}] has {len(t)} characters; the limit is {limit} per text "
+                                    "(--max-chars); split the text", code="max_chars", param=f"{param}[{i}]")
+            if not t.isascii():
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") parses as JSON but is no text
+                    raise ApiError(422, f"{param}[{i}] is not valid Unicode ({e.reason} at character {e.start}); "
+                                        "send UTF-8 text", code="invalid_text", param=f"{param}[{i}]") from None
+
+    async def count(self, texts: list[str], *, truncate: bool = True, param: str = "input") -> list[int]:
+        """Token counts after truncation; with truncate=False an over-long text is a 422."""
+        counts = await anyio.to_thread.run_sync(self.tokens.count, texts)
+        if not truncate:
+            for i, n in enumerate(counts):
+                if n > self.max_length:
+                    raise ApiError(422, f"{param}[{i}] has {n} tokens; this server's max length is "
+                                        f"{self.max_length} (--max-length); shorten it or send truncate=true",
+                                   code="max_length", param=f"{param}[{i}]")
+        return [min(n, self.max_length) for n in counts]
+
+    async def encode(self, texts: list[str], modes: tuple[str, ...], route: str, *, truncate: bool = True,
+                     param: str = "input") -> tuple[M3Output, s.Usage]:
+        counts = await self.count(texts, truncate=truncate, param=param)
+        out = await self.batcher.encode(texts, modes, tokens=sum(counts))
+        return out, self.usage(int(out.n_tokens.sum()), route)
+
+    def usage(self, tokens: int, route: str) -> s.Usage:
+        self.metrics.tokens.labels(route).inc(tokens)
+        return s.Usage(prompt_tokens=tokens, total_tokens=tokens)
+
+    def need_index(self) -> Any:
+        if self.index is None:
+            raise ApiError(404, "no index is attached to this server; start it with --index DIR",
+                           code="no_index")
+        return self.index
+
+
+def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
+    if fmt == "base64":
+        return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")
+    return v.tolist()
+
+
+def _json(model: Any) -> Response:
+    """Serialise a response model with pydantic-core directly (skips FastAPI's re-validation)."""
+    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+def create_app(model: M3Model, index: Any = None, settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app around a loaded model and, optionally, an open index.
+
+    The model worker starts with the app (lifespan) and drains its queue on shutdown. The caller still owns
+    the index and closes it after the server has stopped.
+    """
+    settings = settings or ServerSettings()
+    holder: dict[str, _Service] = {}
+    metrics = ServerMetrics(queued=lambda: holder["svc"].batcher.queued if "svc" in holder else 0)
+    svc = holder["svc"] = _Service(model, index, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        svc.batcher.start()
+        try:
+            yield
+        finally:  # uvicorn has let in-flight requests finish; now finish queued work and stop the worker
+            await anyio.to_thread.run_sync(svc.batcher.close)
+            if index is not None:  # every accepted write has run; make them durable
+                await anyio.to_thread.run_sync(index.flush)
+
+    app = FastAPI(title="m3embed", version=_version(), lifespan=lifespan,
+                  description="BGE-M3 over HTTP: dense (OpenAI-compatible), sparse and ColBERT outputs, M3 "
+                              "scores and a searchable index. Errors: `{\"error\": {message, type, code, param}}`.",
+                  responses={code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 422, 503)})
+    install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.service = svc
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings.api_key))])
+    _encode_routes(api, svc)
+    _index_routes(api, svc)
+    app.include_router(api)
+
+    @app.get("/health", response_model=s.Health, tags=["ops"])
+    async def health() -> Response:
+        """200 while serving; 503 once shutdown has begun."""
+        body = s.Health(status="stopping" if svc.batcher.closed else "ok", model=svc.name,
+                        fingerprint=model.fingerprint, modes=list(svc.modes), index=index is not None,
+                        queued=svc.batcher.queued)
+        response = _json(body)
+        response.status_code = 503 if svc.batcher.closed else 200
+        return response
+
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def prometheus() -> Response:
+        """Prometheus text exposition of request, batch and queue metrics."""
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    return app
+
+
+def _auth(api_key: str | None):
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def _encode_routes(api: APIRouter, svc: _Service) -> None:
+    @api.get("/models", response_model=s.ModelList, tags=["embeddings"])
+    async def models() -> Response:
+        """The served model (OpenAI's model list)."""
+        return _json(s.ModelList(data=[s.ModelCard(id=svc.name)]))
+
+    @api.post("/embeddings", response_model=s.EmbeddingResponse, tags=["embeddings"])
+    async def embeddings(req: s.EmbeddingRequest) -> Response:
+        """OpenAI-compatible dense embeddings (L2-normalised)."""
+        svc.check_model(req.model)
+        if req.dimensions is not None and req.dimensions != svc.model.hidden_size:
+            raise ApiError(422, f"dimensions={req.dimensions} is not supported; this model's embeddings have "
+                                f"{svc.model.hidden_size} dimensions (omit the field)", code="dimensions",
+                           param="dimensions")
+        texts = svc.texts(req.input)
+        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings")
+        data = [s.Embedding(index=i, embedding=_vector(v, req.encoding_format)) for i, v in enumerate(out.dense)]
+        return _json(s.EmbeddingResponse(data=data, model=svc.name, usage=usage))
+
+    @api.post("/encode", response_model=s.EncodeResponse, response_model_exclude_none=True, tags=["embeddings"])
+    async def encode(req: s.EncodeRequest) -> Response:
+        """Any subset of the dense, sparse (token id → weight) and ColBERT outputs from one pass."""
+        svc.check_model(req.model)
+        modes = svc.check_modes(req.modes)
+        texts = svc.texts(req.input)
+        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate)
+        fmt, data = req.encoding_format, []
+        for i in range(len(texts)):
+            item = s.EncodedText(index=i, n_tokens=int(out.n_tokens[i]))
+            if out.dense is not None:
+                item.dense = _vector(out.dense[i], fmt)
+            if out.sparse is not None:
+                sv = out.sparse_vector(i)
+                item.sparse = s.Sparse(indices=sv.ids.tolist(), values=sv.weights.tolist(),
+                                       tokens=svc.tokens.strings(sv.ids) if req.return_tokens else None)
+            if out.colbert is not None:
+                item.colbert = _vector(out.colbert[i], fmt) if fmt == "base64" else out.colbert[i].tolist()
+            data.append(item)
+        return _json(s.EncodeResponse(model=svc.name, data=data, usage=usage))
+
+    @api.post("/score", response_model=s.ScoreResponse, tags=["embeddings"])
+    async def score(req: s.ScoreRequest) -> Response:
+        """Dense, sparse, ColBERT and hybrid scores of (query, passage) pairs, as `compute_score` gives."""
+        svc.check_model(req.model)
+        svc.check_modes(MODES)
+        svc.check_count(len(req.pairs), "pairs")
+        texts = [t for pair in req.pairs for t in pair]
+        svc.check_chars(texts, "pairs")
+        counts = await svc.count(texts, param="pairs")
+        pairs, weights, n = list(req.pairs), tuple(req.weights), svc.max_length
+        if min(weights) < 0 or weights[0] + weights[1] <= 0:
+            raise ApiError(422, f"weights {list(weights)} must be >= 0 with dense + sparse > 0 (both hybrids "
+                                "divide by their weight sum)", code="weights", param="weights")
+        scores = await svc.batcher.call(lambda: svc.model.compute_score(
+            pairs, weights=weights, max_query_length=n, max_passage_length=n,
+            batch_tokens=svc.settings.batch_tokens, progress=False))
+        scores = {k: [float(x) for x in v] for k, v in scores.items()}
+        return _json(s.ScoreResponse(model=svc.name, scores=scores, usage=svc.usage(sum(counts), "/v1/score")))
+
+
+def _index_routes(api: APIRouter, svc: _Service) -> None:
+    """/v1/search, /v1/documents, /v1/index: answered 404 (code no_index) when no index is attached.
+
+    Texts are encoded through the batcher (merged with other requests); writes then run on the model worker,
+    in arrival order, so shutdown finishes every accepted write. Searches take precomputed query outputs and
+    run on a handler thread, never holding up the model.
+    """
+
+    @api.get("/index", response_model=s.IndexInfo, tags=["index"])
+    async def index_info() -> Response:
+        """What the attached index stores and how many documents it holds."""
+        index = svc.need_index()
+        count = await anyio.to_thread.run_sync(index.count)
+        m = index.manifest
+        return _json(s.IndexInfo(location=index.location, engine=m.engine, modes=list(m.modes), count=count,
+                                 fingerprint=m.fingerprint))
+
+    @api.post("/documents", response_model=s.UpsertResponse, tags=["index"])
+    async def upsert(req: s.UpsertRequest) -> Response:
+        """Encode documents and insert them, replacing documents with the same id."""
+        index = svc.need_index()
+        svc.check_model(req.model)
+        docs = req.documents
+        svc.check_count(len(docs), "documents")
+        ids = [str(d.id) for d in docs]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ApiError(422, f"document id {dup!r} appears more than once; send each id once per request",
+                           code="duplicate_id", param="documents")
+        texts = [d.text for d in docs]
+        svc.check_chars(texts, "documents")
+        modes = tuple(index.manifest.modes)
+        out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents")
+        metadata = [d.metadata or {} for d in docs]
+        count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
+        return _json(s.UpsertResponse(upserted=len(ids), ids=ids, count=count, usage=usage))
+
+    @api.delete("/documents/{doc_id}", response_model=s.DeleteResponse, tags=["index"])
+    async def delete(doc_id: str) -> Response:
+        """Remove one document; 404 if the index does not hold it."""
+        index = svc.need_index()
+
+        def remove() -> bool:
+            if doc_id not in index:
+                return False
+            index.delete([doc_id])
+            return True
+
+        if not await svc.batcher.call(remove):
+            raise ApiError(404, f"document {doc_id!r} is not in the index", code="document_not_found",
+                           param="doc_id")
+        return _json(s.DeleteResponse(id=doc_id))
+
+    @api.post("/search", response_model=s.SearchResponse, tags=["index"])
+    async def search(req: s.SearchRequest) -> Response:
+        """Search the index with any M3 mode; hybrid modes rescore dense and sparse candidates."""
+        from m3embed.index.store import check_search_mode, parse_filter
+
+        index = svc.need_index()
+        svc.check_model(req.model)
+        stored = tuple(index.manifest.modes)
+        try:
+            check_search_mode(req.mode, stored)
+            parse_filter(req.filter)
+        except (ValueError, TypeError) as e:
+            raise ApiError(422, str(e), code="invalid_search", param="filter" if req.filter else "mode") from None
+        queries = svc.texts(req.query, "query")
+        out, usage = await svc.encode(queries, _query_modes(req.mode, stored), "/v1/search", param="query")
+        found = await anyio.to_thread.run_sync(lambda: index.search(
+            out, k=req.k, mode=req.mode, weights=req.weights, candidates=req.candidates, filter=req.filter,
+            with_text=req.with_text, explain=req.explain))
+        results = [[s.Hit(id=h.id, score=h.score, text=h.text, metadata=h.metadata, scores=h.scores)
+                    for h in hits] for hits in found]
+        return _json(s.SearchResponse(model=svc.name, results=results, usage=usage))
+
+
+def _query_modes(mode: str, stored: Sequence[str]) -> tuple[str, ...]:
+    """The query outputs a search mode needs: hybrids and colbert also need the candidate routes."""
+    if mode in ("dense", "sparse"):
+        return (mode,)
+    if mode == "dense+sparse":
+        return ("dense", "sparse")
+    return tuple(m for m in MODES if m in stored)
+
+
+def _version() -> str:
+    from m3embed import __version__
+
+    return __version__
+
+
+__all__ = ["ServerSettings", "create_app", "error_body"]

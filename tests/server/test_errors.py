@@ -1,0 +1,152 @@
+"""Limits, auth and client mistakes: the right status, a JSON error naming the cause, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from .conftest import MODEL_NAME
+
+
+def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def strict(m3_model):
+    """A server with small limits and an API key."""
+    from m3embed.server import ServerSettings, create_app
+
+    from .conftest import LiveServer
+
+    settings = ServerSettings(model_name=MODEL_NAME, api_key="s3cret", max_items=4, max_chars=200,
+                              max_body_bytes=4096, max_length=32)
+    server = LiveServer(create_app(m3_model, None, settings)).start()
+    yield httpx.Client(base_url=server.url, headers={"Authorization": "Bearer s3cret"}, timeout=30)
+    server.stop()
+
+
+def test_limits_name_the_limit(strict):
+    err = _error(strict.post("/v1/embeddings", json={"input": ["a"] * 5, "model": MODEL_NAME}), 413, "max_items")
+    assert "4" in err["message"] and err["param"] == "input"
+    err = _error(strict.post("/v1/encode", json={"input": ["ok", "x" * 201]}), 413, "max_chars")
+    assert err["param"] == "input[1]" and "200" in err["message"]
+    err = _error(strict.post("/v1/encode", content=b'{"input": "' + b"y" * 5000 + b'"}',
+                             headers={"content-type": "application/json"}), 413, "max_body_bytes")
+    assert "4096" in err["message"]
+    long_text = " ".join(["word"] * 60)  # > 32 tokens, < 200 characters... not quite: keep under max_chars
+    long_text = long_text[:199]
+    err = _error(strict.post("/v1/encode", json={"input": [long_text], "truncate": False}), 422, "max_length")
+    assert "32" in err["message"] and err["param"] == "input[0]"
+    ok = strict.post("/v1/encode", json={"input": [long_text]})  # truncated by default
+    assert ok.status_code == 200 and ok.json()["data"][0]["n_tokens"] == 32
+    _error(strict.post("/v1/score", json={"pairs": [["q", "p"]] * 5}), 413, "max_items")
+
+
+def test_streamed_body_over_the_limit_is_413(strict):
+    def chunks():
+        for _ in range(10):
+            yield b" " * 1000  # no content-length: the server counts the bytes
+
+    _error(strict.post("/v1/encode", content=chunks(), headers={"content-type": "application/json"}), 413,
+           "max_body_bytes")
+
+
+def test_api_key(strict):
+    url = str(strict.base_url)
+    _error(httpx.post(f"{url}/v1/embeddings", json={"input": "x", "model": MODEL_NAME}), 401, "invalid_api_key")
+    _error(httpx.post(f"{url}/v1/embeddings", json={"input": "x", "model": MODEL_NAME},
+                      headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+    assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).embeddings.create(
+            model=MODEL_NAME, input="x")
+    res = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0).embeddings.create(
+        model=MODEL_NAME, input="x")
+    assert len(res.data) == 1
+
+
+def test_api_key_from_environment(monkeypatch, xlmr_ckpt):
+    """`m3embed serve` reads M3EMBED_API_KEY (typer envvar) into the settings."""
+    import typer.main
+
+    from m3embed.cli import app
+
+    monkeypatch.setenv("M3EMBED_API_KEY", "from-env")
+    command = typer.main.get_command(app).commands["serve"]
+    ctx = command.make_context("serve", ["--model", str(xlmr_ckpt)])
+    assert ctx.params["api_key"] == "from-env"
+    assert ctx.params["host"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{not json", 400, "invalid_json"),
+    (b'{"input": "x", "model": "tiny-m3"', 400, "invalid_json"),
+    (b"", 422, None),
+    (b"[1, 2]", 422, None),
+    (b'"just a string"', 422, None),
+    (b'{"model": "tiny-m3"}', 422, None),
+    (b'{"input": "x"}', 422, None),
+    (b'{"input": null, "model": "tiny-m3"}', 422, None),
+    (b'{"input": [], "model": "tiny-m3"}', 422, "empty_input"),
+    (b'{"input": [1, 2, 3], "model": "tiny-m3"}', 422, "token_input_unsupported"),
+    (b'{"input": [[1, 2]], "model": "tiny-m3"}', 422, "token_input_unsupported"),
+    (b'{"input": ["a", 3], "model": "tiny-m3"}', 422, None),
+    (b'{"input": "x", "model": "tiny-m3", "encoding_format": "int8"}', 422, None),
+    (b'{"input": "x", "model": "tiny-m3", "dimensions": 7}', 422, "dimensions"),
+    (b'{"input": "x", "model": "other"}', 404, "model_not_found"),
+    (b'{"input": ["ok", "a\\ud800"], "model": "tiny-m3"}', 422, "invalid_text"),  # valid JSON, not text
+])
+def test_bad_embeddings_bodies(shared_server, body, status, code):
+    r = httpx.post(f"{shared_server.url}/v1/embeddings", content=body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    _error(r, status, code)
+
+
+@pytest.mark.parametrize("path, body, status, code", [
+    ("/v1/encode", {"input": "x", "modes": []}, 422, None),
+    ("/v1/encode", {"input": "x", "modes": ["lexical"]}, 422, None),
+    ("/v1/encode", {"input": "x", "model": "nope"}, 404, "model_not_found"),
+    ("/v1/encode", {"input": "x", "truncate": "maybe"}, 422, None),
+    ("/v1/score", {"pairs": []}, 422, None),
+    ("/v1/score", {"pairs": [["only one"]]}, 422, None),
+    ("/v1/score", {"pairs": [["q", "p"]], "weights": [1, 1]}, 422, None),
+    ("/v1/score", {"pairs": [["q", "p"]], "weights": [0, 0, 1]}, 422, "weights"),
+    ("/v1/score", {"pairs": [["q", "p"]], "weights": [-1, 1, 1]}, 422, "weights"),
+    ("/v1/search", {"query": "x"}, 404, "no_index"),
+    ("/v1/documents", {"documents": [{"id": "a", "text": "x"}]}, 404, "no_index"),
+    ("/v1/nothing", {}, 404, None),
+])
+def test_bad_requests_other_routes(shared_server, path, body, status, code):
+    _error(httpx.post(f"{shared_server.url}{path}", json=body, timeout=30), status, code)
+
+
+def test_wrong_method_and_unknown_document(shared_server):
+    _error(httpx.get(f"{shared_server.url}/v1/embeddings", timeout=30), 405)
+    _error(httpx.delete(f"{shared_server.url}/v1/documents/abc", timeout=30), 404, "no_index")
+
+
+def test_unavailable_head_is_422(tmp_path):
+    from m3embed.model import M3Model
+    from m3embed.server import ServerSettings, create_app
+    from m3embed.testing import TINY_XLMR_SHAPE, write_random_checkpoint
+
+    from .conftest import LiveServer
+
+    ckpt = write_random_checkpoint(tmp_path / "dense_only", arch="xlmr", heads=(), **TINY_XLMR_SHAPE)
+    model = M3Model.from_pretrained(ckpt, device="cpu", modes=("dense",))
+    server = LiveServer(create_app(model, None, ServerSettings())).start()
+    try:
+        err = _error(httpx.post(f"{server.url}/v1/encode", json={"input": "x", "modes": ["dense", "colbert"]}),
+                     422, "mode_unavailable")
+        assert "colbert" in err["message"] and "dense" in err["message"]
+        _error(httpx.post(f"{server.url}/v1/score", json={"pairs": [["q", "p"]]}), 422, "mode_unavailable")
+        assert httpx.post(f"{server.url}/v1/encode", json={"input": "x"}).status_code == 200
+    finally:
+        server.stop()
