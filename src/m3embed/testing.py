@@ -309,7 +309,7 @@ def _random_heads(
         "bias": torch.randn(hidden_size, generator=generator) * 0.1,
     }
     sparse_w = torch.randn(1, hidden_size, generator=generator) * scale
-    batch = tokenizer(sample_texts(24), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    batch = tokenizer(sample_texts(16), padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.inference_mode():
         hidden = backbone(**batch).last_hidden_state  # (B, T, h)
     scores = (hidden @ sparse_w.T).squeeze(-1)[batch["attention_mask"].bool()]  # (n_real_tokens,)
