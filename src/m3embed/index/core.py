@@ -174,7 +174,7 @@ class Index:
         """Encode texts with the index's model and upsert them by id; returns the number written."""
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
-        model = self._require_model("add texts")
+        model = self.require_model("add texts")
         for start in range(0, len(texts), batch_size):
             chunk = slice(start, start + batch_size)
             out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes)
@@ -268,7 +268,7 @@ class Index:
     def _encode_queries(self, texts: Sequence[str], mode: str) -> M3Output:
         if not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
-        model = self._require_model("search with texts")
+        model = self.require_model("search with texts")
         return model.encode_queries(list(texts), modes=_query_modes(mode, self.manifest.modes))
 
     def _explain(self, q: QueryVectors, hits: list[Hit]) -> list[Hit]:
@@ -323,7 +323,8 @@ class Index:
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
         return DocBatch([str(i) for i in ids], payloads, dense, sparse, colbert)
 
-    def _require_model(self, action: str) -> Any:
+    def require_model(self, action: str) -> Any:
+        """The attached model, or a clear error saying which model `action` needs."""
         if self.model is None:
             raise ValueError(f"to {action}, open the index with its model (model {self.manifest.model_name!r}, "
                              f"fingerprint {self.manifest.fingerprint}); or pass precomputed M3Output")
@@ -374,10 +375,10 @@ def _check_new_directory(directory: Path) -> None:
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} is a file; give a directory for the new index")
         if (directory / MANIFEST_NAME).exists():
-            raise FileExistsError(f"{directory} already holds an index; open it (Index.open / open_index) "
+            raise ValueError(f"{directory} already holds an index; open it (Index.open / open_index) "
                                   "or choose another directory")
         if any(p.name != LOCK_NAME for p in directory.iterdir()):
-            raise FileExistsError(f"{directory} is not empty and holds no index; choose a new or empty directory")
+            raise ValueError(f"{directory} is not empty and holds no index; choose a new or empty directory")
 
 
 def _create_dir_store(directory: Path, manifest: Manifest, collection: str,

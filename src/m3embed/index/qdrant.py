@@ -6,7 +6,6 @@ mode, which answers the same API (used in tests as the stand-in for a server, no
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -19,19 +18,18 @@ from m3embed.types import SparseVector
 
 METADATA_KEY = "m3embed"  # the manifest, kept in the collection's metadata
 
-# local mode searches exactly and says so on every query that carries an HNSW ef; the same query goes to servers
-warnings.filterwarnings("ignore", message="Local mode performs exact", category=UserWarning)
-
 
 class QdrantStore(Store):
     """Points in one collection of a Qdrant server or of qdrant-client local mode."""
-
-    thread_safe = False  # local mode is plain Python/NumPy without locks
 
     def __init__(self, client: QdrantClient, collection: str, owns_client: bool = True) -> None:
         self.client = client
         self.collection = collection
         self.owns_client = owns_client  # False for a client the caller passed in: left open on close()
+        opts = getattr(client, "init_options", {})
+        # local mode: exact search (no HNSW parameters to send), plain Python/NumPy without locks
+        self.local = bool(opts.get("path")) or opts.get("location") == ":memory:"
+        self.thread_safe = not self.local
 
     @classmethod
     def create(cls, client: QdrantClient, collection: str, manifest: Manifest,
@@ -42,7 +40,7 @@ class QdrantStore(Store):
             collection_options: passed to `create_collection` (e.g. shard_number, replication_factor).
         """
         if client.collection_exists(collection):
-            raise FileExistsError(f"collection {collection!r} already exists; open it instead, or pick "
+            raise ValueError(f"collection {collection!r} already exists; open it instead, or pick "
                                   "another collection name")
         vectors = {}
         if "dense" in manifest.modes:
@@ -126,18 +124,18 @@ class QdrantStore(Store):
     def _request(self, plan: Plan, flt: models.Filter | None, payload: list[str]) -> models.QueryRequest:
         if isinstance(plan, Nearest):
             return models.QueryRequest(query=_vector(plan), using=plan.using, limit=plan.limit, filter=flt,
-                                       params=_params(plan), with_payload=payload)
+                                       params=_params(plan, self.local), with_payload=payload)
         terms = [models.MultExpression(mult=[w, f"$score[{i}]"]) for i, w in enumerate(plan.weights)]
         formula = models.FormulaQuery(formula=models.SumExpression(sum=terms),
                                       defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
-        return models.QueryRequest(query=formula, prefetch=[_prefetch(b, flt) for b in plan.branches],
+        return models.QueryRequest(query=formula, prefetch=[_prefetch(b, flt, self.local) for b in plan.branches],
                                    limit=plan.limit, filter=flt, with_payload=payload)
 
 
-def _prefetch(node: Nearest, flt: models.Filter | None) -> models.Prefetch:
-    inner = [_prefetch(c, flt) for c in node.over]
+def _prefetch(node: Nearest, flt: models.Filter | None, local: bool) -> models.Prefetch:
+    inner = [_prefetch(c, flt, local) for c in node.over]
     return models.Prefetch(query=_vector(node), using=node.using, limit=node.limit, prefetch=inner or None,
-                           filter=None if inner else flt, params=None if inner else _params(node))
+                           filter=None if inner else flt, params=None if inner else _params(node, local))
 
 
 def _vector(node: Nearest) -> list[float] | list[list[float]] | models.SparseVector:
@@ -147,8 +145,11 @@ def _vector(node: Nearest) -> list[float] | list[list[float]] | models.SparseVec
     return np.asarray(v, dtype=np.float32).tolist()
 
 
-def _params(node: Nearest) -> models.SearchParams | None:
-    return models.SearchParams(hnsw_ef=max(node.limit, MIN_HNSW_EF)) if node.using == "dense" else None
+def _params(node: Nearest, local: bool) -> models.SearchParams | None:
+    """HNSW ef for dense searches on a server; local mode searches exactly (and warns on any ef)."""
+    if node.using != "dense" or local:
+        return None
+    return models.SearchParams(hnsw_ef=max(node.limit, MIN_HNSW_EF))
 
 
 def _filter(conditions: Sequence[Condition]) -> models.Filter | None:

@@ -1,0 +1,133 @@
+"""Streaming ingestion: read documents, skip those already stored, encode the rest in batches, commit each.
+
+A batch is committed (flushed to disk) before it is reported, so an interrupted run loses nothing it
+reported, and running again encodes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from m3embed.corpus import Record
+from m3embed.index.core import Index
+
+
+@dataclass
+class IngestStats:
+    """Progress of one ingestion run.
+
+    Attributes:
+        seen: records read so far (all of them are stored once their batch is committed).
+        added: records encoded and upserted by this run.
+        skipped: records whose id was already stored (not encoded again).
+        batches: batches committed.
+    """
+
+    seen: int = 0
+    added: int = 0
+    skipped: int = 0
+    batches: int = 0
+
+
+def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, skip_existing: bool = True,
+           progress: bool = False, total: int | None = None,
+           on_commit: Callable[[IngestStats], None] | None = None) -> IngestStats:
+    """Add a stream of records to an index, batch by batch.
+
+    Args:
+        index: an Index opened with its model.
+        records: documents (id, text, metadata); within a batch a repeated id keeps its last record.
+        batch_size: records encoded and committed together.
+        skip_existing: skip ids the index already holds (resume); False re-encodes and replaces them.
+        progress: show a progress bar on stderr (`total` records when known).
+        on_commit: called with the running stats after each batch is durable.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    model = index.require_model("add texts")
+    stats = IngestStats()
+    bar = _progress(progress, total)
+    task = bar.add_task("indexing", total=total) if bar else None
+    try:
+        for chunk in _chunks(records, batch_size):
+            latest = {r.id: r for r in chunk}  # a repeated id keeps its last record
+            todo = list(latest.values())
+            if skip_existing:
+                missing = set(index.missing(list(latest)))
+                todo = [r for r in todo if r.id in missing]
+            if todo:
+                out = model.encode_corpus([r.text for r in todo], modes=index.manifest.modes)
+                index.add_outputs([r.id for r in todo], out, texts=[r.text for r in todo],
+                                  metadata=[r.metadata for r in todo])
+            index.flush()
+            stats.seen += len(chunk)
+            stats.added += len(todo)
+            stats.skipped += len(latest) - len(todo)
+            stats.batches += 1
+            if bar:
+                bar.update(task, advance=len(chunk), description=f"indexing ({stats.skipped} already stored)")
+            if on_commit:
+                on_commit(stats)
+    finally:
+        if bar:
+            bar.stop()
+    return stats
+
+
+def count_records(path: str | Path) -> int | None:
+    """Records in a jsonl / txt / parquet file without parsing them (None for unknown formats)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if suffix in (".jsonl", ".json", ".txt"):
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    return None
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Ids from a file: one per line, or jsonl objects with an "id" field."""
+    ids = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError(f"{path}:{lineno}: a JSON line needs an 'id' field")
+            line = str(row["id"])
+        ids.append(line)
+    return ids
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for r in records:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(show: bool, total: int | None):  # noqa: ANN202 (rich.progress.Progress or None)
+    if not show:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True))
+    bar.start()
+    return bar
