@@ -145,6 +145,198 @@ def info(model: str = ModelOpt) -> None:
 
 # ---- index / search (index) ----
 
+index_app = typer.Typer(no_args_is_help=True, help="Build and manage M3 indexes (Qdrant Edge on disk, or Qdrant).")
+app.add_typer(index_app, name="index")
+IndexArg = typer.Argument(..., help="index directory, Qdrant URL (http://host:6333)")
+CollectionOpt = typer.Option("m3embed", help="collection name (qdrant engine)")
+
+
+def _index_model(index, model: Optional[str], dtype: str, device: Optional[str]):
+    """Load `model` (default: the one the index records) and attach it; a different model is refused."""
+    name = model or index.manifest.model_name
+    if not name:
+        raise ValueError(f"index {index.location} records no model path; pass --model")
+    index.attach(_load(name, index.manifest.modes, dtype, device))
+    return index.model
+
+
+def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
+            skip_existing: bool, log_commits: bool) -> None:
+    from m3embed.corpus import read_records
+    from m3embed.index.ingest import count_records, ingest
+
+    def report(stats) -> None:
+        if log_commits:  # one line per durable batch, for scripts that watch progress
+            typer.echo(f"committed {stats.seen} records ({stats.added} added, {stats.skipped} already stored)")
+            sys.stdout.flush()
+
+    records = read_records(input, text_field=text_field, id_field=id_field, title_field=title_field or None)
+    stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=count_records(input),
+                   progress=not log_commits, on_commit=report)
+    index.optimize()
+    console.print(f"{index.location}: {stats.added} added, {stats.skipped} already stored; "
+                  f"{index.count()} documents")
+
+
+@index_app.command("build")
+def index_build(
+    index: str = IndexArg,
+    input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
+    model: str = ModelOpt,
+    engine: str = typer.Option("edge", help="edge (embedded, on disk) or qdrant (qdrant-client: URL or path)"),
+    modes: Optional[str] = typer.Option(None, help="representations to store (default: all the model has)"),
+    colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
+    store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
+    batch_size: int = typer.Option(64, help="documents encoded and committed together"),
+    max_length: Optional[int] = typer.Option(None, help="truncate documents to this many tokens"),
+    text_field: str = typer.Option("text", help="field holding the text"),
+    id_field: str = typer.Option("id", help="field holding the document id"),
+    title_field: str = typer.Option("title", help="field prepended to the text when present ('' for none)"),
+    collection: str = CollectionOpt,
+    log_commits: bool = typer.Option(False, help="print a line per committed batch instead of a progress bar"),
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Create an index (or resume one built with the same model) and add a file of documents."""
+    from m3embed.index import open_index
+    from m3embed.types import check_modes
+
+    if Path(model).exists():
+        model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
+    m = _load(model, check_modes(modes) if modes else ("dense",), dtype, device)
+    if max_length:
+        m.passage_max_length = max_length
+    with open_index(index, m, create=True, collection=collection, engine=engine,
+                    modes=check_modes(modes) if modes else m.available_modes(), colbert_dtype=colbert_dtype,
+                    store_text=store_text) as idx:
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits)
+
+
+@index_app.command("add")
+def index_add(
+    index: str = IndexArg,
+    input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the index records"),
+    replace: bool = typer.Option(False, help="re-encode and replace documents whose id is already stored"),
+    batch_size: int = typer.Option(64, help="documents encoded and committed together"),
+    text_field: str = typer.Option("text", help="field holding the text"),
+    id_field: str = typer.Option("id", help="field holding the document id"),
+    title_field: str = typer.Option("title", help="field prepended to the text when present ('' for none)"),
+    collection: str = CollectionOpt,
+    log_commits: bool = typer.Option(False, help="print a line per committed batch instead of a progress bar"),
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Add documents to an existing index (upsert by id)."""
+    from m3embed.index import open_index
+
+    with open_index(index, collection=collection) as idx:
+        _index_model(idx, model, dtype, device)
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits)
+
+
+@index_app.command("delete")
+def index_delete(
+    index: str = IndexArg,
+    ids: list[str] = typer.Argument(None, help="document ids to delete"),
+    ids_file: Optional[Path] = typer.Option(None, help="file of ids: one per line, or jsonl with 'id'"),
+    collection: str = CollectionOpt,
+) -> None:
+    """Delete documents by id."""
+    from m3embed.index import open_index
+    from m3embed.index.ingest import read_ids
+
+    chosen = list(ids or []) + (read_ids(ids_file) if ids_file else [])
+    if not chosen:
+        raise ValueError("give ids to delete, or --ids-file")
+    with open_index(index, collection=collection) as idx:
+        present = len(chosen) - len(idx.missing(chosen))
+        idx.delete(chosen)
+        console.print(f"{index}: deleted {present} of {len(chosen)} ids; {idx.count()} documents left")
+
+
+@index_app.command("info")
+def index_info(index: str = IndexArg, collection: str = CollectionOpt) -> None:
+    """Show what an index holds: engine, model, modes, sizes, document count."""
+    from m3embed.index import open_index
+
+    with open_index(index, collection=collection) as idx:
+        table = Table(show_header=False, title=f"m3embed index: {index}")
+        for k, v in idx.info().items():
+            table.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+        out.print(table)
+
+
+def _parse_where(exprs: list[str]) -> dict:
+    """`lang=en`, `tag=["a","b"]` (any of), `year>=2000`, `n<5` into an Index.search filter."""
+    import json
+    import re
+
+    spec: dict = {}
+    ops = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+    for expr in exprs:
+        m = re.fullmatch(r"\s*([^=<>\s]+)\s*(>=|<=|>|<|=)\s*(.*?)\s*", expr)
+        if not m or not m.group(3):
+            raise ValueError(f"--where {expr!r}: use field=value, field=[v1,v2], field>=number (or >, <, <=)")
+        key, op, raw = m.groups()
+        if op == "=":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw  # a bare word is a string
+            spec[key] = value
+        else:
+            try:
+                spec.setdefault(key, {})[ops[op]] = float(raw)
+            except (ValueError, TypeError):
+                raise ValueError(f"--where {expr!r}: {op} needs a number") from None
+    return spec
+
+
+@app.command()
+def search(
+    index: str = IndexArg,
+    query: list[str] = typer.Argument(..., help="query text(s)"),
+    k: int = typer.Option(10, "-k", help="hits per query"),
+    mode: str = typer.Option("all", help="dense, sparse, colbert, dense+sparse or all"),
+    weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
+    candidates: int = typer.Option(100, help="candidates per route (dense, sparse) rescored by hybrid modes"),
+    where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
+    explain: bool = typer.Option(False, help="show each mode's score"),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the index records"),
+    collection: str = CollectionOpt,
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Search an index with M3's modes (default: the dense+sparse+colbert hybrid)."""
+    import json
+
+    from m3embed.index import open_index
+
+    try:
+        w = tuple(float(x) for x in weights.split(","))
+    except ValueError:
+        raise ValueError(f"--weights must be three numbers like 0.4,0.2,0.4, got {weights!r}") from None
+    with open_index(index, collection=collection) as idx:
+        _index_model(idx, model, dtype, device)
+        results = idx.search(list(query), k=k, mode=mode, weights=w, candidates=candidates,
+                             filter=_parse_where(where), explain=explain)
+    for q, hits in zip(query, results):
+        if json_out:
+            for rank, h in enumerate(hits, 1):
+                typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
+            continue
+        table = Table(title=f"{mode}: {q}")
+        for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
+            table.add_column(col)
+        for rank, h in enumerate(hits, 1):
+            per = [f"{h.scores.get(m, float('nan')):.4f}" for m in ("dense", "sparse", "colbert")] if explain else []
+            text = (h.text or "").replace("\n", " ")
+            table.add_row(str(rank), h.id, f"{h.score:.4f}", *per, text[:80] + ("…" if len(text) > 80 else ""))
+        out.print(table)
+
+
 # ---- eval (evaluation) ----
 
 # ---- train / mine (training) ----
