@@ -5,20 +5,30 @@ from __future__ import annotations
 import json
 import math
 import random
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytrec_eval
 
 from m3embed.evaluate import (
+    EVAL_MODES,
     METRICS,
     BM25Config,
     Dataset,
     EvalResult,
+    M3Settings,
     bm25_searcher,
     bm25_tokens,
+    default_modes,
+    eval_index,
+    evaluate_dataset,
     evaluate_run,
     evaluate_systems,
+    fill_index,
+    index_modes,
+    index_runs,
     load_dataset,
     load_qrels,
     markdown_table,
@@ -26,6 +36,7 @@ from m3embed.evaluate import (
     truncate_run,
     write_report,
 )
+from m3embed.types import MODES
 
 DATA = Path("/work/shared/data")
 needs_data = pytest.mark.skipif(not (DATA / "classic/adi").is_dir(), reason="shared data not present")
@@ -280,8 +291,127 @@ def test_write_report_json_markdown_png(tmp_path):
     assert json.loads(paths["json"].read_text())["scores"] == result.scores
     md = paths["markdown"].read_text()
     assert md == markdown_table(result)
-    assert "| dense | **0.6250** | 0.5000 | 0.2500 | 2.0 |" in md
-    assert "| bm25 | 0.5000 | **0.7500** | **0.5000** | 0.1 |" in md
+    assert "| dense | **0.6250** | 0.5000 | 0.2500 | 2.00 |" in md
+    assert "| bm25 | 0.5000 | **0.7500** | **0.5000** | 0.10 |" in md
     assert "k1=0.9 b=0.4" in md and "qrels.dev.tsv" in md
     image = imread(paths["png"])
     assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > image.shape[0]
+
+
+# ---------------------------------------------------------------- M3 modes through the index
+
+
+def test_index_and_default_modes():
+    assert index_modes(["dense"]) == ("dense",)
+    assert index_modes(["dense+sparse"]) == ("dense", "sparse")
+    assert index_modes(["colbert"]) == ("dense", "sparse", "colbert")  # colbert rescores dense/sparse candidates
+    assert default_modes(("dense",)) == ("dense",)
+    assert default_modes(("dense", "sparse")) == ("dense", "sparse", "dense+sparse")
+    assert default_modes(("dense", "sparse", "colbert")) == EVAL_MODES
+    with pytest.raises(ValueError, match=r"unknown mode\(s\) \['hybrid'\]"):
+        index_modes(["dense", "hybrid"])
+
+
+@pytest.fixture(scope="module")
+def adi_minilm(bert_ckpt, tmp_path_factory):
+    """All five modes + BM25 on ADI with MiniLM (trained dense, random heads), temp index in a known dir."""
+    from m3embed.model import M3Model
+
+    tmp = tmp_path_factory.mktemp("evaltmp")
+    model = M3Model.from_pretrained(bert_ckpt, device="cpu")
+    ds = load_dataset(DATA / "classic/adi")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(tmp))
+        result = evaluate_dataset(ds, model, k=100)
+    return model, ds, result, tmp
+
+
+@needs_data
+def test_m3_modes_on_adi(adi_minilm):
+    model, ds, result, tmp = adi_minilm
+    assert list(result.scores) == ["bm25", *EVAL_MODES]
+    assert list(tmp.iterdir()) == []  # the temporary index was deleted
+    dense = result.scores["dense"]
+    # trained MiniLM dense retrieval: far above chance (82 docs, ~5 relevant per query) and about BM25's level
+    assert dense["nDCG@10"] > 0.35 and dense["MRR@10"] > 0.45
+    assert dense["Recall@100"] == 1.0  # 82 documents: every one is retrieved
+    assert result.settings["weights (dense, sparse, colbert)"] == [0.4, 0.2, 0.4]
+    assert result.settings["max length (query, passage)"] == [min(512, model.max_length)] * 2
+    assert set(result.per_query["all"]) == set(ds.queries)
+
+
+@needs_data
+def test_m3_runs_match_exact_scoring(xlmr_ckpt):
+    """The index's dense and `all` runs equal brute-force M3 scores over the whole (small) corpus."""
+    from m3embed.model import M3Model
+    from m3embed.scoring import colbert_scores, dense_scores, lexical_scores
+
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")  # tiny random XLM-R: fast, and any weights do
+    ds = load_dataset(DATA / "classic/adi")
+    queries = dict(list(ds.queries.items())[:5])
+    docs = model.encode_corpus(ds.doc_texts, modes=MODES, max_length=model.max_length)
+    qs = model.encode_queries(list(queries.values()), modes=MODES, max_length=model.max_length)
+    d = dense_scores(qs.dense, docs.dense)
+    s = lexical_scores(qs.sparse, docs.sparse)
+    c = np.stack([colbert_scores(q, docs.colbert) for q in qs.colbert])
+    exact_all = 0.4 * d + 0.2 * s + 0.4 * c
+    with eval_index(model, EVAL_MODES) as index:
+        fill_index(index, model, ds.doc_ids, ds.doc_texts, max_length=model.max_length)
+        runs, seconds = index_runs(index, model, queries, ["dense", "all"], k=100,
+                                   max_length=model.max_length)
+    assert set(seconds) == {"encode queries", "dense", "all"}
+    for row, query_id in enumerate(queries):
+        top_dense = [ds.doc_ids[i] for i in np.argsort(-d[row])[:10]]
+        assert list(truncate_run({"q": runs["dense"][query_id]}, 10)["q"]) == top_dense
+        got = runs["all"][query_id]
+        assert len(got) == len(ds.doc_ids)  # the dense/sparse candidate union covers all 82 documents
+        for doc_id, score in got.items():  # colbert vectors are stored as float16
+            assert score == pytest.approx(exact_all[row, ds.doc_ids.index(doc_id)], abs=2e-3)
+
+
+def _tiny_set(root: Path) -> Dataset:
+    corpus = [{"id": f"d{i}", "title": f"topic {i}", "text": f"the river {i} runs past house number {i}"}
+              for i in range(12)]
+    queries = [{"id": f"q{i}", "text": f"which river is number {i}?"} for i in range(4)]
+    _write_dataset(root, corpus, queries, "".join(f"q{i}\td{i}\t1\n" for i in range(4)))
+    return load_dataset(root)
+
+
+def test_existing_index_dir_is_filled_once_and_reused(xlmr_ckpt, tmp_path):
+    from m3embed.index import open_index
+    from m3embed.model import M3Model
+
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    ds = _tiny_set(tmp_path / "set")
+    settings = M3Settings(modes=("dense", "all"), index_dir=tmp_path / "idx")
+    first = evaluate_dataset(ds, model, m3=settings, bm25=None)
+    assert "12 documents added" in first.settings["index"]
+    second = evaluate_dataset(ds, model, m3=settings, bm25=None)
+    assert "0 documents added" in second.settings["index"]
+    assert second.scores == first.scores and list(first.scores) == ["dense", "all"]
+
+    open_index(tmp_path / "dense_only", model, create=True, modes=("dense",)).close()
+    with pytest.raises(ValueError, match="search mode 'sparse' needs sparse"):
+        evaluate_dataset(ds, model, m3=M3Settings(modes=("dense", "sparse"), index_dir=tmp_path / "dense_only"))
+    with pytest.raises(ValueError, match="k=10 is below 100"):
+        evaluate_dataset(ds, model, k=10)
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluate_dataset(ds, None, bm25=None)
+
+
+@needs_data
+def test_cli_eval_writes_the_three_reports(tmp_path):
+    from typer.testing import CliRunner
+
+    from m3embed.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--dataset", str(DATA / "classic/adi"), "--out", str(tmp_path / "r"),
+                              "--k1", "1.2", "--b", "0.75", "--stopwords", "none", "--max-queries", "10"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r/eval.json").read_text())
+    assert list(report["scores"]) == ["bm25"] and report["n_queries"] == 10
+    assert "k1=1.2 b=0.75" in report["settings"]["bm25"] and "no stopwords" in report["settings"]["bm25"]
+    assert (tmp_path / "r/eval.png").stat().st_size > 10_000 and "bm25" in (tmp_path / "r/eval.md").read_text()
+    res = runner.invoke(app, ["eval", "--dataset", str(DATA / "classic/adi"), "--modes", "dense"])
+    assert res.exit_code != 0 and "--modes and --index need a --model" in str(res.exception)

@@ -339,6 +339,74 @@ def search(
 
 # ---- eval (evaluation) ----
 
+
+@app.command("eval")
+def eval_command(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="BEIR-layout dir: corpus.jsonl, queries.jsonl, qrels*.tsv"),
+    qrels: str = typer.Option("qrels.tsv", help="qrels file in the dataset dir, e.g. qrels.dev.tsv"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id; "
+                                        "omit to run only the BM25 baseline"),
+    modes: Optional[str] = typer.Option(None, help="comma-separated among dense,sparse,colbert,dense+sparse,all "
+                                        "(default: every mode the model's heads allow)"),
+    index: Optional[Path] = typer.Option(None, help="index dir to use or create (default: a temporary Qdrant "
+                                         "Edge index, deleted afterwards)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where eval.json/.md/.png go "
+                                           "(default: eval-<dataset>)"),
+    k: int = typer.Option(100, "-k", help="documents retrieved per query (>= 100 for Recall@100)"),
+    weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
+    candidates: Optional[int] = typer.Option(None, help="dense and sparse candidates rescored by hybrid modes "
+                                             "(default: max(k, 100))"),
+    query_max_length: int = typer.Option(512, help="query truncation in tokens (capped at the model's limit)"),
+    passage_max_length: int = typer.Option(512, help="passage truncation in tokens (capped at the model's limit)"),
+    bm25: bool = typer.Option(True, "--bm25/--no-bm25", help="include the BM25 baseline"),
+    k1: float = typer.Option(0.9, help="BM25 k1"),
+    b: float = typer.Option(0.4, help="BM25 b"),
+    stopwords: str = typer.Option("en", help="BM25 stopwords: en or none"),
+    max_queries: Optional[int] = typer.Option(None, help="evaluate only the first N judged queries"),
+    batch_size: int = typer.Option(256, help="texts encoded per call"),
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
+    from m3embed.evaluate import (
+        BM25Config,
+        M3Settings,
+        default_modes,
+        evaluate_dataset,
+        index_modes,
+        load_dataset,
+        write_report,
+    )
+
+    try:
+        w = tuple(float(x) for x in weights.split(","))
+    except ValueError:
+        raise ValueError(f"--weights must be three numbers like 0.4,0.2,0.4, got {weights!r}") from None
+    if len(w) != 3:
+        raise ValueError(f"--weights must be three numbers (dense,sparse,colbert), got {weights!r}")
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip()) if modes else None
+    data = load_dataset(dataset, qrels=qrels)
+    if max_queries is not None:
+        data = data.head(max_queries)
+    m = None
+    if model is not None:
+        m = _load(model, index_modes(chosen) if chosen else ("dense",), dtype, device)
+        chosen = chosen or default_modes(m.available_modes())
+    elif chosen or index is not None:
+        raise ValueError("--modes and --index need a --model")
+    settings = M3Settings(modes=chosen or (), weights=w, candidates=candidates, query_max_length=query_max_length,
+                          passage_max_length=passage_max_length, index_dir=index)
+    result = evaluate_dataset(data, m, k=k, m3=settings, bm25=BM25Config(k1, b, stopwords) if bm25 else None,
+                              batch_size=batch_size)
+    paths = write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
+    table = Table(title=f"{data.name} ({data.qrels_file}): {result.n_queries} queries, {result.n_docs} docs")
+    for col in ("system", *next(iter(result.scores.values()))):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for name, row in result.scores.items():
+        table.add_row(name, *(f"{v:.4f}" for v in row.values()))
+    out.print(table)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
 # ---- train / mine (training) ----
 
 # ---- serve (service) ----

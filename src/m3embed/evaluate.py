@@ -20,11 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from m3embed.index.store import DEFAULT_CANDIDATES, DEFAULT_WEIGHTS, check_search_mode
+from m3embed.types import MODES
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +336,19 @@ class EvalResult:
         return asdict(self)
 
 
+def evaluate_runs(dataset: Dataset, runs: Mapping[str, Run], k: int = 100,
+                  seconds: Mapping[str, float] | None = None, settings: Mapping[str, Any] | None = None
+                  ) -> EvalResult:
+    """Score finished runs `{system: run}` against the dataset's qrels."""
+    result = EvalResult(dataset.name, dataset.qrels_file, len(dataset.queries), len(dataset.doc_ids), k,
+                        seconds=dict(seconds or {}), settings=dict(settings or {}))
+    for name, run in runs.items():
+        result.per_query[name] = per_query_metrics(dataset.qrels, run)
+        result.scores[name] = mean_metrics(result.per_query[name])
+        logger.info("%s %s: %s", dataset.name, name, result.scores[name])
+    return result
+
+
 def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int = 100,
                      settings: Mapping[str, Any] | None = None, batch_size: int = 256) -> EvalResult:
     """Run every searcher over the dataset's queries and score the runs.
@@ -341,16 +359,182 @@ def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int
         k: retrieval depth (recorded in the result; Recall@100 needs k >= 100).
         settings: free-form details stored in the result (model, index, BM25 parameters...).
     """
-    result = EvalResult(dataset.name, dataset.qrels_file, len(dataset.queries), len(dataset.doc_ids), k,
-                        settings=dict(settings or {}))
+    runs, seconds = {}, {}
     for name, searcher in searchers.items():
         start = time.perf_counter()
-        run = retrieve(searcher, dataset.queries, batch_size=batch_size)
-        result.seconds[name] = time.perf_counter() - start
-        result.per_query[name] = per_query_metrics(dataset.qrels, run)
-        result.scores[name] = mean_metrics(result.per_query[name])
-        logger.info("%s %s: %s", dataset.name, name, result.scores[name])
-    return result
+        runs[name] = retrieve(searcher, dataset.queries, batch_size=batch_size)
+        seconds[name] = time.perf_counter() - start
+    return evaluate_runs(dataset, runs, k, seconds, settings)
+
+
+# ---------------------------------------------------------------- M3 runs through the index
+
+
+def index_modes(modes: Sequence[str]) -> tuple[str, ...]:
+    """The representations an index must store to serve these search modes.
+
+    ColBERT search rescores the union of the dense and sparse candidates, so it needs both routes.
+    """
+    bad = [m for m in modes if m not in EVAL_MODES]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {bad or list(modes)}; choose from {', '.join(EVAL_MODES)}")
+    need = set()
+    for mode in modes:
+        need.update({"dense": ("dense",), "sparse": ("sparse",), "dense+sparse": ("dense", "sparse"),
+                     "colbert": MODES, "all": MODES}[mode])
+    return tuple(m for m in MODES if m in need)
+
+
+def default_modes(available: Sequence[str]) -> tuple[str, ...]:
+    """Every search mode a model with these heads can serve (all five when it has all three)."""
+    return tuple(m for m in EVAL_MODES if set(index_modes([m])) <= set(available))
+
+
+def fill_index(index: Any, model: Any, doc_ids: Sequence[str], doc_texts: Sequence[str], *,
+               max_length: int | None = None, batch_size: int = 256) -> int:
+    """Encode and add the documents the index does not hold yet, committing batch by batch.
+
+    Returns the number of documents encoded (0 when the index already holds the whole corpus).
+    """
+    missing = set(index.missing(list(doc_ids)))
+    todo = [i for i, d in enumerate(doc_ids) if d in missing]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        texts = [doc_texts[i] for i in chunk]
+        out = model.encode_corpus(texts, modes=index.manifest.modes, max_length=max_length)
+        index.add_outputs([doc_ids[i] for i in chunk], out)
+        index.flush()
+    return len(todo)
+
+
+def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequence[str], k: int = 100, *,
+               weights: Sequence[float] | None = None, candidates: int | None = None,
+               max_length: int | None = None, batch_size: int = 256) -> tuple[dict[str, Run], dict[str, float]]:
+    """Search the index with every mode, encoding each batch of queries once for all modes.
+
+    Returns:
+        `{mode: run}` and seconds per step: `encode queries` plus one entry per mode (engine time only).
+    """
+    query_modes = index_modes(modes)
+    ids, texts = list(queries), list(queries.values())
+    runs: dict[str, Run] = {mode: {} for mode in modes}
+    seconds = {"encode queries": 0.0, **{mode: 0.0 for mode in modes}}
+    for start in range(0, len(ids), batch_size):
+        batch_ids = ids[start : start + batch_size]
+        tick = time.perf_counter()
+        out = model.encode_queries(texts[start : start + batch_size], modes=query_modes, max_length=max_length)
+        seconds["encode queries"] += time.perf_counter() - tick
+        for mode in modes:
+            tick = time.perf_counter()
+            hits = index.search(out, k=k, mode=mode, weights=weights, candidates=candidates, with_text=False)
+            seconds[mode] += time.perf_counter() - tick
+            for query_id, found in zip(batch_ids, hits):
+                runs[mode][query_id] = {str(h.id): float(h.score) for h in found}
+    return runs, seconds
+
+
+@contextmanager
+def eval_index(model: Any, modes: Sequence[str], index_dir: str | Path | None = None) -> Iterator[Any]:
+    """Open `index_dir` (created if absent) or a temporary Qdrant Edge index deleted on exit."""
+    from m3embed.index import open_index
+
+    if index_dir is not None:
+        index = open_index(index_dir, model, create=True, modes=index_modes(modes), store_text=False)
+        try:
+            for mode in modes:  # an existing index may store fewer modes: fail before encoding anything
+                check_search_mode(mode, index.manifest.modes)
+            yield index
+        finally:
+            index.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="m3embed-eval-") as tmp:
+        index = open_index(Path(tmp) / "index", model, create=True, modes=index_modes(modes), store_text=False)
+        try:
+            yield index
+        finally:
+            index.close()
+
+
+@dataclass(frozen=True)
+class M3Settings:
+    """How the M3 modes are run.
+
+    Attributes:
+        modes: search modes to evaluate (subset of EVAL_MODES).
+        weights: (dense, sparse, colbert) for the hybrid modes; None = the index default (0.4, 0.2, 0.4).
+        candidates: dense and sparse candidates per query whose union hybrid/colbert modes rescore;
+            None = max(k, the index default of 100).
+        query_max_length / passage_max_length: truncation in tokens (512 is FlagEmbedding's default for both),
+            capped at the model's position limit; None = that limit.
+        index_dir: an index directory to use (created when absent, filled with missing documents);
+            None = a temporary Qdrant Edge index, deleted afterwards.
+    """
+
+    modes: tuple[str, ...] = EVAL_MODES
+    weights: tuple[float, float, float] | None = None
+    candidates: int | None = None
+    query_max_length: int | None = 512
+    passage_max_length: int | None = 512
+    index_dir: str | Path | None = None
+
+
+def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M3Settings = M3Settings(),
+                     bm25: BM25Config | None = BM25Config(), batch_size: int = 256) -> EvalResult:
+    """Evaluate the M3 modes (through an index) and the BM25 baseline on one dataset, in one result.
+
+    Args:
+        dataset: the loaded test set.
+        model: an M3Model; None evaluates BM25 only.
+        k: documents retrieved per query (at least 100 so that Recall@100 is defined).
+        m3: modes, hybrid weights, candidates, max lengths and index location for the model.
+        bm25: the baseline's settings; None skips it.
+    """
+    if k < 100:
+        raise ValueError(f"k={k} is below 100; Recall@100 needs at least 100 retrieved documents per query")
+    if model is None and bm25 is None:
+        raise ValueError("nothing to evaluate: give a model, or keep the BM25 baseline")
+    runs: dict[str, Run] = {}
+    seconds: dict[str, float] = {}
+    settings: dict[str, Any] = {}
+    if bm25 is not None:
+        tick = time.perf_counter()
+        search = bm25_searcher(dataset.doc_ids, dataset.doc_texts, k=k, config=bm25)
+        settings["bm25 index s"] = round(time.perf_counter() - tick, 3)
+        tick = time.perf_counter()
+        runs[BM25_NAME] = retrieve(search, dataset.queries, batch_size=batch_size)
+        seconds[BM25_NAME] = time.perf_counter() - tick
+        settings["bm25"] = bm25.describe()
+    if model is not None:
+        # never ask for more tokens than the model has positions for (tiny test models have 128)
+        q_len, p_len = (None if n is None else min(n, model.max_length)
+                        for n in (m3.query_max_length, m3.passage_max_length))
+        with eval_index(model, m3.modes, m3.index_dir) as index:
+            tick = time.perf_counter()
+            added = fill_index(index, model, dataset.doc_ids, dataset.doc_texts, max_length=p_len,
+                               batch_size=batch_size)
+            index.optimize()
+            settings["index build s"] = round(time.perf_counter() - tick, 3)
+            extra = index.count() - len(dataset.doc_ids)
+            if extra > 0:
+                logger.warning("%s holds %d documents that are not in the corpus; they compete in the ranking",
+                               index.location, extra)
+            mode_runs, mode_seconds = index_runs(
+                index, model, dataset.queries, m3.modes, k, weights=m3.weights, candidates=m3.candidates,
+                max_length=q_len, batch_size=batch_size)
+            settings.update({
+                "model": f"{getattr(model, 'name', '') or 'M3Model'} (fingerprint {model.fingerprint})",
+                "index": (f"{m3.index_dir} ({index.manifest.engine}, {added} documents added)" if m3.index_dir
+                          else f"temporary {index.manifest.engine} index, deleted afterwards"),
+                "weights (dense, sparse, colbert)": list(m3.weights or DEFAULT_WEIGHTS),
+                "candidates per route": max(m3.candidates or DEFAULT_CANDIDATES, k),
+                "max length (query, passage)": [q_len, p_len],
+                "query encoding s": round(mode_seconds.pop("encode queries"), 3),
+            })
+            if extra > 0:
+                settings["extra documents in index"] = extra
+        runs.update(mode_runs)
+        seconds.update(mode_seconds)
+    return evaluate_runs(dataset, runs, k, seconds, settings)
 
 
 # ---------------------------------------------------------------- reports
@@ -368,7 +552,7 @@ def markdown_table(result: EvalResult) -> str:
     ]
     for name, scores in result.scores.items():
         cells = [f"**{scores[m]:.4f}**" if scores[m] == best[m] else f"{scores[m]:.4f}" for m in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result.seconds.get(name, 0.0):.1f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result.seconds.get(name, 0.0):.2f} |")
     notes = [f"- {key}: {value}" for key, value in result.settings.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
