@@ -409,7 +409,184 @@ def eval_command(
 
 # ---- train / mine (training) ----
 
+
+def _train_default(name: str) -> object:
+    """TrainConfig's default for a field, so the CLI and the library agree."""
+    from m3embed.train.config import TrainConfig
+
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+@app.command("train")
+def train_command(
+    data: list[Path] = typer.Argument(..., help="jsonl files or directories of *.jsonl: {query, pos, neg}"),
+    model: str = typer.Option(..., "--model", "-m", help="M3 checkpoint or plain encoder (dir or hub id)"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
+    modes: str = typer.Option("dense,sparse,colbert", help="losses to train: 'dense' = dense only, all three = "
+                              "unified M3 (ensemble + self-distillation), or any subset"),
+    freeze: str = typer.Option("", help="parts kept fixed, comma-separated: encoder, sparse, colbert "
+                               "('encoder' trains the heads only)"),
+    train_group_size: int = typer.Option(_train_default("train_group_size"), help="1 positive + N-1 negatives"),
+    query_max_len: int = typer.Option(_train_default("query_max_len")),
+    passage_max_len: int = typer.Option(_train_default("passage_max_len")),
+    batch_size: int = typer.Option(_train_default("per_device_batch_size"), help="queries per process per step"),
+    sub_batch_size: Optional[int] = typer.Option(None, help="texts per checkpointed encoder chunk (saves memory)"),
+    gradient_checkpointing: bool = typer.Option(False, help="recompute encoder layers in the backward pass"),
+    group_by_length: bool = typer.Option(True, help="batches of similar length"),
+    temperature: float = typer.Option(_train_default("temperature")),
+    self_distill: bool = typer.Option(True, help="self-knowledge distillation (unified training)"),
+    self_distill_start_step: int = typer.Option(_train_default("self_distill_start_step")),
+    teacher_scores: str = typer.Option("auto", help="use pos_scores/neg_scores: auto, on, off"),
+    kd_loss: str = typer.Option(_train_default("kd_loss"), help="m3_kd_loss or kl_div"),
+    cross_device_negatives: bool = typer.Option(True, help="dense negatives from every process"),
+    learning_rate: float = typer.Option(_train_default("learning_rate"), "--lr", "--learning-rate"),
+    weight_decay: float = typer.Option(_train_default("weight_decay")),
+    lr_scheduler: str = typer.Option(_train_default("lr_scheduler"), help="linear, cosine, constant..."),
+    warmup_ratio: float = typer.Option(_train_default("warmup_ratio")),
+    warmup_steps: int = typer.Option(0, help="overrides --warmup-ratio when > 0"),
+    epochs: float = typer.Option(_train_default("epochs")),
+    max_steps: int = typer.Option(-1, help="> 0 overrides --epochs"),
+    bf16: bool = typer.Option(False, help="bf16 autocast for the encoder"),
+    seed: int = typer.Option(_train_default("seed")),
+    save_steps: int = typer.Option(0, help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = typer.Option(_train_default("save_total_limit"), help="checkpoints kept (0: all)"),
+    resume: Optional[str] = typer.Option(None, help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = typer.Option(1),
+    pooling: Optional[str] = typer.Option(None, help="override dense pooling: cls or mean"),
+    device: Optional[str] = DeviceOpt,
+    progress: bool = typer.Option(True, help="progress bar"),
+) -> None:
+    """Fine-tune an M3 model (run under `torchrun --no-python --nproc_per_node N m3embed train ...` for DDP)."""
+    import json
+
+    from m3embed.train.config import TrainConfig
+    from m3embed.train.trainer import LOG_FILE, train
+
+    config = TrainConfig(
+        model=model, train_data=[str(p) for p in data], output_dir=str(output_dir), modes=modes, freeze=freeze,
+        pooling=pooling, train_group_size=train_group_size, query_max_len=query_max_len,
+        passage_max_len=passage_max_len, per_device_batch_size=batch_size, group_by_length=group_by_length,
+        teacher_scores=teacher_scores, temperature=temperature, self_distill=self_distill,
+        self_distill_start_step=self_distill_start_step, kd_loss=kd_loss,
+        negatives_cross_device=cross_device_negatives, learning_rate=learning_rate, weight_decay=weight_decay,
+        lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, epochs=epochs,
+        max_steps=max_steps, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+        sub_batch_size=sub_batch_size, seed=seed, device=device, save_steps=save_steps,
+        save_total_limit=save_total_limit, resume_from=resume, logging_steps=logging_steps, progress=progress)
+    result = train(config)
+    from m3embed.train import distributed
+
+    if distributed.is_main_process():
+        lines = (result / LOG_FILE).read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "dense", "sparse", "colbert", "inter") if k in last)
+        console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
+
+
+@app.command()
+def mine(
+    input: Path = typer.Argument(..., help="jsonl training lines {query, pos[, neg]}"),
+    output: Path = typer.Option(..., "--out", "-o", help="jsonl to write, with mined 'neg' lists"),
+    model: str = ModelOpt,
+    range_: str = typer.Option("2-200", "--range", help="rank range START-END to sample from (0-based, END "
+                               "excluded, as FlagEmbedding's range_for_sampling)"),
+    negatives: int = typer.Option(15, help="negatives per line"),
+    modes: str = typer.Option("dense", help="dense, sparse, or dense,sparse (hybrid)"),
+    weights: str = typer.Option("1,0.3", help="hybrid weights: dense,sparse"),
+    pool: Optional[Path] = typer.Option(None, help="candidate pool jsonl ('text' field); default: all pos+neg"),
+    query_max_len: Optional[int] = typer.Option(None),
+    passage_max_len: Optional[int] = typer.Option(None),
+    seed: int = typer.Option(42),
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Mine hard negatives: retrieve with the model, sample from a rank range, never a positive."""
+    from m3embed.train.mine import mine_hard_negatives
+
+    try:
+        w = tuple(float(x) for x in weights.split(","))
+    except ValueError:
+        raise ValueError(f"--weights {weights!r} must be numbers like 1,0.3") from None
+    m = _load(model, modes, dtype, device)
+    stats = mine_hard_negatives(m, input, output, candidate_pool=pool, sample_range=range_,
+                                negative_number=negatives, modes=modes, weights=w, query_max_len=query_max_len,
+                                passage_max_len=passage_max_len, seed=seed)
+    console.print(f"{stats.lines} lines, {stats.candidates} candidates, {stats.mean_negatives:.1f} negatives per "
+                  f"line ({stats.topped_up} topped up at random) -> {output}", highlight=False)
+    if stats.dropped_teacher_scores:
+        console.print(f"[yellow]note:[/yellow] dropped pos/neg_scores on {stats.dropped_teacher_scores} lines "
+                      "(the new negatives have no teacher scores)", highlight=False)
+
 # ---- serve (service) ----
+
+
+@app.command()
+def serve(
+    model: str = ModelOpt,
+    index: Optional[Path] = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    api_key: Optional[str] = typer.Option(None, envvar="M3EMBED_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' on /v1/*"),
+    served_model_name: Optional[str] = typer.Option(None, help="name clients pass as `model` (default: --model)"),
+    max_length: Optional[int] = typer.Option(None, help="tokens per text, longer ones truncated (default: model limit)"),
+    max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
+    max_chars: int = typer.Option(100_000, help="characters per text"),
+    max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
+    max_batch_tokens: int = typer.Option(16_384, help="tokens per merged model call"),
+    max_wait_ms: float = typer.Option(2.0, help="how long the worker waits to fill a batch"),
+    max_queue: int = typer.Option(4096, help="queued requests beyond which the server answers 503"),
+    graceful_timeout: float = typer.Option(30.0, help="seconds in-flight requests get to finish on shutdown"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+    dtype: str = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
+    import signal
+
+    import uvicorn
+
+    from m3embed.server import ServerSettings, create_app
+
+    settings = ServerSettings(
+        model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
+        max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    m = _load(model, ("dense",), dtype, device)
+    idx = None
+    if index is not None:
+        from m3embed.index import open_index
+
+        idx = open_index(index, m)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the previous handler: make
+    # that handler end `run` with an exception, so the index is closed below and the exit status is 0
+    previous = signal.signal(signal.SIGTERM, _stop_serving)
+    try:
+        web = create_app(m, idx, settings)
+        console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
+                      f"{'; index ' + str(index) if idx is not None else ''}) on http://{host}:{port}"
+                      f"{' with an API key' if settings.api_key else ''}")
+        uvicorn.run(web, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    except (_StopServing, KeyboardInterrupt):
+        console.print("server stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if idx is not None:
+            idx.close()
+
+
+class _StopServing(Exception):
+    """Raised by the SIGTERM handler once uvicorn has finished its graceful shutdown."""
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise _StopServing
 
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError, PermissionError)

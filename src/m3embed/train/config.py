@@ -1,0 +1,161 @@
+"""TrainConfig: every knob of `m3embed train` in one flat dataclass; the CLI fills it, checkpoints keep it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from m3embed.types import MODES, check_modes
+
+FREEZABLE = ("encoder", "sparse", "colbert")  # the parts whose weights `freeze` can hold fixed
+KD_LOSSES = ("m3_kd_loss", "kl_div")
+TEACHER_SCORE_USE = ("auto", "on", "off")
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one fine-tuning run; defaults follow FlagEmbedding's M3 recipe unless a comment says why.
+
+    `modes` picks the losses (and so the heads that learn): ("dense",) is FlagEmbedding's dense-only
+    fine-tuning, all three modes is its unified fine-tuning. `freeze` holds parts fixed, e.g.
+    freeze=("encoder",) trains the heads only (FlagEmbedding's fix_encoder).
+    """
+
+    # ---- what to train ----
+    model: str = ""  # checkpoint dir or hub id; a plain encoder gets new random heads
+    train_data: list[str] = field(default_factory=list)  # jsonl files or directories of *.jsonl
+    output_dir: str = "m3embed-finetuned"
+    modes: tuple[str, ...] = MODES  # losses to train; a single mode uses its own InfoNCE only
+    freeze: tuple[str, ...] = ()  # any of "encoder", "sparse", "colbert": weights kept fixed
+    pooling: str | None = None  # override the checkpoint's dense pooling ("cls" / "mean")
+
+    # ---- data ----
+    train_group_size: int = 8  # 1 positive + 7 negatives per query (FlagEmbedding default)
+    query_max_len: int = 64  # tokens; REFERENCE §Training
+    passage_max_len: int = 256  # tokens; raise up to 8192 for long documents
+    per_device_batch_size: int = 4  # queries per process per step (each brings train_group_size passages)
+    group_by_length: bool = True  # batches of similar length (paper §3.5): less padding
+    teacher_scores: str = "auto"  # use pos/neg_scores: "auto" (when every line has them), "on", "off"
+
+    # ---- losses ----
+    temperature: float = 0.02  # paper + FlagEmbedding examples
+    self_distill: bool = True  # self-knowledge distillation from the ensemble (unified training only)
+    self_distill_start_step: int = -1  # distil once step > this; -1 = from the first step (FlagEmbedding)
+    kd_loss: str = "m3_kd_loss"  # loss for teacher scores: "m3_kd_loss" (M3 paper) or "kl_div"
+    negatives_cross_device: bool = True  # dense negatives from every process (no effect on one process)
+
+    # ---- optimisation ----
+    learning_rate: float = 1e-5  # FlagEmbedding m3.sh
+    weight_decay: float = 0.01
+    lr_scheduler: str = "linear"  # transformers.get_scheduler name
+    warmup_ratio: float = 0.1  # share of the steps spent warming up (used when warmup_steps is 0)
+    warmup_steps: int = 0
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    max_grad_norm: float = 1.0  # transformers Trainer default, as FlagEmbedding runs it
+    bf16: bool = False  # bf16 autocast (GPU, or CPU with AVX512-BF16); losses stay float32
+    gradient_checkpointing: bool = False  # recompute encoder layers in backward: long passages fit
+    sub_batch_size: int | None = None  # texts per checkpointed encoder chunk; None = encode in one go
+    seed: int = 42
+    device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
+
+    # ---- checkpoints and logs ----
+    save_steps: int = 0  # checkpoint every N steps (0 = only the final model)
+    save_total_limit: int = 2  # keep this many newest checkpoints (0 = keep all)
+    resume_from: str | None = None  # checkpoint dir, or "auto" = newest checkpoint in output_dir
+    logging_steps: int = 1  # a JSON line in output_dir/train_log.jsonl every N steps
+    progress: bool = True  # rich progress bar on the main process
+
+    def __post_init__(self) -> None:
+        self.modes = check_modes(self.modes)
+        if isinstance(self.train_data, (str, Path)):
+            self.train_data = [str(self.train_data)]
+        self.train_data = [str(p) for p in self.train_data]
+        self.freeze = tuple(self.freeze.split(",")) if isinstance(self.freeze, str) else tuple(self.freeze)
+        self.freeze = tuple(p.strip() for p in self.freeze if p.strip())
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting and its valid range."""
+        bad_parts = [p for p in self.freeze if p not in FREEZABLE]
+        if bad_parts:
+            raise ValueError(f"freeze={bad_parts!r}: choose from {', '.join(FREEZABLE)}")
+        trained = {"encoder"} | {m for m in self.modes if m != "dense"}
+        if trained <= set(self.freeze):
+            raise ValueError(
+                f"freeze={self.freeze!r} with modes={self.modes!r} leaves nothing to train; "
+                "unfreeze a part or add a mode whose head is not frozen"
+            )
+        checks = [  # (valid?, settings shown in the error, what is expected)
+            (self.train_group_size >= 1, ("train_group_size",), "must be >= 1"),
+            (
+                min(self.query_max_len, self.passage_max_len) >= 2,
+                ("query_max_len", "passage_max_len"),
+                "must be >= 2",
+            ),
+            (self.per_device_batch_size >= 1, ("per_device_batch_size",), "must be >= 1"),
+            (self.temperature > 0, ("temperature",), "must be > 0"),
+            (self.learning_rate >= 0, ("learning_rate",), "must be >= 0"),
+            (
+                0 <= self.warmup_ratio < 1 and self.warmup_steps >= 0,
+                ("warmup_ratio", "warmup_steps"),
+                "must be in [0, 1) and >= 0",
+            ),
+            (
+                self.epochs > 0 or self.max_steps > 0,
+                ("epochs", "max_steps"),
+                "need epochs > 0 or max_steps > 0",
+            ),
+            (
+                self.sub_batch_size is None or self.sub_batch_size >= 1,
+                ("sub_batch_size",),
+                "must be >= 1 or None",
+            ),
+            (
+                min(self.save_steps, self.save_total_limit) >= 0,
+                ("save_steps", "save_total_limit"),
+                "must be >= 0",
+            ),
+            (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
+            (self.kd_loss in KD_LOSSES, ("kd_loss",), f"must be one of {KD_LOSSES}"),
+            (
+                self.teacher_scores in TEACHER_SCORE_USE,
+                ("teacher_scores",),
+                f"must be one of {TEACHER_SCORE_USE}",
+            ),
+            (self.lr_scheduler in SCHEDULERS, ("lr_scheduler",), f"must be one of {SCHEDULERS}"),
+            (self.pooling in (None, "cls", "mean"), ("pooling",), "must be 'cls', 'mean' or None"),
+        ]
+        for ok, names, expected in checks:
+            if not ok:
+                shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+                raise ValueError(f"{shown}: {expected}")
+
+    @property
+    def unified(self) -> bool:
+        """More than one mode: the ensemble loss and self-distillation apply."""
+        return len(self.modes) > 1
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["modes"], out["freeze"] = list(self.modes), list(self.freeze)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig field(s) {unknown}; valid fields: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

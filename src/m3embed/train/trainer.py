@@ -1,0 +1,380 @@
+"""The training loop: data → M3TrainingLoss (optionally DDP) → AdamW, checkpoints, resume, JSON-lines log.
+
+`train(config)` is the one-call API (and what `m3embed train` runs). Launched by torchrun it joins the
+process group, wraps the loss module in DistributedDataParallel and gathers dense negatives across
+processes; on one process the same code runs without any of that.
+
+Output directory:
+    <output_dir>/                the final model, official BGE-M3 layout, + train_config.json
+    <output_dir>/checkpoint-N/   the model at step N + trainer_state.pt (+ rng_state_rank*.pt)
+    <output_dir>/train_log.jsonl one JSON object per logged step: loss, per-mode losses, lr, grad norm
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from m3embed.train import distributed
+from m3embed.train.config import TrainConfig
+from m3embed.train.data import GroupedBatches, TrainBatch, load_examples, resolve_teacher_use
+from m3embed.train.losses import M3LossOutput, M3TrainingLoss
+
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "train_log.jsonl"
+CONFIG_FILE = "train_config.json"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model(path: str, config: TrainConfig, device: torch.device) -> nn.Module:
+    """An M3Model ready to train `config.modes`: heads it lacks are created, untrained heads are not kept.
+
+    A plain encoder trained dense-only therefore saves no random head files (FlagEmbedding's trap).
+    """
+    from m3embed import checkpoint
+    from m3embed.model import M3Model
+
+    model = M3Model.from_pretrained(
+        path, device=device, modes=config.modes, pooling=config.pooling, new_heads=True
+    )
+    directory = checkpoint.resolve(path)
+    for mode in ("sparse", "colbert"):
+        if mode not in config.modes and not (directory / checkpoint.HEAD_FILES[mode]).is_file():
+            setattr(model, f"{mode}_linear", None)
+    return model
+
+
+def configure_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
+    """Set requires_grad from `modes` and `freeze`, switch on gradient checkpointing; return trained parts."""
+    model.requires_grad_(False)
+    trained = []
+    if "encoder" not in config.freeze:
+        model.backbone.requires_grad_(True)
+        trained.append("encoder")
+        if config.gradient_checkpointing:
+            model.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+    for mode in ("sparse", "colbert"):
+        head = getattr(model, f"{mode}_linear")
+        if mode in config.modes and mode not in config.freeze and head is not None:
+            head.requires_grad_(True)
+            trained.append(f"{mode}_linear")
+    model.train()
+    return trained
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases and LayerNorm weights (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+
+
+def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint-N directory with the largest N that holds a trainer state, or None."""
+    found = [
+        (int(p.name.split("-")[1]), p)
+        for p in Path(output_dir).glob("checkpoint-*")
+        if p.name.split("-")[1].isdigit() and (p / STATE_FILE).is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+class Trainer:
+    """One fine-tuning run. Build it, then `train()`; `training_step` is exposed for tests and custom loops.
+
+    Args:
+        config: the run's settings.
+        model: an already loaded M3Model (default: loaded from config.model, or from the resumed checkpoint).
+        examples: training examples (default: read from config.train_data).
+    """
+
+    def __init__(
+        self, config: TrainConfig, model: nn.Module | None = None, examples: list | None = None
+    ) -> None:
+        self.config = config
+        self.device, self._owns_group = distributed.init_distributed(config.device)
+        self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
+        self.is_main = self.rank == 0
+        self.output_dir = Path(config.output_dir)
+        seed_everything(config.seed)
+
+        self.resume_dir = self._resume_dir()
+        examples = load_examples(config.train_data) if examples is None else examples
+        self.use_teacher_scores = resolve_teacher_use(examples, config.teacher_scores)
+        self.batches = GroupedBatches(
+            examples,
+            config.train_group_size,
+            config.per_device_batch_size,
+            self.world_size,
+            self.rank,
+            config.seed,
+            config.group_by_length,
+            self.use_teacher_scores,
+        )
+        if model is not None and self.resume_dir is not None:
+            raise ValueError(
+                f"resuming from {self.resume_dir} loads the model saved there; do not pass a model"
+            )
+        if model is None:
+            if not config.model and self.resume_dir is None:
+                raise ValueError("no model given: set TrainConfig.model to a checkpoint directory or hub id")
+            model = load_model(str(self.resume_dir or config.model), config, self.device)
+        self.model = model.to(self.device)
+        self.max_lengths = {}
+        for name in ("query_max_len", "passage_max_len"):
+            value = getattr(config, name)
+            if value > self.model.max_length:
+                warnings.warn(
+                    f"{name}={value} exceeds the model's {self.model.max_length} positions; "
+                    f"truncating at {self.model.max_length}",
+                    stacklevel=2,
+                )
+            self.max_lengths[name] = min(value, self.model.max_length)
+        self.trained_parts = configure_trainable(self.model, config)
+        self.loss_fn = M3TrainingLoss(
+            self.model,
+            config.modes,
+            config.train_group_size,
+            config.temperature,
+            config.self_distill,
+            config.self_distill_start_step,
+            config.kd_loss,
+            config.negatives_cross_device,
+            config.sub_batch_size,
+            torch.bfloat16 if config.bf16 else None,
+        )
+        self.engine: nn.Module = self.loss_fn
+        if self.world_size > 1:
+            self.engine = nn.parallel.DistributedDataParallel(
+                self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+        self.optimizer = make_optimizer(self.model, config)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = (
+            config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * self.steps_per_epoch)
+        )
+        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            config.lr_scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
+        )
+        self.step = 0
+        if self.resume_dir is not None:
+            self.load_state(self.resume_dir)
+
+    # ---- one step ----
+
+    def collate(self, batch: TrainBatch) -> dict[str, torch.Tensor | None]:
+        """Tokenise a batch (truncated at the query/passage max lengths) into padded tensors on the device."""
+        from m3embed.tokenize import pad, tokenize
+
+        tok = self.model.tokenizer
+        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.max_lengths["query_max_len"]), tok.pad_token_id)
+        p_ids, p_mask = pad(
+            tokenize(tok, batch.passages, self.max_lengths["passage_max_len"]), tok.pad_token_id
+        )
+        teacher = (
+            None if batch.teacher_scores is None else torch.tensor(batch.teacher_scores, dtype=torch.float32)
+        )
+        out = {"q_ids": q_ids, "q_mask": q_mask, "p_ids": p_ids, "p_mask": p_mask, "teacher_scores": teacher}
+        return {k: None if v is None else v.to(self.device) for k, v in out.items()}
+
+    def compute_loss(self, batch: TrainBatch) -> M3LossOutput:
+        """Forward this process's part of a batch (through DDP when distributed)."""
+        return self.engine(**self.collate(batch), step=self.step)
+
+    def training_step(self, batch: TrainBatch) -> dict[str, float]:
+        """Forward, backward, clip, optimizer and scheduler step; return logged values (mean over ranks)."""
+        out = self.compute_loss(batch)
+        out.loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        values = distributed.all_reduce_mean({"loss": out.loss.detach(), **out.parts}, self.device)
+        values["grad_norm"] = float(grad_norm)  # of the averaged gradients: the same on every process
+        values["lr"] = lr
+        return values
+
+    # ---- the loop ----
+
+    def train(self) -> Path:
+        """Run to `total_steps`, logging, checkpointing and saving the final model; returns output_dir."""
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        start, t0 = self.step, time.perf_counter()
+        with _Progress(self.total_steps, self.step, enabled=self.is_main and self.config.progress) as bar:
+            while self.step < self.total_steps:
+                epoch, index = divmod(self.step, self.steps_per_epoch)
+                values = self.training_step(self.batches.batch(epoch, index))
+                self.step += 1
+                bar.update(self.step, values["loss"])
+                if self.step % self.config.logging_steps == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - t0
+                    self._log(
+                        {
+                            "step": self.step,
+                            "epoch": round(epoch + (index + 1) / self.steps_per_epoch, 4),
+                            **values,
+                            "steps_per_s": (self.step - start) / elapsed,
+                        }
+                    )
+                if self.config.save_steps and self.step % self.config.save_steps == 0:
+                    self.save_checkpoint()
+        if self.is_main:
+            self.model.save_pretrained(self.output_dir)
+            self.config.save(self.output_dir / CONFIG_FILE)
+        distributed.barrier()
+        return self.output_dir
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it."""
+        if self._owns_group:
+            distributed.cleanup()
+            self._owns_group = False
+
+    def _log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.output_dir / LOG_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---- checkpoints ----
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint-<step>: model (official layout), optimizer, scheduler, step, every rank's RNG."""
+        directory = self.output_dir / f"checkpoint-{self.step}"
+        if self.is_main:
+            self.model.save_pretrained(directory)
+            torch.save(
+                {
+                    "step": self.step,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "world_size": self.world_size,
+                    "config": self.config.to_dict(),
+                },
+                directory / STATE_FILE,
+            )
+        distributed.barrier()
+        torch.save(_rng_state(), directory / f"rng_state_rank{self.rank}.pt")
+        distributed.barrier()
+        if self.is_main and self.config.save_total_limit:
+            done = sorted(
+                (int(p.name.split("-")[1]), p)
+                for p in self.output_dir.glob("checkpoint-*")
+                if p.name.split("-")[1].isdigit()
+            )
+            for _, old in done[: -self.config.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    def load_state(self, directory: Path) -> None:
+        """Restore step, optimizer, scheduler and RNG from a checkpoint (the weights came with the model)."""
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=False)
+        if state["world_size"] != self.world_size:
+            warnings.warn(
+                f"{directory} was written by {state['world_size']} processes, resuming on "
+                f"{self.world_size}: batches after step {state['step']} differ from the original run",
+                stacklevel=2,
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        rng_file = directory / f"rng_state_rank{self.rank}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+
+    def _resume_dir(self) -> Path | None:
+        resume = self.config.resume_from
+        if not resume:
+            return None
+        if resume == "auto":
+            return find_latest_checkpoint(self.output_dir)
+        directory = Path(resume)
+        if not (directory / STATE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{directory}/{STATE_FILE} missing: resume_from must be a checkpoint-N "
+                "directory written by m3embed train, or 'auto'"
+            )
+        return directory
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Progress:
+    """A rich progress bar showing step and loss (does nothing when disabled)."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.task = self.progress.add_task("train", total=total, completed=done, loss="-")
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+    def update(self, step: int, loss: float) -> None:
+        if self.enabled:
+            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}")
+
+
+def train(config: TrainConfig, model: nn.Module | None = None) -> Path:
+    """Fine-tune per `config` (one process, or each torchrun process); returns the output directory."""
+    trainer = Trainer(config, model)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
