@@ -75,7 +75,7 @@ class Batcher:
         on_batch: called on the worker thread after each model call with a BatchRecord.
     """
 
-    def __init__(self, encode: EncodeFn, *, max_batch_tokens: int = 16384, max_wait_s: float = 0.002,
+    def __init__(self, encode: EncodeFn, *, max_batch_tokens: int = 16384, max_wait_s: float = 0.0,
                  enabled: bool = True, max_queue: int = 4096,
                  on_batch: Callable[[BatchRecord], None] | None = None) -> None:
         if max_batch_tokens < 1:
