@@ -535,7 +535,8 @@ def serve(
     max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
     max_batch_tokens: int = typer.Option(16_384, help="tokens per merged model call"),
-    max_wait_ms: float = typer.Option(2.0, help="how long the worker waits to fill a batch"),
+    max_wait_ms: float = typer.Option(0.0, help="extra wait to fill a batch (0: merge what queued meanwhile)"),
+    batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per forward pass inside a model call"),
     max_queue: int = typer.Option(4096, help="queued requests beyond which the server answers 503"),
     graceful_timeout: float = typer.Option(30.0, help="seconds in-flight requests get to finish on shutdown"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
@@ -553,7 +554,7 @@ def serve(
     settings = ServerSettings(
         model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
         max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
-        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens)
     if threads is not None:
         import torch
 
