@@ -11,7 +11,7 @@ from m3embed.index.store import DEFAULT_CANDIDATES
 
 @pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])
 def test_edge_and_qdrant_agree(make_index, corpus, colbert_dtype: str) -> None:
-    indexes = [make_index(engine, name=engine, colbert_dtype=colbert_dtype) for engine in ("edge", "qdrant-path")]
+    indexes = [make_index(engine, name=engine, colbert_dtype=colbert_dtype) for engine in ("edge", "qdrant-memory")]
     for index in indexes:
         index.add_outputs(corpus.ids, corpus.docs, metadata=corpus.meta)
     for mode in SEARCH_MODES:

@@ -67,10 +67,11 @@ class QdrantStore(Store):
 
     def upsert(self, batch: DocBatch) -> None:
         points = []
+        dense = None if batch.dense is None else batch.dense.tolist()  # one conversion for the whole batch
         for i, doc_id in enumerate(batch.ids):
             vector: dict[str, Any] = {}
-            if batch.dense is not None:
-                vector["dense"] = batch.dense[i].tolist()
+            if dense is not None:
+                vector["dense"] = dense[i]
             if batch.sparse is not None:
                 sv = batch.sparse[i]
                 vector["sparse"] = models.SparseVector(indices=sv.ids.tolist(), values=sv.weights.tolist())
