@@ -55,6 +55,7 @@ def reference_step(ckpt: Path, data: Path, out: Path) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow  # ~20-30 s on 2 shared cores: torchrun starts two Python processes that import torch
 def test_two_processes_first_step_equals_single_process_reference(nodrop_ckpt, tmp_path):
     data = write_train_file(tmp_path / "train.jsonl", n=8, n_neg=3, seed=3)
     out = tmp_path / "ddp"
@@ -96,6 +97,7 @@ def test_two_processes_first_step_equals_single_process_reference(nodrop_ckpt, t
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(x) for x in (out / LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # the second step (after an optimizer step under DDP) ran too
+    assert run.stderr.count("trained 2 steps") == 1  # only rank 0 reports
 
     ref = reference_step(nodrop_ckpt, data, tmp_path / "ref")
     first = rows[0]

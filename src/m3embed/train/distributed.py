@@ -31,7 +31,8 @@ def get_local_rank() -> int:
 
 
 def is_main_process() -> bool:
-    return get_rank() == 0
+    """Rank 0 of the process group, or of the torchrun launch (RANK) when no group is open (yet, or anymore)."""
+    return (get_rank() if is_initialized() else int(os.environ.get("RANK", "0"))) == 0
 
 
 def init_distributed(device: str | None = None) -> tuple[torch.device, bool]:

@@ -373,8 +373,9 @@ class _Progress:
 
 def train(config: TrainConfig, model: nn.Module | None = None) -> Path:
     """Fine-tune per `config` (one process, or each torchrun process); returns the output directory."""
-    trainer = Trainer(config, model)
+    owns_group = not distributed.is_initialized()  # torchrun: the group this call creates, it also ends
     try:
-        return trainer.train()
+        return Trainer(config, model).train()
     finally:
-        trainer.close()
+        if owns_group:
+            distributed.cleanup()
