@@ -124,6 +124,18 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
 
 
 @app.command()
+def demo(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the shipped offline M3 model"),
+    index: Path = typer.Option(Path("m3embed-demo-index"), help="index directory (reopened and completed)"),
+    k: int = typer.Option(3, help="hits per mode"),
+) -> None:
+    """Index the bundled sample corpus offline and show each search mode's results side by side."""
+    from m3embed.demo import run
+
+    run(model, index, k=k, console=out)
+
+
+@app.command()
 def info(model: str = ModelOpt) -> None:
     """Show what a checkpoint is: backbone, sizes, limits, pooling, heads, fingerprint."""
     m = _load(model, ("dense",))
