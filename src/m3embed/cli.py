@@ -444,6 +444,10 @@ def train_command(
     batch_size: int = typer.Option(_train_default("per_device_batch_size"), help="queries per process per step"),
     sub_batch_size: Optional[int] = typer.Option(None, help="texts per checkpointed encoder chunk (saves memory)"),
     gradient_checkpointing: bool = typer.Option(False, help="recompute encoder layers in the backward pass"),
+    cache_encoder_states: Optional[bool] = typer.Option(
+        None, "--cache-encoder-states/--no-cache-encoder-states",
+        help="frozen encoder: encode each text once and train the heads on cached states "
+        "(default: on when --freeze has encoder)"),
     group_by_length: bool = typer.Option(True, help="batches of similar length"),
     temperature: float = typer.Option(_train_default("temperature")),
     self_distill: bool = typer.Option(True, help="self-knowledge distillation (unified training)"),
@@ -483,7 +487,8 @@ def train_command(
         negatives_cross_device=cross_device_negatives, learning_rate=learning_rate, weight_decay=weight_decay,
         lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, epochs=epochs,
         max_steps=max_steps, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        sub_batch_size=sub_batch_size, seed=seed, device=device, save_steps=save_steps,
+        sub_batch_size=sub_batch_size, cache_encoder_states=cache_encoder_states, seed=seed, device=device,
+        save_steps=save_steps,
         save_total_limit=save_total_limit, resume_from=resume, logging_steps=logging_steps, progress=progress)
     result = train(config)
     from m3embed.train import distributed

@@ -174,6 +174,14 @@ class M3Model(nn.Module):
             if mode != "dense":
                 self._head(mode)
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return self.heads_forward(h, attention_mask, modes, cls_positions)
+
+    def heads_forward(self, h: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str] = MODES,
+                      cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`forward` from the backbone's last hidden states h (B, T, H) on: pooling and heads (same outputs)."""
+        for mode in modes:
+            if mode != "dense":
+                self._head(mode)
         h = h.float()  # heads and pooling run in float32 whatever the backbone dtype
         mask = attention_mask.to(h.dtype)  # (B, T)
         out: dict[str, torch.Tensor] = {}

@@ -58,6 +58,9 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast (GPU, or CPU with AVX512-BF16); losses stay float32
     gradient_checkpointing: bool = False  # recompute encoder layers in backward: long passages fit
     sub_batch_size: int | None = None  # texts per checkpointed encoder chunk; None = encode in one go
+    # frozen encoder: run the backbone once per distinct text (eval mode, no dropout) and train the heads on
+    # its cached states; None = on exactly when "encoder" is frozen
+    cache_encoder_states: bool | None = None
     seed: int = 42
     device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
 
@@ -119,6 +122,11 @@ class TrainConfig:
                 "must be >= 0",
             ),
             (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
+            (
+                not self.cache_encoder_states or "encoder" in self.freeze,
+                ("cache_encoder_states", "freeze"),
+                "caching encoder states needs a frozen encoder (add 'encoder' to freeze)",
+            ),
             (self.kd_loss in KD_LOSSES, ("kd_loss",), f"must be one of {KD_LOSSES}"),
             (
                 self.teacher_scores in TEACHER_SCORE_USE,
@@ -132,6 +140,13 @@ class TrainConfig:
             if not ok:
                 shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
                 raise ValueError(f"{shown}: {expected}")
+
+    @property
+    def use_state_cache(self) -> bool:
+        """Whether heads train on cached encoder states (explicit setting, else: the encoder is frozen)."""
+        if self.cache_encoder_states is None:
+            return "encoder" in self.freeze
+        return self.cache_encoder_states
 
     @property
     def unified(self) -> bool:

@@ -12,7 +12,7 @@ The math lives in pure functions on score tensors; `M3TrainingLoss` holds the mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -238,6 +238,8 @@ class M3TrainingLoss(nn.Module):
         negatives_cross_device: dense negatives gathered from every process when distributed.
         sub_batch_size: texts per encoder chunk; None encodes a whole side at once.
         autocast_dtype: e.g. torch.bfloat16 to run the encoder under autocast; None = off.
+        state_cache: for a frozen encoder, a callable (ids, mask) -> (B, T, H) backbone states (e.g.
+            `EncoderStateCache`); the model then runs only its pooling and heads on them.
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class M3TrainingLoss(nn.Module):
         negatives_cross_device: bool = True,
         sub_batch_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
+        state_cache: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -264,6 +267,7 @@ class M3TrainingLoss(nn.Module):
         self.negatives_cross_device = negatives_cross_device
         self.sub_batch_size = sub_batch_size
         self.autocast_dtype = autocast_dtype
+        self.state_cache = state_cache
 
     def forward(
         self,
@@ -308,6 +312,8 @@ class M3TrainingLoss(nn.Module):
         }
 
     def _encode_chunk(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        if self.state_cache is not None:  # frozen encoder: heads on cached states (already float32)
+            return self.model.heads_forward(self.state_cache(ids, mask), mask, modes=self.modes)
         enabled = self.autocast_dtype is not None
         with torch.autocast(ids.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
             out = self.model(ids, mask, modes=self.modes)

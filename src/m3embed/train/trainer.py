@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from m3embed.train import distributed
+from m3embed.train.cache import EncoderStateCache
 from m3embed.train.config import TrainConfig
 from m3embed.train.data import GroupedBatches, TrainBatch, load_examples, resolve_teacher_use
 from m3embed.train.losses import M3LossOutput, M3TrainingLoss
@@ -151,6 +152,15 @@ class Trainer:
                 )
             self.max_lengths[name] = min(value, self.model.max_length)
         self.trained_parts = configure_trainable(self.model, config)
+        self.state_cache = (
+            EncoderStateCache(
+                self.model.backbone,
+                self.model.tokenizer.pad_token_id,
+                autocast_dtype=torch.bfloat16 if config.bf16 else None,
+            )
+            if config.use_state_cache
+            else None
+        )
         self.loss_fn = M3TrainingLoss(
             self.model,
             config.modes,
@@ -162,6 +172,7 @@ class Trainer:
             config.negatives_cross_device,
             config.sub_batch_size,
             torch.bfloat16 if config.bf16 else None,
+            self.state_cache,
         )
         self.engine: nn.Module = self.loss_fn
         if self.world_size > 1:
@@ -218,6 +229,8 @@ class Trainer:
         values = distributed.all_reduce_mean({"loss": out.loss.detach(), **out.parts}, self.device)
         values["grad_norm"] = float(grad_norm)  # of the averaged gradients: the same on every process
         values["lr"] = lr
+        if self.state_cache is not None:
+            values.update(self.state_cache.stats())
         return values
 
     # ---- the loop ----
