@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -85,6 +86,9 @@ class M3Model(nn.Module):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == torch.float16 and device.type == "cpu":
             raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
+        if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): bfloat16 will be slower "
+                          "than float32", stacklevel=2)
         config = checkpoint.read_config(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
