@@ -24,6 +24,17 @@ DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-B
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def _weights(text: str) -> tuple[float, float, float]:
+    """'0.4,0.2,0.4' → (dense, sparse, colbert) weights."""
+    try:
+        w = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        w = ()
+    if len(w) != 3:
+        raise ValueError(f"--weights must be three numbers (dense,sparse,colbert) like 0.4,0.2,0.4, got {text!r}")
+    return w  # type: ignore[return-value]
+
+
 def _load(model: str, modes, dtype: str = "float32", device: Optional[str] = None):
     from m3embed.model import M3Model
 
@@ -76,12 +87,7 @@ def score(
 
     from m3embed.scoring import compute_score, hybrid, pair_scores
 
-    try:
-        w = tuple(float(x) for x in weights.split(","))
-    except ValueError:
-        raise ValueError(f"--weights must be three numbers like 0.4,0.2,0.4, got {weights!r}") from None
-    if len(w) != 3:
-        raise ValueError(f"--weights must be three numbers (dense,sparse,colbert), got {weights!r}")
+    w = _weights(weights)
     items = _read_pairs(pairs) if pairs else [(query, p) for p in passage]
     if (pairs is None) == (query is None) or not items:
         raise ValueError("give a pairs file, or --query with one or more --passage")
@@ -102,20 +108,10 @@ def score(
 
 
 def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    import json
+    from m3embed.corpus import iter_jsonl
 
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist")
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with 'query' and 'passage'")
+    for lineno, row in iter_jsonl(path):
         for key in ("query", "passage"):
             if not isinstance(row.get(key), str):
                 raise ValueError(f"{path}:{lineno}: field {key!r} must be a string")
@@ -326,10 +322,7 @@ def search(
 
     from m3embed.index import open_index
 
-    try:
-        w = tuple(float(x) for x in weights.split(","))
-    except ValueError:
-        raise ValueError(f"--weights must be three numbers like 0.4,0.2,0.4, got {weights!r}") from None
+    w = _weights(weights)
     with open_index(index, collection=collection) as idx:
         _index_model(idx, model, dtype, device)
         results = idx.search(list(query), k=k, mode=mode, weights=w, candidates=candidates,
@@ -390,12 +383,7 @@ def eval_command(
         write_report,
     )
 
-    try:
-        w = tuple(float(x) for x in weights.split(","))
-    except ValueError:
-        raise ValueError(f"--weights must be three numbers like 0.4,0.2,0.4, got {weights!r}") from None
-    if len(w) != 3:
-        raise ValueError(f"--weights must be three numbers (dense,sparse,colbert), got {weights!r}")
+    w = _weights(weights)
     chosen = tuple(m.strip() for m in modes.split(",") if m.strip()) if modes else None
     data = load_dataset(dataset, qrels=qrels)
     if max_queries is not None:

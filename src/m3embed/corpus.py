@@ -43,6 +43,24 @@ def read_records(path: str | Path, text_field: str = "text", id_field: str = "id
         raise ValueError(f"{path}: unsupported input format {suffix!r}; use one of {', '.join(FORMATS)}")
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a missing file or a bad line raises naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
 def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str,
           title_field: str | None) -> Record:
     if text_field not in row:
@@ -61,18 +79,8 @@ def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str
 
 
 def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield _make(row, where, str(lineno), text_field, id_field, title_field)
+    for lineno, row in iter_jsonl(path):
+        yield _make(row, f"{path}:{lineno}", str(lineno), text_field, id_field, title_field)
 
 
 def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3embed.corpus import iter_jsonl
 from m3embed.index.store import DEFAULT_CANDIDATES, DEFAULT_WEIGHTS, check_search_mode
 from m3embed.types import MODES
 
@@ -74,23 +75,6 @@ class Dataset:
                        {q: self.qrels[q] for q in keep}, self.qrels_file)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; malformed lines raise naming file:line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; a dataset dir needs corpus.jsonl, queries.jsonl, qrels*.tsv")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise TypeError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def _field(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -108,7 +92,7 @@ def load_corpus(path: str | Path) -> dict[str, str]:
     """Read corpus.jsonl into `{doc_id: text}`; the text is `title + " " + text` when a title is present."""
     path = Path(path)
     corpus: dict[str, str] = {}
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         doc_id = _field(obj, "id", where)
         text = _field(obj, "text", where)
@@ -123,7 +107,7 @@ def load_queries(path: str | Path) -> dict[str, str]:
     """Read queries.jsonl into `{query_id: text}`."""
     path = Path(path)
     queries: dict[str, str] = {}
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         query_id = _field(obj, "id", where)
         if query_id in queries:
