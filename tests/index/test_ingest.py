@@ -36,10 +36,10 @@ class CountingModel:
     def __init__(self, model: M3Model) -> None:
         self.model, self.encoded = model, 0
 
-    def __getattr__(self, name: str):  # noqa: ANN204 (delegates everything else)
+    def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def encode_corpus(self, texts, **kwargs):  # noqa: ANN001, ANN201
+    def encode_corpus(self, texts, **kwargs):
         self.encoded += len(texts)
         return self.model.encode_corpus(texts, **kwargs)
 

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Self
 
 import numpy as np
 
 from m3embed import scoring
-from m3embed.index.manifest import (LOCK_NAME, MANIFEST_NAME, DirectoryLock, Manifest, read_manifest,
-                                    write_manifest)
-from m3embed.index.store import (DEFAULT_CANDIDATES, DEFAULT_WEIGHTS, SEARCH_MODES, DocBatch, QueryVectors,
-                                 Store, check_search_mode, parse_filter, plan_search)
+from m3embed.index.manifest import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    DirectoryLock,
+    Manifest,
+    read_manifest,
+    write_manifest,
+)
+from m3embed.index.store import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_WEIGHTS,
+    DocBatch,
+    QueryVectors,
+    Store,
+    check_search_mode,
+    parse_filter,
+    plan_search,
+)
 from m3embed.types import MODES, Hit, M3Output, check_modes
 
 DEFAULT_COLLECTION = "m3embed"
@@ -161,7 +176,7 @@ class Index:
                 if self._lock is not None:
                     self._lock.release()
 
-    def __enter__(self) -> Index:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -253,14 +268,15 @@ class Index:
         single = isinstance(query, str)
         outputs = query if isinstance(query, M3Output) else self._encode_queries([query] if single else query, mode)
         cands = max(candidates or DEFAULT_CANDIDATES, k)
-        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes) for q in _query_vectors(outputs)]
+        vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
+        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes) for q in vectors]
         conditions = parse_filter(filter)
         with self._reading():
             results = self.store.search(plans, conditions, with_text and self.manifest.store_text)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
                      {mode: h.score} if mode in MODES else None) for h in found] for found in results]
         if explain:
-            hits = [self._explain(q, found) for q, found in zip(_query_vectors(outputs), hits)]
+            hits = [self._explain(q, found) for q, found in zip(vectors, hits)]
         return hits[0] if single else hits
 
     # ---- helpers ----
@@ -357,11 +373,16 @@ def _query_modes(mode: str, stored: Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in stored)
 
 
-def _query_vectors(out: M3Output) -> Iterator[QueryVectors]:
+def _query_vectors(out: M3Output, colbert_dtype: str) -> Iterator[QueryVectors]:
+    """Per-query vectors; ColBERT rows rounded to the stored precision, as Qdrant Edge rounds them itself
+    for float16 storage, so every engine (and a NumPy check) computes the same MaxSim."""
     for i in range(len(out)):
+        colbert = None
+        if out.colbert is not None:
+            colbert = np.asarray(out.colbert[i], dtype=np.float16 if colbert_dtype == "float16" else np.float32)
         yield QueryVectors(dense=None if out.dense is None else np.asarray(out.dense[i], dtype=np.float32),
                            sparse=None if out.sparse is None else out.sparse_vector(i),
-                           colbert=None if out.colbert is None else np.asarray(out.colbert[i], dtype=np.float32))
+                           colbert=None if colbert is None else colbert.astype(np.float32))
 
 
 def _check_dim(mode: str, got: int, want: int) -> None:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
 from m3embed.index.manifest import Manifest
-from m3embed.index.store import (MIN_HNSW_EF, Condition, DocBatch, Nearest, Plan, Store, StoredHit,
-                                 StoredVectors, point_id)
+from m3embed.index.store import (
+    MIN_HNSW_EF,
+    Condition,
+    DocBatch,
+    Nearest,
+    Plan,
+    Store,
+    StoredHit,
+    StoredVectors,
+    point_id,
+)
 from m3embed.types import SparseVector
 
 SHARD_DIR = "shard"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from m3embed.corpus import Record
 from m3embed.index.core import Index
@@ -129,7 +129,7 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
-def _progress(show: bool, total: int | None):  # noqa: ANN202 (rich.progress.Progress or None)
+def _progress(show: bool, total: int | None):
     if not show:
         return None
     from rich.console import Console

@@ -10,7 +10,7 @@ from typing import Any
 
 import portalocker
 
-from m3embed.types import MODES, check_modes
+from m3embed.types import check_modes
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "m3embed-index.json"
@@ -99,8 +99,8 @@ def read_manifest(directory: Path) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged ({e}); rebuild the index") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is damaged (not a JSON object); rebuild the index")
+    if not isinstance(data, dict):  # a damaged file, not a caller's type mistake
+        raise ValueError(f"{path} is damaged (not a JSON object); rebuild the index")  # noqa: TRY004
     return Manifest.from_json(data, str(path))
 
 

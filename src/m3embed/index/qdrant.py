@@ -6,14 +6,24 @@ mode, which answers the same API (used in tests as the stand-in for a server, no
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
 from m3embed.index.manifest import Manifest
-from m3embed.index.store import (MIN_HNSW_EF, Condition, DocBatch, Nearest, Plan, Store, StoredHit,
-                                 StoredVectors, point_id)
+from m3embed.index.store import (
+    MIN_HNSW_EF,
+    Condition,
+    DocBatch,
+    Nearest,
+    Plan,
+    Store,
+    StoredHit,
+    StoredVectors,
+    point_id,
+)
 from m3embed.types import SparseVector
 
 METADATA_KEY = "m3embed"  # the manifest, kept in the collection's metadata

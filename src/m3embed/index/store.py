@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class WeightedSum:
     limit: int
 
 
-Plan = Union[Nearest, WeightedSum]
+Plan = Nearest | WeightedSum
 
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
