@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -36,13 +37,18 @@ def test_missing_and_foreign_directories(tmp_path: Path) -> None:
         open_index(foreign)
 
 
+def _garble_segments(p: Path) -> None:
+    for f in (p / "shard" / "segments").glob("*/segment.json"):
+        f.write_bytes(b"{{")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: (p / MANIFEST_NAME).write_text("{not json"), "damaged"),
     (lambda p: (p / MANIFEST_NAME).write_text(json.dumps({"format_version": 99})), "format version 99"),
     (lambda p: (p / MANIFEST_NAME).write_text(json.dumps({"format_version": 1, "engine": "edge"})), "damaged"),
     (lambda p: (p / "shard" / "edge_config.json").write_bytes(b"\x00garbage"), "could not be opened"),
-    (lambda p: [f.write_bytes(b"{{") for f in (p / "shard" / "segments").glob("*/segment.json")], "could not be opened"),
-    (lambda p: __import__("shutil").rmtree(p / "shard"), "shard .* is missing"),
+    (_garble_segments, "could not be opened"),
+    (lambda p: shutil.rmtree(p / "shard"), "shard .* is missing"),
 ])
 def test_damaged_index_gives_clear_error(small_index: Path, damage, message: str) -> None:
     damage(small_index)

@@ -25,6 +25,7 @@ from m3embed.index.store import (
     QueryVectors,
     Store,
     check_search_mode,
+    default_mode,
     parse_filter,
     plan_search,
 )
@@ -245,22 +246,26 @@ class Index:
         """Location, engine, model identity, stored modes and document count."""
         return {"location": self.location, **self.manifest.to_json(), "count": self.count()}
 
-    def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str = "all",
+    def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str | None = None,
                weights: Sequence[float] | None = None, candidates: int | None = None,
-               filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False
-               ) -> list[Hit] | list[list[Hit]]:
+               filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False,
+               hnsw_ef: int | None = None) -> list[Hit] | list[list[Hit]]:
         """Search with one of the M3 modes; returns hits best first (a list per query for several queries).
 
         Args:
             query: a text, a list of texts, or precomputed query outputs (M3Output).
             k: hits per query.
-            mode: "dense", "sparse", "colbert", "dense+sparse" or "all".
+            mode: "dense", "sparse", "colbert", "dense+sparse" or "all"; default: the fullest the index
+                allows ("all" when it stores the three representations).
             weights: (dense, sparse, colbert) for hybrid modes; default (0.4, 0.2, 0.4).
             candidates: candidates per route (dense, sparse) whose union hybrid modes rescore; default 100.
             filter: metadata conditions, all must hold: {"lang": "en", "tag": ["a", "b"], "year": {"gte": 2000}}.
             with_text: return stored texts.
             explain: fill Hit.scores with each mode's score (computed from the stored vectors).
+            hnsw_ef: HNSW ef of the dense search (default max(4 x its limit, 256)); higher finds more of the exact
+                neighbours, slower.
         """
+        mode = mode or default_mode(self.manifest.modes)
         check_search_mode(mode, self.manifest.modes)
         weights = tuple(DEFAULT_WEIGHTS if weights is None else weights)
         if len(weights) != 3:
@@ -269,7 +274,7 @@ class Index:
         outputs = query if isinstance(query, M3Output) else self._encode_queries([query] if single else query, mode)
         cands = max(candidates or DEFAULT_CANDIDATES, k)
         vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
-        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes) for q in vectors]
+        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes, hnsw_ef) for q in vectors]
         conditions = parse_filter(filter)
         with self._reading():
             results = self.store.search(plans, conditions, with_text and self.manifest.store_text)

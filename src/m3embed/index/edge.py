@@ -11,7 +11,6 @@ import qdrant_edge as qe
 
 from m3embed.index.manifest import Manifest
 from m3embed.index.store import (
-    MIN_HNSW_EF,
     Condition,
     DocBatch,
     Nearest,
@@ -157,7 +156,7 @@ def _nearest(node: Nearest) -> qe.Query:
 
 
 def _params(node: Nearest) -> qe.SearchParams | None:
-    return qe.SearchParams(hnsw_ef=max(node.limit, MIN_HNSW_EF)) if node.using == "dense" else None
+    return qe.SearchParams(hnsw_ef=node.ef) if node.ef else None
 
 
 def _filter(conditions: Sequence[Condition]) -> qe.Filter | None:

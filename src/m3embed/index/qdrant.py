@@ -14,7 +14,6 @@ from qdrant_client import QdrantClient, models
 
 from m3embed.index.manifest import Manifest
 from m3embed.index.store import (
-    MIN_HNSW_EF,
     Condition,
     DocBatch,
     Nearest,
@@ -158,9 +157,7 @@ def _vector(node: Nearest) -> list[float] | list[list[float]] | models.SparseVec
 
 def _params(node: Nearest, local: bool) -> models.SearchParams | None:
     """HNSW ef for dense searches on a server; local mode searches exactly (and warns on any ef)."""
-    if node.using != "dense" or local:
-        return None
-    return models.SearchParams(hnsw_ef=max(node.limit, MIN_HNSW_EF))
+    return models.SearchParams(hnsw_ef=node.ef) if node.ef and not local else None
 
 
 def _filter(conditions: Sequence[Condition]) -> models.Filter | None:

@@ -21,7 +21,9 @@ from m3embed.types import MODES, SparseVector
 SEARCH_MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # (dense, sparse, colbert): the BGE-M3 README's hybrid weights
 DEFAULT_CANDIDATES = 100  # per candidate route (dense and sparse); the union is rescored
-MIN_HNSW_EF = 128  # dense candidate search: a smaller HNSW ef loses recall at 100k documents
+# dense searches use HNSW ef = max(4 x limit, 256): at 100k bge-m3-shaped documents ef 128 found 0.935 of the
+# exact top 10 and ef 256 0.996 (benchmarks/search.py data, m=16, ef_construct=100), for +0.15 ms
+MIN_HNSW_EF = 256
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/m3embed/index")
 
 
@@ -90,6 +92,7 @@ class Nearest:
     vector: np.ndarray | SparseVector = field(repr=False)
     limit: int
     over: tuple[Nearest, ...] = ()
+    ef: int | None = None  # HNSW ef for dense searches (None for sparse, colbert and rescoring)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ Plan = Nearest | WeightedSum
 
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
-                stored: Sequence[str]) -> Plan:
+                stored: Sequence[str], hnsw_ef: int | None = None) -> Plan:
     """The plan that returns exactly M3's ranking for `mode`.
 
     Hybrid modes take candidates from dense and from sparse (`candidates` each), then rescore their union
@@ -119,13 +122,21 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         candidates: candidates per route for hybrid modes.
         weights: (dense, sparse, colbert).
         stored: the modes the index holds.
+        hnsw_ef: HNSW ef of dense searches (default max(4 x their limit, 256)).
     """
     check_search_mode(mode, stored)
     if k < 1 or candidates < 1:
         raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
+    if hnsw_ef is not None and hnsw_ef < 1:
+        raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+
+    def leaf(m: str, limit: int) -> Nearest:
+        ef = (hnsw_ef or max(4 * limit, MIN_HNSW_EF)) if m == "dense" else None
+        return Nearest(m, _query_vector(q, m), limit, ef=ef)
+
     if mode in ("dense", "sparse"):
-        return Nearest(mode, _query_vector(q, mode), k)
-    routes = tuple(Nearest(m, _query_vector(q, m), candidates) for m in ("dense", "sparse") if m in stored)
+        return leaf(mode, k)
+    routes = tuple(leaf(m, candidates) for m in ("dense", "sparse") if m in stored)
     union = candidates * len(routes)
     parts = ("colbert",) if mode == "colbert" else ("dense", "sparse") if mode == "dense+sparse" else MODES
     wd, ws, wc = (float(w) for w in weights)
@@ -136,6 +147,15 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
     branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
     return WeightedSum(tuple(scale[m] for m in parts), branches, k)
+
+
+def default_mode(stored: Sequence[str]) -> str:
+    """The fullest search mode the stored representations allow: all, dense+sparse, or the one there is."""
+    if all(m in stored for m in MODES):
+        return "all"
+    if "dense" in stored and "sparse" in stored:
+        return "dense+sparse"
+    return "dense" if "dense" in stored else "sparse" if "sparse" in stored else "colbert"
 
 
 def check_search_mode(mode: str, stored: Sequence[str]) -> None:
@@ -242,11 +262,11 @@ class Store(ABC):
     def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
         """The stored vectors of these documents, by user id (missing ids left out)."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 (an optional hook: engines that persist every write need none)
         """Make everything upserted so far durable."""
 
-    def optimize(self) -> None:
-        """Finish background index building (call before timing searches)."""
+    def optimize(self) -> None:  # noqa: B027 (an optional hook: engines that index as they go need none)
+        """Build search structures now (HNSW graphs) rather than search unindexed segments."""
 
     @abstractmethod
     def close(self) -> None:
