@@ -306,7 +306,8 @@ def search(
     index: str = IndexArg,
     query: list[str] = typer.Argument(..., help="query text(s)"),
     k: int = typer.Option(10, "-k", help="hits per query"),
-    mode: str = typer.Option("all", help="dense, sparse, colbert, dense+sparse or all"),
+    mode: Optional[str] = typer.Option(None, help="dense, sparse, colbert, dense+sparse or all (default: all, or "
+                                                  "the fullest the index stores)"),
     weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
     candidates: int = typer.Option(100, help="candidates per route (dense, sparse) rescored by hybrid modes"),
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
@@ -321,6 +322,7 @@ def search(
     import json
 
     from m3embed.index import open_index
+    from m3embed.index.store import default_mode
 
     w = _weights(weights)
     with open_index(index, collection=collection) as idx:
@@ -332,7 +334,7 @@ def search(
             for rank, h in enumerate(hits, 1):
                 typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
             continue
-        table = Table(title=f"{mode}: {q}")
+        table = Table(title=f"{mode or default_mode(idx.manifest.modes)}: {q}")
         for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
             table.add_column(col)
         for rank, h in enumerate(hits, 1):
