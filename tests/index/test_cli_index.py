@@ -36,7 +36,8 @@ def test_build_search_info_delete(tmp_path: Path, xlmr_ckpt: Path) -> None:
     run = m3embed("index", "build", idx, docs, "--model", xlmr_ckpt, "--batch-size", "25", "--log-commits")
     assert run.returncode == 0, run.stderr
     assert re.findall(r"committed (\d+) records", run.stdout) == ["25", "50", "60"]
-    run = m3embed("search", idx, sample_texts(60)[7], "-k", "3", "--json", "--where", "lang=de", "--explain")
+    run = m3embed("search", idx, sample_texts(60)[7], "-k", "3", "--json", "--where", "lang=de", "--explain",
+                  "--rerank", "20")
     assert run.returncode == 0, run.stderr
     hits = [json.loads(line) for line in run.stdout.splitlines()]
     assert len(hits) == 3 and all(h["metadata"]["lang"] == "de" for h in hits)

@@ -23,6 +23,17 @@ def test_search_equals_brute_force(filled: Index, corpus, exact, mode: str) -> N
         np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["colbert", "all"])
+def test_rerank_scores_colbert_for_the_best_candidates_only(filled: Index, corpus, exact, mode: str) -> None:
+    results = filled.search(corpus.queries, k=8, mode=mode, candidates=20, rerank=12)
+    for i, hits in enumerate(results):
+        want, scores = exact.search(corpus.queries, i, mode, 8, 20, rerank=12)
+        assert _ids(hits) == [corpus.ids[j] for j in want], f"query {i}"
+        np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="rerank"):
+        filled.search(corpus.queries, k=8, mode=mode, rerank=5)
+
+
 def test_weights_change_the_hybrid_score(filled: Index, corpus, exact) -> None:
     w = (1.0, 0.3, 0.0)
     hits = filled.search(corpus.queries, k=5, mode="all", weights=w, candidates=20)[0]

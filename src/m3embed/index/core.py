@@ -249,7 +249,7 @@ class Index:
     def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str | None = None,
                weights: Sequence[float] | None = None, candidates: int | None = None,
                filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False,
-               hnsw_ef: int | None = None) -> list[Hit] | list[list[Hit]]:
+               hnsw_ef: int | None = None, rerank: int | None = None) -> list[Hit] | list[list[Hit]]:
         """Search with one of the M3 modes; returns hits best first (a list per query for several queries).
 
         Args:
@@ -264,6 +264,8 @@ class Index:
             explain: fill Hit.scores with each mode's score (computed from the stored vectors).
             hnsw_ef: HNSW ef of the dense search (default max(4 x its limit, 256)); higher finds more of the exact
                 neighbours, slower.
+            rerank: for colbert and all, score ColBERT only for this many of the union's best by
+                w_d·dense + w_s·sparse (faster, no longer exact M3); default None, the whole union.
         """
         mode = mode or default_mode(self.manifest.modes)
         check_search_mode(mode, self.manifest.modes)
@@ -274,7 +276,7 @@ class Index:
         outputs = query if isinstance(query, M3Output) else self._encode_queries([query] if single else query, mode)
         cands = max(candidates or DEFAULT_CANDIDATES, k)
         vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
-        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes, hnsw_ef) for q in vectors]
+        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes, hnsw_ef, rerank) for q in vectors]
         conditions = parse_filter(filter)
         with self._reading():
             results = self.store.search(plans, conditions, with_text and self.manifest.store_text)

@@ -18,6 +18,7 @@ from m3embed.index.store import (
     Store,
     StoredHit,
     StoredVectors,
+    WeightedSum,
     point_id,
 )
 from m3embed.types import SparseVector
@@ -135,17 +136,24 @@ class EdgeStore(Store):
         if isinstance(plan, Nearest):
             return qe.QueryRequest(limit=plan.limit, query=_nearest(plan), filter=flt, params=_params(plan),
                                    with_payload=payload)
-        terms = [qe.Expression.Mult([qe.Expression.Constant(w), qe.Expression.Variable(f"$score[{i}]")])
-                 for i, w in enumerate(plan.weights)]
-        formula = qe.Formula(qe.Expression.Sum(terms), defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
-        return qe.QueryRequest(limit=plan.limit, query=formula, filter=flt, with_payload=payload,
+        return qe.QueryRequest(limit=plan.limit, query=_formula(plan), filter=flt, with_payload=payload,
                                prefetches=[_prefetch(b, flt) for b in plan.branches])
 
 
-def _prefetch(node: Nearest, flt: qe.Filter | None) -> qe.Prefetch:
+def _prefetch(node: Plan, flt: qe.Filter | None) -> qe.Prefetch:
+    if isinstance(node, WeightedSum):
+        inner = [_prefetch(b, flt) for b in node.branches]
+        return qe.Prefetch(limit=node.limit, query=_formula(node), prefetches=inner)
     inner = [_prefetch(c, flt) for c in node.over]
     return qe.Prefetch(limit=node.limit, query=_nearest(node), prefetches=inner or None,
                        filter=None if inner else flt, params=None if inner else _params(node))
+
+
+def _formula(plan: WeightedSum) -> qe.Formula:
+    """Σ w_i · $score[i], a candidate missing from a branch scoring 0 there."""
+    terms = [qe.Expression.Mult([qe.Expression.Constant(w), qe.Expression.Variable(f"$score[{i}]")])
+             for i, w in enumerate(plan.weights)]
+    return qe.Formula(qe.Expression.Sum(terms), defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
 
 
 def _nearest(node: Nearest) -> qe.Query:

@@ -21,6 +21,7 @@ from m3embed.index.store import (
     Store,
     StoredHit,
     StoredVectors,
+    WeightedSum,
     point_id,
 )
 from m3embed.types import SparseVector
@@ -135,17 +136,25 @@ class QdrantStore(Store):
         if isinstance(plan, Nearest):
             return models.QueryRequest(query=_vector(plan), using=plan.using, limit=plan.limit, filter=flt,
                                        params=_params(plan, self.local), with_payload=payload)
-        terms = [models.MultExpression(mult=[w, f"$score[{i}]"]) for i, w in enumerate(plan.weights)]
-        formula = models.FormulaQuery(formula=models.SumExpression(sum=terms),
-                                      defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
-        return models.QueryRequest(query=formula, prefetch=[_prefetch(b, flt, self.local) for b in plan.branches],
-                                   limit=plan.limit, filter=flt, with_payload=payload)
+        branches = [_prefetch(b, flt, self.local) for b in plan.branches]
+        return models.QueryRequest(query=_formula(plan), prefetch=branches, limit=plan.limit, filter=flt,
+                                   with_payload=payload)
 
 
-def _prefetch(node: Nearest, flt: models.Filter | None, local: bool) -> models.Prefetch:
+def _prefetch(node: Plan, flt: models.Filter | None, local: bool) -> models.Prefetch:
+    if isinstance(node, WeightedSum):
+        return models.Prefetch(query=_formula(node), limit=node.limit,
+                               prefetch=[_prefetch(b, flt, local) for b in node.branches])
     inner = [_prefetch(c, flt, local) for c in node.over]
     return models.Prefetch(query=_vector(node), using=node.using, limit=node.limit, prefetch=inner or None,
                            filter=None if inner else flt, params=None if inner else _params(node, local))
+
+
+def _formula(plan: WeightedSum) -> models.FormulaQuery:
+    """Σ w_i · $score[i], a candidate missing from a branch scoring 0 there."""
+    terms = [models.MultExpression(mult=[w, f"$score[{i}]"]) for i, w in enumerate(plan.weights)]
+    return models.FormulaQuery(formula=models.SumExpression(sum=terms),
+                               defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
 
 
 def _vector(node: Nearest) -> list[float] | list[list[float]] | models.SparseVector:

@@ -91,7 +91,7 @@ class Nearest:
     using: str
     vector: np.ndarray | SparseVector = field(repr=False)
     limit: int
-    over: tuple[Nearest, ...] = ()
+    over: tuple[Plan, ...] = ()
     ef: int | None = None  # HNSW ef for dense searches (None for sparse, colbert and rescoring)
 
 
@@ -100,7 +100,7 @@ class WeightedSum:
     """s = Σ weights[i] · score of branches[i]; a candidate a branch did not score counts 0."""
 
     weights: tuple[float, ...]
-    branches: tuple[Nearest, ...]
+    branches: tuple[Plan, ...]
     limit: int
 
 
@@ -108,12 +108,15 @@ Plan = Nearest | WeightedSum
 
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
-                stored: Sequence[str], hnsw_ef: int | None = None) -> Plan:
+                stored: Sequence[str], hnsw_ef: int | None = None, rerank: int | None = None) -> Plan:
     """The plan that returns exactly M3's ranking for `mode`.
 
     Hybrid modes take candidates from dense and from sparse (`candidates` each), then rescore their union
     with each mode in the formula. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score is
     the mean, so the colbert weight is divided by the number of query vectors.
+
+    With `rerank` = R, the colbert and all modes score ColBERT only for the R best of the union by
+    w_d·dense + w_s·sparse (ColBERT is the costly part); the others are ranked by that partial score.
 
     Args:
         q: the query's vectors (those the mode needs must be set).
@@ -123,12 +126,15 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         weights: (dense, sparse, colbert).
         stored: the modes the index holds.
         hnsw_ef: HNSW ef of dense searches (default max(4 x their limit, 256)).
+        rerank: score ColBERT for this many candidates only (None: the whole union, exact M3).
     """
     check_search_mode(mode, stored)
     if k < 1 or candidates < 1:
         raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
     if hnsw_ef is not None and hnsw_ef < 1:
         raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+    if rerank is not None and rerank < k:
+        raise ValueError(f"rerank ({rerank}) must be at least k ({k})")
 
     def leaf(m: str, limit: int) -> Nearest:
         ef = (hnsw_ef or max(4 * limit, MIN_HNSW_EF)) if m == "dense" else None
@@ -145,8 +151,16 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         scale["colbert"] = 1.0
     if "colbert" in parts:
         scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
-    branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
-    return WeightedSum(tuple(scale[m] for m in parts), branches, k)
+    if rerank is None or "colbert" not in parts:
+        branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
+        return WeightedSum(tuple(scale[m] for m in parts), branches, k)
+    base = tuple(r.using for r in routes)  # rank the union by w_d·dense + w_s·sparse, keep the best `rerank`
+    first = WeightedSum((wd, ws) if len(base) == 2 else (scale[base[0]],),
+                        tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in base), rerank)
+    colbert = Nearest("colbert", _query_vector(q, "colbert"), rerank, over=(first,))
+    if mode == "colbert":
+        return WeightedSum((scale["colbert"],), (colbert,), k)
+    return WeightedSum((1.0, scale["colbert"]), (first, colbert), k)
 
 
 def default_mode(stored: Sequence[str]) -> str:
