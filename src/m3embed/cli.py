@@ -310,6 +310,8 @@ def search(
                                                   "the fullest the index stores)"),
     weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
     candidates: int = typer.Option(100, help="candidates per route (dense, sparse) rescored by hybrid modes"),
+    rerank: Optional[int] = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
+                                                    "dense+sparse candidates (faster, not exact M3)"),
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
     explain: bool = typer.Option(False, help="show each mode's score"),
     json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
@@ -327,7 +329,7 @@ def search(
     w = _weights(weights)
     with open_index(index, collection=collection) as idx:
         _index_model(idx, model, dtype, device)
-        results = idx.search(list(query), k=k, mode=mode, weights=w, candidates=candidates,
+        results = idx.search(list(query), k=k, mode=mode, weights=w, candidates=candidates, rerank=rerank,
                              filter=_parse_where(where), explain=explain)
     for q, hits in zip(query, results):
         if json_out:
