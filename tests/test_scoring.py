@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from scipy import sparse as sp
 
-from m3embed.scoring import (colbert_score, compute_score, dense_scores, hybrid, lexical_score, lexical_scores,
-                             pair_scores)
+from m3embed.scoring import (
+    colbert_score,
+    compute_score,
+    dense_scores,
+    hybrid,
+    lexical_score,
+    lexical_scores,
+    pair_scores,
+)
 from m3embed.types import M3Output, SparseVector
 
 

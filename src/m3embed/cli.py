@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -35,7 +34,7 @@ def _weights(text: str) -> tuple[float, float, float]:
     return w  # type: ignore[return-value]
 
 
-def _load(model: str, modes, dtype: str = "float32", device: Optional[str] = None):
+def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
     from m3embed.model import M3Model
 
     return M3Model.from_pretrained(model, modes=modes, dtype=dtype, device=device)
@@ -51,11 +50,11 @@ def encode(
     modes: str = typer.Option("dense", help="comma-separated: dense,sparse,colbert"),
     text_field: str = typer.Option("text", help="jsonl/parquet field holding the text"),
     id_field: str = typer.Option("id", help="jsonl/parquet field holding the id"),
-    max_length: Optional[int] = typer.Option(None, help="truncate to this many tokens (default: model limit)"),
-    batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per forward pass"),
+    max_length: int | None = typer.Option(None, help="truncate to this many tokens (default: model limit)"),
+    batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass"),
     mcls: bool = typer.Option(False, help="multiple-CLS dense pooling for long texts"),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Encode a file of texts into dense / sparse / colbert arrays."""
     from m3embed.corpus import read_records
@@ -73,14 +72,14 @@ def encode(
 
 @app.command()
 def score(
-    pairs: Optional[Path] = typer.Argument(None, help="jsonl of {\"query\": ..., \"passage\": ...} lines"),
-    query: Optional[str] = typer.Option(None, "--query", "-q", help="one query (with --passage)"),
+    pairs: Path | None = typer.Argument(None, help="jsonl of {\"query\": ..., \"passage\": ...} lines"),
+    query: str | None = typer.Option(None, "--query", "-q", help="one query (with --passage)"),
     passage: list[str] = typer.Option([], "--passage", "-p", help="passage(s) to score against --query"),
     model: str = ModelOpt,
     weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrids"),
-    max_length: Optional[int] = typer.Option(None, help="truncation for queries and passages"),
+    max_length: int | None = typer.Option(None, help="truncation for queries and passages"),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Score (query, passage) pairs in every mode the model has, as JSON lines."""
     import json
@@ -121,7 +120,7 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
 
 @app.command()
 def demo(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the shipped offline M3 model"),
+    model: str | None = typer.Option(None, "--model", "-m", help="default: the shipped offline M3 model"),
     index: Path = typer.Option(Path("m3embed-demo-index"), help="index directory (reopened and completed)"),
     k: int = typer.Option(3, help="hits per mode"),
 ) -> None:
@@ -159,7 +158,7 @@ IndexArg = typer.Argument(..., help="index directory, Qdrant URL (http://host:63
 CollectionOpt = typer.Option("m3embed", help="collection name (qdrant engine)")
 
 
-def _index_model(index, model: Optional[str], dtype: str, device: Optional[str]):
+def _index_model(index, model: str | None, dtype: str, device: str | None):
     """Load `model` (default: the one the index records) and attach it; a different model is refused."""
     name = model or index.manifest.model_name
     if not name:
@@ -192,18 +191,18 @@ def index_build(
     input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
     model: str = ModelOpt,
     engine: str = typer.Option("edge", help="edge (embedded, on disk) or qdrant (qdrant-client: URL or path)"),
-    modes: Optional[str] = typer.Option(None, help="representations to store (default: all the model has)"),
+    modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
     colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
     batch_size: int = typer.Option(64, help="documents encoded and committed together"),
-    max_length: Optional[int] = typer.Option(None, help="truncate documents to this many tokens"),
+    max_length: int | None = typer.Option(None, help="truncate documents to this many tokens"),
     text_field: str = typer.Option("text", help="field holding the text"),
     id_field: str = typer.Option("id", help="field holding the document id"),
     title_field: str = typer.Option("title", help="field prepended to the text when present ('' for none)"),
     collection: str = CollectionOpt,
     log_commits: bool = typer.Option(False, help="print a line per committed batch instead of a progress bar"),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Create an index (or resume one built with the same model) and add a file of documents."""
     from m3embed.index import open_index
@@ -224,7 +223,7 @@ def index_build(
 def index_add(
     index: str = IndexArg,
     input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the index records"),
+    model: str | None = typer.Option(None, "--model", "-m", help="default: the model the index records"),
     replace: bool = typer.Option(False, help="re-encode and replace documents whose id is already stored"),
     batch_size: int = typer.Option(64, help="documents encoded and committed together"),
     text_field: str = typer.Option("text", help="field holding the text"),
@@ -233,7 +232,7 @@ def index_add(
     collection: str = CollectionOpt,
     log_commits: bool = typer.Option(False, help="print a line per committed batch instead of a progress bar"),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Add documents to an existing index (upsert by id)."""
     from m3embed.index import open_index
@@ -247,7 +246,7 @@ def index_add(
 def index_delete(
     index: str = IndexArg,
     ids: list[str] = typer.Argument(None, help="document ids to delete"),
-    ids_file: Optional[Path] = typer.Option(None, help="file of ids: one per line, or jsonl with 'id'"),
+    ids_file: Path | None = typer.Option(None, help="file of ids: one per line, or jsonl with 'id'"),
     collection: str = CollectionOpt,
 ) -> None:
     """Delete documents by id."""
@@ -306,19 +305,19 @@ def search(
     index: str = IndexArg,
     query: list[str] = typer.Argument(..., help="query text(s)"),
     k: int = typer.Option(10, "-k", help="hits per query"),
-    mode: Optional[str] = typer.Option(None, help="dense, sparse, colbert, dense+sparse or all (default: all, or "
+    mode: str | None = typer.Option(None, help="dense, sparse, colbert, dense+sparse or all (default: all, or "
                                                   "the fullest the index stores)"),
     weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
     candidates: int = typer.Option(100, help="candidates per route (dense, sparse) rescored by hybrid modes"),
-    rerank: Optional[int] = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
+    rerank: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
                                                     "dense+sparse candidates (faster, not exact M3)"),
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
     explain: bool = typer.Option(False, help="show each mode's score"),
     json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the index records"),
+    model: str | None = typer.Option(None, "--model", "-m", help="default: the model the index records"),
     collection: str = CollectionOpt,
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Search an index with M3's modes (default: the dense+sparse+colbert hybrid)."""
     import json
@@ -353,17 +352,17 @@ def search(
 def eval_command(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="BEIR-layout dir: corpus.jsonl, queries.jsonl, qrels*.tsv"),
     qrels: str = typer.Option("qrels.tsv", help="qrels file in the dataset dir, e.g. qrels.dev.tsv"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id; "
+    model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id; "
                                         "omit to run only the BM25 baseline"),
-    modes: Optional[str] = typer.Option(None, help="comma-separated among dense,sparse,colbert,dense+sparse,all "
+    modes: str | None = typer.Option(None, help="comma-separated among dense,sparse,colbert,dense+sparse,all "
                                         "(default: every mode the model's heads allow)"),
-    index: Optional[Path] = typer.Option(None, help="index dir to use or create (default: a temporary Qdrant "
+    index: Path | None = typer.Option(None, help="index dir to use or create (default: a temporary Qdrant "
                                          "Edge index, deleted afterwards)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where eval.json/.md/.png go "
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="where eval.json/.md/.png go "
                                            "(default: eval-<dataset>)"),
     k: int = typer.Option(100, "-k", help="documents retrieved per query (>= 100 for Recall@100)"),
     weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
-    candidates: Optional[int] = typer.Option(None, help="dense and sparse candidates rescored by hybrid modes "
+    candidates: int | None = typer.Option(None, help="dense and sparse candidates rescored by hybrid modes "
                                              "(default: max(k, 100))"),
     query_max_length: int = typer.Option(512, help="query truncation in tokens (capped at the model's limit)"),
     passage_max_length: int = typer.Option(512, help="passage truncation in tokens (capped at the model's limit)"),
@@ -371,10 +370,10 @@ def eval_command(
     k1: float = typer.Option(0.9, help="BM25 k1"),
     b: float = typer.Option(0.4, help="BM25 b"),
     stopwords: str = typer.Option("en", help="BM25 stopwords: en or none"),
-    max_queries: Optional[int] = typer.Option(None, help="evaluate only the first N judged queries"),
+    max_queries: int | None = typer.Option(None, help="evaluate only the first N judged queries"),
     batch_size: int = typer.Option(256, help="texts encoded per call"),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
     from m3embed.evaluate import (
@@ -434,9 +433,9 @@ def train_command(
     query_max_len: int = typer.Option(_train_default("query_max_len")),
     passage_max_len: int = typer.Option(_train_default("passage_max_len")),
     batch_size: int = typer.Option(_train_default("per_device_batch_size"), help="queries per process per step"),
-    sub_batch_size: Optional[int] = typer.Option(None, help="texts per checkpointed encoder chunk (saves memory)"),
+    sub_batch_size: int | None = typer.Option(None, help="texts per checkpointed encoder chunk (saves memory)"),
     gradient_checkpointing: bool = typer.Option(False, help="recompute encoder layers in the backward pass"),
-    cache_encoder_states: Optional[bool] = typer.Option(
+    cache_encoder_states: bool | None = typer.Option(
         None, "--cache-encoder-states/--no-cache-encoder-states",
         help="frozen encoder: encode each text once and train the heads on cached states "
         "(default: on when --freeze has encoder)"),
@@ -458,10 +457,10 @@ def train_command(
     seed: int = typer.Option(_train_default("seed")),
     save_steps: int = typer.Option(0, help="checkpoint every N steps (0: final model only)"),
     save_total_limit: int = typer.Option(_train_default("save_total_limit"), help="checkpoints kept (0: all)"),
-    resume: Optional[str] = typer.Option(None, help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    resume: str | None = typer.Option(None, help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
     logging_steps: int = typer.Option(1),
-    pooling: Optional[str] = typer.Option(None, help="override dense pooling: cls or mean"),
-    device: Optional[str] = DeviceOpt,
+    pooling: str | None = typer.Option(None, help="override dense pooling: cls or mean"),
+    device: str | None = DeviceOpt,
     progress: bool = typer.Option(True, help="progress bar"),
 ) -> None:
     """Fine-tune an M3 model (run under `torchrun --no-python --nproc_per_node N m3embed train ...` for DDP)."""
@@ -502,12 +501,12 @@ def mine(
     negatives: int = typer.Option(15, help="negatives per line"),
     modes: str = typer.Option("dense", help="dense, sparse, or dense,sparse (hybrid)"),
     weights: str = typer.Option("1,0.3", help="hybrid weights: dense,sparse"),
-    pool: Optional[Path] = typer.Option(None, help="candidate pool jsonl ('text' field); default: all pos+neg"),
-    query_max_len: Optional[int] = typer.Option(None),
-    passage_max_len: Optional[int] = typer.Option(None),
+    pool: Path | None = typer.Option(None, help="candidate pool jsonl ('text' field); default: all pos+neg"),
+    query_max_len: int | None = typer.Option(None),
+    passage_max_len: int | None = typer.Option(None),
     seed: int = typer.Option(42),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Mine hard negatives: retrieve with the model, sample from a rank range, never a positive."""
     from m3embed.train.mine import mine_hard_negatives
@@ -532,26 +531,26 @@ def mine(
 @app.command()
 def serve(
     model: str = ModelOpt,
-    index: Optional[Path] = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
+    index: Path | None = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
-    api_key: Optional[str] = typer.Option(None, envvar="M3EMBED_API_KEY",
+    api_key: str | None = typer.Option(None, envvar="M3EMBED_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1/*"),
-    served_model_name: Optional[str] = typer.Option(None, help="name clients pass as `model` (default: --model)"),
-    max_length: Optional[int] = typer.Option(None, help="tokens per text, longer ones truncated (default: model limit)"),
+    served_model_name: str | None = typer.Option(None, help="name clients pass as `model` (default: --model)"),
+    max_length: int | None = typer.Option(None, help="tokens per text, longer ones truncated (default: model limit)"),
     max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
     max_batch_tokens: int = typer.Option(16_384, help="tokens per merged model call"),
     max_wait_ms: float = typer.Option(0.0, help="extra wait to fill a batch (0: merge what queued meanwhile)"),
-    batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per forward pass inside a model call"),
+    batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass inside a model call"),
     max_queue: int = typer.Option(4096, help="queued requests beyond which the server answers 503"),
     graceful_timeout: float = typer.Option(30.0, help="seconds in-flight requests get to finish on shutdown"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     dtype: str = DtypeOpt,
-    device: Optional[str] = DeviceOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
     import signal
