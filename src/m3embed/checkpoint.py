@@ -65,6 +65,11 @@ def shipped_models() -> dict[str, Path]:
     return models
 
 
+def default_model() -> str:
+    """The trained offline M3 model when it ships with this install, else the dense-only MiniLM backbone."""
+    return "minilm-m3" if "minilm-m3" in shipped_models() else "all-MiniLM-L6-v2"
+
+
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
     """A checkpoint directory joining a package's backbone and our shipped heads (copied once into the cache)."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(heads_dir.glob("*")) if p.is_file()))

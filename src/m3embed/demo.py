@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from m3embed.checkpoint import shipped_models
+from m3embed.checkpoint import default_model
 from m3embed.corpus import read_records
 from m3embed.index import open_index
 from m3embed.index.ingest import ingest
@@ -26,11 +26,6 @@ QUERIES = (
     "Which river flows through the Rhine Gorge between Bingen and Bonn?",
     "What does computational complexity theory study?",
 )
-
-
-def default_model() -> str:
-    """The trained offline M3 model when it ships with this install, else the dense-only MiniLM backbone."""
-    return "minilm-m3" if "minilm-m3" in shipped_models() else "all-MiniLM-L6-v2"
 
 
 def run(model_name: str | None = None, index_dir: str | Path = "m3embed-demo-index", k: int = 3,
