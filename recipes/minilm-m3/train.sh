@@ -32,8 +32,8 @@ for set in xquad/en classic/adi classic/time classic/medline classic/cranfield c
   m3embed eval -d $DATA/$set --qrels "$(qrels_of $set)" -m minilm-m3 "${EVAL[@]}" \
     --index $RUN/index/sd-on/$name -o $RUN/eval/sd-on/$name
 done
-# ablation (self-distillation off; dense is the same frozen MiniLM): the five smaller sets, to save CPU time
-for set in xquad/en classic/adi classic/time classic/medline classic/cranfield; do
+# ablation (self-distillation off; dense is the same frozen MiniLM, so only the other modes are compared)
+for set in xquad/en classic/adi classic/time classic/medline classic/cranfield classic/cacm classic/lisa; do
   name=${set//\//_}
   m3embed eval -d $DATA/$set --qrels "$(qrels_of $set)" -m $RUN/sd-off --modes sparse,colbert,dense+sparse,all \
     --no-bm25 "${EVAL[@]}" --index $RUN/index/sd-off/$name -o $RUN/eval/sd-off/$name
@@ -41,6 +41,14 @@ done
 
 # 5. MCLS off / on for dense on the long documents (within MiniLM's 512 positions)
 python recipes/minilm-m3/eval_mcls.py --model minilm-m3 --dataset $DATA/longdoc_leval --out $RUN/eval/mcls
+python recipes/minilm-m3/eval_mcls.py --model minilm-m3 --dataset $DATA/longdoc_leval --every 128 \
+  --out $RUN/eval/mcls-128
 
-# 6. the tables of docs/results.md
+# 6. fp32 spot check of the bf16 numbers
+for set in xquad/en classic/adi; do
+  m3embed eval -d $DATA/$set --qrels "$(qrels_of $set)" -m minilm-m3 --passage-max-length 256 --no-bm25 \
+    -o $RUN/eval/fp32-check/${set//\//_}
+done
+
+# 7. the tables of docs/results.md
 python recipes/minilm-m3/tables.py $RUN/eval
