@@ -72,14 +72,15 @@ def default_model() -> str:
 
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
     """A checkpoint directory joining a package's backbone and our shipped heads (copied once into the cache)."""
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(heads_dir.glob("*")) if p.is_file()))
+    used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
     cache = Path(os.environ.get("M3EMBED_CACHE", Path.home() / ".cache" / "m3embed"))
     target = cache / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
     if (target / "m3embed.json").is_file():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    for src in list(backbone.iterdir()) + [p for p in heads_dir.iterdir() if p.is_file()]:
+    for src in list(backbone.iterdir()) + used:
         dst = tmp / src.name
         if dst.exists() or dst.is_symlink():
             dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)

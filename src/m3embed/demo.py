@@ -69,6 +69,6 @@ def _servable(mode: str, stored: tuple[str, ...]) -> bool:
     return True
 
 
-def _snippet(text: str | None, width: int = 90) -> str:
+def _snippet(text: str | None, width: int = 60) -> str:
     text = (text or "").replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
