@@ -20,6 +20,7 @@ from m3embed.index.store import (
     StoredVectors,
     WeightedSum,
     point_id,
+    stored_vectors,
 )
 from m3embed.types import SparseVector
 
@@ -110,16 +111,7 @@ class EdgeStore(Store):
     def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
         records = self.shard.retrieve(list(map(point_id, ids)), with_payload=qe.PayloadSelector.Include(["id"]),
                                       with_vector=True)
-        out = {}
-        for r in records:
-            v = r.vector or {}
-            sv = v.get("sparse")
-            out[r.payload["id"]] = StoredVectors(
-                dense=np.asarray(v["dense"], dtype=np.float32) if "dense" in v else None,
-                sparse=None if sv is None else SparseVector(np.asarray(sv.indices, dtype=np.int32),
-                                                            np.asarray(sv.values, dtype=np.float32)),
-                colbert=np.asarray(v["colbert"], dtype=np.float32) if "colbert" in v else None)
-        return out
+        return {r.payload["id"]: stored_vectors(r.vector or {}) for r in records}
 
     def search(self, plans: Sequence[Plan], conditions: Sequence[Condition], with_text: bool
                ) -> list[list[StoredHit]]:

@@ -72,6 +72,16 @@ class StoredVectors(NamedTuple):
     colbert: np.ndarray | None
 
 
+def stored_vectors(named: Mapping[str, Any]) -> StoredVectors:
+    """An engine's named vectors of one point (dense list, sparse with indices/values, colbert rows) as NumPy."""
+    sv = named.get("sparse")
+    return StoredVectors(
+        dense=np.asarray(named["dense"], dtype=np.float32) if "dense" in named else None,
+        sparse=None if sv is None else SparseVector(np.asarray(sv.indices, dtype=np.int32),
+                                                    np.asarray(sv.values, dtype=np.float32)),
+        colbert=np.asarray(named["colbert"], dtype=np.float32) if "colbert" in named else None)
+
+
 @dataclass(frozen=True)
 class QueryVectors:
     """One query's representations: dense (h,), sparse, colbert (n_q, h); None where not needed."""
