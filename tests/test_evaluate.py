@@ -38,7 +38,7 @@ from m3embed.evaluate import (
 )
 from m3embed.types import MODES
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "classic/adi").is_dir(), reason="shared data not present")
 
 

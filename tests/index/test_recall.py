@@ -14,6 +14,7 @@ from m3embed.index import Index
 from m3embed.model import M3Model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not present at {DATA}")
 MODES = ("dense", "sparse", "colbert")
 
 

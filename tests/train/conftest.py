@@ -11,7 +11,7 @@ import pytest
 
 from m3embed.testing import sample_texts
 
-SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def write_train_file(path: Path, n: int = 12, n_neg: int = 3, scores: bool = False, seed: int = 0) -> Path:

@@ -16,6 +16,7 @@ from m3embed.model import M3Model
 from m3embed.train.config import TrainConfig
 from m3embed.train.data import read_jsonl
 from m3embed.train.trainer import LOG_FILE, Trainer, train
+from tests.train.conftest import SHARED_DATA
 
 
 def config(ckpt: Path, data: Path, out: Path, **kw) -> TrainConfig:
@@ -231,9 +232,9 @@ def test_cli_train_and_user_errors(xlmr_ckpt, train_file, tmp_path):
     assert isinstance(r.exception, ValueError) and "leaves nothing to train" in str(r.exception)
 
 
-@pytest.mark.skipif(not Path("/work/shared/data/xquad/en/train.jsonl").is_file(), reason="shared data absent")
+@pytest.mark.skipif(not (SHARED_DATA / "xquad/en/train.jsonl").is_file(), reason="shared data absent")
 def test_real_data_smoke_loss_goes_down(xlmr_ckpt, tmp_path):
-    lines = Path("/work/shared/data/xquad/en/train.jsonl").read_text().splitlines()[:8]
+    lines = (SHARED_DATA / "xquad/en/train.jsonl").read_text().splitlines()[:8]
     data = tmp_path / "xquad8.jsonl"
     data.write_text("\n".join(lines) + "\n")
     assert len(read_jsonl(data)) == 8
