@@ -62,7 +62,10 @@ def test_training_with_the_cache_logs_it_and_learns(xlmr_ckpt, train_file, tmp_p
     trainer.train()
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["cache_hit_rate"] > 0.3 and log[-1]["cache_texts"] > 0
-    assert log[-1]["loss"] < log[0]["loss"]
+    # single batches differ in difficulty: compare the mean loss of the second epoch with the first
+    first = [r["loss"] for r in log if r["epoch"] <= 1.0]
+    second = [r["loss"] for r in log if r["epoch"] > 1.0]
+    assert first and second and sum(second) / len(second) < sum(first) / len(first)
 
 
 def test_cache_setting_needs_a_frozen_encoder():
