@@ -187,6 +187,13 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
                   f"{index.count()} documents")
 
 
+BatchSizeOpt = typer.Option(64, help="documents encoded and committed together")
+TextFieldOpt = typer.Option("text", help="field holding the text")
+IdFieldOpt = typer.Option("id", help="field holding the document id")
+TitleFieldOpt = typer.Option("title", help="field prepended to the text when present ('' for none)")
+LogCommitsOpt = typer.Option(False, help="print a line per committed batch instead of a progress bar")
+
+
 @index_app.command("build")
 def index_build(
     index: str = IndexArg,
@@ -196,13 +203,13 @@ def index_build(
     modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
     colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
-    batch_size: int = typer.Option(64, help="documents encoded and committed together"),
+    batch_size: int = BatchSizeOpt,
     max_length: int | None = typer.Option(None, help="truncate documents to this many tokens"),
-    text_field: str = typer.Option("text", help="field holding the text"),
-    id_field: str = typer.Option("id", help="field holding the document id"),
-    title_field: str = typer.Option("title", help="field prepended to the text when present ('' for none)"),
+    text_field: str = TextFieldOpt,
+    id_field: str = IdFieldOpt,
+    title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
-    log_commits: bool = typer.Option(False, help="print a line per committed batch instead of a progress bar"),
+    log_commits: bool = LogCommitsOpt,
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
@@ -212,11 +219,12 @@ def index_build(
 
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
-    m = _load(model, check_modes(modes) if modes else ("dense",), dtype, device)
+    chosen = check_modes(modes) if modes else None
+    m = _load(model, chosen or ("dense",), dtype, device)
     if max_length:
         m.passage_max_length = max_length
     with open_index(index, m, create=True, collection=collection, engine=engine,
-                    modes=check_modes(modes) if modes else m.available_modes(), colbert_dtype=colbert_dtype,
+                    modes=chosen or m.available_modes(), colbert_dtype=colbert_dtype,
                     store_text=store_text) as idx:
         _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits)
 
@@ -227,12 +235,12 @@ def index_add(
     input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
     model: str | None = typer.Option(None, "--model", "-m", help="default: the model the index records"),
     replace: bool = typer.Option(False, help="re-encode and replace documents whose id is already stored"),
-    batch_size: int = typer.Option(64, help="documents encoded and committed together"),
-    text_field: str = typer.Option("text", help="field holding the text"),
-    id_field: str = typer.Option("id", help="field holding the document id"),
-    title_field: str = typer.Option("title", help="field prepended to the text when present ('' for none)"),
+    batch_size: int = BatchSizeOpt,
+    text_field: str = TextFieldOpt,
+    id_field: str = IdFieldOpt,
+    title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
-    log_commits: bool = typer.Option(False, help="print a line per committed batch instead of a progress bar"),
+    log_commits: bool = LogCommitsOpt,
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
