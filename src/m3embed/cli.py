@@ -617,5 +617,5 @@ def main() -> None:
         app()
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        console.print(f"[red]error:[/red] {msg}", highlight=False)
+        console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)  # one line, never wrapped
         sys.exit(2)
