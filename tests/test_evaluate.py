@@ -13,7 +13,6 @@ import pytest
 import pytrec_eval
 
 from m3embed.evaluate import (
-    EVAL_MODES,
     METRICS,
     BM25Config,
     Dataset,
@@ -21,13 +20,11 @@ from m3embed.evaluate import (
     M3Settings,
     bm25_searcher,
     bm25_tokens,
-    default_modes,
     eval_index,
     evaluate_dataset,
     evaluate_run,
     evaluate_systems,
     fill_index,
-    index_modes,
     index_runs,
     load_dataset,
     load_qrels,
@@ -36,7 +33,7 @@ from m3embed.evaluate import (
     truncate_run,
     write_report,
 )
-from m3embed.types import MODES
+from m3embed.modes import MODES, SEARCH_MODES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "classic/adi").is_dir(), reason="shared data not present")
@@ -301,17 +298,6 @@ def test_write_report_json_markdown_png(tmp_path):
 # ---------------------------------------------------------------- M3 modes through the index
 
 
-def test_index_and_default_modes():
-    assert index_modes(["dense"]) == ("dense",)
-    assert index_modes(["dense+sparse"]) == ("dense", "sparse")
-    assert index_modes(["colbert"]) == ("dense", "sparse", "colbert")  # colbert rescores dense/sparse candidates
-    assert default_modes(("dense",)) == ("dense",)
-    assert default_modes(("dense", "sparse")) == ("dense", "sparse", "dense+sparse")
-    assert default_modes(("dense", "sparse", "colbert")) == EVAL_MODES
-    with pytest.raises(ValueError, match=r"unknown mode\(s\) \['hybrid'\]"):
-        index_modes(["dense", "hybrid"])
-
-
 @pytest.fixture(scope="module")
 def adi_minilm(bert_ckpt, tmp_path_factory):
     """All five modes + BM25 on ADI with MiniLM (trained dense, random heads), temp index in a known dir."""
@@ -329,7 +315,7 @@ def adi_minilm(bert_ckpt, tmp_path_factory):
 @needs_data
 def test_m3_modes_on_adi(adi_minilm):
     model, ds, result, tmp = adi_minilm
-    assert list(result.scores) == ["bm25", *EVAL_MODES]
+    assert list(result.scores) == ["bm25", *SEARCH_MODES]
     assert list(tmp.iterdir()) == []  # the temporary index was deleted
     dense = result.scores["dense"]
     # trained MiniLM dense retrieval: far above chance (82 docs, ~5 relevant per query) and about BM25's level
@@ -355,7 +341,7 @@ def test_m3_runs_match_exact_scoring(xlmr_ckpt):
     s = lexical_scores(qs.sparse, docs.sparse)
     c = np.stack([colbert_scores(q, docs.colbert) for q in qs.colbert])
     exact_all = 0.4 * d + 0.2 * s + 0.4 * c
-    with eval_index(model, EVAL_MODES) as index:
+    with eval_index(model, SEARCH_MODES) as index:
         fill_index(index, model, ds.doc_ids, ds.doc_texts, max_length=model.max_length)
         runs, seconds = index_runs(index, model, queries, ["dense", "all"], k=100,
                                    max_length=model.max_length)

@@ -120,7 +120,7 @@ def test_compute_score(pair: Pair, weights: list[float] | None) -> None:
     ref = pair.flag.compute_score(PAIRS, batch_size=1, weights_for_different_modes=weights,
                                   max_query_length=MAX_LENGTH, max_passage_length=MAX_LENGTH)
     kwargs = {} if weights is None else {"weights": weights}
-    ours = pair.ours.compute_score(PAIRS, max_query_length=MAX_LENGTH, max_passage_length=MAX_LENGTH, **kwargs)
+    ours = pair.ours.compute_score(PAIRS, query_max_length=MAX_LENGTH, passage_max_length=MAX_LENGTH, **kwargs)
     assert ours.keys() == ref.keys()
     for key in ref:
         np.testing.assert_allclose(ours[key], ref[key], atol=ATOL, rtol=0, err_msg=key)
@@ -134,10 +134,11 @@ def test_colbert_score_does_not_depend_on_batch(pair: Pair) -> None:
         pytest.skip("FlagEmbedding's compute_score crashes on a BERT tokenizer (eos_token_id is None)")
     queries = sample_texts(40)[11:31]
     pairs = list(zip(queries, ["", "x", "猫", "🍕", "ok"] * 4)) + [(queries[0], LONG)]
-    lengths = {"max_query_length": MAX_LENGTH, "max_passage_length": MAX_LENGTH}
+    lengths = {"query_max_length": MAX_LENGTH, "passage_max_length": MAX_LENGTH}
     ours = pair.ours.compute_score(pairs, **lengths)["colbert"]
     alone = [pair.ours.compute_score([p], **lengths)["colbert"][0] for p in pairs]
-    ref = pair.flag.compute_score(pairs, batch_size=1, **lengths)["colbert"]
+    ref = pair.flag.compute_score(pairs, batch_size=1, max_query_length=MAX_LENGTH,
+                                  max_passage_length=MAX_LENGTH)["colbert"]
     np.testing.assert_allclose(ours, alone, atol=ATOL, rtol=0)
     np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)
 

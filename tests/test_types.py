@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import sparse as sp
 
-from m3embed.types import M3Output, SparseVector, check_modes
+from m3embed.types import M3Output, SparseVector
 
 
 def _output(n=3, h=4, v=10):
@@ -46,8 +46,3 @@ def test_select_and_concat_keep_rows_together():
     assert offsets.tolist() == [0, 1, 3, 6] and flat.shape == (6, 4)
 
 
-def test_check_modes():
-    assert check_modes("colbert,dense") == ("dense", "colbert")
-    assert check_modes("dense+sparse") == ("dense", "sparse")
-    with pytest.raises(ValueError, match="unknown mode"):
-        check_modes(["dense", "splade"])

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from m3embed.checkpoint import default_model
+from m3embed.modes import SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="BGE-M3 end to end: encode, score, index, search, evaluate, train, serve.")
@@ -23,17 +24,9 @@ DEFAULT_MODEL = default_model()  # offline: minilm-m3 (trained here) or the dens
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint dir, shipped name or hub id")
 DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-BF16 / GPU), float16 (GPU)")
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-
-
-def _weights(text: str) -> tuple[float, float, float]:
-    """'0.4,0.2,0.4' → (dense, sparse, colbert) weights."""
-    try:
-        w = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        w = ()
-    if len(w) != 3:
-        raise ValueError(f"--weights must be three numbers (dense,sparse,colbert) like 0.4,0.2,0.4, got {text!r}")
-    return w  # type: ignore[return-value]
+SEARCH_WEIGHTS_TEXT = ",".join(f"{w:g}" for w in SEARCH_WEIGHTS)
+SearchWeightsOpt = typer.Option(SEARCH_WEIGHTS_TEXT, help="dense,sparse,colbert weights of the hybrid modes "
+                                "(plain weighted sums)")
 
 
 def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
@@ -60,7 +53,7 @@ def encode(
 ) -> None:
     """Encode a file of texts into dense / sparse / colbert arrays."""
     from m3embed.corpus import read_records
-    from m3embed.types import check_modes
+    from m3embed.modes import check_modes
 
     chosen = check_modes(modes)
     records = list(read_records(input, text_field=text_field, id_field=id_field))
@@ -78,46 +71,27 @@ def score(
     query: str | None = typer.Option(None, "--query", "-q", help="one query (with --passage)"),
     passage: list[str] = typer.Option([], "--passage", "-p", help="passage(s) to score against --query"),
     model: str = ModelOpt,
-    weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrids"),
+    weights: str = typer.Option(",".join(f"{w:g}" for w in SCORE_WEIGHTS),
+                                help="dense,sparse,colbert weights; hybrids are divided by their weight sum, as "
+                                "FlagEmbedding's compute_score"),
     max_length: int | None = typer.Option(None, help="truncation for queries and passages"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
-    """Score (query, passage) pairs in every mode the model has, as JSON lines."""
+    """Score (query, passage) pairs in every mode the model has, as JSON lines (compute_score's keys)."""
     import json
 
-    from m3embed.scoring import compute_score, hybrid, pair_scores
+    from m3embed.corpus import read_pairs
+    from m3embed.modes import parse_weights
 
-    w = _weights(weights)
-    items = _read_pairs(pairs) if pairs else [(query, p) for p in passage]
+    w = parse_weights(weights)
+    items = read_pairs(pairs) if pairs else [(query, p) for p in passage]
     if (pairs is None) == (query is None) or not items:
         raise ValueError("give a pairs file, or --query with one or more --passage")
-    m = _load(model, ("dense",), dtype, device)
-    modes = m.available_modes()
-    q = m.encode_queries([a for a, _ in items], modes=modes, max_length=max_length)
-    p = m.encode_corpus([b for _, b in items], modes=modes, max_length=max_length)
-    if len(modes) == 3:
-        rows = compute_score(q, p, w)
-        results = [{k: rows[k][i] for k in rows} for i in range(len(items))]
-    else:
-        s = pair_scores(q, p)
-        results = [{**{k: float(v[i]) for k, v in s.items()},
-                    "hybrid": float(hybrid({k: v[i] for k, v in s.items()}, w, normalize=True))}
-                   for i in range(len(items))]
-    for (a, b), r in zip(items, results):
-        typer.echo(json.dumps({"query": a, "passage": b, **r}, ensure_ascii=False))
-
-
-def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    from m3embed.corpus import iter_jsonl
-
-    items = []
-    for lineno, row in iter_jsonl(path):
-        for key in ("query", "passage"):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{path}:{lineno}: field {key!r} must be a string")
-        items.append((row["query"], row["passage"]))
-    return items
+    rows = _load(model, ("dense",), dtype, device).compute_score(
+        items, w, query_max_length=max_length, passage_max_length=max_length)
+    for i, (a, b) in enumerate(items):
+        typer.echo(json.dumps({"query": a, "passage": b, **{k: v[i] for k, v in rows.items()}}, ensure_ascii=False))
 
 
 @app.command()
@@ -170,7 +144,7 @@ def _index_model(index, model: str | None, dtype: str, device: str | None):
 
 
 def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
-            skip_existing: bool, log_commits: bool) -> None:
+            skip_existing: bool, log_commits: bool, max_length: int | None = None) -> None:
     from m3embed.corpus import read_records
     from m3embed.index.ingest import count_records, ingest
 
@@ -181,7 +155,7 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
 
     records = read_records(input, text_field=text_field, id_field=id_field, title_field=title_field or None)
     stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=count_records(input),
-                   progress=not log_commits, on_commit=report)
+                   progress=not log_commits, on_commit=report, max_length=max_length)
     index.optimize()
     console.print(f"{index.location}: {stats.added} added, {stats.skipped} already stored; "
                   f"{index.count()} documents")
@@ -215,18 +189,16 @@ def index_build(
 ) -> None:
     """Create an index (or resume one built with the same model) and add a file of documents."""
     from m3embed.index import open_index
-    from m3embed.types import check_modes
+    from m3embed.modes import check_modes
 
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
     chosen = check_modes(modes) if modes else None
     m = _load(model, chosen or ("dense",), dtype, device)
-    if max_length:
-        m.passage_max_length = max_length
     with open_index(index, m, create=True, collection=collection, engine=engine,
                     modes=chosen or m.available_modes(), colbert_dtype=colbert_dtype,
                     store_text=store_text) as idx:
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits)
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length)
 
 
 @index_app.command("add")
@@ -284,41 +256,16 @@ def index_info(index: str = IndexArg, collection: str = CollectionOpt) -> None:
         out.print(table)
 
 
-def _parse_where(exprs: list[str]) -> dict:
-    """`lang=en`, `tag=["a","b"]` (any of), `year>=2000`, `n<5` into an Index.search filter."""
-    import json
-    import re
-
-    spec: dict = {}
-    ops = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
-    for expr in exprs:
-        m = re.fullmatch(r"\s*([^=<>\s]+)\s*(>=|<=|>|<|=)\s*(.*?)\s*", expr)
-        if not m or not m.group(3):
-            raise ValueError(f"--where {expr!r}: use field=value, field=[v1,v2], field>=number (or >, <, <=)")
-        key, op, raw = m.groups()
-        if op == "=":
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw  # a bare word is a string
-            spec[key] = value
-        else:
-            try:
-                spec.setdefault(key, {})[ops[op]] = float(raw)
-            except (ValueError, TypeError):
-                raise ValueError(f"--where {expr!r}: {op} needs a number") from None
-    return spec
-
-
 @app.command()
 def search(
     index: str = IndexArg,
     query: list[str] = typer.Argument(..., help="query text(s)"),
     k: int = typer.Option(10, "-k", help="hits per query"),
-    mode: str | None = typer.Option(None, help="dense, sparse, colbert, dense+sparse or all (default: all, or "
-                                                  "the fullest the index stores)"),
-    weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
-    candidates: int = typer.Option(100, help="candidates per route (dense, sparse) rescored by hybrid modes"),
+    mode: str | None = typer.Option(None, help=f"{', '.join(SEARCH_MODES)} (default: the fullest the index "
+                                                  "stores, all when it has the three)"),
+    weights: str = SearchWeightsOpt,
+    candidates: int | None = typer.Option(None, help="candidates per route (dense, sparse) rescored by hybrid "
+                                                     "modes (default 100)"),
     rerank: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
                                                     "dense+sparse candidates (faster, not exact M3)"),
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
@@ -333,19 +280,20 @@ def search(
     import json
 
     from m3embed.index import open_index
-    from m3embed.index.store import default_mode
+    from m3embed.index.store import parse_where
+    from m3embed.modes import parse_weights
 
-    w = _weights(weights)
     with open_index(index, collection=collection) as idx:
+        spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates, rerank=rerank,
+                           filter=parse_where(where), explain=explain)
         _index_model(idx, model, dtype, device)
-        results = idx.search(list(query), k=k, mode=mode, weights=w, candidates=candidates, rerank=rerank,
-                             filter=_parse_where(where), explain=explain)
+        results = idx.run(spec, idx.model.encode_queries(list(query), modes=spec.query_modes))
     for q, hits in zip(query, results):
         if json_out:
             for rank, h in enumerate(hits, 1):
                 typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
             continue
-        table = Table(title=f"{mode or default_mode(idx.manifest.modes)}: {q}")
+        table = Table(title=f"{spec.mode}: {q}")
         for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
             table.add_column(col)
         for rank, h in enumerate(hits, 1):
@@ -364,18 +312,20 @@ def eval_command(
     qrels: str = typer.Option("qrels.tsv", help="qrels file in the dataset dir, e.g. qrels.dev.tsv"),
     model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id; "
                                         "omit to run only the BM25 baseline"),
-    modes: str | None = typer.Option(None, help="comma-separated among dense,sparse,colbert,dense+sparse,all "
+    modes: str | None = typer.Option(None, help=f"comma-separated among {','.join(SEARCH_MODES)} "
                                         "(default: every mode the model's heads allow)"),
     index: Path | None = typer.Option(None, help="index dir to use or create (default: a temporary Qdrant "
                                          "Edge index, deleted afterwards)"),
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="where eval.json/.md/.png go "
                                            "(default: eval-<dataset>)"),
     k: int = typer.Option(100, "-k", help="documents retrieved per query (>= 100 for Recall@100)"),
-    weights: str = typer.Option("0.4,0.2,0.4", help="dense,sparse,colbert weights of the hybrid modes"),
+    weights: str = SearchWeightsOpt,
     candidates: int | None = typer.Option(None, help="dense and sparse candidates rescored by hybrid modes "
                                              "(default: max(k, 100))"),
-    query_max_length: int = typer.Option(512, help="query truncation in tokens (capped at the model's limit)"),
-    passage_max_length: int = typer.Option(512, help="passage truncation in tokens (capped at the model's limit)"),
+    query_max_length: int | None = typer.Option(None, help="query truncation in tokens (default 512 capped at "
+                                                  "the model's limit; a larger value than the limit is an error)"),
+    passage_max_length: int | None = typer.Option(None, help="passage truncation in tokens (default 512 capped at "
+                                                    "the model's limit)"),
     bm25: bool = typer.Option(True, "--bm25/--no-bm25", help="include the BM25 baseline"),
     k1: float = typer.Option(0.9, help="BM25 k1"),
     b: float = typer.Option(0.4, help="BM25 b"),
@@ -386,25 +336,18 @@ def eval_command(
     device: str | None = DeviceOpt,
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
-    from m3embed.evaluate import (
-        BM25Config,
-        M3Settings,
-        default_modes,
-        evaluate_dataset,
-        index_modes,
-        load_dataset,
-        write_report,
-    )
+    from m3embed.evaluate import BM25Config, M3Settings, evaluate_dataset, load_dataset, write_report
+    from m3embed.modes import check_search_modes, index_representations, parse_weights, servable
 
-    w = _weights(weights)
-    chosen = tuple(m.strip() for m in modes.split(",") if m.strip()) if modes else None
+    w = parse_weights(weights)
+    chosen = check_search_modes(modes) if modes else None
     data = load_dataset(dataset, qrels=qrels)
     if max_queries is not None:
         data = data.head(max_queries)
     m = None
     if model is not None:
-        m = _load(model, index_modes(chosen) if chosen else ("dense",), dtype, device)
-        chosen = chosen or default_modes(m.available_modes())
+        m = _load(model, index_representations(chosen) if chosen else ("dense",), dtype, device)
+        chosen = chosen or servable(m.available_modes())
     elif chosen or index is not None:
         raise ValueError("--modes and --index need a --model")
     settings = M3Settings(modes=chosen or (), weights=w, candidates=candidates, query_max_length=query_max_length,

@@ -43,6 +43,17 @@ def read_records(path: str | Path, text_field: str = "text", id_field: str = "id
         raise ValueError(f"{path}: unsupported input format {suffix!r}; use one of {', '.join(FORMATS)}")
 
 
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(query, passage) pairs from jsonl lines `{"query": ..., "passage": ...}`; a bad line is named file:line."""
+    pairs = []
+    for lineno, row in iter_jsonl(path):
+        for key in ("query", "passage"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}:{lineno}: field {key!r} must be a string")
+        pairs.append((row["query"], row["passage"]))
+    return pairs
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a missing file or a bad line raises naming file:line."""
     path = Path(path)

@@ -16,8 +16,8 @@ from m3embed.checkpoint import default_model
 from m3embed.corpus import read_records
 from m3embed.index import open_index
 from m3embed.index.ingest import ingest
-from m3embed.index.store import SEARCH_MODES, check_search_mode
 from m3embed.model import M3Model
+from m3embed.modes import servable
 
 SAMPLE = Path(__file__).parent / "data" / "xquad_en_paragraphs.jsonl"
 QUERIES = (
@@ -43,7 +43,7 @@ def run(model_name: str | None = None, index_dir: str | Path = "m3embed-demo-ind
     with open_index(index_dir, model, create=True, modes=modes) as index:
         stats = ingest(index, read_records(corpus), batch_size=32, progress=True)
         console.print(f"{index.count()} documents indexed ({stats.added} added now)")
-        search_modes = [m for m in SEARCH_MODES if _servable(m, modes)]
+        search_modes = servable(modes)
         for query in queries:
             table = Table(title=f"“{query}”", show_lines=True, expand=True)
             table.add_column("#", width=2)
@@ -59,14 +59,6 @@ def run(model_name: str | None = None, index_dir: str | Path = "m3embed-demo-ind
                 table.add_row(str(rank + 1), *cells)
             console.print(table)
     return results
-
-
-def _servable(mode: str, stored: tuple[str, ...]) -> bool:
-    try:
-        check_search_mode(mode, stored)
-    except ValueError:
-        return False
-    return True
 
 
 def _snippet(text: str | None, width: int = 60) -> str:

@@ -1,23 +1,45 @@
-"""Batched inference: texts → token-budget batches → one forward pass each → an M3Output in input order."""
+"""Batched inference: texts → token-budget batches → one forward pass each → an M3Output in input order.
+
+It runs any `Forward` (M3Model is one) and knows nothing else of the model: `model.py` builds on this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from scipy import sparse as sp
 
-from m3embed.tokenize import budget_batches, check_texts, insert_cls, pad, tokenize
-from m3embed.types import M3Output, check_modes
-
-if TYPE_CHECKING:
-    from m3embed.model import M3Model
+from m3embed.modes import check_modes
+from m3embed.tokenize import budget_batches, check_texts, insert_cls, pad, resolve_max_length, tokenize
+from m3embed.types import M3Output
 
 MCLS_EVERY = 256  # the paper's interval between inserted CLS tokens (Appendix B.2)
 AUTO_PROGRESS_TOKENS = 200_000  # show a progress bar by default above this many tokens
+
+
+class Forward(Protocol):
+    """What `encode` needs of a model: its tokenizer, sizes, and the differentiable forward pass."""
+
+    tokenizer: Any
+    hidden_size: int
+    vocab_size: int
+    max_length: int  # the model's position limit, special tokens included
+    special_ids: tuple[int, ...]  # dropped from lexical weights
+    training: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def check_heads(self, modes: Sequence[str]) -> None: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str],
+                 cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]: ...
 
 
 def default_batch_tokens(device: torch.device) -> int:
@@ -25,16 +47,17 @@ def default_batch_tokens(device: torch.device) -> int:
     return 32_768 if device.type == "cuda" else 8_192
 
 
-def encode(model: M3Model, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
+def encode(model: Forward, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
            max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
            mcls: bool | int = False, progress: bool | None = None) -> M3Output:
     """Encode texts with one forward pass per batch, computing only the requested modes.
 
     Args:
-        model: the M3Model.
+        model: the model (an M3Model).
         texts: a str or a sequence of str (anything else raises TypeError naming its index).
-        modes: any of "dense", "sparse", "colbert" (or "dense+sparse" style strings).
-        max_length: truncation length in tokens, specials included; default the model's own limit.
+        modes: representations, any of "dense", "sparse", "colbert" (a sequence or "dense,sparse").
+        max_length: truncation length in tokens, specials included; default the model's own limit, and a
+            value above it is an error (`m3embed.tokenize.resolve_max_length`).
         batch_tokens: budget of padded tokens per forward pass (texts are sorted longest first).
         max_batch_size: cap on texts per forward pass.
         mcls: multiple-CLS dense pooling for long texts (paper §3.4): True inserts a CLS every 256 tokens,
@@ -43,14 +66,8 @@ def encode(model: M3Model, texts: Sequence[str] | str, modes: Sequence[str] | st
     """
     modes = check_modes(modes)
     texts = check_texts(texts)
-    max_length = model.max_length if max_length is None else int(max_length)
-    if max_length > model.max_length:
-        raise ValueError(f"max_length={max_length} exceeds this model's position limit of {model.max_length} tokens")
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
-    for mode in modes:
-        if mode != "dense":
-            model._head(mode)
+    max_length = resolve_max_length(max_length, model.max_length)
+    model.check_heads(modes)
     every = (MCLS_EVERY if mcls is True else int(mcls)) if mcls else 0
 
     ids = tokenize(model.tokenizer, texts, max_length)
@@ -70,7 +87,7 @@ def encode(model: M3Model, texts: Sequence[str] | str, modes: Sequence[str] | st
     show = progress if progress is not None else int(lengths.sum()) >= AUTO_PROGRESS_TOKENS
 
     was_training = model.training
-    model.eval()
+    model.train(False)
     with torch.inference_mode(), _progress(show, int(lengths.sum())) as bar:
         for batch in batches:
             input_ids, mask = pad([ids[i] for i in batch], model.tokenizer.pad_token_id)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from m3embed.corpus import iter_jsonl
-from m3embed.index.store import DEFAULT_CANDIDATES, DEFAULT_WEIGHTS, check_search_mode
-from m3embed.types import MODES
+from m3embed.modes import MODES, SEARCH_MODES, check_search_mode, index_representations
+from m3embed.tokenize import resolve_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ Searcher = Callable[[Sequence[str]], list[dict[str, float]]]
 """Query texts -> one `{doc_id: score}` dict per query (higher is better)."""
 
 METRICS = ("nDCG@10", "Recall@100", "MRR@10")
-EVAL_MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
+EVAL_MAX_LENGTH = 512  # FlagEmbedding's evaluation default for queries and passages
 BM25_NAME = "bm25"
 _TREC_MEASURES = {"ndcg_cut.10": ("ndcg_cut_10", "nDCG@10"), "recall.100": ("recall_100", "Recall@100")}
 MRR_DEPTH = 10
@@ -354,26 +354,6 @@ def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int
 # ---------------------------------------------------------------- M3 runs through the index
 
 
-def index_modes(modes: Sequence[str]) -> tuple[str, ...]:
-    """The representations an index must store to serve these search modes.
-
-    ColBERT search rescores the union of the dense and sparse candidates, so it needs both routes.
-    """
-    bad = [m for m in modes if m not in EVAL_MODES]
-    if bad or not modes:
-        raise ValueError(f"unknown mode(s) {bad or list(modes)}; choose from {', '.join(EVAL_MODES)}")
-    need = set()
-    for mode in modes:
-        need.update({"dense": ("dense",), "sparse": ("sparse",), "dense+sparse": ("dense", "sparse"),
-                     "colbert": MODES, "all": MODES}[mode])
-    return tuple(m for m in MODES if m in need)
-
-
-def default_modes(available: Sequence[str]) -> tuple[str, ...]:
-    """Every search mode a model with these heads can serve (all five when it has all three)."""
-    return tuple(m for m in EVAL_MODES if set(index_modes([m])) <= set(available))
-
-
 def fill_index(index: Any, model: Any, doc_ids: Sequence[str], doc_texts: Sequence[str], *,
                max_length: int | None = None, batch_size: int = 256) -> int:
     """Encode and add the documents the index does not hold yet, committing batch by batch.
@@ -399,7 +379,9 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
     Returns:
         `{mode: run}` and seconds per step: `encode queries` plus one entry per mode (engine time only).
     """
-    query_modes = index_modes(modes)
+    specs = {mode: index.prepare(k=k, mode=mode, weights=weights, candidates=candidates, with_text=False)
+             for mode in modes}
+    query_modes = tuple(sorted({r for spec in specs.values() for r in spec.query_modes}, key=MODES.index))
     ids, texts = list(queries), list(queries.values())
     runs: dict[str, Run] = {mode: {} for mode in modes}
     seconds = {"encode queries": 0.0, **{mode: 0.0 for mode in modes}}
@@ -410,7 +392,7 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
         seconds["encode queries"] += time.perf_counter() - tick
         for mode in modes:
             tick = time.perf_counter()
-            hits = index.search(out, k=k, mode=mode, weights=weights, candidates=candidates, with_text=False)
+            hits = index.run(specs[mode], out)
             seconds[mode] += time.perf_counter() - tick
             for query_id, found in zip(batch_ids, hits):
                 runs[mode][query_id] = {str(h.id): float(h.score) for h in found}
@@ -423,7 +405,7 @@ def eval_index(model: Any, modes: Sequence[str], index_dir: str | Path | None = 
     from m3embed.index import open_index
 
     if index_dir is not None:
-        index = open_index(index_dir, model, create=True, modes=index_modes(modes), store_text=False)
+        index = open_index(index_dir, model, create=True, modes=index_representations(modes), store_text=False)
         try:
             for mode in modes:  # an existing index may store fewer modes: fail before encoding anything
                 check_search_mode(mode, index.manifest.modes)
@@ -432,7 +414,8 @@ def eval_index(model: Any, modes: Sequence[str], index_dir: str | Path | None = 
             index.close()
         return
     with tempfile.TemporaryDirectory(prefix="m3embed-eval-") as tmp:
-        index = open_index(Path(tmp) / "index", model, create=True, modes=index_modes(modes), store_text=False)
+        index = open_index(Path(tmp) / "index", model, create=True, modes=index_representations(modes),
+                           store_text=False)
         try:
             yield index
         finally:
@@ -444,21 +427,21 @@ class M3Settings:
     """How the M3 modes are run.
 
     Attributes:
-        modes: search modes to evaluate (subset of EVAL_MODES).
-        weights: (dense, sparse, colbert) for the hybrid modes; None = the index default (0.4, 0.2, 0.4).
+        modes: search modes to evaluate (subset of `m3embed.modes.SEARCH_MODES`).
+        weights: (dense, sparse, colbert) for the hybrid modes; None = `m3embed.modes.SEARCH_WEIGHTS`.
         candidates: dense and sparse candidates per query whose union hybrid/colbert modes rescore;
             None = max(k, the index default of 100).
-        query_max_length / passage_max_length: truncation in tokens (512 is FlagEmbedding's default for both),
-            capped at the model's position limit; None = that limit.
+        query_max_length / passage_max_length: truncation in tokens; None = EVAL_MAX_LENGTH (512, FlagEmbedding's
+            default) capped at the model's position limit; an explicit value above that limit is an error.
         index_dir: an index directory to use (created when absent, filled with missing documents);
             None = a temporary Qdrant Edge index, deleted afterwards.
     """
 
-    modes: tuple[str, ...] = EVAL_MODES
+    modes: tuple[str, ...] = SEARCH_MODES
     weights: tuple[float, float, float] | None = None
     candidates: int | None = None
-    query_max_length: int | None = 512
-    passage_max_length: int | None = 512
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
     index_dir: str | Path | None = None
 
 
@@ -489,8 +472,7 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         seconds[BM25_NAME] = time.perf_counter() - tick
         settings["bm25"] = bm25.describe()
     if model is not None:
-        # never ask for more tokens than the model has positions for (tiny test models have 128)
-        q_len, p_len = (None if n is None else min(n, model.max_length)
+        q_len, p_len = (resolve_max_length(n, model.max_length, EVAL_MAX_LENGTH)
                         for n in (m3.query_max_length, m3.passage_max_length))
         with eval_index(model, m3.modes, m3.index_dir) as index:
             tick = time.perf_counter()
@@ -502,6 +484,7 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
             if extra > 0:
                 logger.warning("%s holds %d documents that are not in the corpus; they compete in the ranking",
                                index.location, extra)
+            defaults = index.prepare(k=k, weights=m3.weights, candidates=m3.candidates)
             mode_runs, mode_seconds = index_runs(
                 index, model, dataset.queries, m3.modes, k, weights=m3.weights, candidates=m3.candidates,
                 max_length=q_len, batch_size=batch_size)
@@ -509,8 +492,8 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
                 "model": f"{getattr(model, 'name', '') or 'M3Model'} (fingerprint {model.fingerprint})",
                 "index": (f"{m3.index_dir} ({index.manifest.engine}, {added} documents added)" if m3.index_dir
                           else f"temporary {index.manifest.engine} index, deleted afterwards"),
-                "weights (dense, sparse, colbert)": list(m3.weights or DEFAULT_WEIGHTS),
-                "candidates per route": max(m3.candidates or DEFAULT_CANDIDATES, k),
+                "weights (dense, sparse, colbert)": list(defaults.weights),
+                "candidates per route": defaults.candidates,
                 "max length (query, passage)": [q_len, p_len],
                 "query encoding s": round(mode_seconds.pop("encode queries"), 3),
             })

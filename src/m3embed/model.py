@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3embed import checkpoint
-from m3embed.types import MODES, M3Output, check_modes
+from m3embed.encode import encode
+from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
+from m3embed.scoring import compute_score
+from m3embed.tokenize import resolve_max_length
+from m3embed.types import M3Output
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,6 +55,7 @@ class M3Model(nn.Module):
         # XLM-R positions start after the padding index: 8194 embeddings leave 8192 usable tokens
         offset = cfg.pad_token_id + 1 if cfg.model_type in ("xlm-roberta", "roberta", "camembert") else 0
         self.max_length: int = cfg.max_position_embeddings - offset
+        # default truncation of queries and passages (capped at max_length); an explicit max_length overrides
         self.query_max_length: int = self.max_length
         self.passage_max_length: int = self.max_length
         # dropped from lexical weights, as FlagEmbedding does: cls, eos, pad and unk where the tokenizer has them
@@ -150,14 +155,17 @@ class M3Model(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     def available_modes(self) -> tuple[str, ...]:
-        return tuple(m for m in MODES if m == "dense" or self._head(m, required=False) is not None)
+        """The representations this model can produce: dense, and each mode whose head is loaded."""
+        heads = {"colbert": self.colbert_linear, "sparse": self.sparse_linear}
+        return tuple(m for m in MODES if m == "dense" or heads[m] is not None)
 
-    def _head(self, mode: str, required: bool = True) -> nn.Linear | None:
-        head = self.colbert_linear if mode == "colbert" else self.sparse_linear
-        if head is None and required:
-            raise ValueError(f"this model has no {mode} head ({checkpoint.HEAD_FILES[mode]} was not loaded); "
-                             f"request modes={tuple(m for m in self.available_modes())!r}")
-        return head
+    def check_heads(self, modes: Sequence[str]) -> None:
+        """Raise a ValueError naming the head file when a requested mode's head is not loaded."""
+        have = self.available_modes()
+        for mode in modes:
+            if mode not in have:
+                raise ValueError(f"this model has no {mode} head ({checkpoint.HEAD_FILES[mode]} was not loaded); "
+                                 f"request modes={have!r}")
 
     # ---- the forward pass ----
 
@@ -174,18 +182,14 @@ class M3Model(nn.Module):
             "dense": (B, h) L2-normalised; "token_weights": (B, T) relu(sparse_linear(H)), 0 on padding;
             "colbert": (B, T-1, h) L2-normalised colbert_linear(H[:, 1:]), zero rows on padding.
         """
-        for mode in modes:
-            if mode != "dense":
-                self._head(mode)
+        self.check_heads(modes)
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         return self.heads_forward(h, attention_mask, modes, cls_positions)
 
     def heads_forward(self, h: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str] = MODES,
                       cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """`forward` from the backbone's last hidden states h (B, T, H) on: pooling and heads (same outputs)."""
-        for mode in modes:
-            if mode != "dense":
-                self._head(mode)
+        self.check_heads(modes)
         h = h.float()  # heads and pooling run in float32 whatever the backbone dtype
         mask = attention_mask.to(h.dtype)  # (B, T)
         out: dict[str, torch.Tensor] = {}
@@ -215,40 +219,51 @@ class M3Model(nn.Module):
         keep[list(self.special_ids)] = 0
         return emb * keep
 
-    # ---- inference API (numpy); implemented in encode.py ----
+    # ---- inference API (numpy); the batching lives in encode.py ----
 
-    def encode(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), **kwargs) -> M3Output:
-        """Encode texts into an M3Output (input order kept). See `m3embed.encode.encode` for the options."""
-        from m3embed.encode import encode
+    def encode(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
+               max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
+               mcls: bool | int = False, progress: bool | None = None) -> M3Output:
+        """Encode texts into an M3Output (input order kept); the options are those of `m3embed.encode.encode`.
 
-        return encode(self, texts, modes=modes, **kwargs)
+        `max_length` defaults to the model's position limit; a larger explicit value is an error.
+        """
+        return encode(self, texts, modes, max_length=max_length, batch_tokens=batch_tokens,
+                      max_batch_size=max_batch_size, mcls=mcls, progress=progress)
 
-    def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",),
-                       **kwargs) -> M3Output:
-        """`encode` with the query max length (`self.query_max_length` unless max_length is given)."""
-        kwargs.setdefault("max_length", self.query_max_length)
-        return self.encode(texts, modes=modes, **kwargs)
+    def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
+                       max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
+                       mcls: bool | int = False, progress: bool | None = None) -> M3Output:
+        """`encode` truncating at `max_length`, by default `self.query_max_length` (capped at the limit)."""
+        return encode(self, texts, modes, batch_tokens=batch_tokens, max_batch_size=max_batch_size, mcls=mcls,
+                      max_length=resolve_max_length(max_length, self.max_length, self.query_max_length),
+                      progress=progress)
 
-    def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",),
-                      **kwargs) -> M3Output:
-        """`encode` with the passage max length (`self.passage_max_length` unless max_length is given)."""
-        kwargs.setdefault("max_length", self.passage_max_length)
-        return self.encode(texts, modes=modes, **kwargs)
+    def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
+                      max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
+                      mcls: bool | int = False, progress: bool | None = None) -> M3Output:
+        """`encode` truncating at `max_length`, by default `self.passage_max_length` (capped at the limit)."""
+        return encode(self, texts, modes, batch_tokens=batch_tokens, max_batch_size=max_batch_size, mcls=mcls,
+                      max_length=resolve_max_length(max_length, self.max_length, self.passage_max_length),
+                      progress=progress)
 
-    def compute_score(self, pairs: Sequence[tuple[str, str]], weights: Sequence[float] = (1.0, 1.0, 1.0),
-                      max_query_length: int | None = None, max_passage_length: int | None = None,
-                      **kwargs) -> dict[str, list[float]]:
-        """FlagEmbedding's `compute_score`: per pair dense, sparse, colbert and the weighted hybrids."""
-        from m3embed.scoring import compute_score
+    def compute_score(self, pairs: Sequence[tuple[str, str]], weights: Sequence[float] = SCORE_WEIGHTS, *,
+                      query_max_length: int | None = None, passage_max_length: int | None = None,
+                      batch_tokens: int | None = None, progress: bool | None = None) -> dict[str, list[float]]:
+        """FlagEmbedding's `compute_score`: per pair dense, sparse, colbert and the weighted hybrids.
 
+        `weights` (dense, sparse, colbert) default to `m3embed.modes.SCORE_WEIGHTS` (1, 1, 1), as FlagEmbedding.
+        A model without some head scores the modes it has (see `m3embed.scoring.compute_score`).
+        """
         pairs = list(pairs)
         for i, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"pair at index {i} must be a (query, passage) pair, got {type(pair).__name__}")
-        q = self.encode_queries([p[0] for p in pairs], modes=MODES, max_length=max_query_length
-                                or self.query_max_length, **kwargs)
-        p = self.encode_corpus([p[1] for p in pairs], modes=MODES, max_length=max_passage_length
-                               or self.passage_max_length, **kwargs)
+        modes = self.available_modes()
+        q = self.encode_queries([p[0] for p in pairs], modes=modes, max_length=query_max_length,
+                                batch_tokens=batch_tokens, progress=progress)
+        p = self.encode_corpus([p[1] for p in pairs], modes=modes, max_length=passage_max_length,
+                               batch_tokens=batch_tokens, progress=progress)
         return compute_score(q, p, weights)
 
     def convert_id_to_token(self, weights: dict[str, float] | M3Output) -> list[dict[str, float]] | dict[str, float]:

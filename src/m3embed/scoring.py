@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse as sp
 
+from m3embed.modes import MODES, SCORE_WEIGHTS, check_weights
 from m3embed.types import M3Output, SparseVector
-
-DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # (dense, sparse, colbert): the BGE-M3 README's hybrid weights
 
 
 def dense_scores(q: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -40,11 +39,11 @@ def colbert_scores(q: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([colbert_score(q, d) for d in docs], dtype=np.float32)
 
 
-def hybrid(scores: dict[str, np.ndarray | float], weights: Sequence[float] = DEFAULT_WEIGHTS,
-           normalize: bool = False) -> np.ndarray | float:
+def hybrid(scores: dict[str, np.ndarray | float], weights: Sequence[float], normalize: bool = False
+           ) -> np.ndarray | float:
     """s = w1·dense + w2·sparse + w3·colbert over the modes present; / Σw of those modes if normalize."""
     total, wsum = 0.0, 0.0
-    for mode, w in zip(("dense", "sparse", "colbert"), weights):
+    for mode, w in zip(MODES, weights):
         if mode in scores and w:
             total = total + w * np.asarray(scores[mode], dtype=np.float64)
             wsum += w
@@ -65,16 +64,20 @@ def pair_scores(q: M3Output, p: M3Output) -> dict[str, np.ndarray]:
     return out
 
 
-def compute_score(q: M3Output, p: M3Output, weights: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, list[float]]:
+def compute_score(q: M3Output, p: M3Output, weights: Sequence[float] = SCORE_WEIGHTS) -> dict[str, list[float]]:
     """FlagEmbedding's `compute_score` result from encoded pairs.
 
     Keys: dense, sparse, colbert, "sparse+dense" = (w_d·d + w_s·s)/(w_d + w_s) and
-    "colbert+sparse+dense" = (w_d·d + w_s·s + w_c·c)/(w_d + w_s + w_c); weights are (dense, sparse, colbert).
+    "colbert+sparse+dense" = (w_d·d + w_s·s + w_c·c)/(w_d + w_s + w_c); weights are (dense, sparse, colbert),
+    by default `m3embed.modes.SCORE_WEIGHTS` (1, 1, 1) as FlagEmbedding. Outputs without some mode (a model
+    lacking a head) give the modes present and "hybrid", their weighted sum divided by its weight sum.
     """
-    if len(weights) != 3:
-        raise ValueError(f"weights must be (dense, sparse, colbert), got {len(weights)} values")
-    wd, ws, wc = (float(w) for w in weights)
+    wd, ws, wc = check_weights(weights, normalized=True)
     s = pair_scores(q, p)
+    if len(s) < len(MODES):
+        rows = {m: np.asarray(s[m], dtype=np.float32).tolist() for m in MODES if m in s}
+        rows["hybrid"] = np.asarray(hybrid(s, (wd, ws, wc), normalize=True), dtype=np.float64).tolist()
+        return rows
     d, lx, c = (np.asarray(s[m], dtype=np.float32) for m in ("dense", "sparse", "colbert"))
     return {
         "colbert": c.tolist(),

@@ -21,6 +21,22 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return list(texts)
 
 
+def resolve_max_length(given: int | None, limit: int, default: int | None = None) -> int:
+    """The truncation length to use, by the one policy of m3embed.
+
+    An explicit `given` above the model's position `limit` (or below 2, no room for the special tokens) is an
+    error; a default (`default`, else `limit`) is capped at `limit` silently.
+    """
+    if given is None:
+        return min(limit if default is None else int(default), limit)
+    given = int(given)
+    if given > limit:
+        raise ValueError(f"max_length={given} exceeds this model's position limit of {limit} tokens")
+    if given < 2:
+        raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {given}")
+    return given
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids with the model's special tokens, truncated to max_length (as FlagEmbedding does)."""
     if not texts:

@@ -11,8 +11,6 @@ from typing import NamedTuple
 import numpy as np
 from scipy import sparse as sp
 
-MODES = ("dense", "sparse", "colbert")
-
 
 class SparseVector(NamedTuple):
     """Lexical weights of one text: token ids (int32, sorted, unique) and their weights (float32, > 0)."""
@@ -172,13 +170,3 @@ class Hit(NamedTuple):
     text: str | None = None
     metadata: dict | None = None
     scores: dict[str, float] | None = None
-
-
-def check_modes(modes: Sequence[str] | str) -> tuple[str, ...]:
-    """Normalise a mode selection to a tuple in canonical order; raise on unknown names."""
-    if isinstance(modes, str):
-        modes = [m.strip() for m in modes.replace("+", ",").split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise ValueError(f"unknown mode(s) {bad or modes!r}; choose from {', '.join(MODES)}")
-    return tuple(m for m in MODES if m in modes)

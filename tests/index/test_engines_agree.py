@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3embed.index import SEARCH_MODES
+from m3embed.modes import SEARCH_MODES
 from m3embed.index.store import DEFAULT_CANDIDATES
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3embed.index import SEARCH_MODES, Index
+from m3embed.index import Index
+from m3embed.modes import SEARCH_MODES
 from m3embed.types import M3Output
 
 
@@ -21,6 +22,22 @@ def test_search_equals_brute_force(filled: Index, corpus, exact, mode: str) -> N
         want, scores = exact.search(corpus.queries, i, mode, k, cands)
         assert _ids(hits) == [corpus.ids[j] for j in want], f"query {i}"
         np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
+
+
+def test_colbert_only_index_scans_every_document(make_index, corpus, exact, engine) -> None:
+    """An index that stores ColBERT alone serves mode colbert by an exact MaxSim over all documents."""
+    index = make_index(engine, modes=("colbert",))
+    index.add_outputs(corpus.ids, M3Output(colbert=corpus.docs.colbert))
+    assert index.prepare().mode == "colbert"
+    results = index.search(corpus.queries, k=7)
+    for i, hits in enumerate(results):
+        colbert = exact.per_mode(corpus.queries, i)["colbert"]
+        want = np.argsort(-colbert, kind="stable")[:7]
+        scores = colbert[want]
+        assert _ids(hits) == [corpus.ids[j] for j in want], f"query {i}"
+        np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="search mode 'dense' needs dense"):
+        index.search(corpus.queries, mode="dense")
 
 
 @pytest.mark.parametrize("mode", ["colbert", "all"])

@@ -12,6 +12,7 @@ from m3embed import scoring
 from m3embed.corpus import read_records
 from m3embed.index import Index
 from m3embed.model import M3Model
+from m3embed.modes import SEARCH_WEIGHTS
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not present at {DATA}")
@@ -32,7 +33,7 @@ def recall_at_10(tmp_path: Path, model: M3Model, dataset: str, n_queries: int, n
     found = 0
     for i, got in enumerate(hits):
         exact = scoring.hybrid({"dense": dense[i], "sparse": lexical[i],
-                                "colbert": scoring.colbert_scores(q.colbert[i], docs.colbert)})
+                                "colbert": scoring.colbert_scores(q.colbert[i], docs.colbert)}, SEARCH_WEIGHTS)
         found += len(set(np.argsort(-exact)[:10]) & {position[h.id] for h in got})
     return found / (10 * len(hits))
 

@@ -12,13 +12,13 @@ from m3embed.index.store import (
     Nearest,
     QueryVectors,
     WeightedSum,
-    check_search_mode,
-    default_mode,
     parse_filter,
+    parse_where,
     plan_search,
     point_id,
 )
-from m3embed.types import MODES, SparseVector
+from m3embed.modes import MODES
+from m3embed.types import SparseVector
 
 Q = QueryVectors(dense=np.ones(4, np.float32), sparse=SparseVector(np.array([5], np.int32), np.ones(1, np.float32)),
                  colbert=np.ones((8, 4), np.float32))
@@ -72,15 +72,9 @@ def test_hybrid_variants() -> None:
         plan_search(QueryVectors(dense=Q.dense, sparse=Q.sparse), "all", 5, 20, (0.4, 0.2, 0.4), MODES)
 
 
-def test_mode_checks_and_defaults() -> None:
-    assert default_mode(MODES) == "all"
-    assert default_mode(("dense", "sparse")) == "dense+sparse"
-    assert default_mode(("sparse",)) == "sparse"
-    check_search_mode("colbert", ("sparse", "colbert"))
-    with pytest.raises(ValueError, match="needs dense or sparse"):
-        check_search_mode("colbert", ("colbert",))
-    with pytest.raises(ValueError, match="unknown search mode 'hybrid'"):
-        check_search_mode("hybrid", MODES)
+def test_colbert_without_candidate_routes_scans_every_document() -> None:
+    only = plan_search(Q, "colbert", 5, 20, (0.4, 0.2, 0.4), ("colbert",))
+    assert only == WeightedSum((1 / 8,), (Nearest("colbert", Q.colbert, 5),), 5)  # no prefetch: exact MaxSim
 
 
 def test_parse_filter() -> None:
@@ -92,3 +86,12 @@ def test_parse_filter() -> None:
                          ({"": 1}, "non-empty"), ("lang=en", "must be a dict")]:
         with pytest.raises((ValueError, TypeError), match=message):
             parse_filter(bad)
+
+
+def test_parse_where() -> None:
+    assert parse_where(["lang=en", 'tag=["a","b"]', "year>=2000", "year<2010", "n=3", "ok=true"]) == {
+        "lang": "en", "tag": ["a", "b"], "year": {"gte": 2000.0, "lt": 2010.0}, "n": 3, "ok": True}
+    assert parse_where(["title = a b "]) == {"title": "a b"}
+    for bad, message in [(["lang"], "use field=value"), (["x>=soon"], ">= needs a number"), (["=1"], "use field")]:
+        with pytest.raises(ValueError, match=message):
+            parse_where(bad)

@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from m3embed.types import MODES
+from m3embed.modes import MODES
 
 from .conftest import MODEL_NAME
 

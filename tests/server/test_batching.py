@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from m3embed.modes import MODES
 from m3embed.server.batching import Batcher, BatcherClosedError, BatchRecord, QueueFullError
-from m3embed.types import MODES
 
 
 def _batcher(model, records: list[BatchRecord], **kwargs) -> Batcher:

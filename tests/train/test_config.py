@@ -30,7 +30,7 @@ def test_bad_settings_name_the_field(kwargs, message):
 
 
 def test_strings_are_parsed_and_config_round_trips(tmp_path):
-    c = TrainConfig(modes="dense+sparse", freeze="encoder", train_data="a.jsonl", max_steps=3)
+    c = TrainConfig(modes="dense,sparse", freeze="encoder", train_data="a.jsonl", max_steps=3)
     assert c.modes == ("dense", "sparse") and c.freeze == ("encoder",) and c.train_data == ["a.jsonl"]
     c.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == c

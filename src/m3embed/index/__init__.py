@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from m3embed.index.core import DEFAULT_COLLECTION, Index, is_remote
+from m3embed.index.core import DEFAULT_COLLECTION, Index, SearchSpec, is_remote
 from m3embed.index.manifest import MANIFEST_NAME, IndexBusyError, Manifest
-from m3embed.index.store import DEFAULT_CANDIDATES, DEFAULT_WEIGHTS, SEARCH_MODES, Store
+from m3embed.index.store import DEFAULT_CANDIDATES, Store
 
-__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_WEIGHTS", "SEARCH_MODES", "Index", "IndexBusyError", "Manifest",
+__all__ = ["DEFAULT_CANDIDATES", "Index", "IndexBusyError", "Manifest", "SearchSpec",
            "Store", "open_index"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -20,16 +21,23 @@ from m3embed.index.manifest import (
 )
 from m3embed.index.store import (
     DEFAULT_CANDIDATES,
-    DEFAULT_WEIGHTS,
+    Condition,
     DocBatch,
     QueryVectors,
     Store,
-    check_search_mode,
-    default_mode,
     parse_filter,
     plan_search,
 )
-from m3embed.types import MODES, Hit, M3Output, check_modes
+from m3embed.modes import (
+    MODES,
+    SEARCH_WEIGHTS,
+    check_modes,
+    check_search_mode,
+    check_weights,
+    default_search_mode,
+    query_representations,
+)
+from m3embed.types import Hit, M3Output
 
 DEFAULT_COLLECTION = "m3embed"
 
@@ -40,6 +48,30 @@ def is_remote(location: Any) -> bool:
         s = str(location)
         return s == ":memory:" or s.startswith(("http://", "https://"))
     return True
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A checked search request, independent of the queries: what `Index.prepare` returns.
+
+    Attributes:
+        mode: the search mode (resolved from the index's default when not given).
+        query_modes: the representations each query must be encoded into.
+        k, weights, candidates, hnsw_ef, rerank: see `Index.search`.
+        conditions: the parsed metadata filter.
+        with_text, explain: see `Index.search`.
+    """
+
+    mode: str
+    query_modes: tuple[str, ...]
+    k: int
+    weights: tuple[float, float, float]
+    candidates: int
+    conditions: tuple[Condition, ...]
+    with_text: bool
+    explain: bool
+    hnsw_ef: int | None
+    rerank: int | None
 
 
 class Index:
@@ -186,14 +218,16 @@ class Index:
     # ---- writing ----
 
     def add(self, ids: Sequence[str | int], texts: Sequence[str], metadata: Sequence[Mapping[str, Any]] | None = None,
-            batch_size: int = 256) -> int:
-        """Encode texts with the index's model and upsert them by id; returns the number written."""
+            *, batch_size: int = 256, max_length: int | None = None) -> int:
+        """Encode texts with the index's model and upsert them by id, `batch_size` at a time; returns the number
+        written. `max_length` truncates the texts (default: the model's passage_max_length). Streams of
+        documents go through `m3embed.index.ingest.ingest`, which calls this per batch."""
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
         model = self.require_model("add texts")
         for start in range(0, len(texts), batch_size):
             chunk = slice(start, start + batch_size)
-            out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes)
+            out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes, max_length=max_length)
             self.add_outputs(ids[chunk], out, texts=texts[chunk],
                              metadata=None if metadata is None else metadata[chunk])
         return len(texts)
@@ -246,6 +280,29 @@ class Index:
         """Location, engine, model identity, stored modes and document count."""
         return {"location": self.location, **self.manifest.to_json(), "count": self.count()}
 
+    def prepare(self, k: int = 10, mode: str | None = None, weights: Sequence[float] | None = None,
+                candidates: int | None = None, filter: Mapping[str, Any] | None = None, with_text: bool = True,
+                explain: bool = False, hnsw_ef: int | None = None, rerank: int | None = None) -> SearchSpec:
+        """Check a search request against this index once (the arguments are those of `search`).
+
+        Shells that encode queries themselves (the HTTP service, eval) call this first to learn the
+        representations to encode (`spec.query_modes`), then `run(spec, outputs)`.
+        """
+        mode = check_search_mode(mode or default_search_mode(self.manifest.modes), self.manifest.modes)
+        weights = check_weights(SEARCH_WEIGHTS if weights is None else weights)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if candidates is not None and candidates < 1:
+            raise ValueError(f"candidates must be at least 1, got {candidates}")
+        if rerank is not None and rerank < k:
+            raise ValueError(f"rerank ({rerank}) must be at least k ({k})")
+        if hnsw_ef is not None and hnsw_ef < 1:
+            raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+        return SearchSpec(mode=mode, query_modes=query_representations(mode, self.manifest.modes), k=k,
+                          weights=weights, candidates=max(candidates or DEFAULT_CANDIDATES, k),
+                          conditions=tuple(parse_filter(filter)), with_text=with_text and self.manifest.store_text,
+                          explain=explain, hnsw_ef=hnsw_ef, rerank=rerank)
+
     def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str | None = None,
                weights: Sequence[float] | None = None, candidates: int | None = None,
                filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False,
@@ -255,9 +312,10 @@ class Index:
         Args:
             query: a text, a list of texts, or precomputed query outputs (M3Output).
             k: hits per query.
-            mode: "dense", "sparse", "colbert", "dense+sparse" or "all"; default: the fullest the index
-                allows ("all" when it stores the three representations).
-            weights: (dense, sparse, colbert) for hybrid modes; default (0.4, 0.2, 0.4).
+            mode: one of `m3embed.modes.SEARCH_MODES`; default: the fullest the index allows ("all" when it
+                stores the three representations).
+            weights: (dense, sparse, colbert) for hybrid modes; default `m3embed.modes.SEARCH_WEIGHTS`
+                (0.4, 0.2, 0.4). Scores are the plain weighted sums, not divided by the weight sum.
             candidates: candidates per route (dense, sparse) whose union hybrid modes rescore; default 100.
             filter: metadata conditions, all must hold: {"lang": "en", "tag": ["a", "b"], "year": {"gte": 2000}}.
             with_text: return stored texts.
@@ -267,32 +325,32 @@ class Index:
             rerank: for colbert and all, score ColBERT only for this many of the union's best by
                 w_d·dense + w_s·sparse (faster, no longer exact M3); default None, the whole union.
         """
-        mode = mode or default_mode(self.manifest.modes)
-        check_search_mode(mode, self.manifest.modes)
-        weights = tuple(DEFAULT_WEIGHTS if weights is None else weights)
-        if len(weights) != 3:
-            raise ValueError(f"weights must be (dense, sparse, colbert), got {len(weights)} values")
+        spec = self.prepare(k, mode, weights, candidates, filter, with_text, explain, hnsw_ef, rerank)
         single = isinstance(query, str)
-        outputs = query if isinstance(query, M3Output) else self._encode_queries([query] if single else query, mode)
-        cands = max(candidates or DEFAULT_CANDIDATES, k)
-        vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
-        plans = [plan_search(q, mode, k, cands, weights, self.manifest.modes, hnsw_ef, rerank) for q in vectors]
-        conditions = parse_filter(filter)
-        with self._reading():
-            results = self.store.search(plans, conditions, with_text and self.manifest.store_text)
-        hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
-                     {mode: h.score} if mode in MODES else None) for h in found] for found in results]
-        if explain:
-            hits = [self._explain(q, found) for q, found in zip(vectors, hits)]
+        if isinstance(query, M3Output):
+            outputs = query
+        else:
+            texts = [query] if single else query
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
+            outputs = self.require_model("search with texts").encode_queries(list(texts), modes=spec.query_modes)
+        hits = self.run(spec, outputs)
         return hits[0] if single else hits
 
-    # ---- helpers ----
+    def run(self, spec: SearchSpec, outputs: M3Output) -> list[list[Hit]]:
+        """Search with a prepared spec and encoded queries (holding at least `spec.query_modes`); a list per query."""
+        vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
+        plans = [plan_search(q, spec.mode, spec.k, spec.candidates, spec.weights, self.manifest.modes,
+                             spec.hnsw_ef, spec.rerank) for q in vectors]
+        with self._reading():
+            results = self.store.search(plans, spec.conditions, spec.with_text)
+        hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
+                     {spec.mode: h.score} if spec.mode in MODES else None) for h in found] for found in results]
+        if spec.explain:
+            hits = [self._explain(q, found) for q, found in zip(vectors, hits)]
+        return hits
 
-    def _encode_queries(self, texts: Sequence[str], mode: str) -> M3Output:
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
-        model = self.require_model("search with texts")
-        return model.encode_queries(list(texts), modes=_query_modes(mode, self.manifest.modes))
+    # ---- helpers ----
 
     def _explain(self, q: QueryVectors, hits: list[Hit]) -> list[Hit]:
         with self._reading():
@@ -369,15 +427,6 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _query_modes(mode: str, stored: Sequence[str]) -> tuple[str, ...]:
-    """The query representations a search mode needs (colbert also needs the candidate routes)."""
-    if mode in ("dense", "sparse"):
-        return (mode,)
-    if mode == "dense+sparse":
-        return ("dense", "sparse")
-    return tuple(m for m in MODES if m in stored)
 
 
 def _query_vectors(out: M3Output, colbert_dtype: str) -> Iterator[QueryVectors]:

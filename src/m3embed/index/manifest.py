@@ -10,7 +10,7 @@ from typing import Any
 
 import portalocker
 
-from m3embed.types import check_modes
+from m3embed.modes import check_modes
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "m3embed-index.json"

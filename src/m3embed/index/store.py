@@ -8,6 +8,8 @@ Search is described once, here, as a plan (`Nearest` leaves, rescoring `Nearest`
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -16,10 +18,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from m3embed.types import MODES, SparseVector
+from m3embed.modes import CANDIDATE_ROUTES, scored
+from m3embed.types import SparseVector
 
-SEARCH_MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
-DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # (dense, sparse, colbert): the BGE-M3 README's hybrid weights
 DEFAULT_CANDIDATES = 100  # per candidate route (dense and sparse); the union is rescored
 # dense searches use HNSW ef = max(4 x limit, 256): at 100k bge-m3-shaped documents ef 128 found 0.935 of the
 # exact top 10 and ef 256 0.996 (benchmarks/search.py data, m=16, ef_construct=100), for +0.15 ms
@@ -119,18 +120,20 @@ Plan = Nearest | WeightedSum
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
                 stored: Sequence[str], hnsw_ef: int | None = None, rerank: int | None = None) -> Plan:
-    """The plan that returns exactly M3's ranking for `mode`.
+    """The plan that returns exactly M3's ranking for `mode` (checked against `stored` by the caller, see
+    `m3embed.modes.check_search_mode`).
 
-    Hybrid modes take candidates from dense and from sparse (`candidates` each), then rescore their union
-    with each mode in the formula. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score is
-    the mean, so the colbert weight is divided by the number of query vectors.
+    Hybrid modes take candidates from dense and from sparse (`candidates` each, from the routes stored), then
+    rescore their union with each mode in the formula; colbert on an index with neither route scores every
+    document. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score is the mean, so the colbert
+    weight is divided by the number of query vectors.
 
     With `rerank` = R, the colbert and all modes score ColBERT only for the R best of the union by
     w_d·dense + w_s·sparse (ColBERT is the costly part); the others are ranked by that partial score.
 
     Args:
         q: the query's vectors (those the mode needs must be set).
-        mode: one of SEARCH_MODES.
+        mode: one of `m3embed.modes.SEARCH_MODES`.
         k: results to return.
         candidates: candidates per route for hybrid modes.
         weights: (dense, sparse, colbert).
@@ -138,7 +141,6 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         hnsw_ef: HNSW ef of dense searches (default max(4 x their limit, 256)).
         rerank: score ColBERT for this many candidates only (None: the whole union, exact M3).
     """
-    check_search_mode(mode, stored)
     if k < 1 or candidates < 1:
         raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
     if hnsw_ef is not None and hnsw_ef < 1:
@@ -150,17 +152,19 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         ef = (hnsw_ef or max(4 * limit, MIN_HNSW_EF)) if m == "dense" else None
         return Nearest(m, _query_vector(q, m), limit, ef=ef)
 
-    if mode in ("dense", "sparse"):
+    if mode in CANDIDATE_ROUTES:
         return leaf(mode, k)
-    routes = tuple(leaf(m, candidates) for m in ("dense", "sparse") if m in stored)
+    routes = tuple(leaf(m, candidates) for m in CANDIDATE_ROUTES if m in stored)
     union = candidates * len(routes)
-    parts = ("colbert",) if mode == "colbert" else ("dense", "sparse") if mode == "dense+sparse" else MODES
+    parts = scored(mode)
     wd, ws, wc = (float(w) for w in weights)
     scale = {"dense": wd, "sparse": ws, "colbert": wc}
     if mode == "colbert":
         scale["colbert"] = 1.0
     if "colbert" in parts:
         scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
+    if not routes:  # colbert alone: an exact MaxSim over every stored document
+        return WeightedSum((scale["colbert"],), (Nearest("colbert", _query_vector(q, "colbert"), k),), k)
     if rerank is None or "colbert" not in parts:
         branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
         return WeightedSum(tuple(scale[m] for m in parts), branches, k)
@@ -171,29 +175,6 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
     if mode == "colbert":
         return WeightedSum((scale["colbert"],), (colbert,), k)
     return WeightedSum((1.0, scale["colbert"]), (first, colbert), k)
-
-
-def default_mode(stored: Sequence[str]) -> str:
-    """The fullest search mode the stored representations allow: all, dense+sparse, or the one there is."""
-    if all(m in stored for m in MODES):
-        return "all"
-    if "dense" in stored and "sparse" in stored:
-        return "dense+sparse"
-    return "dense" if "dense" in stored else "sparse" if "sparse" in stored else "colbert"
-
-
-def check_search_mode(mode: str, stored: Sequence[str]) -> None:
-    """Raise unless `mode` is a search mode the stored representations can serve."""
-    if mode not in SEARCH_MODES:
-        raise ValueError(f"unknown search mode {mode!r}; choose from {', '.join(SEARCH_MODES)}")
-    need = {"dense": ("dense",), "sparse": ("sparse",), "dense+sparse": ("dense", "sparse"),
-            "colbert": ("colbert",), "all": MODES}[mode]
-    missing = [m for m in need if m not in stored]
-    if mode == "colbert" and not any(m in stored for m in ("dense", "sparse")):
-        missing.append("dense or sparse (for candidates)")
-    if missing:
-        raise ValueError(f"search mode {mode!r} needs {', '.join(missing)}, but this index stores only "
-                         f"{', '.join(stored)}; pick another mode or rebuild the index with those modes")
 
 
 def _query_vector(q: QueryVectors, mode: str) -> np.ndarray | SparseVector:
@@ -247,6 +228,34 @@ def parse_filter(spec: Mapping[str, Any] | None) -> list[Condition]:
             raise TypeError(f"filter on {key!r}: expected str, int, bool, list or range dict, "
                             f"got {type(value).__name__}")
     return out
+
+
+_WHERE = re.compile(r"\s*([^=<>\s]+)\s*(>=|<=|>|<|=)\s*(.*?)\s*")
+_WHERE_OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+
+
+def parse_where(exprs: Sequence[str]) -> dict[str, Any]:
+    """`lang=en`, `tag=["a","b"]` (any of), `year>=2000`, `n<5` into a filter dict for `parse_filter`.
+
+    The value of `=` is read as JSON when it parses (numbers, lists, true), else as a bare string.
+    """
+    spec: dict[str, Any] = {}
+    for expr in exprs:
+        m = _WHERE.fullmatch(expr)
+        if not m or not m.group(3):
+            raise ValueError(f"--where {expr!r}: use field=value, field=[v1,v2], field>=number (or >, <, <=)")
+        key, op, raw = m.groups()
+        if op == "=":
+            try:
+                spec[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                spec[key] = raw  # a bare word is a string
+            continue
+        try:
+            spec.setdefault(key, {})[_WHERE_OPS[op]] = float(raw)
+        except (ValueError, TypeError):
+            raise ValueError(f"--where {expr!r}: {op} needs a number") from None
+    return spec
 
 
 # ---- the interface ----

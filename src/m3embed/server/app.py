@@ -20,11 +20,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from m3embed.modes import MODES, check_weights
+from m3embed.tokenize import resolve_max_length
 from m3embed.server import schemas as s
 from m3embed.server.batching import Batcher
 from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
 from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
-from m3embed.types import MODES, M3Output
+from m3embed.types import M3Output
 
 if TYPE_CHECKING:
     from m3embed.model import M3Model
@@ -84,9 +86,7 @@ class _Service:
     def __init__(self, model: M3Model, index: Any, settings: ServerSettings, metrics: ServerMetrics) -> None:
         self.model, self.index, self.settings, self.metrics = model, index, settings, metrics
         self.name = settings.model_name or getattr(model, "name", "") or "m3embed"
-        self.max_length = settings.max_length or model.max_length
-        if self.max_length > model.max_length:
-            raise ValueError(f"max_length={self.max_length} exceeds the model's limit of {model.max_length} tokens")
+        self.max_length = resolve_max_length(settings.max_length, model.max_length)
         self.modes = tuple(model.available_modes())
         self.tokens = _Tokens(model.tokenizer)
         self.batcher = Batcher(self._encode, max_batch_tokens=settings.max_batch_tokens,
@@ -301,12 +301,13 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
         texts = [t for pair in req.pairs for t in pair]
         svc.check_chars(texts, "pairs")
         counts = await svc.count(texts, param="pairs")
-        pairs, weights, n = list(req.pairs), tuple(req.weights), svc.max_length
-        if min(weights) < 0 or weights[0] + weights[1] <= 0:
-            raise ApiError(422, f"weights {list(weights)} must be >= 0 with dense + sparse > 0 (both hybrids "
-                                "divide by their weight sum)", code="weights", param="weights")
+        pairs, n = list(req.pairs), svc.max_length
+        try:
+            weights = check_weights(req.weights, normalized=True)
+        except ValueError as e:
+            raise ApiError(422, str(e), code="weights", param="weights") from None
         scores = await svc.batcher.call(lambda: svc.model.compute_score(
-            pairs, weights=weights, max_query_length=n, max_passage_length=n,
+            pairs, weights=weights, query_max_length=n, passage_max_length=n,
             batch_tokens=svc.settings.batch_tokens, progress=False))
         scores = {k: [float(x) for x in v] for k, v in scores.items()}
         return _json(s.ScoreResponse(model=svc.name, scores=scores, usage=svc.usage(sum(counts), "/v1/score")))
@@ -368,33 +369,20 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
     @api.post("/search", response_model=s.SearchResponse, tags=["index"])
     async def search(req: s.SearchRequest) -> Response:
         """Search the index with any M3 mode; hybrid modes rescore dense and sparse candidates."""
-        from m3embed.index.store import check_search_mode, parse_filter
-
         index = svc.need_index()
         svc.check_model(req.model)
-        stored = tuple(index.manifest.modes)
         try:
-            check_search_mode(req.mode, stored)
-            parse_filter(req.filter)
+            spec = index.prepare(k=req.k, mode=req.mode, weights=req.weights, candidates=req.candidates,
+                                 filter=req.filter, with_text=req.with_text, explain=req.explain)
         except (ValueError, TypeError) as e:
-            raise ApiError(422, str(e), code="invalid_search", param="filter" if req.filter else "mode") from None
+            param = "filter" if req.filter and "filter" in str(e) else "weights" if "weights" in str(e) else "mode"
+            raise ApiError(422, str(e), code="invalid_search", param=param) from None
         queries = svc.texts(req.query, "query")
-        out, usage = await svc.encode(queries, _query_modes(req.mode, stored), "/v1/search", param="query")
-        found = await anyio.to_thread.run_sync(lambda: index.search(
-            out, k=req.k, mode=req.mode, weights=req.weights, candidates=req.candidates, filter=req.filter,
-            with_text=req.with_text, explain=req.explain))
+        out, usage = await svc.encode(queries, spec.query_modes, "/v1/search", param="query")
+        found = await anyio.to_thread.run_sync(lambda: index.run(spec, out))
         results = [[s.Hit(id=h.id, score=h.score, text=h.text, metadata=h.metadata, scores=h.scores)
                     for h in hits] for hits in found]
         return _json(s.SearchResponse(model=svc.name, results=results, usage=usage))
-
-
-def _query_modes(mode: str, stored: Sequence[str]) -> tuple[str, ...]:
-    """The query outputs a search mode needs: hybrids and colbert also need the candidate routes."""
-    if mode in ("dense", "sparse"):
-        return (mode,)
-    if mode == "dense+sparse":
-        return ("dense", "sparse")
-    return tuple(m for m in MODES if m in stored)
 
 
 def _version() -> str:

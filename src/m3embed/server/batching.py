@@ -18,7 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from m3embed.types import MODES, M3Output
+from m3embed.modes import MODES
+from m3embed.types import M3Output
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Mode = Literal["dense", "sparse", "colbert"]
+from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
+
+Mode = Literal[MODES]
 EncodingFormat = Literal["float", "base64"]
 # OpenAI also accepts token ids (a list of ints, or a list of such lists); we name that case in a clear 422
 TextInput = str | list[str] | list[int] | list[list[int]]
@@ -117,7 +119,8 @@ class EncodeResponse(BaseModel):
 class ScoreRequest(BaseModel):
     pairs: list[tuple[str, str]] = Field(min_length=1, description="(query, passage) pairs")
     weights: tuple[float, float, float] = Field(
-        (1.0, 1.0, 1.0), description="mode weights (dense, sparse, colbert) for the hybrid scores"
+        SCORE_WEIGHTS, description="mode weights (dense, sparse, colbert) for the hybrid scores, each divided by "
+                                   "its weight sum (as FlagEmbedding's compute_score)"
     )
     model: str | None = None
 
@@ -133,7 +136,7 @@ class ScoreResponse(BaseModel):
 
 # ---- index: /v1/search, /v1/documents ----
 
-SearchMode = Literal["dense", "sparse", "colbert", "dense+sparse", "all"]
+SearchMode = Literal[SEARCH_MODES]
 
 
 class Document(BaseModel):
@@ -164,10 +167,11 @@ class DeleteResponse(BaseModel):
 class SearchRequest(BaseModel):
     query: str | list[str] = Field(description="one query, or several (one ranked list each, in order)")
     k: int = Field(10, ge=1, le=1000, description="hits per query")
-    mode: SearchMode = Field("all", description="all = M3 hybrid: dense and sparse candidates, rescored with "
-                                                "w_d·dense + w_s·sparse + w_c·colbert")
+    mode: SearchMode | None = Field(
+        None, description="default: the fullest mode the index stores (all = M3 hybrid: dense and sparse "
+                          "candidates, rescored with w_d·dense + w_s·sparse + w_c·colbert)")
     weights: tuple[float, float, float] | None = Field(
-        None, description="(dense, sparse, colbert) for hybrid modes; default (0.4, 0.2, 0.4)")
+        None, description=f"(dense, sparse, colbert) for hybrid modes; default {SEARCH_WEIGHTS}")
     candidates: int | None = Field(None, ge=1, le=10_000, description="candidates per route for hybrid modes")
     filter: dict[str, Any] | None = Field(
         None, description='metadata conditions, all must hold: {"lang": "en", "tag": ["a", "b"], '

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from m3embed.types import MODES, check_modes
+from m3embed.modes import MODES, check_modes
 
 FREEZABLE = ("encoder", "sparse", "colbert")  # the parts whose weights `freeze` can hold fixed
 KD_LOSSES = ("m3_kd_loss", "kl_div")

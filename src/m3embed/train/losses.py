@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from m3embed.modes import MODES
 from m3embed.train import distributed
-from m3embed.types import MODES
 
 ENSEMBLE_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}  # s_inter (FlagEmbedding, hard-coded)
 LOSS_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}  # λ in L and L' (FlagEmbedding)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from m3embed.modes import check_modes
 from m3embed.scoring import dense_scores, lexical_scores
 from m3embed.train.data import parse_example
-from m3embed.types import check_modes
 
 if TYPE_CHECKING:
     from m3embed.model import M3Model
