@@ -37,7 +37,7 @@ class IngestStats:
 
 def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, skip_existing: bool = True,
            progress: bool = False, total: int | None = None, flush_every: float = 10.0,
-           on_commit: Callable[[IngestStats], None] | None = None) -> IngestStats:
+           on_commit: Callable[[IngestStats], None] | None = None, max_length: int | None = None) -> IngestStats:
     """Add a stream of records to an index, batch by batch.
 
     Args:
@@ -48,10 +48,11 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
         progress: show a progress bar on stderr (`total` records when known).
         flush_every: seconds between segment flushes (batches are durable through the WAL before that).
         on_commit: called with the running stats after each batch is committed.
+        max_length: passage truncation in tokens (default: the model's passage_max_length).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    model = index.require_model("add texts")
+    index.require_model("add texts")
     stats = IngestStats()
     bar = _progress(progress, total)
     task = bar.add_task("indexing", total=total) if bar else None
@@ -64,9 +65,8 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
                 missing = set(index.missing(list(latest)))
                 todo = [r for r in todo if r.id in missing]
             if todo:
-                out = model.encode_corpus([r.text for r in todo], modes=index.manifest.modes)
-                index.add_outputs([r.id for r in todo], out, texts=[r.text for r in todo],
-                                  metadata=[r.metadata for r in todo])
+                index.add([r.id for r in todo], [r.text for r in todo], [r.metadata for r in todo],
+                           batch_size=len(todo), max_length=max_length)
             if time.monotonic() - flushed > flush_every:
                 index.flush()
                 flushed = time.monotonic()
