@@ -32,4 +32,4 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/encode_throughput.py
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks m3testkit
