@@ -10,7 +10,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PIP) torch==2.13.0
-	$(PIP) -e .
+	$(PIP) -e ".[all]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
