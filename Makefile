@@ -10,7 +10,7 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PIP) torch==2.13.0
-	$(PIP) -e .
+	$(PIP) -e ".[all]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
@@ -32,4 +32,4 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/encode_throughput.py
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks m3testkit

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 
 from m3embed.model import M3Model  # noqa: E402
-from m3embed.testing import BGE_M3_SHAPE, sample_texts, write_random_checkpoint  # noqa: E402
+from m3testkit.checkpoints import BGE_M3_SHAPE, sample_texts, write_random_checkpoint  # noqa: E402
 
 SMALL_SHAPE = dict(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536, vocab_size=250002,
                    max_position_embeddings=8194)

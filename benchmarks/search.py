@@ -1,6 +1,6 @@
 """Search benchmark: m3embed's Qdrant Edge index against qdrant-client local mode and NumPy, in one run.
 
-Vectors are synthetic at bge-m3's shapes (`m3embed.index.synthetic`): dense 1024-d, about 100 lexical ids
+Vectors are synthetic at bge-m3's shapes (`m3testkit.synthetic`): dense 1024-d, about 100 lexical ids
 per document over a 250,002-token vocabulary, 40-160 ColBERT rows of 1024-d per document (float16), and
 queries that are noisy views of documents (8-32 ColBERT rows, ~12 lexical ids).
 
@@ -26,15 +26,19 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from m3embed.index import Index, synthetic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
+
+from m3embed.index import Index
 from m3embed.index.store import DocBatch
 from m3embed.types import M3Output
+from m3testkit import synthetic
 
 WEIGHTS = (0.4, 0.2, 0.4)
 MODES = ("dense", "sparse", "dense+sparse", "colbert", "all")

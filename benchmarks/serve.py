@@ -37,8 +37,9 @@ import httpx
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 
-from m3embed.testing import TINY_XLMR_SHAPE, sample_texts, write_random_checkpoint
+from m3testkit.checkpoints import TINY_XLMR_SHAPE, sample_texts, write_random_checkpoint
 
 SHAPES = {
     "small": {"arch": "xlmr", "num_layers": 6, "hidden_size": 384, "num_heads": 12, "intermediate_size": 1536,

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 
 SMALL = {"arch": "xlmr", "num_layers": 6, "hidden_size": 384, "num_heads": 12, "intermediate_size": 1536}
 CONFIGS = {
@@ -51,7 +52,7 @@ def write_inputs(workdir: Path, passage_len: int, queries: int, group_size: int)
     """A random small-shape checkpoint and a jsonl whose passages all exceed `passage_len` tokens."""
     import random
 
-    from m3embed.testing import sample_texts, write_random_checkpoint
+    from m3testkit.checkpoints import sample_texts, write_random_checkpoint
 
     ckpt = write_random_checkpoint(workdir / "ckpt", max_position_embeddings=passage_len + 2, seed=0, **SMALL)
     # no dropout: every configuration computes the same loss

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from m3embed.testing import TINY_XLMR_SHAPE, write_random_checkpoint
+from m3testkit.checkpoints import TINY_XLMR_SHAPE, write_random_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from m3embed.model import M3Model
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 ALL = ("dense", "sparse", "colbert")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from m3embed.model import M3Model
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 FlagEmbedding = pytest.importorskip("FlagEmbedding")
 

@@ -18,8 +18,10 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 HEAD_FILES = {"colbert": "colbert_linear.pt", "sparse": "sparse_linear.pt"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -153,6 +155,8 @@ def read_config(directory: Path) -> M3Config:
 
 def load_head(path: Path, in_features: int, out_features: int) -> torch.nn.Linear:
     """Load an nn.Linear head saved as a state dict, checking keys and shapes."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -171,4 +175,6 @@ def load_head(path: Path, in_features: int, out_features: int) -> torch.nn.Linea
 
 
 def save_head(head: torch.nn.Linear, path: Path) -> None:
+    import torch
+
     torch.save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, path)

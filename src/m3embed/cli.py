@@ -10,8 +10,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from m3embed._optional import MissingExtra, require
 from m3embed.checkpoint import default_model
 from m3embed.modes import SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
@@ -508,9 +510,9 @@ def serve(
     """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
     import signal
 
-    import uvicorn
-
     from m3embed.server import ServerSettings, create_app
+
+    uvicorn = require("uvicorn", "serve")
 
     settings = ServerSettings(
         model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
@@ -551,7 +553,8 @@ def _stop_serving(signum: int, frame: object) -> None:
     raise _StopServing
 
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError, PermissionError)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError, PermissionError,
+               MissingExtra)  # an optional extra is not installed: the message names it
 
 
 def main() -> None:
@@ -560,5 +563,6 @@ def main() -> None:
         app()
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)  # one line, never wrapped
+        # one line, never wrapped; escaped, so "[serve]" in a message is printed, not read as markup
+        console.print(f"[red]error:[/red] {escape(str(msg))}", highlight=False, soft_wrap=True)
         sys.exit(2)

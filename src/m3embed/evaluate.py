@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3embed._optional import require
 from m3embed.corpus import iter_jsonl
 from m3embed.modes import MODES, SEARCH_MODES, check_search_mode, index_representations
 from m3embed.tokenize import resolve_max_length
@@ -190,10 +191,7 @@ def truncate_run(run: Run, depth: int) -> Run:
 
 def per_query_metrics(qrels: Qrels, run: Run) -> dict[str, dict[str, float]]:
     """nDCG@10, Recall@100 and MRR@10 for every query in `qrels` (0 where the run has nothing)."""
-    try:
-        import pytrec_eval
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError("pytrec_eval is missing: pip install pytrec-eval-terrier") from e
+    pytrec_eval = require("pytrec_eval", "eval")
     run = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in qrels and docs}
     main = pytrec_eval.RelevanceEvaluator(qrels, set(_TREC_MEASURES)).evaluate(run)
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(truncate_run(run, MRR_DEPTH))
@@ -267,7 +265,7 @@ class BM25Config:
 def bm25_searcher(doc_ids: Sequence[str], doc_texts: Sequence[str], k: int = 100,
                   config: BM25Config = BM25Config()) -> Searcher:
     """Index the corpus with bm25s and return a searcher over it (documents scoring 0 are left out)."""
-    import bm25s
+    bm25s = require("bm25s", "eval")
     from bm25s.tokenization import Tokenizer
 
     if config.stopwords not in ("en", "none"):
@@ -526,8 +524,7 @@ def markdown_table(result: EvalResult) -> str:
 
 def plot_bars(result: EvalResult, path: str | Path) -> Path:
     """Grouped bar chart: one group per metric, one bar per system, values written above the bars."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

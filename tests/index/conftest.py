@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from m3embed import scoring
-from m3embed.index import Index, synthetic
+from m3embed.index import Index
 from m3embed.types import M3Output
+from m3testkit import synthetic
 
 DIM = 32
 ENGINES = ("edge", "qdrant-memory")  # qdrant-path: same code as memory, slower; covered by reopen tests

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from m3embed.index import Index
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 CLI = [sys.executable, "-c", "from m3embed.cli import main; main()"]
 

@@ -13,7 +13,7 @@ from m3embed.corpus import read_records
 from m3embed.index import Index, open_index
 from m3embed.index.ingest import count_records, ingest
 from m3embed.model import M3Model
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 
 @pytest.fixture(scope="module")

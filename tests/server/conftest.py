@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from m3embed.model import M3Model
 from m3embed.server import ServerSettings, create_app
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 MODEL_NAME = "tiny-m3"
 

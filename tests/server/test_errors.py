@@ -135,7 +135,7 @@ def test_wrong_method_and_unknown_document(shared_server):
 def test_unavailable_head_is_422(tmp_path):
     from m3embed.model import M3Model
     from m3embed.server import ServerSettings, create_app
-    from m3embed.testing import TINY_XLMR_SHAPE, write_random_checkpoint
+    from m3testkit.checkpoints import TINY_XLMR_SHAPE, write_random_checkpoint
 
     from .conftest import LiveServer
 

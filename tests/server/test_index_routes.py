@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from m3embed.index import open_index
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 from .conftest import MODEL_NAME
 

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from m3embed.index import open_index
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 from .conftest import MODEL_NAME
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from m3embed.testing import sample_texts
+from m3testkit.checkpoints import sample_texts
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

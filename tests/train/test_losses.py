@@ -1,4 +1,4 @@
-"""Losses against small cases worked out by hand and against plain-Python re-statements of REFERENCE.md."""
+"""Losses against small cases worked out by hand and against plain-Python re-statements of their formulas."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class TrainConfig:
 
     # ---- data ----
     train_group_size: int = 8  # 1 positive + 7 negatives per query (FlagEmbedding default)
-    query_max_len: int = 64  # tokens; REFERENCE §Training
+    query_max_len: int = 64  # tokens
     passage_max_len: int = 256  # tokens; raise up to 8192 for long documents
     per_device_batch_size: int = 4  # queries per process per step (each brings train_group_size passages)
     group_by_length: bool = True  # batches of similar length (paper §3.5): less padding

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from m3embed.testing import (
+from m3testkit.checkpoints import (
     BGE_M3_SHAPE,
     bert_model_dir,
     build_xlmr_tokenizer,
@@ -93,7 +93,8 @@ def test_same_seed_same_weights_bin_equals_safetensors(xlmr_ckpt: Path, xlmr_ckp
 def test_other_seed_other_weights(xlmr_ckpt: Path, tmp_path: Path) -> None:
     other = write_random_checkpoint(tmp_path, seed=1, heads=("sparse",))
     a, b = (load_file(str(d / "model.safetensors")) for d in (xlmr_ckpt, other))
-    assert not torch.equal(a["encoder.layer.0.attention.self.query.weight"], b["encoder.layer.0.attention.self.query.weight"])
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(a[key], b[key])
     assert not (other / "colbert_linear.pt").exists() and (other / "sparse_linear.pt").exists()
 
 
