@@ -29,7 +29,7 @@ def test_import_m3embed_does_not_load_torch() -> None:
 
 
 def test_lazy_exports_resolve() -> None:
-    from m3embed.types import MODES
+    from m3embed.modes import MODES
 
     assert m3embed.MODES is MODES
     for name in m3embed.__all__:
