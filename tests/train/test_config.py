@@ -36,3 +36,20 @@ def test_strings_are_parsed_and_config_round_trips(tmp_path):
     assert TrainConfig.load(tmp_path / "c.json") == c
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"lr": 1})
+
+
+def test_loss_config_takes_the_train_config_fields_of_its_names():
+    from dataclasses import FrozenInstanceError
+
+    from m3embed.train.config import LossConfig
+
+    assert LossConfig() == LossConfig.from_train_config(TrainConfig())  # the same defaults
+    c = TrainConfig(modes="dense,colbert", train_group_size=3, temperature=0.05, kd_loss="kl_div", bf16=True)
+    loss = LossConfig.from_train_config(c)
+    assert (loss.modes, loss.train_group_size, loss.temperature, loss.kd_loss, loss.bf16) == (
+        ("dense", "colbert"), 3, 0.05, "kl_div", True
+    )
+    with pytest.raises(FrozenInstanceError):
+        loss.temperature = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="kd_loss='mse'"):
+        LossConfig(kd_loss="mse")

@@ -1,4 +1,7 @@
-"""TrainConfig: every knob of `m3embed train` in one flat dataclass; the CLI fills it, checkpoints keep it."""
+"""TrainConfig: every knob of `m3embed train` in one flat dataclass; the CLI fills it, checkpoints keep it.
+
+`LossConfig` is the part of it the loss module reads.
+"""
 
 from __future__ import annotations
 
@@ -174,3 +177,27 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The settings of `M3TrainingLoss`: the TrainConfig fields of the same names (defaults included)."""
+
+    modes: tuple[str, ...] = TrainConfig.modes  # losses trained
+    train_group_size: int = TrainConfig.train_group_size  # G, passages per query
+    temperature: float = TrainConfig.temperature  # τ
+    self_distill: bool = TrainConfig.self_distill  # applies only with several modes
+    self_distill_start_step: int = TrainConfig.self_distill_start_step  # distil when step > this
+    kd_loss: str = TrainConfig.kd_loss  # "m3_kd_loss" or "kl_div" for teacher scores
+    negatives_cross_device: bool = TrainConfig.negatives_cross_device  # gathered dense negatives (DDP)
+    sub_batch_size: int | None = TrainConfig.sub_batch_size  # texts per checkpointed encoder chunk
+    bf16: bool = TrainConfig.bf16  # encoder under bf16 autocast
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modes", check_modes(self.modes))
+        if self.kd_loss not in KD_LOSSES:
+            raise ValueError(f"kd_loss={self.kd_loss!r}: must be one of {KD_LOSSES}")
+
+    @classmethod
+    def from_train_config(cls, config: TrainConfig) -> LossConfig:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})

@@ -27,7 +27,7 @@ from torch import nn
 
 from m3embed.train import distributed
 from m3embed.train.cache import EncoderStateCache
-from m3embed.train.config import TrainConfig
+from m3embed.train.config import LossConfig, TrainConfig
 from m3embed.train.data import GroupedBatches, TrainBatch, load_examples, resolve_teacher_use
 from m3embed.train.losses import M3LossOutput, M3TrainingLoss
 
@@ -161,19 +161,7 @@ class Trainer:
             if config.use_state_cache
             else None
         )
-        self.loss_fn = M3TrainingLoss(
-            self.model,
-            config.modes,
-            config.train_group_size,
-            config.temperature,
-            config.self_distill,
-            config.self_distill_start_step,
-            config.kd_loss,
-            config.negatives_cross_device,
-            config.sub_batch_size,
-            torch.bfloat16 if config.bf16 else None,
-            self.state_cache,
-        )
+        self.loss_fn = M3TrainingLoss(self.model, LossConfig.from_train_config(config), self.state_cache)
         self.engine: nn.Module = self.loss_fn
         if self.world_size > 1:
             self.engine = nn.parallel.DistributedDataParallel(
