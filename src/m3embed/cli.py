@@ -440,8 +440,8 @@ def train_command(
     freeze: str = typer.Option("", help="parts kept fixed, comma-separated: encoder, sparse, colbert "
                                "('encoder' trains the heads only)"),
     train_group_size: int = typer.Option(_train_default("train_group_size"), help="1 positive + N-1 negatives"),
-    query_max_len: int = typer.Option(_train_default("query_max_len")),
-    passage_max_len: int = typer.Option(_train_default("passage_max_len")),
+    query_max_length: int | None = typer.Option(None),
+    passage_max_length: int | None = typer.Option(None),
     batch_size: int = typer.Option(_train_default("per_device_batch_size"), help="queries per process per step"),
     sub_batch_size: int | None = typer.Option(None, help="texts per checkpointed encoder chunk (saves memory)"),
     gradient_checkpointing: bool = typer.Option(False, help="recompute encoder layers in the backward pass"),
@@ -481,8 +481,8 @@ def train_command(
 
     config = TrainConfig(
         model=model, train_data=[str(p) for p in data], output_dir=str(output_dir), modes=modes, freeze=freeze,
-        pooling=pooling, train_group_size=train_group_size, query_max_len=query_max_len,
-        passage_max_len=passage_max_len, per_device_batch_size=batch_size, group_by_length=group_by_length,
+        pooling=pooling, train_group_size=train_group_size, query_max_length=query_max_length,
+        passage_max_length=passage_max_length, per_device_batch_size=batch_size, group_by_length=group_by_length,
         teacher_scores=teacher_scores, temperature=temperature, self_distill=self_distill,
         self_distill_start_step=self_distill_start_step, kd_loss=kd_loss,
         negatives_cross_device=cross_device_negatives, learning_rate=learning_rate, weight_decay=weight_decay,
@@ -512,8 +512,8 @@ def mine(
     modes: str = typer.Option("dense", help="dense, sparse, or dense,sparse (hybrid)"),
     weights: str = typer.Option("1,0.3", help="hybrid weights: dense,sparse"),
     pool: Path | None = typer.Option(None, help="candidate pool jsonl ('text' field); default: all pos+neg"),
-    query_max_len: int | None = typer.Option(None),
-    passage_max_len: int | None = typer.Option(None),
+    query_max_length: int | None = typer.Option(None),
+    passage_max_length: int | None = typer.Option(None),
     seed: int = typer.Option(42),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
@@ -527,8 +527,8 @@ def mine(
         raise ValueError(f"--weights {weights!r} must be numbers like 1,0.3") from None
     m = _load(model, modes, dtype, device)
     stats = mine_hard_negatives(m, input, output, candidate_pool=pool, sample_range=range_,
-                                negative_number=negatives, modes=modes, weights=w, query_max_len=query_max_len,
-                                passage_max_len=passage_max_len, seed=seed)
+                                negative_number=negatives, modes=modes, weights=w, query_max_length=query_max_length,
+                                passage_max_length=passage_max_length, seed=seed)
     console.print(f"{stats.lines} lines, {stats.candidates} candidates, {stats.mean_negatives:.1f} negatives per "
                   f"line ({stats.topped_up} topped up at random) -> {output}", highlight=False)
     if stats.dropped_teacher_scores:

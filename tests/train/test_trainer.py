@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ def config(ckpt: Path, data: Path, out: Path, **kw) -> TrainConfig:
         "output_dir": str(out),
         "train_group_size": 3,
         "per_device_batch_size": 2,
-        "query_max_len": 32,
-        "passage_max_len": 64,
+        "query_max_length": 32,
+        "passage_max_length": 64,
         "learning_rate": 1e-3,
         "progress": False,
         "device": "cpu",
@@ -186,31 +187,35 @@ def test_bad_data_fails_before_any_training(xlmr_ckpt, tmp_path):
 def test_cli_train_and_user_errors(xlmr_ckpt, train_file, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(train_file),
-            "-m",
-            str(xlmr_ckpt),
-            "-o",
-            str(out),
-            "--max-steps",
-            "2",
-            "--train-group-size",
-            "2",
-            "--batch-size",
-            "2",
-            "--modes",
-            "dense,sparse",
-            "--sub-batch-size",
-            "2",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ],
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = runner.invoke(
+            app,
+            [
+                "train",
+                str(train_file),
+                "-m",
+                str(xlmr_ckpt),
+                "-o",
+                str(out),
+                "--max-steps",
+                "2",
+                "--train-group-size",
+                "2",
+                "--batch-size",
+                "2",
+                "--modes",
+                "dense,sparse",
+                "--sub-batch-size",
+                "2",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ],
+        )
     assert r.exit_code == 0, r.output
+    # the default passage length (256) is above the model's 128 positions: capped silently
+    assert not [w for w in caught if "max_length" in str(w.message)]
     assert "trained 2 steps" in r.output and (out / "model.safetensors").is_file()
     kept, source = (torch.load(d / "colbert_linear.pt")["weight"] for d in (out, xlmr_ckpt))
     assert torch.equal(kept, source)  # not trained (modes dense,sparse) but kept, so the model stays complete
@@ -230,6 +235,14 @@ def test_cli_train_and_user_errors(xlmr_ckpt, train_file, tmp_path):
         ],
     )
     assert isinstance(r.exception, ValueError) and "leaves nothing to train" in str(r.exception)
+    # an explicit length above the model's positions is an error, raised before training starts
+    r = runner.invoke(
+        app,
+        ["train", str(train_file), "-m", str(xlmr_ckpt), "-o", str(tmp_path / "long"), "--passage-max-length", "256"],
+    )
+    assert isinstance(r.exception, ValueError), r.output
+    assert "passage_max_length=256 exceeds the model's position limit of 128 tokens" in str(r.exception)
+    assert not (tmp_path / "long").exists()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "xquad/en/train.jsonl").is_file(), reason="shared data absent")

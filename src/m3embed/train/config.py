@@ -15,6 +15,10 @@ FREEZABLE = ("encoder", "sparse", "colbert")  # the parts whose weights `freeze`
 KD_LOSSES = ("m3_kd_loss", "kl_div")
 TEACHER_SCORE_USE = ("auto", "on", "off")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "constant")
+DEFAULT_QUERY_MAX_LENGTH = 64  # tokens; REFERENCE §Training
+DEFAULT_PASSAGE_MAX_LENGTH = 256  # tokens
+# fields renamed since: configs saved under the old names (train_config.json, checkpoints) still load
+RENAMED_FIELDS = {"query_max_len": "query_max_length", "passage_max_len": "passage_max_length"}
 
 
 @dataclass
@@ -36,8 +40,10 @@ class TrainConfig:
 
     # ---- data ----
     train_group_size: int = 8  # 1 positive + 7 negatives per query (FlagEmbedding default)
-    query_max_len: int = 64  # tokens; REFERENCE §Training
-    passage_max_len: int = 256  # tokens; raise up to 8192 for long documents
+    # truncation in tokens; None = the default (64 / 256) capped at the model's positions. An explicit value
+    # above the model's positions is an error (raise passage_max_length up to 8192 for long documents)
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
     per_device_batch_size: int = 4  # queries per process per step (each brings train_group_size passages)
     group_by_length: bool = True  # batches of similar length (paper §3.5): less padding
     teacher_scores: str = "auto"  # use pos/neg_scores: "auto" (when every line has them), "on", "off"
@@ -76,6 +82,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.modes = check_modes(self.modes)
+        self.output_dir = str(self.output_dir)
+        if self.resume_from is not None:
+            self.resume_from = str(self.resume_from)
         if isinstance(self.train_data, (str, Path)):
             self.train_data = [str(self.train_data)]
         self.train_data = [str(p) for p in self.train_data]
@@ -97,9 +106,9 @@ class TrainConfig:
         checks = [  # (valid?, settings shown in the error, what is expected)
             (self.train_group_size >= 1, ("train_group_size",), "must be >= 1"),
             (
-                min(self.query_max_len, self.passage_max_len) >= 2,
-                ("query_max_len", "passage_max_len"),
-                "must be >= 2",
+                all(n is None or n >= 2 for n in (self.query_max_length, self.passage_max_length)),
+                ("query_max_length", "passage_max_length"),
+                "must be >= 2 or None",
             ),
             (self.per_device_batch_size >= 1, ("per_device_batch_size",), "must be >= 1"),
             (self.temperature > 0, ("temperature",), "must be > 0"),
@@ -144,6 +153,17 @@ class TrainConfig:
                 shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
                 raise ValueError(f"{shown}: {expected}")
 
+    def max_lengths(self, limit: int) -> tuple[int, int]:
+        """(query, passage) truncation for a model of `limit` positions.
+
+        A length left at None takes its default capped at `limit`; an explicit length above `limit` raises
+        ValueError naming the value and the limit.
+        """
+        return (
+            resolve_max_length("query_max_length", self.query_max_length, DEFAULT_QUERY_MAX_LENGTH, limit),
+            resolve_max_length("passage_max_length", self.passage_max_length, DEFAULT_PASSAGE_MAX_LENGTH, limit),
+        )
+
     @property
     def use_state_cache(self) -> bool:
         """Whether heads train on cached encoder states (explicit setting, else: the encoder is frozen)."""
@@ -166,6 +186,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from saved values; keys under their old names (RENAMED_FIELDS) are mapped to the new ones."""
+        values = dict(values)
+        for old, new in RENAMED_FIELDS.items():
+            if old in values:
+                if new in values and values[new] != values[old]:
+                    raise ValueError(f"{old}={values[old]!r} and {new}={values[new]!r} disagree; keep only {new}")
+                values[new] = values.pop(old)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -177,6 +204,18 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def resolve_max_length(name: str, value: int | None, default: int, limit: int) -> int:
+    """`value`, or `default` capped at `limit` when None; an explicit value above `limit` raises ValueError."""
+    if value is None:
+        return min(default, limit)
+    if value > limit:
+        raise ValueError(
+            f"{name}={value} exceeds the model's position limit of {limit} tokens; pass at most {limit} or leave "
+            "it unset"
+        )
+    return value
 
 
 @dataclass(frozen=True)

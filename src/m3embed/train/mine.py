@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from m3embed.scoring import dense_scores, lexical_scores
+from m3embed.train.config import resolve_max_length
 from m3embed.train.data import parse_example
 from m3embed.types import check_modes
 
@@ -58,8 +59,8 @@ def rank_candidates(
     top_k: int,
     modes: Sequence[str] = ("dense",),
     weights: Sequence[float] = (1.0, 0.3),
-    query_max_len: int | None = None,
-    passage_max_len: int | None = None,
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
     chunk: int = 1024,
 ) -> np.ndarray:
     """(n_queries, min(top_k, n_candidates)) candidate indices, best first.
@@ -70,9 +71,12 @@ def rank_candidates(
     bad = [m for m in modes if m not in MINE_MODES]
     if bad:
         raise ValueError(f"mining modes {bad} unsupported; choose from {', '.join(MINE_MODES)}")
+    for name, value in (("query_max_length", query_max_length), ("passage_max_length", passage_max_length)):
+        if value is not None:  # None: the model's query/passage length; an explicit value above its limit raises
+            resolve_max_length(name, value, model.max_length, model.max_length)
     w = dict(zip(MINE_MODES, weights))
-    q = model.encode_queries(queries, modes=modes, max_length=query_max_len)
-    c = model.encode_corpus(candidates, modes=modes, max_length=passage_max_len)
+    q = model.encode_queries(queries, modes=modes, max_length=query_max_length)
+    c = model.encode_corpus(candidates, modes=modes, max_length=passage_max_length)
     k = min(top_k, len(candidates))
     ranked = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), chunk):
@@ -102,8 +106,8 @@ def mine_hard_negatives(
     negative_number: int = 15,
     modes: Sequence[str] | str = ("dense",),
     weights: Sequence[float] = (1.0, 0.3),
-    query_max_len: int | None = None,
-    passage_max_len: int | None = None,
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
     seed: int = 42,
 ) -> MineStats:
     """Replace each line's `neg` with negatives mined by `model`; other fields are kept.
@@ -119,7 +123,8 @@ def mine_hard_negatives(
             holds fewer.
         modes: "dense", "sparse" or both (hybrid: w_dense·dense + w_sparse·lexical).
         weights: (w_dense, w_sparse).
-        query_max_len, passage_max_len: truncation (default: the model's limit).
+        query_max_length, passage_max_length: truncation in tokens (default: the model's limit; a value above
+            it raises ValueError).
         seed: sampling seed.
 
     Lines that carried teacher scores lose them: the new negatives have none.
@@ -143,7 +148,7 @@ def mine_hard_negatives(
         raise ValueError(f"{input_path} holds no lines")
     candidates = _candidates(examples, candidate_pool)
     ranked = rank_candidates(
-        model, [ex.query for ex in examples], candidates, end, modes, weights, query_max_len, passage_max_len
+        model, [ex.query for ex in examples], candidates, end, modes, weights, query_max_length, passage_max_length
     )
 
     topped_up = dropped = 0

@@ -141,16 +141,8 @@ class Trainer:
                 raise ValueError("no model given: set TrainConfig.model to a checkpoint directory or hub id")
             model = load_model(str(self.resume_dir or config.model), config, self.device)
         self.model = model.to(self.device)
-        self.max_lengths = {}
-        for name in ("query_max_len", "passage_max_len"):
-            value = getattr(config, name)
-            if value > self.model.max_length:
-                warnings.warn(
-                    f"{name}={value} exceeds the model's {self.model.max_length} positions; "
-                    f"truncating at {self.model.max_length}",
-                    stacklevel=2,
-                )
-            self.max_lengths[name] = min(value, self.model.max_length)
+        # token limits: defaults capped at the model's positions, an explicit value above them is an error
+        self.query_max_length, self.passage_max_length = config.max_lengths(self.model.max_length)
         self.trained_parts = configure_trainable(self.model, config)
         self.state_cache = (
             EncoderStateCache(
@@ -190,10 +182,8 @@ class Trainer:
         from m3embed.tokenize import pad, tokenize
 
         tok = self.model.tokenizer
-        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.max_lengths["query_max_len"]), tok.pad_token_id)
-        p_ids, p_mask = pad(
-            tokenize(tok, batch.passages, self.max_lengths["passage_max_len"]), tok.pad_token_id
-        )
+        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.query_max_length), tok.pad_token_id)
+        p_ids, p_mask = pad(tokenize(tok, batch.passages, self.passage_max_length), tok.pad_token_id)
         teacher = (
             None if batch.teacher_scores is None else torch.tensor(batch.teacher_scores, dtype=torch.float32)
         )
