@@ -113,25 +113,50 @@ class Trainer:
         self, config: TrainConfig, model: nn.Module | None = None, examples: list | None = None
     ) -> None:
         self.config = config
-        self.device, self._owns_group = distributed.init_distributed(config.device)
+        self._setup_process()
+        self.resume_dir = self._resume_dir()
+        self._setup_data(examples)
+        self._setup_model(model)
+        self._setup_loss()
+        self._setup_optimizer()
+        self._setup_scheduler()
+        self.step = 0
+        if self.resume_dir is not None:
+            self.load_state(self.resume_dir)
+
+    # ---- set-up steps, in order ----
+
+    def _setup_process(self) -> None:
+        """Join the process group (under torchrun), pick the device, seed every RNG."""
+        self.device, self._owns_group = distributed.init_distributed(self.config.device)
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
         self.is_main = self.rank == 0
-        self.output_dir = Path(config.output_dir)
-        seed_everything(config.seed)
+        self.output_dir = Path(self.config.output_dir)
+        seed_everything(self.config.seed)
 
-        self.resume_dir = self._resume_dir()
+    def _setup_data(self, examples: list | None) -> None:
+        """Read and check the examples (unless given) and cut this process's batches."""
+        config = self.config
         examples = load_examples(config.train_data) if examples is None else examples
         self.use_teacher_scores = resolve_teacher_use(examples, config.teacher_scores)
         self.batches = GroupedBatches(
             examples,
-            config.train_group_size,
-            config.per_device_batch_size,
-            self.world_size,
-            self.rank,
-            config.seed,
-            config.group_by_length,
-            self.use_teacher_scores,
+            group_size=config.train_group_size,
+            per_device_batch_size=config.per_device_batch_size,
+            world_size=self.world_size,
+            rank=self.rank,
+            seed=config.seed,
+            group_by_length=config.group_by_length,
+            use_teacher_scores=self.use_teacher_scores,
         )
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = (
+            config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * self.steps_per_epoch)
+        )
+
+    def _setup_model(self, model: nn.Module | None) -> None:
+        """Load the model (from the resumed checkpoint, if any), resolve token limits, set what trains."""
+        config = self.config
         if model is not None and self.resume_dir is not None:
             raise ValueError(
                 f"resuming from {self.resume_dir} loads the model saved there; do not pass a model"
@@ -144,6 +169,10 @@ class Trainer:
         # token limits: defaults capped at the model's positions, an explicit value above them is an error
         self.query_max_length, self.passage_max_length = config.max_lengths(self.model.max_length)
         self.trained_parts = configure_trainable(self.model, config)
+
+    def _setup_loss(self) -> None:
+        """The loss module (on cached encoder states when configured), wrapped in DDP when distributed."""
+        config = self.config
         self.state_cache = (
             EncoderStateCache(
                 self.model.backbone,
@@ -160,20 +189,18 @@ class Trainer:
                 self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
-        self.optimizer = make_optimizer(self.model, config)
-        self.steps_per_epoch = len(self.batches)
-        self.total_steps = (
-            config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * self.steps_per_epoch)
-        )
-        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
+    def _setup_optimizer(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.config)
+
+    def _setup_scheduler(self) -> None:
+        """The learning-rate schedule over total_steps, warming up for warmup_steps (else warmup_ratio)."""
         from transformers import get_scheduler
 
+        config = self.config
+        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = get_scheduler(
             config.lr_scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
         )
-        self.step = 0
-        if self.resume_dir is not None:
-            self.load_state(self.resume_dir)
 
     # ---- one step ----
 
