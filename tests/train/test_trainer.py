@@ -245,6 +245,34 @@ def test_cli_train_and_user_errors(xlmr_ckpt, train_file, tmp_path):
     assert not (tmp_path / "long").exists()
 
 
+def test_cli_train_options_are_train_config_fields(tmp_path, monkeypatch):
+    import m3embed.train.trainer as trainer_module
+
+    seen = []
+
+    def fake_train(config: TrainConfig) -> Path:
+        seen.append(config)
+        (tmp_path / LOG_FILE).write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+        return tmp_path
+
+    monkeypatch.setattr(trainer_module, "train", fake_train)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "a.jsonl", "b.jsonl", "-m", "ckpt", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == TrainConfig(model="ckpt", train_data=["a.jsonl", "b.jsonl"], output_dir=str(tmp_path))
+    args = ["--batch-size", "3", "--lr", "0.5", "--no-cross-device-negatives", "--resume", "auto"]
+    args += ["--query-max-length", "16", "--max-grad-norm", "0", "--modes", "dense", "--no-progress"]
+    r = runner.invoke(app, ["train", "a.jsonl", "-m", "ckpt", "-o", str(tmp_path), *args])
+    assert r.exit_code == 0, r.output
+    c = seen[-1]
+    assert (c.per_device_batch_size, c.learning_rate, c.negatives_cross_device, c.resume_from) == (
+        3, 0.5, False, "auto"
+    )
+    assert (c.query_max_length, c.passage_max_length, c.max_grad_norm, c.modes, c.progress) == (
+        16, None, 0.0, ("dense",), False
+    )
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "xquad/en/train.jsonl").is_file(), reason="shared data absent")
 def test_real_data_smoke_loss_goes_down(xlmr_ckpt, tmp_path):
     lines = (SHARED_DATA / "xquad/en/train.jsonl").read_text().splitlines()[:8]
