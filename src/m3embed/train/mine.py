@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from m3embed.corpus import iter_jsonl, read_records
 from m3embed.scoring import dense_scores, lexical_scores
 from m3embed.train.config import resolve_max_length
 from m3embed.train.data import parse_example
@@ -134,16 +135,9 @@ def mine_hard_negatives(
         raise ValueError(f"negative_number must be >= 1, got {negative_number}")
     input_path = Path(input_path)
     rows, examples = [], []
-    with input_path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                where = f"{input_path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                examples.append(parse_example(obj, where))
-                rows.append(obj)
+    for lineno, row in iter_jsonl(input_path):
+        examples.append(parse_example(row, f"{input_path}:{lineno}"))
+        rows.append(row)
     if not examples:
         raise ValueError(f"{input_path} holds no lines")
     candidates = _candidates(examples, candidate_pool)
@@ -180,8 +174,6 @@ def _candidates(examples: list, candidate_pool: str | Path | None) -> list[str]:
     if candidate_pool is None:
         texts = [t for ex in examples for t in (*ex.pos, *ex.neg)]
     else:
-        from m3embed.corpus import read_records
-
         texts = [
             r.text
             for r in read_records(candidate_pool, text_field="text", title_field=None)
