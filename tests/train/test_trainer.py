@@ -16,7 +16,14 @@ from m3embed.cli import app
 from m3embed.model import M3Model
 from m3embed.train.config import TrainConfig
 from m3embed.train.data import read_jsonl
-from m3embed.train.trainer import LOG_FILE, Trainer, train
+from m3embed.train.trainer import (
+    LOG_FILE,
+    MANIFEST_FILE,
+    STATE_FILE,
+    Trainer,
+    missing_checkpoint_files,
+    train,
+)
 from tests.train.conftest import SHARED_DATA
 
 
@@ -140,6 +147,47 @@ def test_resume_continues_to_the_same_state(xlmr_ckpt, train_file, tmp_path):
     ]
     assert [r["step"] for r in logs[1]] == [3, 4]
     assert [r["loss"] for r in logs[0][2:]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def saved_run(xlmr_ckpt, train_file, tmp_path_factory) -> Path:
+    """A 4-step run (dropout on) with checkpoints at steps 2 and 4 and its log."""
+    out = tmp_path_factory.mktemp("saved") / "run"
+    train(config(xlmr_ckpt, train_file, out, max_steps=4, save_steps=2, save_total_limit=0))
+    return out
+
+
+def test_checkpoints_appear_complete_with_a_manifest_of_their_files(saved_run):
+    assert sorted(p.name for p in saved_run.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]  # no checkpoint-N.partial left behind
+    for ckpt in saved_run.glob("checkpoint-*"):
+        manifest = json.loads((ckpt / MANIFEST_FILE).read_text())
+        assert manifest["world_size"] == 1 and manifest["step"] == int(ckpt.name.split("-")[1])
+        assert {STATE_FILE, "rng_state_rank0.pt", "model.safetensors"} <= set(manifest["files"])
+        assert missing_checkpoint_files(ckpt) == []
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "written-before-manifests"])
+def test_resume_skips_or_refuses_a_checkpoint_missing_its_rng_file(
+    saved_run, xlmr_ckpt, train_file, tmp_path, manifest
+):
+    # a run killed between writing trainer_state.pt and rng_state_rank0.pt of checkpoint-4
+    cut = tmp_path / "cut"
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(saved_run / name, cut / name)
+    (cut / "checkpoint-4" / "rng_state_rank0.pt").unlink()
+    if not manifest:
+        (cut / "checkpoint-4" / MANIFEST_FILE).unlink()
+    shutil.copytree(saved_run / "checkpoint-4", cut / "checkpoint-6.partial")  # killed while saving step 6
+    with pytest.warns(UserWarning, match=r"skipping .*checkpoint-4, incomplete \(rng_state_rank0\.pt missing\)"):
+        resumed = Trainer(config(xlmr_ckpt, train_file, cut, max_steps=4, resume_from="auto"))
+    assert resumed.resume_dir == cut / "checkpoint-2" and resumed.step == 2  # the newest complete one
+    with pytest.raises(FileNotFoundError) as err:
+        Trainer(config(xlmr_ckpt, train_file, cut, max_steps=4, resume_from=str(cut / "checkpoint-4")))
+    assert f"{cut / 'checkpoint-4'} is incomplete: rng_state_rank0.pt missing" in str(err.value)
+    assert "\n" not in str(err.value)  # the CLI prints it as one line
 
 
 def test_log_has_loss_per_mode_and_checkpoints_rotate(xlmr_ckpt, train_file, tmp_path):

@@ -6,8 +6,13 @@ processes; on one process the same code runs without any of that.
 
 Output directory:
     <output_dir>/                the final model, official BGE-M3 layout, + train_config.json
-    <output_dir>/checkpoint-N/   the model at step N + trainer_state.pt (+ rng_state_rank*.pt)
+    <output_dir>/checkpoint-N/   the model at step N + trainer_state.pt + rng_state_rank*.pt, and last
+                                 checkpoint_complete.json listing them all
     <output_dir>/train_log.jsonl one JSON object per logged step: loss, per-mode losses, lr, grad norm
+
+A checkpoint is written into checkpoint-N.partial/ and renamed to checkpoint-N/ once every process has
+written its files, so a run killed while saving leaves no checkpoint-N/ that looks complete. Resuming
+("auto" or a given checkpoint) refuses a checkpoint that lacks a file; "auto" takes the newest complete one.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from m3embed.train.data import GroupedBatches, TrainBatch, load_examples, resolv
 from m3embed.train.losses import M3LossOutput, M3TrainingLoss
 
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "checkpoint_complete.json"  # written last: the checkpoint's step, world size and files
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.json"
 
@@ -90,14 +96,41 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
 
 
-def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint-N directory with the largest N that holds a trainer state, or None."""
-    found = [
-        (int(p.name.split("-")[1]), p)
-        for p in Path(output_dir).glob("checkpoint-*")
-        if p.name.split("-")[1].isdigit() and (p / STATE_FILE).is_file()
-    ]
-    return max(found)[1] if found else None
+def rng_file(rank: int) -> str:
+    """The checkpoint file holding process `rank`'s RNG states."""
+    return f"rng_state_rank{rank}.pt"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N for a directory named checkpoint-N, else None (checkpoint-N.partial included)."""
+    prefix, _, n = path.name.partition("-")
+    return int(n) if prefix == "checkpoint" and n.isdigit() else None
+
+
+def missing_checkpoint_files(directory: str | Path, world_size: int = 1) -> list[str]:
+    """The files a checkpoint lacks ([] when complete).
+
+    Expected are the files its manifest lists; a checkpoint written before manifests existed must hold the
+    trainer state and the RNG state of each of `world_size` processes.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST_FILE
+    if manifest.is_file():
+        expected = json.loads(manifest.read_text())["files"]
+    else:
+        expected = [STATE_FILE, *(rng_file(r) for r in range(world_size))]
+    return [f for f in expected if not (directory / f).is_file()]
+
+
+def scan_checkpoints(output_dir: str | Path, world_size: int = 1) -> list[tuple[Path, list[str]]]:
+    """(checkpoint-N directory, its missing files) for every checkpoint in output_dir, newest first."""
+    found = [(n, p) for p in Path(output_dir).glob("checkpoint-*") if (n := checkpoint_step(p)) is not None]
+    return [(p, missing_checkpoint_files(p, world_size)) for _, p in sorted(found, reverse=True) if p.is_dir()]
+
+
+def find_latest_checkpoint(output_dir: str | Path, world_size: int = 1) -> Path | None:
+    """The complete checkpoint-N directory with the largest N, or None; incomplete ones are skipped."""
+    return next((p for p, missing in scan_checkpoints(output_dir, world_size) if not missing), None)
 
 
 class Trainer:
@@ -283,10 +316,16 @@ class Trainer:
     # ---- checkpoints ----
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoint-<step>: model (official layout), optimizer, scheduler, step, every rank's RNG."""
+        """Write checkpoint-<step>: model (official layout), optimizer, scheduler, step, every rank's RNG.
+
+        Everything goes to checkpoint-<step>.partial/, the manifest last; the directory is then renamed into
+        place, so checkpoint-<step>/ appears only complete.
+        """
         directory = self.output_dir / f"checkpoint-{self.step}"
+        partial = directory.with_name(directory.name + ".partial")
         if self.is_main:
-            self.model.save_pretrained(directory)
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving this step
+            self.model.save_pretrained(partial)
             torch.save(
                 {
                     "step": self.step,
@@ -295,19 +334,25 @@ class Trainer:
                     "world_size": self.world_size,
                     "config": self.config.to_dict(),
                 },
-                directory / STATE_FILE,
+                partial / STATE_FILE,
             )
         distributed.barrier()
-        torch.save(_rng_state(), directory / f"rng_state_rank{self.rank}.pt")
+        torch.save(_rng_state(), partial / rng_file(self.rank))
         distributed.barrier()
-        if self.is_main and self.config.save_total_limit:
-            done = sorted(
-                (int(p.name.split("-")[1]), p)
-                for p in self.output_dir.glob("checkpoint-*")
-                if p.name.split("-")[1].isdigit()
-            )
-            for _, old in done[: -self.config.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        if self.is_main:
+            files = sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_file())
+            manifest = {"step": self.step, "world_size": self.world_size, "files": files}
+            (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+            if directory.exists():  # a checkpoint of this step from an earlier run
+                shutil.rmtree(directory)
+            partial.rename(directory)
+            if self.config.save_total_limit:
+                done = sorted(
+                    (n, p) for p in self.output_dir.glob("checkpoint-*") if (n := checkpoint_step(p)) is not None
+                )
+                for _, old in done[: -self.config.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return directory
 
     def load_state(self, directory: Path) -> None:
@@ -322,21 +367,37 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        rng_file = directory / f"rng_state_rank{self.rank}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+        if self.rank < state["world_size"]:  # a process the checkpoint did not have starts from its seed
+            path = directory / rng_file(self.rank)
+            if not path.is_file():
+                raise FileNotFoundError(f"{directory} is incomplete: {path.name} missing")
+            _set_rng_state(torch.load(path, weights_only=False))
 
     def _resume_dir(self) -> Path | None:
+        """The checkpoint to resume from: the newest complete one for "auto", else the one given (complete)."""
         resume = self.config.resume_from
         if not resume:
             return None
         if resume == "auto":
-            return find_latest_checkpoint(self.output_dir)
+            for path, missing in scan_checkpoints(self.output_dir, self.world_size):
+                if not missing:
+                    return path
+                if self.is_main:
+                    warnings.warn(
+                        f"resume auto: skipping {path}, incomplete ({', '.join(missing)} missing)", stacklevel=3
+                    )
+            return None
         directory = Path(resume)
-        if not (directory / STATE_FILE).is_file():
+        if not (directory / MANIFEST_FILE).is_file() and not (directory / STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"{directory}/{STATE_FILE} missing: resume_from must be a checkpoint-N "
                 "directory written by m3embed train, or 'auto'"
+            )
+        missing = missing_checkpoint_files(directory, self.world_size)
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is incomplete: {', '.join(missing)} missing (the run stopped while saving it); "
+                "resume from an earlier checkpoint, or with 'auto' for the newest complete one"
             )
         return directory
 
