@@ -190,6 +190,19 @@ def test_resume_skips_or_refuses_a_checkpoint_missing_its_rng_file(
     assert "\n" not in str(err.value)  # the CLI prints it as one line
 
 
+def test_resumed_run_drops_the_log_lines_after_its_checkpoint(saved_run, xlmr_ckpt, train_file, tmp_path):
+    full = [json.loads(x) for x in (saved_run / LOG_FILE).read_text().splitlines()]
+    # killed after logging step 3 and while writing step 4's line; checkpoint-2 is the newest on disk
+    cut = tmp_path / "cut"
+    shutil.copytree(saved_run / "checkpoint-2", cut / "checkpoint-2")
+    lines = (saved_run / LOG_FILE).read_text().splitlines()
+    (cut / LOG_FILE).write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    Trainer(config(xlmr_ckpt, train_file, cut, max_steps=4, resume_from="auto")).train()
+    rows = [json.loads(x) for x in (cut / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in full], rel=1e-6)
+
+
 def test_log_has_loss_per_mode_and_checkpoints_rotate(xlmr_ckpt, train_file, tmp_path):
     train(config(xlmr_ckpt, train_file, tmp_path, max_steps=4, save_steps=1, save_total_limit=2))
     rows = [json.loads(x) for x in (tmp_path / LOG_FILE).read_text().splitlines()]

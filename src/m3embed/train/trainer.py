@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -131,6 +132,26 @@ def scan_checkpoints(output_dir: str | Path, world_size: int = 1) -> list[tuple[
 def find_latest_checkpoint(output_dir: str | Path, world_size: int = 1) -> Path | None:
     """The complete checkpoint-N directory with the largest N, or None; incomplete ones are skipped."""
     return next((p for p, missing in scan_checkpoints(output_dir, world_size) if not missing), None)
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the lines of a train log up to `step`: a resumed run re-logs the steps after its checkpoint.
+
+    A line cut short (the run was killed while writing it) is dropped too.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 class Trainer:
@@ -277,6 +298,8 @@ class Trainer:
         """Run to `total_steps`, logging, checkpointing and saving the final model; returns output_dir."""
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_dir is not None:
+                trim_log(self.output_dir / LOG_FILE, self.step)
         start, t0 = self.step, time.perf_counter()
         with _Progress(self.total_steps, self.step, enabled=self.is_main and self.config.progress) as bar:
             while self.step < self.total_steps:
