@@ -14,8 +14,8 @@ python recipes/minilm-m3/build_data.py --out $RUN/train.jsonl
 
 # 2. heads-only unified training (the encoder is frozen, so its states are computed once per text and cached);
 #    the ablation differs only in --no-self-distill
-TRAIN=(--model all-MiniLM-L6-v2 --freeze encoder --train-group-size 4 --batch-size 16 --query-max-len 64
-       --passage-max-len 256 --lr 2e-3 --epochs 3 --bf16 --no-progress --logging-steps 10)
+TRAIN=(--model all-MiniLM-L6-v2 --freeze encoder --train-group-size 4 --batch-size 16 --query-max-length 64
+       --passage-max-length 256 --lr 2e-3 --epochs 3 --bf16 --no-progress --logging-steps 10)
 m3embed train $RUN/train.jsonl "${TRAIN[@]}" -o $RUN/sd-on
 m3embed train $RUN/train.jsonl "${TRAIN[@]}" -o $RUN/sd-off --no-self-distill
 

@@ -368,74 +368,77 @@ def eval_command(
 # ---- train / mine (training) ----
 
 
-def _train_default(name: str) -> object:
-    """TrainConfig's default for a field, so the CLI and the library agree."""
-    from m3embed.train.config import TrainConfig
+def _train_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
+    """A `train` option setting TrainConfig.`field`, with TrainConfig's default (one place for defaults)."""
+    from m3embed.train.config import TrainConfig  # torch-free
 
-    return TrainConfig.__dataclass_fields__[name].default
+    default = TrainConfig.__dataclass_fields__[field].default
+    return typer.Option(",".join(default) if isinstance(default, tuple) else default, *flags, help=help)
 
 
 @app.command("train")
-def train_command(
-    data: list[Path] = typer.Argument(..., help="jsonl files or directories of *.jsonl: {query, pos, neg}"),
+def train_command(  # every parameter is named as the TrainConfig field it sets
+    train_data: list[Path] = typer.Argument(..., metavar="DATA",
+                                            help="jsonl files or directories of *.jsonl: {query, pos, neg}"),
     model: str = typer.Option(..., "--model", "-m", help="M3 checkpoint or plain encoder (dir or hub id)"),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
-    modes: str = typer.Option("dense,sparse,colbert", help="losses to train: 'dense' = dense only, all three = "
-                              "unified M3 (ensemble + self-distillation), or any subset"),
-    freeze: str = typer.Option("", help="parts kept fixed, comma-separated: encoder, sparse, colbert "
-                               "('encoder' trains the heads only)"),
-    train_group_size: int = typer.Option(_train_default("train_group_size"), help="1 positive + N-1 negatives"),
-    query_max_len: int = typer.Option(_train_default("query_max_len")),
-    passage_max_len: int = typer.Option(_train_default("passage_max_len")),
-    batch_size: int = typer.Option(_train_default("per_device_batch_size"), help="queries per process per step"),
-    sub_batch_size: int | None = typer.Option(None, help="texts per checkpointed encoder chunk (saves memory)"),
-    gradient_checkpointing: bool = typer.Option(False, help="recompute encoder layers in the backward pass"),
-    cache_encoder_states: bool | None = typer.Option(
-        None, "--cache-encoder-states/--no-cache-encoder-states",
+    modes: str = _train_option("modes", help="losses to train: 'dense' = dense only, all three = unified M3 "
+                               "(ensemble + self-distillation), or any subset"),
+    freeze: str = _train_option("freeze", help="parts kept fixed, comma-separated: encoder, sparse, colbert "
+                                "('encoder' trains the heads only)"),
+    pooling: str | None = _train_option("pooling", help="override dense pooling: cls or mean"),
+    train_group_size: int = _train_option("train_group_size", help="passages per query: 1 positive + N-1 negatives"),
+    query_max_length: int | None = _train_option(
+        "query_max_length", help="query truncation in tokens (default: 64, capped at the model's positions)"),
+    passage_max_length: int | None = _train_option(
+        "passage_max_length", help="passage truncation in tokens (default: 256, capped at the model's positions)"),
+    per_device_batch_size: int = _train_option("per_device_batch_size", "--per-device-batch-size", "--batch-size",
+                                               help="queries per process per step"),
+    group_by_length: bool = _train_option("group_by_length", help="batches of similar length"),
+    teacher_scores: str = _train_option("teacher_scores", help="use pos_scores/neg_scores: auto, on, off"),
+    temperature: float = _train_option("temperature", help="softmax temperature of every score"),
+    self_distill: bool = _train_option("self_distill", help="self-knowledge distillation (unified training)"),
+    self_distill_start_step: int = _train_option("self_distill_start_step",
+                                                 help="distil once the step exceeds this (-1: from the start)"),
+    kd_loss: str = _train_option("kd_loss", help="loss on teacher scores: m3_kd_loss or kl_div"),
+    negatives_cross_device: bool = _train_option(
+        "negatives_cross_device", "--negatives-cross-device/--no-negatives-cross-device",
+        "--cross-device-negatives/--no-cross-device-negatives", help="dense negatives from every process"),
+    learning_rate: float = _train_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    weight_decay: float = _train_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
+    lr_scheduler: str = _train_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
+    warmup_ratio: float = _train_option("warmup_ratio", help="share of the steps spent warming up"),
+    warmup_steps: int = _train_option("warmup_steps", help="warm-up steps; overrides --warmup-ratio when > 0"),
+    epochs: float = _train_option("epochs", help="passes over the data (fractions allowed)"),
+    max_steps: int = _train_option("max_steps", help="> 0 overrides --epochs"),
+    max_grad_norm: float = _train_option("max_grad_norm", help="gradient clipping norm (0: no clipping)"),
+    bf16: bool = _train_option("bf16", help="bf16 autocast for the encoder"),
+    gradient_checkpointing: bool = _train_option("gradient_checkpointing",
+                                                 help="recompute encoder layers in the backward pass"),
+    sub_batch_size: int | None = _train_option("sub_batch_size",
+                                               help="texts per checkpointed encoder chunk (saves memory)"),
+    cache_encoder_states: bool | None = _train_option(
+        "cache_encoder_states", "--cache-encoder-states/--no-cache-encoder-states",
         help="frozen encoder: encode each text once and train the heads on cached states "
         "(default: on when --freeze has encoder)"),
-    group_by_length: bool = typer.Option(True, help="batches of similar length"),
-    temperature: float = typer.Option(_train_default("temperature")),
-    self_distill: bool = typer.Option(True, help="self-knowledge distillation (unified training)"),
-    self_distill_start_step: int = typer.Option(_train_default("self_distill_start_step")),
-    teacher_scores: str = typer.Option("auto", help="use pos_scores/neg_scores: auto, on, off"),
-    kd_loss: str = typer.Option(_train_default("kd_loss"), help="m3_kd_loss or kl_div"),
-    cross_device_negatives: bool = typer.Option(True, help="dense negatives from every process"),
-    learning_rate: float = typer.Option(_train_default("learning_rate"), "--lr", "--learning-rate"),
-    weight_decay: float = typer.Option(_train_default("weight_decay")),
-    lr_scheduler: str = typer.Option(_train_default("lr_scheduler"), help="linear, cosine, constant..."),
-    warmup_ratio: float = typer.Option(_train_default("warmup_ratio")),
-    warmup_steps: int = typer.Option(0, help="overrides --warmup-ratio when > 0"),
-    epochs: float = typer.Option(_train_default("epochs")),
-    max_steps: int = typer.Option(-1, help="> 0 overrides --epochs"),
-    bf16: bool = typer.Option(False, help="bf16 autocast for the encoder"),
-    seed: int = typer.Option(_train_default("seed")),
-    save_steps: int = typer.Option(0, help="checkpoint every N steps (0: final model only)"),
-    save_total_limit: int = typer.Option(_train_default("save_total_limit"), help="checkpoints kept (0: all)"),
-    resume: str | None = typer.Option(None, help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
-    logging_steps: int = typer.Option(1),
-    pooling: str | None = typer.Option(None, help="override dense pooling: cls or mean"),
-    device: str | None = DeviceOpt,
-    progress: bool = typer.Option(True, help="progress bar"),
+    seed: int = _train_option("seed", help="seed of the data order, group sampling and new heads"),
+    device: str | None = _train_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
+                                       "available)"),
+    save_steps: int = _train_option("save_steps", help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = _train_option("save_total_limit", help="checkpoints kept (0: all)"),
+    resume_from: str | None = _train_option("resume_from", "--resume-from", "--resume",
+                                            help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = _train_option("logging_steps", help="a train_log.jsonl line every N steps"),
+    progress: bool = _train_option("progress", help="progress bar"),
 ) -> None:
     """Fine-tune an M3 model (run under `torchrun --no-python --nproc_per_node N m3embed train ...` for DDP)."""
+    options = dict(locals())  # the parameters above, before any other local name exists
     import json
 
     from m3embed.train.config import TrainConfig
     from m3embed.train.trainer import LOG_FILE, train
 
-    config = TrainConfig(
-        model=model, train_data=[str(p) for p in data], output_dir=str(output_dir), modes=modes, freeze=freeze,
-        pooling=pooling, train_group_size=train_group_size, query_max_len=query_max_len,
-        passage_max_len=passage_max_len, per_device_batch_size=batch_size, group_by_length=group_by_length,
-        teacher_scores=teacher_scores, temperature=temperature, self_distill=self_distill,
-        self_distill_start_step=self_distill_start_step, kd_loss=kd_loss,
-        negatives_cross_device=cross_device_negatives, learning_rate=learning_rate, weight_decay=weight_decay,
-        lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, epochs=epochs,
-        max_steps=max_steps, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        sub_batch_size=sub_batch_size, cache_encoder_states=cache_encoder_states, seed=seed, device=device,
-        save_steps=save_steps,
-        save_total_limit=save_total_limit, resume_from=resume, logging_steps=logging_steps, progress=progress)
+    config = TrainConfig(**options)
     result = train(config)
     from m3embed.train import distributed
 
@@ -457,9 +460,10 @@ def mine(
     modes: str = typer.Option("dense", help="dense, sparse, or dense,sparse (hybrid)"),
     weights: str = typer.Option("1,0.3", help="hybrid weights: dense,sparse"),
     pool: Path | None = typer.Option(None, help="candidate pool jsonl ('text' field); default: all pos+neg"),
-    query_max_len: int | None = typer.Option(None),
-    passage_max_len: int | None = typer.Option(None),
-    seed: int = typer.Option(42),
+    query_max_length: int | None = typer.Option(None, help="query truncation in tokens (default: the model's limit)"),
+    passage_max_length: int | None = typer.Option(None, help="passage truncation in tokens (default: the model's "
+                                                  "limit)"),
+    seed: int = typer.Option(42, help="seed of the negative sampling"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
@@ -472,8 +476,8 @@ def mine(
         raise ValueError(f"--weights {weights!r} must be numbers like 1,0.3") from None
     m = _load(model, modes, dtype, device)
     stats = mine_hard_negatives(m, input, output, candidate_pool=pool, sample_range=range_,
-                                negative_number=negatives, modes=modes, weights=w, query_max_len=query_max_len,
-                                passage_max_len=passage_max_len, seed=seed)
+                                negative_number=negatives, modes=modes, weights=w, query_max_length=query_max_length,
+                                passage_max_length=passage_max_length, seed=seed)
     console.print(f"{stats.lines} lines, {stats.candidates} candidates, {stats.mean_negatives:.1f} negatives per "
                   f"line ({stats.topped_up} topped up at random) -> {output}", highlight=False)
     if stats.dropped_teacher_scores:

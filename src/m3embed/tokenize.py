@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_texts(texts: Sequence[str] | str) -> list[str]:
@@ -21,19 +24,20 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return list(texts)
 
 
-def resolve_max_length(given: int | None, limit: int, default: int | None = None) -> int:
+def resolve_max_length(given: int | None, limit: int, default: int | None = None, name: str = "max_length") -> int:
     """The truncation length to use, by the one policy of m3embed.
 
     An explicit `given` above the model's position `limit` (or below 2, no room for the special tokens) is an
-    error; a default (`default`, else `limit`) is capped at `limit` silently.
+    error naming `name`; a default (`default`, else `limit`) is capped at `limit` silently.
     """
     if given is None:
         return min(limit if default is None else int(default), limit)
     given = int(given)
     if given > limit:
-        raise ValueError(f"max_length={given} exceeds this model's position limit of {limit} tokens")
+        raise ValueError(f"{name}={given} exceeds the model's position limit of {limit} tokens; pass at most "
+                         f"{limit} or leave it unset")
     if given < 2:
-        raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {given}")
+        raise ValueError(f"{name} must be at least 2 (room for the special tokens), got {given}")
     return given
 
 
@@ -78,6 +82,8 @@ def budget_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) 
 
 def pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest sequence: input_ids (B, T) and attention_mask (B, T)."""
+    import torch  # here, so that length checks (resolve_max_length) import no torch
+
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)

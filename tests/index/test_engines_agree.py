@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3embed.modes import SEARCH_MODES
 from m3embed.index.store import DEFAULT_CANDIDATES
+from m3embed.modes import SEARCH_MODES
 
 
 @pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])

@@ -26,7 +26,7 @@ GOOD = {"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}
     "line, message",
     [
         ("{not json", "not valid JSON"),
-        ('["q", "p"]', "must be a JSON object"),
+        ('["q", "p"]', "expected a JSON object, got list"),
         ('{"pos": ["p"]}', "missing field(s) ['query']"),
         ('{"query": "", "pos": ["p"]}', "'query' must be a non-empty string"),
         ('{"query": "q", "pos": "p"}', "'pos' must be a list of strings, got str"),

@@ -26,7 +26,7 @@ from m3embed.train.trainer import LOG_FILE, Trainer
 from tests.train.conftest import write_train_file
 from tests.train.test_trainer import config
 
-ARGS = {"train_group_size": 3, "per_device_batch_size": 2, "query_max_len": 32, "passage_max_len": 64}
+ARGS = {"train_group_size": 3, "per_device_batch_size": 2, "query_max_length": 32, "passage_max_length": 64}
 
 
 def reference_step(ckpt: Path, data: Path, out: Path) -> dict[str, float]:
@@ -81,9 +81,9 @@ def test_two_processes_first_step_equals_single_process_reference(nodrop_ckpt, t
         "2",
         "--train-group-size",
         "3",
-        "--query-max-len",
+        "--query-max-length",
         "32",
-        "--passage-max-len",
+        "--passage-max-length",
         "64",
         "--sub-batch-size",
         "2",

@@ -7,7 +7,8 @@ import torch
 
 from m3embed.model import M3Model
 from m3embed.tokenize import pad, tokenize
-from m3embed.train.losses import M3TrainingLoss, colbert_scores, dense_scores, m3_loss, sparse_scores
+from m3embed.train.config import LossConfig
+from m3embed.train.losses import M3TrainingLoss, colbert_score_matrix, dense_scores, m3_loss, sparse_scores
 
 pytest.importorskip("FlagEmbedding")
 
@@ -55,7 +56,7 @@ def setup(nodrop_ckpt):
 
 def ours(model, batch, teacher=None, kd_loss="m3_kd_loss"):
     (q_in, p_in) = batch
-    loss_fn = M3TrainingLoss(model.train(), group_size=3, temperature=0.02)
+    loss_fn = M3TrainingLoss(model.train(), LossConfig(train_group_size=3, temperature=0.02))
     q = loss_fn.encode(q_in["input_ids"], q_in["attention_mask"])
     p = loss_fn.encode(p_in["input_ids"], p_in["attention_mask"])
     scores = {
@@ -65,7 +66,7 @@ def ours(model, batch, teacher=None, kd_loss="m3_kd_loss"):
             model.sparse_embedding(p_in["input_ids"], p["token_weights"]),
         ),
         # FlagEmbedding keeps zero pad rows in the max: compare without the passage mask
-        "colbert": colbert_scores(q["colbert"], p["colbert"], q_in["attention_mask"][:, 1:]),
+        "colbert": colbert_score_matrix(q["colbert"], p["colbert"], q_in["attention_mask"][:, 1:]),
     }
     probs = None if teacher is None else torch.softmax(torch.tensor(teacher), -1)
     return m3_loss(scores, 3, 0.02, teacher_probs=probs, self_distill=True, kd_loss=kd_loss).loss

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from m3embed.train.losses import (
-    colbert_scores,
+    colbert_score_matrix,
     info_nce,
     local_group,
     m3_kd_loss,
@@ -70,14 +70,14 @@ def test_info_nce_hand_computed():
     assert info_nce(s, group_size=1).item() == pytest.approx(expected)
 
 
-def test_colbert_scores_follow_the_formula():
+def test_colbert_score_matrix_follows_the_formula():
     g = torch.Generator().manual_seed(1)
     q = torch.nn.functional.normalize(torch.randn(2, 3, 4, generator=g), dim=-1)
     p = torch.nn.functional.normalize(torch.randn(3, 5, 4, generator=g), dim=-1)
     q_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     p_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
     q, p = q * q_mask[..., None], p * p_mask[..., None]  # zero rows on padding, as the model returns them
-    got = colbert_scores(q, p, q_mask, p_mask)
+    got = colbert_score_matrix(q, p, q_mask, p_mask)
     for b in range(2):
         for n in range(3):
             n_q = int(q_mask[b].sum())
@@ -91,8 +91,8 @@ def test_colbert_scores_follow_the_formula():
 def test_colbert_without_passage_mask_floors_at_zero_like_flagembedding():
     q = torch.tensor([[[1.0, 0.0]]])  # one query vector
     p = torch.tensor([[[-1.0, 0.0], [0.0, 0.0]]])  # one real vector pointing away, one zero pad row
-    assert colbert_scores(q, p, torch.ones(1, 1), torch.tensor([[1, 0]])).item() == pytest.approx(-1.0)
-    assert colbert_scores(q, p, torch.ones(1, 1)).item() == pytest.approx(0.0)
+    assert colbert_score_matrix(q, p, torch.ones(1, 1), torch.tensor([[1, 0]])).item() == pytest.approx(-1.0)
+    assert colbert_score_matrix(q, p, torch.ones(1, 1)).item() == pytest.approx(0.0)
 
 
 def test_colbert_gradient_with_in_place_mask_matches_out_of_place():
@@ -101,7 +101,7 @@ def test_colbert_gradient_with_in_place_mask_matches_out_of_place():
     p = torch.randn(4, 5, 4, generator=g, requires_grad=True)
     q_mask, p_mask = torch.ones(2, 3), (torch.rand(4, 5, generator=g) > 0.3).long()
     p_mask[:, 0] = 1
-    colbert_scores(q, p, q_mask, p_mask).sum().backward()
+    colbert_score_matrix(q, p, q_mask, p_mask).sum().backward()
     ref_q, ref_p = q.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
     sim = torch.einsum("bih,njh->binj", ref_q, ref_p).masked_fill(~p_mask.bool()[None, None], float("-inf"))
     sim.amax(-1).mean(1).sum().backward()

@@ -61,6 +61,20 @@ def test_small_range_is_topped_up_and_hybrid_runs(model, tmp_path):
         assert not set(row["neg"]) & set(row["pos"])
 
 
+def test_bad_input_line_names_file_and_line(model, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"query": "q", "pos": ["p"]}\n\n{"query": "q", "pos": [\n')
+    with pytest.raises(ValueError, match=r"in\.jsonl:3: not valid JSON"):
+        mine_hard_negatives(model, src, tmp_path / "out.jsonl")
+
+
+def test_explicit_length_above_the_model_limit_is_an_error(model, tmp_path):
+    src = write_train_file(tmp_path / "in.jsonl", n=4, n_neg=2)
+    with pytest.raises(ValueError, match="passage_max_length=300 exceeds the model's position limit of 128"):
+        mine_hard_negatives(model, src, tmp_path / "out.jsonl", passage_max_length=300)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 @pytest.mark.parametrize("value, message", [("2:200", "START-END"), ("5-5", "0 <= start < end")])
 def test_bad_range(value, message):
     with pytest.raises(ValueError, match=message):

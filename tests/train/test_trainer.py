@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from m3embed.cli import app
 from m3embed.model import M3Model
 from m3embed.train.config import TrainConfig
 from m3embed.train.data import read_jsonl
-from m3embed.train.trainer import LOG_FILE, Trainer, train
+from m3embed.train.trainer import (
+    LOG_FILE,
+    MANIFEST_FILE,
+    STATE_FILE,
+    Trainer,
+    missing_checkpoint_files,
+    train,
+)
 from tests.train.conftest import SHARED_DATA
 
 
@@ -26,8 +34,8 @@ def config(ckpt: Path, data: Path, out: Path, **kw) -> TrainConfig:
         "output_dir": str(out),
         "train_group_size": 3,
         "per_device_batch_size": 2,
-        "query_max_len": 32,
-        "passage_max_len": 64,
+        "query_max_length": 32,
+        "passage_max_length": 64,
         "learning_rate": 1e-3,
         "progress": False,
         "device": "cpu",
@@ -141,6 +149,60 @@ def test_resume_continues_to_the_same_state(xlmr_ckpt, train_file, tmp_path):
     assert [r["loss"] for r in logs[0][2:]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-6)
 
 
+@pytest.fixture(scope="module")
+def saved_run(xlmr_ckpt, train_file, tmp_path_factory) -> Path:
+    """A 4-step run (dropout on) with checkpoints at steps 2 and 4 and its log."""
+    out = tmp_path_factory.mktemp("saved") / "run"
+    train(config(xlmr_ckpt, train_file, out, max_steps=4, save_steps=2, save_total_limit=0))
+    return out
+
+
+def test_checkpoints_appear_complete_with_a_manifest_of_their_files(saved_run):
+    assert sorted(p.name for p in saved_run.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]  # no checkpoint-N.partial left behind
+    for ckpt in saved_run.glob("checkpoint-*"):
+        manifest = json.loads((ckpt / MANIFEST_FILE).read_text())
+        assert manifest["world_size"] == 1 and manifest["step"] == int(ckpt.name.split("-")[1])
+        assert {STATE_FILE, "rng_state_rank0.pt", "model.safetensors"} <= set(manifest["files"])
+        assert missing_checkpoint_files(ckpt) == []
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "written-before-manifests"])
+def test_resume_skips_or_refuses_a_checkpoint_missing_its_rng_file(
+    saved_run, xlmr_ckpt, train_file, tmp_path, manifest
+):
+    # a run killed between writing trainer_state.pt and rng_state_rank0.pt of checkpoint-4
+    cut = tmp_path / "cut"
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(saved_run / name, cut / name)
+    (cut / "checkpoint-4" / "rng_state_rank0.pt").unlink()
+    if not manifest:
+        (cut / "checkpoint-4" / MANIFEST_FILE).unlink()
+    shutil.copytree(saved_run / "checkpoint-4", cut / "checkpoint-6.partial")  # killed while saving step 6
+    with pytest.warns(UserWarning, match=r"skipping .*checkpoint-4, incomplete \(rng_state_rank0\.pt missing\)"):
+        resumed = Trainer(config(xlmr_ckpt, train_file, cut, max_steps=4, resume_from="auto"))
+    assert resumed.resume_dir == cut / "checkpoint-2" and resumed.step == 2  # the newest complete one
+    with pytest.raises(FileNotFoundError) as err:
+        Trainer(config(xlmr_ckpt, train_file, cut, max_steps=4, resume_from=str(cut / "checkpoint-4")))
+    assert f"{cut / 'checkpoint-4'} is incomplete: rng_state_rank0.pt missing" in str(err.value)
+    assert "\n" not in str(err.value)  # the CLI prints it as one line
+
+
+def test_resumed_run_drops_the_log_lines_after_its_checkpoint(saved_run, xlmr_ckpt, train_file, tmp_path):
+    full = [json.loads(x) for x in (saved_run / LOG_FILE).read_text().splitlines()]
+    # killed after logging step 3 and while writing step 4's line; checkpoint-2 is the newest on disk
+    cut = tmp_path / "cut"
+    shutil.copytree(saved_run / "checkpoint-2", cut / "checkpoint-2")
+    lines = (saved_run / LOG_FILE).read_text().splitlines()
+    (cut / LOG_FILE).write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    Trainer(config(xlmr_ckpt, train_file, cut, max_steps=4, resume_from="auto")).train()
+    rows = [json.loads(x) for x in (cut / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in full], rel=1e-6)
+
+
 def test_log_has_loss_per_mode_and_checkpoints_rotate(xlmr_ckpt, train_file, tmp_path):
     train(config(xlmr_ckpt, train_file, tmp_path, max_steps=4, save_steps=1, save_total_limit=2))
     rows = [json.loads(x) for x in (tmp_path / LOG_FILE).read_text().splitlines()]
@@ -186,31 +248,35 @@ def test_bad_data_fails_before_any_training(xlmr_ckpt, tmp_path):
 def test_cli_train_and_user_errors(xlmr_ckpt, train_file, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(train_file),
-            "-m",
-            str(xlmr_ckpt),
-            "-o",
-            str(out),
-            "--max-steps",
-            "2",
-            "--train-group-size",
-            "2",
-            "--batch-size",
-            "2",
-            "--modes",
-            "dense,sparse",
-            "--sub-batch-size",
-            "2",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ],
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = runner.invoke(
+            app,
+            [
+                "train",
+                str(train_file),
+                "-m",
+                str(xlmr_ckpt),
+                "-o",
+                str(out),
+                "--max-steps",
+                "2",
+                "--train-group-size",
+                "2",
+                "--batch-size",
+                "2",
+                "--modes",
+                "dense,sparse",
+                "--sub-batch-size",
+                "2",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ],
+        )
     assert r.exit_code == 0, r.output
+    # the default passage length (256) is above the model's 128 positions: capped silently
+    assert not [w for w in caught if "max_length" in str(w.message)]
     assert "trained 2 steps" in r.output and (out / "model.safetensors").is_file()
     kept, source = (torch.load(d / "colbert_linear.pt")["weight"] for d in (out, xlmr_ckpt))
     assert torch.equal(kept, source)  # not trained (modes dense,sparse) but kept, so the model stays complete
@@ -230,6 +296,42 @@ def test_cli_train_and_user_errors(xlmr_ckpt, train_file, tmp_path):
         ],
     )
     assert isinstance(r.exception, ValueError) and "leaves nothing to train" in str(r.exception)
+    # an explicit length above the model's positions is an error, raised before training starts
+    r = runner.invoke(
+        app,
+        ["train", str(train_file), "-m", str(xlmr_ckpt), "-o", str(tmp_path / "long"), "--passage-max-length", "256"],
+    )
+    assert isinstance(r.exception, ValueError), r.output
+    assert "passage_max_length=256 exceeds the model's position limit of 128 tokens" in str(r.exception)
+    assert not (tmp_path / "long").exists()
+
+
+def test_cli_train_options_are_train_config_fields(tmp_path, monkeypatch):
+    import m3embed.train.trainer as trainer_module
+
+    seen = []
+
+    def fake_train(config: TrainConfig) -> Path:
+        seen.append(config)
+        (tmp_path / LOG_FILE).write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+        return tmp_path
+
+    monkeypatch.setattr(trainer_module, "train", fake_train)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "a.jsonl", "b.jsonl", "-m", "ckpt", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == TrainConfig(model="ckpt", train_data=["a.jsonl", "b.jsonl"], output_dir=str(tmp_path))
+    args = ["--batch-size", "3", "--lr", "0.5", "--no-cross-device-negatives", "--resume", "auto"]
+    args += ["--query-max-length", "16", "--max-grad-norm", "0", "--modes", "dense", "--no-progress"]
+    r = runner.invoke(app, ["train", "a.jsonl", "-m", "ckpt", "-o", str(tmp_path), *args])
+    assert r.exit_code == 0, r.output
+    c = seen[-1]
+    assert (c.per_device_batch_size, c.learning_rate, c.negatives_cross_device, c.resume_from) == (
+        3, 0.5, False, "auto"
+    )
+    assert (c.query_max_length, c.passage_max_length, c.max_grad_norm, c.modes, c.progress) == (
+        16, None, 0.0, ("dense",), False
+    )
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "xquad/en/train.jsonl").is_file(), reason="shared data absent")

@@ -21,11 +21,11 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from m3embed.modes import MODES, check_weights
-from m3embed.tokenize import resolve_max_length
 from m3embed.server import schemas as s
 from m3embed.server.batching import Batcher
 from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
 from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
+from m3embed.tokenize import resolve_max_length
 from m3embed.types import M3Output
 
 if TYPE_CHECKING:

@@ -1,4 +1,7 @@
-"""TrainConfig: every knob of `m3embed train` in one flat dataclass; the CLI fills it, checkpoints keep it."""
+"""TrainConfig: every knob of `m3embed train` in one flat dataclass; the CLI fills it, checkpoints keep it.
+
+`LossConfig` is the part of it the loss module reads.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from m3embed.modes import MODES, check_modes
+from m3embed.tokenize import resolve_max_length
 
 FREEZABLE = ("encoder", "sparse", "colbert")  # the parts whose weights `freeze` can hold fixed
 KD_LOSSES = ("m3_kd_loss", "kl_div")
 TEACHER_SCORE_USE = ("auto", "on", "off")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "constant")
+DEFAULT_QUERY_MAX_LENGTH = 64  # tokens; REFERENCE §Training
+DEFAULT_PASSAGE_MAX_LENGTH = 256  # tokens
+# fields renamed since: configs saved under the old names (train_config.json, checkpoints) still load
+RENAMED_FIELDS = {"query_max_len": "query_max_length", "passage_max_len": "passage_max_length"}
 
 
 @dataclass
@@ -33,8 +41,10 @@ class TrainConfig:
 
     # ---- data ----
     train_group_size: int = 8  # 1 positive + 7 negatives per query (FlagEmbedding default)
-    query_max_len: int = 64  # tokens
-    passage_max_len: int = 256  # tokens; raise up to 8192 for long documents
+    # truncation in tokens; None = the default (64 / 256) capped at the model's positions. An explicit value
+    # above the model's positions is an error (raise passage_max_length up to 8192 for long documents)
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
     per_device_batch_size: int = 4  # queries per process per step (each brings train_group_size passages)
     group_by_length: bool = True  # batches of similar length (paper §3.5): less padding
     teacher_scores: str = "auto"  # use pos/neg_scores: "auto" (when every line has them), "on", "off"
@@ -73,6 +83,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.modes = check_modes(self.modes)
+        self.output_dir = str(self.output_dir)
+        if self.resume_from is not None:
+            self.resume_from = str(self.resume_from)
         if isinstance(self.train_data, (str, Path)):
             self.train_data = [str(self.train_data)]
         self.train_data = [str(p) for p in self.train_data]
@@ -94,9 +107,9 @@ class TrainConfig:
         checks = [  # (valid?, settings shown in the error, what is expected)
             (self.train_group_size >= 1, ("train_group_size",), "must be >= 1"),
             (
-                min(self.query_max_len, self.passage_max_len) >= 2,
-                ("query_max_len", "passage_max_len"),
-                "must be >= 2",
+                all(n is None or n >= 2 for n in (self.query_max_length, self.passage_max_length)),
+                ("query_max_length", "passage_max_length"),
+                "must be >= 2 or None",
             ),
             (self.per_device_batch_size >= 1, ("per_device_batch_size",), "must be >= 1"),
             (self.temperature > 0, ("temperature",), "must be > 0"),
@@ -141,6 +154,17 @@ class TrainConfig:
                 shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
                 raise ValueError(f"{shown}: {expected}")
 
+    def max_lengths(self, limit: int) -> tuple[int, int]:
+        """(query, passage) truncation for a model of `limit` positions.
+
+        A length left at None takes its default capped at `limit`; an explicit length above `limit` raises
+        ValueError naming the value and the limit.
+        """
+        return (
+            resolve_max_length(self.query_max_length, limit, DEFAULT_QUERY_MAX_LENGTH, "query_max_length"),
+            resolve_max_length(self.passage_max_length, limit, DEFAULT_PASSAGE_MAX_LENGTH, "passage_max_length"),
+        )
+
     @property
     def use_state_cache(self) -> bool:
         """Whether heads train on cached encoder states (explicit setting, else: the encoder is frozen)."""
@@ -163,6 +187,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from saved values; keys under their old names (RENAMED_FIELDS) are mapped to the new ones."""
+        values = dict(values)
+        for old, new in RENAMED_FIELDS.items():
+            if old in values:
+                if new in values and values[new] != values[old]:
+                    raise ValueError(f"{old}={values[old]!r} and {new}={values[new]!r} disagree; keep only {new}")
+                values[new] = values.pop(old)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -174,3 +205,27 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The settings of `M3TrainingLoss`: the TrainConfig fields of the same names (defaults included)."""
+
+    modes: tuple[str, ...] = TrainConfig.modes  # losses trained
+    train_group_size: int = TrainConfig.train_group_size  # G, passages per query
+    temperature: float = TrainConfig.temperature  # τ
+    self_distill: bool = TrainConfig.self_distill  # applies only with several modes
+    self_distill_start_step: int = TrainConfig.self_distill_start_step  # distil when step > this
+    kd_loss: str = TrainConfig.kd_loss  # "m3_kd_loss" or "kl_div" for teacher scores
+    negatives_cross_device: bool = TrainConfig.negatives_cross_device  # gathered dense negatives (DDP)
+    sub_batch_size: int | None = TrainConfig.sub_batch_size  # texts per checkpointed encoder chunk
+    bf16: bool = TrainConfig.bf16  # encoder under bf16 autocast
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modes", check_modes(self.modes))
+        if self.kd_loss not in KD_LOSSES:
+            raise ValueError(f"kd_loss={self.kd_loss!r}: must be one of {KD_LOSSES}")
+
+    @classmethod
+    def from_train_config(cls, config: TrainConfig) -> LossConfig:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})

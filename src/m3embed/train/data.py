@@ -8,7 +8,6 @@ depends only on (seed, epoch), so every process agrees on it and a resumed run c
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from m3embed.corpus import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -110,20 +111,8 @@ def parse_example(obj: Any, where: str) -> TrainExample:
 
 
 def read_jsonl(path: str | Path) -> list[TrainExample]:
-    """All examples of one jsonl file (blank lines skipped)."""
-    path = Path(path)
-    examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            examples.append(parse_example(obj, where))
-    return examples
+    """All examples of one jsonl file (blank lines skipped); errors name file:line."""
+    return [parse_example(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
 
 
 def load_examples(paths: str | Path | Iterable[str | Path]) -> list[TrainExample]:

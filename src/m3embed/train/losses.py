@@ -1,7 +1,7 @@
 """BGE-M3 training losses: per-mode InfoNCE, the ensemble, self-distillation and teacher-score distillation.
 
-The math lives in pure functions on score tensors; `M3TrainingLoss` holds the model, encodes a batch
-(in checkpointed sub-batches if asked) and calls them. Conventions, as in FlagEmbedding's M3 code:
+The math lives in pure functions on score tensors; `M3TrainingLoss` holds the model and its `LossConfig`,
+encodes a batch (in checkpointed sub-batches if asked) and calls them. Conventions, as in FlagEmbedding's M3 code:
 
 * a batch holds B queries and B·G passages, group-major: query b's group is passages [b·G, (b+1)·G),
   its positive first, so the target column of query b is b·G;
@@ -12,7 +12,7 @@ The math lives in pure functions on score tensors; `M3TrainingLoss` holds the mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from m3embed.modes import MODES
 from m3embed.train import distributed
+from m3embed.train.config import LossConfig
 
 ENSEMBLE_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}  # s_inter (FlagEmbedding, hard-coded)
 LOSS_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}  # λ in L and L' (FlagEmbedding)
@@ -40,8 +41,10 @@ def sparse_scores(q: Tensor, p: Tensor) -> Tensor:
     return q @ p.T
 
 
-def colbert_scores(q: Tensor, p: Tensor, q_mask: Tensor, p_mask: Tensor | None = None) -> Tensor:
-    """Late interaction: (1/n_q) Σ_i max_j q_i·p_j.
+def colbert_score_matrix(q: Tensor, p: Tensor, q_mask: Tensor, p_mask: Tensor | None = None) -> Tensor:
+    """Late interaction of every query with every passage: (1/n_q) Σ_i max_j q_i·p_j.
+
+    (`m3embed.scoring.colbert_scores` scores one query against a list of documents, in NumPy.)
 
     Args:
         q: (B, Tq, h) query vectors (CLS dropped), zero rows on padding.
@@ -221,23 +224,16 @@ def _global_dense_loss(
 
 
 class M3TrainingLoss(nn.Module):
-    """Holds an M3Model; `forward` encodes a tokenised batch and returns `m3_loss` of it.
+    """Holds an M3Model and its `LossConfig`; `forward` encodes a tokenised batch and returns `m3_loss` of it.
 
-    Sub-batches: with `sub_batch_size`, texts are encoded `sub_batch_size` at a time (sorted by length, each
+    Sub-batches: with `config.sub_batch_size`, texts are encoded that many at a time (sorted by length, each
     chunk padded to its own longest text) under `torch.utils.checkpoint`, so only the output vectors of each
     chunk are kept; the backward pass re-runs one chunk at a time. Gradients are those of the full batch.
 
     Args:
         model: an `m3embed.M3Model` (any module with its forward / sparse_embedding contract).
-        modes: the modes whose losses are trained.
-        group_size: G, passages per query.
-        temperature: τ.
-        self_distill: self-distillation on (applies only with several modes).
-        self_distill_start_step: distil when step > this.
-        kd_loss: "m3_kd_loss" or "kl_div" for teacher scores.
-        negatives_cross_device: dense negatives gathered from every process when distributed.
-        sub_batch_size: texts per encoder chunk; None encodes a whole side at once.
-        autocast_dtype: e.g. torch.bfloat16 to run the encoder under autocast; None = off.
+        config: the loss settings (modes, group size, temperature, self-distillation, kd loss, cross-device
+            negatives, sub-batch size, bf16 autocast); `LossConfig.from_train_config` takes a run's.
         state_cache: for a frozen encoder, a callable (ids, mask) -> (B, T, H) backbone states (e.g.
             `EncoderStateCache`); the model then runs only its pooling and heads on them.
     """
@@ -245,29 +241,17 @@ class M3TrainingLoss(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        modes: Sequence[str] = MODES,
-        group_size: int = 8,
-        temperature: float = 0.02,
-        self_distill: bool = True,
-        self_distill_start_step: int = -1,
-        kd_loss: str = "m3_kd_loss",
-        negatives_cross_device: bool = True,
-        sub_batch_size: int | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        config: LossConfig = LossConfig(),
         state_cache: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.modes = tuple(m for m in MODES if m in modes)
-        self.group_size = group_size
-        self.temperature = temperature
-        self.self_distill = self_distill
-        self.self_distill_start_step = self_distill_start_step
-        self.kd_loss = kd_loss
-        self.negatives_cross_device = negatives_cross_device
-        self.sub_batch_size = sub_batch_size
-        self.autocast_dtype = autocast_dtype
+        self.config = config
         self.state_cache = state_cache
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return self.config.modes
 
     def forward(
         self,
@@ -286,13 +270,14 @@ class M3TrainingLoss(nn.Module):
     def encode(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Model outputs for a padded batch, in float32; sub-batched and checkpointed when configured."""
         n = ids.shape[0]
-        if self.sub_batch_size is None or n <= self.sub_batch_size:
+        size = self.config.sub_batch_size
+        if size is None or n <= size:
             return self._encode_chunk(ids, mask)
         lengths = mask.sum(1)
         order = torch.argsort(lengths, descending=True, stable=True)
         recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.backbone.parameters())
         chunks = []
-        for idx in order.split(self.sub_batch_size):
+        for idx in order.split(size):
             width = int(lengths[idx].max())
             c_ids, c_mask = ids[idx, :width], mask[idx, :width]
             if recompute:
@@ -314,8 +299,7 @@ class M3TrainingLoss(nn.Module):
     def _encode_chunk(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         if self.state_cache is not None:  # frozen encoder: heads on cached states (already float32)
             return self.model.heads_forward(self.state_cache(ids, mask), mask, modes=self.modes)
-        enabled = self.autocast_dtype is not None
-        with torch.autocast(ids.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             out = self.model(ids, mask, modes=self.modes)
         return {k: v.float() for k, v in out.items()}
 
@@ -338,7 +322,7 @@ class M3TrainingLoss(nn.Module):
                 self.model.sparse_embedding(p_ids, p["token_weights"]),
             )
         if "colbert" in self.modes:
-            scores["colbert"] = colbert_scores(q["colbert"], p["colbert"], q_mask[:, 1:], p_mask[:, 1:])
+            scores["colbert"] = colbert_score_matrix(q["colbert"], p["colbert"], q_mask[:, 1:], p_mask[:, 1:])
         return scores
 
     def compute_loss_from_embeddings(
@@ -356,21 +340,22 @@ class M3TrainingLoss(nn.Module):
         scores = self.scores(q, p, q_ids, q_mask, p_ids, p_mask)
         teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float(), dim=-1).detach()
         dense_global = teacher_global = None
-        if "dense" in self.modes and self.negatives_cross_device and distributed.get_world_size() > 1:
+        if "dense" in self.modes and self.config.negatives_cross_device and distributed.get_world_size() > 1:
             dense_global = dense_scores(
                 distributed.all_gather_with_grad(q["dense"]), distributed.all_gather_with_grad(p["dense"])
             )
             if teacher is not None:
                 teacher_global = distributed.all_gather(teacher)
+        cfg = self.config
         return m3_loss(
             scores,
-            self.group_size,
-            self.temperature,
+            cfg.train_group_size,
+            cfg.temperature,
             dense_global=dense_global,
             teacher_probs=teacher,
             teacher_probs_global=teacher_global,
-            self_distill=self.self_distill and step > self.self_distill_start_step,
-            kd_loss=self.kd_loss,
+            self_distill=cfg.self_distill and step > cfg.self_distill_start_step,
+            kd_loss=cfg.kd_loss,
         )
 
 

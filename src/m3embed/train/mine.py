@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from m3embed.corpus import iter_jsonl, read_records
 from m3embed.modes import check_modes
 from m3embed.scoring import dense_scores, lexical_scores
+from m3embed.tokenize import resolve_max_length
 from m3embed.train.data import parse_example
 
 if TYPE_CHECKING:
@@ -58,8 +60,8 @@ def rank_candidates(
     top_k: int,
     modes: Sequence[str] = ("dense",),
     weights: Sequence[float] = (1.0, 0.3),
-    query_max_len: int | None = None,
-    passage_max_len: int | None = None,
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
     chunk: int = 1024,
 ) -> np.ndarray:
     """(n_queries, min(top_k, n_candidates)) candidate indices, best first.
@@ -70,9 +72,12 @@ def rank_candidates(
     bad = [m for m in modes if m not in MINE_MODES]
     if bad:
         raise ValueError(f"mining modes {bad} unsupported; choose from {', '.join(MINE_MODES)}")
+    for name, value in (("query_max_length", query_max_length), ("passage_max_length", passage_max_length)):
+        if value is not None:  # None: the model's query/passage length; an explicit value above its limit raises
+            resolve_max_length(value, model.max_length, name=name)
     w = dict(zip(MINE_MODES, weights))
-    q = model.encode_queries(queries, modes=modes, max_length=query_max_len)
-    c = model.encode_corpus(candidates, modes=modes, max_length=passage_max_len)
+    q = model.encode_queries(queries, modes=modes, max_length=query_max_length)
+    c = model.encode_corpus(candidates, modes=modes, max_length=passage_max_length)
     k = min(top_k, len(candidates))
     ranked = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), chunk):
@@ -102,8 +107,8 @@ def mine_hard_negatives(
     negative_number: int = 15,
     modes: Sequence[str] | str = ("dense",),
     weights: Sequence[float] = (1.0, 0.3),
-    query_max_len: int | None = None,
-    passage_max_len: int | None = None,
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
     seed: int = 42,
 ) -> MineStats:
     """Replace each line's `neg` with negatives mined by `model`; other fields are kept.
@@ -119,7 +124,8 @@ def mine_hard_negatives(
             holds fewer.
         modes: "dense", "sparse" or both (hybrid: w_dense·dense + w_sparse·lexical).
         weights: (w_dense, w_sparse).
-        query_max_len, passage_max_len: truncation (default: the model's limit).
+        query_max_length, passage_max_length: truncation in tokens (default: the model's limit; a value above
+            it raises ValueError).
         seed: sampling seed.
 
     Lines that carried teacher scores lose them: the new negatives have none.
@@ -129,21 +135,14 @@ def mine_hard_negatives(
         raise ValueError(f"negative_number must be >= 1, got {negative_number}")
     input_path = Path(input_path)
     rows, examples = [], []
-    with input_path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                where = f"{input_path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                examples.append(parse_example(obj, where))
-                rows.append(obj)
+    for lineno, row in iter_jsonl(input_path):
+        examples.append(parse_example(row, f"{input_path}:{lineno}"))
+        rows.append(row)
     if not examples:
         raise ValueError(f"{input_path} holds no lines")
     candidates = _candidates(examples, candidate_pool)
     ranked = rank_candidates(
-        model, [ex.query for ex in examples], candidates, end, modes, weights, query_max_len, passage_max_len
+        model, [ex.query for ex in examples], candidates, end, modes, weights, query_max_length, passage_max_length
     )
 
     topped_up = dropped = 0
@@ -175,8 +174,6 @@ def _candidates(examples: list, candidate_pool: str | Path | None) -> list[str]:
     if candidate_pool is None:
         texts = [t for ex in examples for t in (*ex.pos, *ex.neg)]
     else:
-        from m3embed.corpus import read_records
-
         texts = [
             r.text
             for r in read_records(candidate_pool, text_field="text", title_field=None)

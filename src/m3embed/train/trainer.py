@@ -6,14 +6,20 @@ processes; on one process the same code runs without any of that.
 
 Output directory:
     <output_dir>/                the final model, official BGE-M3 layout, + train_config.json
-    <output_dir>/checkpoint-N/   the model at step N + trainer_state.pt (+ rng_state_rank*.pt)
+    <output_dir>/checkpoint-N/   the model at step N + trainer_state.pt + rng_state_rank*.pt, and last
+                                 checkpoint_complete.json listing them all
     <output_dir>/train_log.jsonl one JSON object per logged step: loss, per-mode losses, lr, grad norm
+
+A checkpoint is written into checkpoint-N.partial/ and renamed to checkpoint-N/ once every process has
+written its files, so a run killed while saving leaves no checkpoint-N/ that looks complete. Resuming
+("auto" or a given checkpoint) refuses a checkpoint that lacks a file; "auto" takes the newest complete one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -27,11 +33,12 @@ from torch import nn
 
 from m3embed.train import distributed
 from m3embed.train.cache import EncoderStateCache
-from m3embed.train.config import TrainConfig
+from m3embed.train.config import LossConfig, TrainConfig
 from m3embed.train.data import GroupedBatches, TrainBatch, load_examples, resolve_teacher_use
 from m3embed.train.losses import M3LossOutput, M3TrainingLoss
 
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "checkpoint_complete.json"  # written last: the checkpoint's step, world size and files
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.json"
 
@@ -90,14 +97,61 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
 
 
-def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint-N directory with the largest N that holds a trainer state, or None."""
-    found = [
-        (int(p.name.split("-")[1]), p)
-        for p in Path(output_dir).glob("checkpoint-*")
-        if p.name.split("-")[1].isdigit() and (p / STATE_FILE).is_file()
-    ]
-    return max(found)[1] if found else None
+def rng_file(rank: int) -> str:
+    """The checkpoint file holding process `rank`'s RNG states."""
+    return f"rng_state_rank{rank}.pt"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N for a directory named checkpoint-N, else None (checkpoint-N.partial included)."""
+    prefix, _, n = path.name.partition("-")
+    return int(n) if prefix == "checkpoint" and n.isdigit() else None
+
+
+def missing_checkpoint_files(directory: str | Path, world_size: int = 1) -> list[str]:
+    """The files a checkpoint lacks ([] when complete).
+
+    Expected are the files its manifest lists; a checkpoint written before manifests existed must hold the
+    trainer state and the RNG state of each of `world_size` processes.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST_FILE
+    if manifest.is_file():
+        expected = json.loads(manifest.read_text())["files"]
+    else:
+        expected = [STATE_FILE, *(rng_file(r) for r in range(world_size))]
+    return [f for f in expected if not (directory / f).is_file()]
+
+
+def scan_checkpoints(output_dir: str | Path, world_size: int = 1) -> list[tuple[Path, list[str]]]:
+    """(checkpoint-N directory, its missing files) for every checkpoint in output_dir, newest first."""
+    found = [(n, p) for p in Path(output_dir).glob("checkpoint-*") if (n := checkpoint_step(p)) is not None]
+    return [(p, missing_checkpoint_files(p, world_size)) for _, p in sorted(found, reverse=True) if p.is_dir()]
+
+
+def find_latest_checkpoint(output_dir: str | Path, world_size: int = 1) -> Path | None:
+    """The complete checkpoint-N directory with the largest N, or None; incomplete ones are skipped."""
+    return next((p for p, missing in scan_checkpoints(output_dir, world_size) if not missing), None)
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the lines of a train log up to `step`: a resumed run re-logs the steps after its checkpoint.
+
+    A line cut short (the run was killed while writing it) is dropped too.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 class Trainer:
@@ -113,25 +167,50 @@ class Trainer:
         self, config: TrainConfig, model: nn.Module | None = None, examples: list | None = None
     ) -> None:
         self.config = config
-        self.device, self._owns_group = distributed.init_distributed(config.device)
+        self._setup_process()
+        self.resume_dir = self._resume_dir()
+        self._setup_data(examples)
+        self._setup_model(model)
+        self._setup_loss()
+        self._setup_optimizer()
+        self._setup_scheduler()
+        self.step = 0
+        if self.resume_dir is not None:
+            self.load_state(self.resume_dir)
+
+    # ---- set-up steps, in order ----
+
+    def _setup_process(self) -> None:
+        """Join the process group (under torchrun), pick the device, seed every RNG."""
+        self.device, self._owns_group = distributed.init_distributed(self.config.device)
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
         self.is_main = self.rank == 0
-        self.output_dir = Path(config.output_dir)
-        seed_everything(config.seed)
+        self.output_dir = Path(self.config.output_dir)
+        seed_everything(self.config.seed)
 
-        self.resume_dir = self._resume_dir()
+    def _setup_data(self, examples: list | None) -> None:
+        """Read and check the examples (unless given) and cut this process's batches."""
+        config = self.config
         examples = load_examples(config.train_data) if examples is None else examples
         self.use_teacher_scores = resolve_teacher_use(examples, config.teacher_scores)
         self.batches = GroupedBatches(
             examples,
-            config.train_group_size,
-            config.per_device_batch_size,
-            self.world_size,
-            self.rank,
-            config.seed,
-            config.group_by_length,
-            self.use_teacher_scores,
+            group_size=config.train_group_size,
+            per_device_batch_size=config.per_device_batch_size,
+            world_size=self.world_size,
+            rank=self.rank,
+            seed=config.seed,
+            group_by_length=config.group_by_length,
+            use_teacher_scores=self.use_teacher_scores,
         )
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = (
+            config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * self.steps_per_epoch)
+        )
+
+    def _setup_model(self, model: nn.Module | None) -> None:
+        """Load the model (from the resumed checkpoint, if any), resolve token limits, set what trains."""
+        config = self.config
         if model is not None and self.resume_dir is not None:
             raise ValueError(
                 f"resuming from {self.resume_dir} loads the model saved there; do not pass a model"
@@ -141,17 +220,13 @@ class Trainer:
                 raise ValueError("no model given: set TrainConfig.model to a checkpoint directory or hub id")
             model = load_model(str(self.resume_dir or config.model), config, self.device)
         self.model = model.to(self.device)
-        self.max_lengths = {}
-        for name in ("query_max_len", "passage_max_len"):
-            value = getattr(config, name)
-            if value > self.model.max_length:
-                warnings.warn(
-                    f"{name}={value} exceeds the model's {self.model.max_length} positions; "
-                    f"truncating at {self.model.max_length}",
-                    stacklevel=2,
-                )
-            self.max_lengths[name] = min(value, self.model.max_length)
+        # token limits: defaults capped at the model's positions, an explicit value above them is an error
+        self.query_max_length, self.passage_max_length = config.max_lengths(self.model.max_length)
         self.trained_parts = configure_trainable(self.model, config)
+
+    def _setup_loss(self) -> None:
+        """The loss module (on cached encoder states when configured), wrapped in DDP when distributed."""
+        config = self.config
         self.state_cache = (
             EncoderStateCache(
                 self.model.backbone,
@@ -161,39 +236,25 @@ class Trainer:
             if config.use_state_cache
             else None
         )
-        self.loss_fn = M3TrainingLoss(
-            self.model,
-            config.modes,
-            config.train_group_size,
-            config.temperature,
-            config.self_distill,
-            config.self_distill_start_step,
-            config.kd_loss,
-            config.negatives_cross_device,
-            config.sub_batch_size,
-            torch.bfloat16 if config.bf16 else None,
-            self.state_cache,
-        )
+        self.loss_fn = M3TrainingLoss(self.model, LossConfig.from_train_config(config), self.state_cache)
         self.engine: nn.Module = self.loss_fn
         if self.world_size > 1:
             self.engine = nn.parallel.DistributedDataParallel(
                 self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
-        self.optimizer = make_optimizer(self.model, config)
-        self.steps_per_epoch = len(self.batches)
-        self.total_steps = (
-            config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * self.steps_per_epoch)
-        )
-        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
+    def _setup_optimizer(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.config)
+
+    def _setup_scheduler(self) -> None:
+        """The learning-rate schedule over total_steps, warming up for warmup_steps (else warmup_ratio)."""
         from transformers import get_scheduler
 
+        config = self.config
+        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = get_scheduler(
             config.lr_scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
         )
-        self.step = 0
-        if self.resume_dir is not None:
-            self.load_state(self.resume_dir)
 
     # ---- one step ----
 
@@ -202,10 +263,8 @@ class Trainer:
         from m3embed.tokenize import pad, tokenize
 
         tok = self.model.tokenizer
-        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.max_lengths["query_max_len"]), tok.pad_token_id)
-        p_ids, p_mask = pad(
-            tokenize(tok, batch.passages, self.max_lengths["passage_max_len"]), tok.pad_token_id
-        )
+        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.query_max_length), tok.pad_token_id)
+        p_ids, p_mask = pad(tokenize(tok, batch.passages, self.passage_max_length), tok.pad_token_id)
         teacher = (
             None if batch.teacher_scores is None else torch.tensor(batch.teacher_scores, dtype=torch.float32)
         )
@@ -239,6 +298,8 @@ class Trainer:
         """Run to `total_steps`, logging, checkpointing and saving the final model; returns output_dir."""
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_dir is not None:
+                trim_log(self.output_dir / LOG_FILE, self.step)
         start, t0 = self.step, time.perf_counter()
         with _Progress(self.total_steps, self.step, enabled=self.is_main and self.config.progress) as bar:
             while self.step < self.total_steps:
@@ -278,10 +339,16 @@ class Trainer:
     # ---- checkpoints ----
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoint-<step>: model (official layout), optimizer, scheduler, step, every rank's RNG."""
+        """Write checkpoint-<step>: model (official layout), optimizer, scheduler, step, every rank's RNG.
+
+        Everything goes to checkpoint-<step>.partial/, the manifest last; the directory is then renamed into
+        place, so checkpoint-<step>/ appears only complete.
+        """
         directory = self.output_dir / f"checkpoint-{self.step}"
+        partial = directory.with_name(directory.name + ".partial")
         if self.is_main:
-            self.model.save_pretrained(directory)
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving this step
+            self.model.save_pretrained(partial)
             torch.save(
                 {
                     "step": self.step,
@@ -290,19 +357,25 @@ class Trainer:
                     "world_size": self.world_size,
                     "config": self.config.to_dict(),
                 },
-                directory / STATE_FILE,
+                partial / STATE_FILE,
             )
         distributed.barrier()
-        torch.save(_rng_state(), directory / f"rng_state_rank{self.rank}.pt")
+        torch.save(_rng_state(), partial / rng_file(self.rank))
         distributed.barrier()
-        if self.is_main and self.config.save_total_limit:
-            done = sorted(
-                (int(p.name.split("-")[1]), p)
-                for p in self.output_dir.glob("checkpoint-*")
-                if p.name.split("-")[1].isdigit()
-            )
-            for _, old in done[: -self.config.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        if self.is_main:
+            files = sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_file())
+            manifest = {"step": self.step, "world_size": self.world_size, "files": files}
+            (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+            if directory.exists():  # a checkpoint of this step from an earlier run
+                shutil.rmtree(directory)
+            partial.rename(directory)
+            if self.config.save_total_limit:
+                done = sorted(
+                    (n, p) for p in self.output_dir.glob("checkpoint-*") if (n := checkpoint_step(p)) is not None
+                )
+                for _, old in done[: -self.config.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return directory
 
     def load_state(self, directory: Path) -> None:
@@ -317,21 +390,37 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        rng_file = directory / f"rng_state_rank{self.rank}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+        if self.rank < state["world_size"]:  # a process the checkpoint did not have starts from its seed
+            path = directory / rng_file(self.rank)
+            if not path.is_file():
+                raise FileNotFoundError(f"{directory} is incomplete: {path.name} missing")
+            _set_rng_state(torch.load(path, weights_only=False))
 
     def _resume_dir(self) -> Path | None:
+        """The checkpoint to resume from: the newest complete one for "auto", else the one given (complete)."""
         resume = self.config.resume_from
         if not resume:
             return None
         if resume == "auto":
-            return find_latest_checkpoint(self.output_dir)
+            for path, missing in scan_checkpoints(self.output_dir, self.world_size):
+                if not missing:
+                    return path
+                if self.is_main:
+                    warnings.warn(
+                        f"resume auto: skipping {path}, incomplete ({', '.join(missing)} missing)", stacklevel=3
+                    )
+            return None
         directory = Path(resume)
-        if not (directory / STATE_FILE).is_file():
+        if not (directory / MANIFEST_FILE).is_file() and not (directory / STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"{directory}/{STATE_FILE} missing: resume_from must be a checkpoint-N "
                 "directory written by m3embed train, or 'auto'"
+            )
+        missing = missing_checkpoint_files(directory, self.world_size)
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is incomplete: {', '.join(missing)} missing (the run stopped while saving it); "
+                "resume from an earlier checkpoint, or with 'auto' for the newest complete one"
             )
         return directory
 
