@@ -31,6 +31,18 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _load_backbone(directory: Path, dtype: torch.dtype) -> nn.Module:
+    """The encoder without its pooler; float32 memory-maps the file, other dtypes convert while reading it."""
+    from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+
+    if dtype == torch.float32:
+        return AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+    config = AutoConfig.from_pretrained(directory)
+    state = checkpoint.read_weights(directory, dtype)  # peak = the converted weights, not float32 + converted
+    return MODEL_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state, dtype=dtype,
+                                                       add_pooling_layer=False)
+
+
 class M3Model(nn.Module):
     """One encoder pass → dense, sparse (lexical) and ColBERT representations.
 
@@ -81,7 +93,7 @@ class M3Model(nn.Module):
             pooling: override the dense pooling ("cls" or "mean") recorded beside the checkpoint.
             new_heads: create missing heads with random weights (to fine-tune a plain encoder into M3).
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         modes = check_modes(modes)
@@ -100,7 +112,7 @@ class M3Model(nn.Module):
         hf_logging.set_verbosity_error()  # the unused pooler weights are expected; don't report them
         hf_logging.disable_progress_bar()
         try:
-            backbone = AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+            backbone = _load_backbone(directory, dtype)
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
