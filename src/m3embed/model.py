@@ -16,6 +16,7 @@ from torch import nn
 from m3embed import checkpoint
 from m3embed.encode import encode
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
+from m3embed.onednn import use_onednn
 from m3embed.scoring import compute_score
 from m3embed.tokenize import resolve_max_length
 from m3embed.types import M3Output
@@ -130,6 +131,7 @@ class M3Model(nn.Module):
                 heads[mode] = None
         model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"],
                     pooling=pooling or config.pooling, name=str(name_or_path))
+        use_onednn(model)
         return model.to(device).eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
