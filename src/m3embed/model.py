@@ -17,18 +17,23 @@ from m3embed import checkpoint
 from m3embed.encode import encode
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
 from m3embed.onednn import use_onednn
+from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
 from m3embed.tokenize import resolve_max_length
 from m3embed.types import M3Output
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8 = "int8"  # int8 encoder linear layers over a float32 model (CPU only); see m3embed.quantize
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """The dtype the backbone's weights are loaded in (float32 for int8, which quantizes afterwards)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == INT8:
+        return torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join([*DTYPES, INT8])}, got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -89,7 +94,8 @@ class M3Model(nn.Module):
         Args:
             name_or_path: local directory, or a hub id such as "BAAI/bge-m3".
             device: "cpu", "cuda", "cuda:1"...; None picks cuda when available.
-            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU) or float16 (GPU only).
+            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU), float16 (GPU only) or "int8" (CPU:
+                int8 encoder linear layers, calibrated at load; `m3embed.quantize`).
             modes: the outputs this model must be able to produce; a head file they need must exist.
             pooling: override the dense pooling ("cls" or "mean") recorded beside the checkpoint.
             new_heads: create missing heads with random weights (to fine-tune a plain encoder into M3).
@@ -100,8 +106,11 @@ class M3Model(nn.Module):
         modes = check_modes(modes)
         directory = checkpoint.resolve(name_or_path, revision)
         checkpoint.check_layout(directory, () if new_heads else modes)
+        int8 = dtype == INT8
         dtype = _dtype(dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if int8 and device.type != "cpu":
+            raise ValueError(f"dtype='int8' runs on CPU only, got device={str(device)!r}; on a GPU use bfloat16")
         if dtype == torch.float16 and device.type == "cpu":
             raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
         if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -132,7 +141,10 @@ class M3Model(nn.Module):
         model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"],
                     pooling=pooling or config.pooling, name=str(name_or_path))
         use_onednn(model)
-        return model.to(device).eval()
+        model = model.to(device).eval()
+        if int8:
+            quantize_int8(backbone, lambda texts: model.encode(texts, max_length=min(128, model.max_length)))
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the official layout (weights, tokenizer, head .pt files) plus m3embed.json."""
