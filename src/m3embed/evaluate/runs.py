@@ -97,19 +97,21 @@ def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int
 
 def fill_index(index: Any, model: Any, doc_ids: Sequence[str], doc_texts: Sequence[str], *,
                max_length: int | None = None, batch_size: int = 256) -> int:
-    """Encode and add the documents the index does not hold yet, committing batch by batch.
+    """Encode and add the documents the index does not hold yet, through `m3embed.index.ingest.ingest`.
 
-    Returns the number of documents encoded (0 when the index already holds the whole corpus).
+    `model` must be the index's own model (ingest encodes with `index.model`). Each batch is committed, so an
+    interrupted fill resumes where it stopped. Returns the number of documents encoded (0 when the index
+    already holds the whole corpus).
     """
-    missing = set(index.missing(list(doc_ids)))
-    todo = [i for i, d in enumerate(doc_ids) if d in missing]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        texts = [doc_texts[i] for i in chunk]
-        out = model.encode_corpus(texts, modes=index.manifest.modes, max_length=max_length)
-        index.add_outputs([doc_ids[i] for i in chunk], out)
-        index.flush()
-    return len(todo)
+    from m3embed.corpus import Record
+    from m3embed.index.ingest import ingest
+
+    if model is not index.model:
+        raise ValueError("fill_index encodes with the index's model: open the index with this model")
+    records = (Record(doc_id, text) for doc_id, text in zip(doc_ids, doc_texts, strict=True))
+    stats = ingest(index, records, batch_size=batch_size, skip_existing=True, max_length=max_length,
+                   total=len(doc_ids))
+    return stats.added
 
 
 def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequence[str], k: int = 100, *,
