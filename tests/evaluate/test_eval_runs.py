@@ -142,3 +142,15 @@ def test_fill_index_resumes_through_ingest(xlmr_ckpt, tiny_set, monkeypatch):
         with pytest.raises(ValueError, match="index's model"):
             fill_index(index, object(), ds.doc_ids, ds.doc_texts)
 
+
+def test_progress_goes_to_stderr_only_when_asked(xlmr_ckpt, tiny_set, capsys):
+    from m3embed.model import M3Model
+
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    settings = M3Settings(modes=("dense", "all"))
+    quiet = evaluate_dataset(tiny_set, model, m3=settings, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = evaluate_dataset(tiny_set, model, m3=settings, progress=True)
+    err = capsys.readouterr().err
+    assert "bm25 queries" in err and "indexing" in err and "queries (2 modes)" in err
+    assert shown.scores == quiet.scores

@@ -43,17 +43,21 @@ class BM25Config:
 
 
 def bm25_searcher(doc_ids: Sequence[str], doc_texts: Sequence[str], k: int = 100,
-                  config: BM25Config = BM25Config()) -> Searcher:
-    """Index the corpus with bm25s and return a searcher over it (documents scoring 0 are left out)."""
+                  config: BM25Config = BM25Config(), progress: bool = False) -> Searcher:
+    """Index the corpus with bm25s and return a searcher over it (documents scoring 0 are left out).
+
+    `progress` shows bm25s' own bars on stderr while the corpus is tokenised and indexed.
+    """
     bm25s = require("bm25s", "eval")
     from bm25s.tokenization import Tokenizer
 
     if config.stopwords not in ("en", "none"):
         raise ValueError(f"stopwords={config.stopwords!r}; choose 'en' or 'none'")
     tokenizer = Tokenizer(lower=False, splitter=bm25_tokens, stopwords="en" if config.stopwords == "en" else None)
-    corpus_tokens = tokenizer.tokenize(list(doc_texts), update_vocab=True, return_as="ids", show_progress=False)
+    corpus_tokens = tokenizer.tokenize(list(doc_texts), update_vocab=True, return_as="ids",
+                                       show_progress=progress)
     model = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
-    model.index(corpus_tokens, show_progress=False)
+    model.index(corpus_tokens, show_progress=progress)
     empty_id = tokenizer.word_to_id.get("")  # bm25s' placeholder for texts without a known term
     depth = min(k, len(doc_ids))
 

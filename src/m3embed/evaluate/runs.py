@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +26,27 @@ logger = logging.getLogger(__name__)
 EVAL_MAX_LENGTH = 512  # FlagEmbedding's evaluation default for queries and passages
 
 
-def retrieve(searcher: Searcher, queries: Mapping[str, str], batch_size: int = 256) -> Run:
-    """Run every query through `searcher` in batches and collect the run `{query_id: {doc_id: score}}`."""
+@contextmanager
+def _progress(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr; yields `advance(n)` (a no-op when `show` is False)."""
+    if not show:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.update(task, advance=n)
+
+
+def retrieve(searcher: Searcher, queries: Mapping[str, str], batch_size: int = 256, *,
+             on_batch: Callable[[int], None] | None = None) -> Run:
+    """Run every query through `searcher` in batches and collect the run `{query_id: {doc_id: score}}`.
+
+    `on_batch(n)` is called after each batch of `n` queries (e.g. to advance a progress bar).
+    """
     ids, texts = list(queries), list(queries.values())
     run: Run = {}
     for start in range(0, len(ids), batch_size):
@@ -37,6 +56,8 @@ def retrieve(searcher: Searcher, queries: Mapping[str, str], batch_size: int = 2
             raise ValueError(f"searcher returned {len(results)} result lists for {len(batch)} queries")
         for query_id, ranked in zip(ids[start : start + batch_size], results):
             run[query_id] = {str(d): float(s) for d, s in ranked.items()}
+        if on_batch:
+            on_batch(len(batch))
     return run
 
 
@@ -78,7 +99,8 @@ def evaluate_runs(dataset: Dataset, runs: Mapping[str, Run], k: int = 100,
 
 
 def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int = 100,
-                     settings: Mapping[str, Any] | None = None, batch_size: int = 256) -> EvalResult:
+                     settings: Mapping[str, Any] | None = None, batch_size: int = 256, progress: bool = False
+                     ) -> EvalResult:
     """Run every searcher over the dataset's queries and score the runs.
 
     Args:
@@ -86,22 +108,24 @@ def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int
         searchers: `{system name: searcher}`, each asked for at least `k` documents per query.
         k: retrieval depth (recorded in the result; Recall@100 needs k >= 100).
         settings: free-form details stored in the result (model, index, BM25 parameters...).
+        progress: a progress bar per searcher on stderr.
     """
     runs, seconds = {}, {}
     for name, searcher in searchers.items():
-        start = time.perf_counter()
-        runs[name] = retrieve(searcher, dataset.queries, batch_size=batch_size)
-        seconds[name] = time.perf_counter() - start
+        with _progress(progress, f"{name} queries", len(dataset.queries)) as advance:
+            start = time.perf_counter()
+            runs[name] = retrieve(searcher, dataset.queries, batch_size=batch_size, on_batch=advance)
+            seconds[name] = time.perf_counter() - start
     return evaluate_runs(dataset, runs, k, seconds, settings)
 
 
 def fill_index(index: Any, model: Any, doc_ids: Sequence[str], doc_texts: Sequence[str], *,
-               max_length: int | None = None, batch_size: int = 256) -> int:
+               max_length: int | None = None, batch_size: int = 256, progress: bool = False) -> int:
     """Encode and add the documents the index does not hold yet, through `m3embed.index.ingest.ingest`.
 
     `model` must be the index's own model (ingest encodes with `index.model`). Each batch is committed, so an
-    interrupted fill resumes where it stopped. Returns the number of documents encoded (0 when the index
-    already holds the whole corpus).
+    interrupted fill resumes where it stopped; `progress` shows ingest's bar on stderr. Returns the number of
+    documents encoded (0 when the index already holds the whole corpus).
     """
     from m3embed.corpus import Record
     from m3embed.index.ingest import ingest
@@ -110,14 +134,17 @@ def fill_index(index: Any, model: Any, doc_ids: Sequence[str], doc_texts: Sequen
         raise ValueError("fill_index encodes with the index's model: open the index with this model")
     records = (Record(doc_id, text) for doc_id, text in zip(doc_ids, doc_texts, strict=True))
     stats = ingest(index, records, batch_size=batch_size, skip_existing=True, max_length=max_length,
-                   total=len(doc_ids))
+                   progress=progress, total=len(doc_ids))
     return stats.added
 
 
 def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequence[str], k: int = 100, *,
                weights: Sequence[float] | None = None, candidates: int | None = None,
-               max_length: int | None = None, batch_size: int = 256) -> tuple[dict[str, Run], dict[str, float]]:
+               max_length: int | None = None, batch_size: int = 256, progress: bool = False
+               ) -> tuple[dict[str, Run], dict[str, float]]:
     """Search the index with every mode, encoding each batch of queries once for all modes.
+
+    `progress` shows a bar on stderr counting queries encoded and searched.
 
     Returns:
         `{mode: run}` and seconds per step: `encode queries` plus one entry per mode (engine time only).
@@ -128,17 +155,19 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
     ids, texts = list(queries), list(queries.values())
     runs: dict[str, Run] = {mode: {} for mode in modes}
     seconds = {"encode queries": 0.0, **{mode: 0.0 for mode in modes}}
-    for start in range(0, len(ids), batch_size):
-        batch_ids = ids[start : start + batch_size]
-        tick = time.perf_counter()
-        out = model.encode_queries(texts[start : start + batch_size], modes=query_modes, max_length=max_length)
-        seconds["encode queries"] += time.perf_counter() - tick
-        for mode in modes:
+    with _progress(progress, f"queries ({len(modes)} modes)", len(ids)) as advance:
+        for start in range(0, len(ids), batch_size):
+            batch_ids = ids[start : start + batch_size]
             tick = time.perf_counter()
-            hits = index.run(specs[mode], out)
-            seconds[mode] += time.perf_counter() - tick
-            for query_id, found in zip(batch_ids, hits):
-                runs[mode][query_id] = {str(h.id): float(h.score) for h in found}
+            out = model.encode_queries(texts[start : start + batch_size], modes=query_modes, max_length=max_length)
+            seconds["encode queries"] += time.perf_counter() - tick
+            for mode in modes:
+                tick = time.perf_counter()
+                hits = index.run(specs[mode], out)
+                seconds[mode] += time.perf_counter() - tick
+                for query_id, found in zip(batch_ids, hits):
+                    runs[mode][query_id] = {str(h.id): float(h.score) for h in found}
+            advance(len(batch_ids))
     return runs, seconds
 
 
@@ -189,7 +218,8 @@ class M3Settings:
 
 
 def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M3Settings = M3Settings(),
-                     bm25: BM25Config | None = BM25Config(), batch_size: int = 256) -> EvalResult:
+                     bm25: BM25Config | None = BM25Config(), batch_size: int = 256, progress: bool = False
+                     ) -> EvalResult:
     """Evaluate the M3 modes (through an index) and the BM25 baseline on one dataset, in one result.
 
     Args:
@@ -198,6 +228,8 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         k: documents retrieved per query (at least 100 so that Recall@100 is defined).
         m3: modes, hybrid weights, candidates, max lengths and index location for the model.
         bm25: the baseline's settings; None skips it.
+        batch_size: documents and queries per batch.
+        progress: progress bars on stderr (BM25 indexing and queries, index filling, M3 queries).
     """
     if k < 100:
         raise ValueError(f"k={k} is below 100; Recall@100 needs at least 100 retrieved documents per query")
@@ -208,11 +240,12 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
     settings: dict[str, Any] = {}
     if bm25 is not None:
         tick = time.perf_counter()
-        search = bm25_searcher(dataset.doc_ids, dataset.doc_texts, k=k, config=bm25)
+        search = bm25_searcher(dataset.doc_ids, dataset.doc_texts, k=k, config=bm25, progress=progress)
         settings["bm25 index s"] = round(time.perf_counter() - tick, 3)
-        tick = time.perf_counter()
-        runs[BM25_NAME] = retrieve(search, dataset.queries, batch_size=batch_size)
-        seconds[BM25_NAME] = time.perf_counter() - tick
+        with _progress(progress, f"{BM25_NAME} queries", len(dataset.queries)) as advance:
+            tick = time.perf_counter()  # the bar starts and stops outside the timed search
+            runs[BM25_NAME] = retrieve(search, dataset.queries, batch_size=batch_size, on_batch=advance)
+            seconds[BM25_NAME] = time.perf_counter() - tick
         settings["bm25"] = bm25.describe()
     if model is not None:
         q_len, p_len = (resolve_max_length(n, model.max_length, EVAL_MAX_LENGTH)
@@ -220,7 +253,7 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         with eval_index(model, m3.modes, m3.index_dir) as index:
             tick = time.perf_counter()
             added = fill_index(index, model, dataset.doc_ids, dataset.doc_texts, max_length=p_len,
-                               batch_size=batch_size)
+                               batch_size=batch_size, progress=progress)
             index.optimize()
             settings["index build s"] = round(time.perf_counter() - tick, 3)
             extra = index.count() - len(dataset.doc_ids)
@@ -230,7 +263,7 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
             defaults = index.prepare(k=k, weights=m3.weights, candidates=m3.candidates)
             mode_runs, mode_seconds = index_runs(
                 index, model, dataset.queries, m3.modes, k, weights=m3.weights, candidates=m3.candidates,
-                max_length=q_len, batch_size=batch_size)
+                max_length=q_len, batch_size=batch_size, progress=progress)
             settings.update({
                 "model": f"{getattr(model, 'name', '') or 'M3Model'} (fingerprint {model.fingerprint})",
                 "index": (f"{m3.index_dir} ({index.manifest.engine}, {added} documents added)" if m3.index_dir
