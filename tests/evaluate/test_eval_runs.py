@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 
 import numpy as np
 import pytest
 
+from m3embed._optional import MissingExtra
 from m3embed.evaluate import (
     METRICS,
     Dataset,
@@ -154,3 +156,15 @@ def test_progress_goes_to_stderr_only_when_asked(xlmr_ckpt, tiny_set, capsys):
     err = capsys.readouterr().err
     assert "bm25 queries" in err and "indexing" in err and "queries (2 modes)" in err
     assert shown.scores == quiet.scores
+
+
+def test_missing_extra_fails_before_any_work(tiny_set, monkeypatch):
+    import m3embed.evaluate.runs as runs
+
+    monkeypatch.setattr(runs, "bm25_searcher", lambda *a, **k: pytest.fail("BM25 indexed before the check"))
+    monkeypatch.setattr(runs, "eval_index", lambda *a, **k: pytest.fail("index opened before the check"))
+    for module in ("pytrec_eval", "bm25s"):
+        with monkeypatch.context() as mp:
+            mp.setitem(sys.modules, module, None)
+            with pytest.raises(MissingExtra, match=rf"{module}.*pip install 'm3embed\[eval\]'"):
+                evaluate_dataset(tiny_set, object())

@@ -10,6 +10,7 @@ metrics (nDCG@10, Recall@100, MRR@10) and report files.
 
 from __future__ import annotations
 
+from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher, bm25_tokens
 from m3embed.evaluate.data import Dataset, Qrels, Run, Searcher, load_corpus, load_dataset, load_qrels, load_queries
 from m3embed.evaluate.metrics import METRICS, MRR_DEPTH, evaluate_run, mean_metrics, per_query_metrics, truncate_run
@@ -28,9 +29,18 @@ from m3embed.evaluate.runs import (
 )
 
 __all__ = [
-    "BM25_NAME", "EVAL_MAX_LENGTH", "METRICS", "MRR_DEPTH", "BM25Config", "Dataset", "EvalResult", "M3Settings",
-    "Qrels", "Run", "Searcher", "bm25_searcher", "bm25_tokens", "eval_index", "evaluate_dataset", "evaluate_run",
-    "evaluate_runs", "evaluate_systems", "fill_index", "index_runs", "load_corpus", "load_dataset", "load_qrels",
-    "load_queries", "markdown_table", "mean_metrics", "per_query_metrics", "plot_bars", "retrieve",
-    "truncate_run", "write_report",
+    "BM25_NAME", "EVAL_MAX_LENGTH", "EXTRA_MODULES", "METRICS", "MRR_DEPTH", "BM25Config", "Dataset", "EvalResult",
+    "M3Settings", "Qrels", "Run", "Searcher", "bm25_searcher", "bm25_tokens", "eval_index",
+    "evaluate_dataset", "evaluate_run", "evaluate_runs", "evaluate_systems", "fill_index", "index_runs",
+    "load_corpus", "load_dataset", "load_qrels", "load_queries", "markdown_table", "mean_metrics",
+    "per_query_metrics", "plot_bars", "require_extras", "retrieve", "truncate_run", "write_report",
 ]
+
+EXTRA_MODULES = ("pytrec_eval", "bm25s", "matplotlib")
+"""What the `[eval]` extra installs: metrics, the BM25 baseline, the chart."""
+
+
+def require_extras() -> None:
+    """Raise MissingExtra with the one-line install hint now if a module of the `[eval]` extra is missing."""
+    for module in EXTRA_MODULES:
+        require(module, "eval")

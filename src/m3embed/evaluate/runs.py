@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher
 from m3embed.evaluate.data import Dataset, Run, Searcher
 from m3embed.evaluate.metrics import mean_metrics, per_query_metrics
@@ -235,6 +236,9 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         raise ValueError(f"k={k} is below 100; Recall@100 needs at least 100 retrieved documents per query")
     if model is None and bm25 is None:
         raise ValueError("nothing to evaluate: give a model, or keep the BM25 baseline")
+    require("pytrec_eval", "eval")  # fail now, not after the index is built
+    if bm25 is not None:
+        require("bm25s", "eval")
     runs: dict[str, Run] = {}
     seconds: dict[str, float] = {}
     settings: dict[str, Any] = {}
