@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from m3embed import cli
 from m3embed.cli import app
 
 
@@ -21,3 +25,28 @@ def test_cli_eval_writes_the_three_reports(data_dir, tmp_path):
     res = runner.invoke(app, ["eval", "--dataset", str(data_dir / "classic/adi"), "--modes", "dense"])
     assert res.exit_code != 0 and "--modes and --index need a --model" in str(res.exception)
 
+
+def test_cli_eval_progress_on_stderr_unless_no_progress(tiny_set, tmp_path):
+    runner = CliRunner()
+    args = ["eval", "--dataset", str(tmp_path / "set"), "--out", str(tmp_path / "r")]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "bm25 queries" in shown.stderr and "bm25" in shown.stdout
+    quiet = runner.invoke(app, [*args, "--no-progress"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "bm25 queries" not in quiet.stderr and "wrote" in quiet.stderr
+    assert quiet.stdout == shown.stdout
+
+
+@pytest.mark.parametrize("module", ["pytrec_eval", "bm25s", "matplotlib"])
+def test_cli_eval_without_the_extra_fails_first_with_the_hint(module: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """The [eval] check comes before anything else: neither the missing dataset nor the model is reached."""
+    monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setattr(sys, "argv", ["m3embed", "eval", "--dataset", str(tmp_path / "absent"), "-m", "absent"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and module in err and "pip install 'm3embed[eval]'" in err

@@ -14,7 +14,7 @@ from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher, bm25_tokens
 from m3embed.evaluate.data import Dataset, Qrels, Run, Searcher, load_corpus, load_dataset, load_qrels, load_queries
 from m3embed.evaluate.metrics import METRICS, MRR_DEPTH, evaluate_run, mean_metrics, per_query_metrics, truncate_run
-from m3embed.evaluate.report import markdown_table, plot_bars, write_report
+from m3embed.evaluate.report import console_table, markdown_table, plot_bars, write_report
 from m3embed.evaluate.runs import (
     EVAL_MAX_LENGTH,
     EvalResult,
@@ -30,7 +30,7 @@ from m3embed.evaluate.runs import (
 
 __all__ = [
     "BM25_NAME", "EVAL_MAX_LENGTH", "EXTRA_MODULES", "METRICS", "MRR_DEPTH", "BM25Config", "Dataset", "EvalResult",
-    "M3Settings", "Qrels", "Run", "Searcher", "bm25_searcher", "bm25_tokens", "eval_index",
+    "M3Settings", "Qrels", "Run", "Searcher", "bm25_searcher", "bm25_tokens", "console_table", "eval_index",
     "evaluate_dataset", "evaluate_run", "evaluate_runs", "evaluate_systems", "fill_index", "index_runs",
     "load_corpus", "load_dataset", "load_qrels", "load_queries", "markdown_table", "mean_metrics",
     "per_query_metrics", "plot_bars", "require_extras", "retrieve", "truncate_run", "write_report",

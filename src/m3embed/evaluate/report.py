@@ -1,14 +1,18 @@
-"""Report files of an `EvalResult`: `eval.json` (everything), `eval.md` (a table) and `eval.png` (a bar chart)."""
+"""Reports of an `EvalResult`: `eval.json` (everything), `eval.md` (a table), `eval.png` (a chart), a terminal table."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME
 from m3embed.evaluate.metrics import METRICS
 from m3embed.evaluate.runs import EvalResult
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def markdown_table(result: EvalResult) -> str:
@@ -26,6 +30,19 @@ def markdown_table(result: EvalResult) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {result.seconds.get(name, 0.0):.2f} |")
     notes = [f"- {key}: {value}" for key, value in result.settings.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def console_table(result: EvalResult) -> Table:
+    """The scores as a rich Table for the terminal."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.dataset} ({result.qrels_file}): {result.n_queries} queries, "
+                        f"{result.n_docs} docs")
+    for col in ("system", *METRICS):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for name, row in result.scores.items():
+        table.add_row(name, *(f"{row[m]:.4f}" for m in METRICS))
+    return table
 
 
 def plot_bars(result: EvalResult, path: str | Path) -> Path:
