@@ -161,7 +161,7 @@ class _Service:
     async def encode(self, texts: list[str], modes: tuple[str, ...], route: str, *, truncate: bool = True,
                      param: str = "input") -> tuple[M3Output, s.Usage]:
         counts = await self.count(texts, truncate=truncate, param=param)
-        out = await self.batcher.encode(texts, modes, tokens=sum(counts))
+        out = await self.batcher.encode(texts, modes, tokens=counts)
         return out, self.usage(int(out.n_tokens.sum()), route)
 
     def usage(self, tokens: int, route: str) -> s.Usage:
