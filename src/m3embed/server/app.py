@@ -1,12 +1,14 @@
 """The FastAPI app: OpenAI-compatible embeddings, every M3 output, M3 scores and the index, over HTTP.
 
 Every model call goes through one `Batcher` worker thread, so concurrent requests share forward passes and the
-model is never used by two threads at once. Index writes run on the same worker, in arrival order, so shutdown
-(which drains the worker) never leaves one half done.
+model is never used by two threads at once. Large requests are split into chunks that take turns with other
+requests, and a request whose client disconnects is cancelled (its remaining chunks are dropped). Index writes
+run on the same worker, in arrival order, so shutdown (which drains the worker) never leaves one half done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import secrets
@@ -19,6 +21,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.server import schemas as s
 from m3embed.server.batching import Batcher
@@ -186,6 +189,63 @@ def _json(model: Any) -> Response:
     return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
+class CancelOnDisconnect:
+    """Cancels a request's handler when its client disconnects, so the model work it queued is dropped.
+
+    uvicorn lets a handler run on after its client has gone. Once the app has read the request body, this
+    listens for `http.disconnect` and cancels the handler; the cancellation reaches the Batcher, which drops the
+    request's chunks not yet encoded. The metrics record such a request with status 499 (client closed request);
+    nothing is sent to the client, which is gone.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_read, gone = asyncio.Event(), asyncio.Event()
+        started = finished = False
+
+        async def receive_body() -> Message:
+            if body_read.is_set():  # asked again after the body: only a disconnect can come, and `watch` reads it
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_response(message: Message) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        async def watch(handler: anyio.CancelScope) -> None:
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            if not finished:  # (after the response, uvicorn's receive also says "disconnect")
+                handler.cancel()
+
+        with anyio.CancelScope() as handler:
+            watcher = asyncio.ensure_future(watch(handler))
+            try:
+                await self.app(scope, receive_body, send_response)
+            finally:
+                watcher.cancel()
+        if handler.cancelled_caught and not started:  # for the metrics middleware; uvicorn drops it
+            await send({"type": "http.response.start", "status": 499, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+
 def create_app(model: M3Model, index: Any = None, settings: ServerSettings | None = None) -> FastAPI:
     """Build the app around a loaded model and, optionally, an open index.
 
@@ -212,6 +272,7 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
                               "scores and a searchable index. Errors: `{\"error\": {message, type, code, param}}`.",
                   responses={code: {"model": s.ErrorResponse} for code in (400, 401, 404, 413, 422, 503)})
     install_handlers(app)
+    app.add_middleware(CancelOnDisconnect)  # innermost: listens only once BodyLimitMiddleware has read the body
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.service = svc
