@@ -4,6 +4,10 @@ Every model call goes through one `Batcher` worker thread, so concurrent request
 model is never used by two threads at once. Large requests are split into chunks that take turns with other
 requests, and a request whose client disconnects is cancelled (its remaining chunks are dropped). Index writes
 run on the same worker, in arrival order, so shutdown (which drains the worker) never leaves one half done.
+
+Shutdown is bounded by `ServerSettings.graceful_timeout`: run the app with `Server`, and from SIGTERM on new
+requests get a 503 (code "shutting_down") while the requests in flight go on; when the timeout is up, the worker
+fails what is left of them with the same 503.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.server import schemas as s
-from m3embed.server.batching import Batcher
+from m3embed.server.batching import Batcher, BatcherClosedError
 from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
 from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
 from m3embed.types import MODES, M3Output
@@ -48,6 +53,7 @@ class ServerSettings:
     max_wait_ms: float = 0.0  # extra wait for more requests; 0: merge what queued while the model was busy
     max_queue: int = 4096  # requests waiting for the model beyond which the server answers 503
     batch_tokens: int | None = None  # padded tokens per forward pass inside encode; None: encode's default
+    graceful_timeout: float = 30.0  # on shutdown: seconds queued and in-flight requests get before a 503
 
 
 _INLINE_CHARS = 20_000  # requests up to this size are tokenised on the event loop, larger ones on a thread
@@ -101,6 +107,11 @@ class _Service:
                                  batch_tokens=self.settings.batch_tokens, progress=False)
 
     # ---- request checks ----
+
+    def check_open(self) -> None:
+        """New requests get a 503 once shutdown has begun (those already in flight go on until the deadline)."""
+        if self.batcher.shutting_down or self.batcher.closed:
+            raise BatcherClosedError("the server is shutting down; retry on another replica or later")
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.name:
@@ -246,6 +257,29 @@ class CancelOnDisconnect:
             await send({"type": "http.response.body", "body": b""})
 
 
+_REPLY_MARGIN_S = 2.0  # after the graceful timeout, time for the 503s of the requests cut off to be sent
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server for an app from `create_app`, with shutdown bounded by `settings.graceful_timeout`.
+
+    When shutdown begins (SIGTERM, Ctrl-C) new requests get a 503, and the requests in flight have
+    `graceful_timeout` seconds; then the model worker fails what is left of them with a 503. uvicorn waits
+    `_REPLY_MARGIN_S` longer for these answers to go out before it cancels handlers still running. The model
+    call in progress at the deadline (one chunk of at most `max_batch_tokens`, or one index write) still
+    finishes before the process exits.
+    """
+
+    def __init__(self, app: FastAPI, **config: Any) -> None:
+        self.service: _Service = app.state.service
+        timeout = self.service.settings.graceful_timeout + _REPLY_MARGIN_S
+        super().__init__(uvicorn.Config(app, timeout_graceful_shutdown=timeout, **config))
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.service.batcher.begin_shutdown(self.service.settings.graceful_timeout)
+        await super().shutdown(sockets)
+
+
 def create_app(model: M3Model, index: Any = None, settings: ServerSettings | None = None) -> FastAPI:
     """Build the app around a loaded model and, optionally, an open index.
 
@@ -262,8 +296,8 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
         svc.batcher.start()
         try:
             yield
-        finally:  # uvicorn has let in-flight requests finish; now finish queued work and stop the worker
-            await anyio.to_thread.run_sync(svc.batcher.close)
+        finally:  # uvicorn has let in-flight requests finish (or fail at the deadline); stop the worker
+            await anyio.to_thread.run_sync(svc.batcher.close, settings.graceful_timeout)
             if index is not None:  # every accepted write has run; make them durable
                 await anyio.to_thread.run_sync(index.flush)
 
@@ -277,7 +311,7 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.service = svc
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings.api_key))])
+    api = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings.api_key)), Depends(svc.check_open)])
     _encode_routes(api, svc)
     _index_routes(api, svc)
     app.include_router(api)
@@ -285,11 +319,12 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
     @app.get("/health", response_model=s.Health, tags=["ops"])
     async def health() -> Response:
         """200 while serving; 503 once shutdown has begun."""
-        body = s.Health(status="stopping" if svc.batcher.closed else "ok", model=svc.name,
+        stopping = svc.batcher.shutting_down or svc.batcher.closed
+        body = s.Health(status="stopping" if stopping else "ok", model=svc.name,
                         fingerprint=model.fingerprint, modes=list(svc.modes), index=index is not None,
                         queued=svc.batcher.queued)
         response = _json(body)
-        response.status_code = 503 if svc.batcher.closed else 200
+        response.status_code = 503 if stopping else 200
         return response
 
     @app.get("/metrics", tags=["ops"], response_class=Response,
@@ -464,4 +499,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["ServerSettings", "create_app", "error_body"]
+__all__ = ["Server", "ServerSettings", "create_app", "error_body"]
