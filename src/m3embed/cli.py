@@ -565,10 +565,16 @@ def serve(
     device: str | None = DeviceOpt,
 ) -> None:
     """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
+    import os
     import signal
 
     from m3embed.server import ServerSettings, create_app
     from m3embed.server.app import Server
+
+    # tokenizers' own thread pool takes every core while it tokenizes: counting a 2,048-text request's tokens held
+    # up the event loop and the model worker for over a second on 2 cores (every other client waited); tokenize on
+    # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     settings = ServerSettings(
         model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
