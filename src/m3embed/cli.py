@@ -552,8 +552,9 @@ def serve(
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
-    max_batch_tokens: int = typer.Option(16_384, help="tokens per model call; larger requests are split into "
-                                                        "chunks of this size that take turns with other requests"),
+    max_batch_tokens: int = typer.Option(16_384, help="padded tokens (texts x longest) per model call; larger "
+                                                        "requests are split into chunks of this size that take "
+                                                        "turns with other requests, smaller ones merged"),
     max_wait_ms: float = typer.Option(0.0, help="extra wait to fill a batch (0: merge what queued meanwhile)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass inside a model call"),
     max_queue: int = typer.Option(4096, help="queued requests beyond which the server answers 503"),

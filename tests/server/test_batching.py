@@ -161,9 +161,10 @@ def test_split_request_equals_one_unsplit_encode(m3_model, texts):
 def test_split_chunks_respect_the_budget():
     from m3embed.server.batching import split_chunks
 
-    assert split_chunks([3, 3, 3, 3], 6) == [(0, 2, 6), (2, 4, 6)]
-    assert split_chunks([5, 20, 1, 1], 6) == [(0, 1, 5), (1, 2, 20), (2, 4, 2)]  # a long text is its own chunk
-    assert split_chunks([4], 6) == [(0, 1, 4)]
+    assert split_chunks([3, 3, 3, 3], 6) == [(0, 2, 6, 3), (2, 4, 6, 3)]
+    assert split_chunks([5, 20, 1, 1], 6) == [(0, 1, 5, 5), (1, 2, 20, 20), (2, 4, 2, 1)]  # a long text alone
+    assert split_chunks([4], 6) == [(0, 1, 4, 4)]
+    assert split_chunks([1, 1, 4, 1], 8) == [(0, 2, 2, 1), (2, 4, 5, 4)]  # sizes are padded: 3 texts x 4 > 8
 
 
 class _Recorder:
@@ -214,6 +215,17 @@ def test_small_requests_ride_along_with_a_chunk_that_leaves_room():
     [f.result(timeout=30) for f in (big, *smalls)]
     b.close()
     assert model.calls == [_ids(0, 4), ["t50", "t51", "t52"], _ids(4, 2)]  # the third small one fits nowhere else
+
+
+def test_short_requests_are_not_padded_to_a_long_chunk():
+    model = _Recorder()
+    b = Batcher(model, max_batch_tokens=100)
+    big = b.submit_encode(_ids(0, 4), ("dense",), tokens=[40] * 4)  # chunks of 2 texts: 80 padded tokens
+    smalls = [b.submit_encode([f"t{k}"], ("dense",), tokens=[5]) for k in (50, 51)]
+    b.start()
+    [f.result(timeout=30) for f in (big, *smalls)]
+    b.close()
+    assert model.calls == [_ids(0, 2), ["t50", "t51"], _ids(2, 2)]  # 3 texts padded to 40 would be 120 > 100
 
 
 def test_cancelling_a_split_request_drops_its_remaining_chunks():

@@ -49,7 +49,7 @@ class ServerSettings:
     max_body_bytes: int = 32 * 2**20
     max_length: int | None = None  # tokens per text (truncation length); None: the model's own limit
     batching: bool = True  # False: one request per model call (the baseline)
-    max_batch_tokens: int = 16_384  # merge queued requests up to this many tokens per model call
+    max_batch_tokens: int = 16_384  # padded tokens per model call: larger requests split, queued ones merged
     max_wait_ms: float = 0.0  # extra wait for more requests; 0: merge what queued while the model was busy
     max_queue: int = 4096  # requests waiting for the model beyond which the server answers 503
     batch_tokens: int | None = None  # padded tokens per forward pass inside encode; None: encode's default

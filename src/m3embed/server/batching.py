@@ -1,6 +1,8 @@
 """Dynamic batching: one worker thread owns the model; requests are split into chunks and served in turn.
 
-An encode request is split, at submit time, into chunks of consecutive texts of at most `max_batch_tokens`
+Sizes are padded tokens, texts × the longest text's tokens, as a forward pass pads every text to the longest
+one (so a chunk of 400-token texts does not take in short queries that would be padded to 400 tokens). An
+encode request is split, at submit time, into chunks of consecutive texts of at most `max_batch_tokens` padded
 tokens (a longer text is a chunk of its own). Requests wait in one queue. For each model call the worker walks
 the queue from the front and takes the next chunk of each request that still fits in `max_batch_tokens`
 (stopping at a call job), runs ONE encode over them with the union of the requested modes, and sends the
@@ -62,7 +64,12 @@ class BatchRecord:
 class _Chunk(NamedTuple):
     start: int  # texts[start:end] of its request
     end: int
-    tokens: int
+    tokens: int  # of all its texts
+    longest: int  # tokens of its longest text
+
+
+def _padded(texts: int, longest: int) -> int:
+    return texts * longest
 
 
 @dataclass(eq=False)
@@ -86,14 +93,14 @@ class _CallJob(_Job):
 
 
 def split_chunks(counts: Sequence[int], budget: int) -> list[_Chunk]:
-    """Consecutive runs of texts whose token counts sum to at most `budget` (a longer text forms its own run)."""
-    chunks, start, total = [], 0, 0
+    """Consecutive runs of texts of at most `budget` padded tokens (a longer text forms its own run)."""
+    chunks, start, total, longest = [], 0, 0, 0
     for i, n in enumerate(counts):
-        if i > start and total + n > budget:
-            chunks.append(_Chunk(start, i, total))
-            start, total = i, 0
-        total += n
-    chunks.append(_Chunk(start, len(counts), total))
+        if i > start and _padded(i - start + 1, max(longest, n)) > budget:
+            chunks.append(_Chunk(start, i, total, longest))
+            start, total, longest = i, 0, 0
+        total, longest = total + n, max(longest, n)
+    chunks.append(_Chunk(start, len(counts), total, longest))
     return chunks
 
 
@@ -102,8 +109,8 @@ class Batcher:
 
     Args:
         encode: runs one model encode of texts with the given modes (called on the worker thread only).
-        max_batch_tokens: tokens per model call: requests are split into chunks of at most this many tokens,
-            and chunks of queued requests are merged while their tokens fit.
+        max_batch_tokens: padded tokens (texts × longest text) per model call: requests are split into chunks
+            of at most this size, and chunks of queued requests are merged while they fit.
         max_wait_s: how long the worker waits for more jobs once it has one (0: take only what is queued).
         enabled: False runs one chunk of one request per call (no merging), the baseline batching is measured
             against.
@@ -292,20 +299,21 @@ class Batcher:
             return job
         if self.enabled and self.max_wait_s > 0:
             deadline = time.monotonic() + self.max_wait_s
-            while (not self._closed and self._queued_tokens() < self.max_batch_tokens
+            while (not self._closed and self._queued_size() < self.max_batch_tokens
                    and (wait := deadline - time.monotonic()) > 0):
                 self._wakeup.wait(wait)
         batch: list[tuple[_EncodeJob, _Chunk]] = []
-        tokens = 0
+        texts = longest = 0
         for job in self._queue:
             if isinstance(job, _CallJob):  # calls keep their turn: what is queued behind one waits for it
                 break
-            n = job.chunks[0].tokens
-            if batch and tokens + n > self.max_batch_tokens:
+            chunk = job.chunks[0]
+            size = _padded(texts + chunk.end - chunk.start, max(longest, chunk.longest))
+            if batch and size > self.max_batch_tokens:
                 continue  # does not fit this call; it keeps its place for the next one
             batch.append((job, job.chunks.popleft()))
-            tokens += n
-            if not self.enabled or tokens >= self.max_batch_tokens:
+            texts, longest = texts + chunk.end - chunk.start, max(longest, chunk.longest)
+            if not self.enabled or size >= self.max_batch_tokens:
                 break
         # round-robin: a request that gave a chunk goes to the back of the queue, or leaves it if none are left
         taken = {id(job) for job, _ in batch}
@@ -314,14 +322,14 @@ class Batcher:
         self._running = [job for job, _ in batch]
         return batch
 
-    def _queued_tokens(self) -> int:
-        """Tokens of the next chunk of each queued request up to the first call (a call counts as a full batch)."""
-        total = 0
+    def _queued_size(self) -> int:
+        """Padded size of the next chunks of the queued requests up to the first call (a call: a full batch)."""
+        texts = longest = 0
         for job in self._queue:
             if isinstance(job, _CallJob):
-                return max(total, self.max_batch_tokens)
-            total += job.chunks[0].tokens
-        return total
+                return self.max_batch_tokens
+            texts, longest = texts + job.chunks[0].end - job.chunks[0].start, max(longest, job.chunks[0].longest)
+        return _padded(texts, longest)
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():
