@@ -161,14 +161,14 @@ def test_unfinished_requests_get_503_at_the_graceful_timeout(live_server, texts)
 
 def test_serve_command_sigterm_bounded_by_graceful_timeout(bert_ckpt, tmp_path):
     """`m3embed serve --graceful-timeout 2`, SIGTERM with a 1,024-text request being encoded: the client gets a 503
-    (not a 500) and the process exits about 2 s later, not after the whole request."""
+    (not a 500) after about 2 s and the process exits soon after, not once the whole request is done."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     graceful = 2.0
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", "from m3embed.cli import main; main()", "serve", "--model", str(bert_ckpt),
            "--port", str(port), "--served-model-name", MODEL_NAME, "--log-level", "warning", "--device", "cpu",
-           "--graceful-timeout", str(graceful), "--max-batch-tokens", "2048"]
+           "--graceful-timeout", str(graceful), "--max-batch-tokens", "512"]  # a chunk: one text
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = sample_texts(1024 * 15, seed=4)
     texts = [" ".join(base[i * 15:(i + 1) * 15]) for i in range(1024)]  # 400-512 tokens each: minutes of work
@@ -200,4 +200,6 @@ def test_serve_command_sigterm_bounded_by_graceful_timeout(bert_ckpt, tmp_path):
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "shutting_down"
     assert answered < graceful + 2, answered
-    assert exited < graceful + 5, f"exited {exited:.1f} s after SIGTERM:\n{proc.stdout.read()}"
+    # the margin: the chunk in progress at the deadline and the interpreter's exit, on a loaded machine (before the
+    # fix: minutes, the whole request)
+    assert exited < graceful + 8, f"exited {exited:.1f} s after SIGTERM:\n{proc.stdout.read()}"
