@@ -301,7 +301,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
     p.add_argument("--rounds", type=int, default=2, help="repeats of the whole sweep; the best round is shown")
     p.add_argument("--max-wait-ms", type=float, default=0.0)
-    p.add_argument("--max-batch-tokens", type=int, default=1024, help="the server's --max-batch-tokens (its CPU default)")
+    p.add_argument("--max-batch-tokens", type=int, default=1024, help="server --max-batch-tokens")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch threads in the server (default: torch's choice)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (serve --batch-tokens)")
