@@ -336,33 +336,27 @@ def eval_command(
     batch_size: int = typer.Option(256, help="texts encoded per call"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
+    progress: bool = typer.Option(True, help="progress bars on stderr (indexing, queries, BM25)"),
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
-    from m3embed.evaluate import BM25Config, M3Settings, evaluate_dataset, load_dataset, write_report
+    from m3embed import evaluate as ev
     from m3embed.modes import check_search_modes, index_representations, parse_weights, servable
 
+    ev.require_extras()  # a missing [eval] extra fails here, before any loading or encoding
     w = parse_weights(weights)
     chosen = check_search_modes(modes) if modes else None
-    data = load_dataset(dataset, qrels=qrels)
-    if max_queries is not None:
-        data = data.head(max_queries)
-    m = None
-    if model is not None:
-        m = _load(model, index_representations(chosen) if chosen else ("dense",), dtype, device)
-        chosen = chosen or servable(m.available_modes())
-    elif chosen or index is not None:
+    if model is None and (chosen or index is not None):
         raise ValueError("--modes and --index need a --model")
-    settings = M3Settings(modes=chosen or (), weights=w, candidates=candidates, query_max_length=query_max_length,
-                          passage_max_length=passage_max_length, index_dir=index)
-    result = evaluate_dataset(data, m, k=k, m3=settings, bm25=BM25Config(k1, b, stopwords) if bm25 else None,
-                              batch_size=batch_size)
-    paths = write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
-    table = Table(title=f"{data.name} ({data.qrels_file}): {result.n_queries} queries, {result.n_docs} docs")
-    for col in ("system", *next(iter(result.scores.values()))):
-        table.add_column(col, justify="left" if col == "system" else "right")
-    for name, row in result.scores.items():
-        table.add_row(name, *(f"{v:.4f}" for v in row.values()))
-    out.print(table)
+    data = ev.load_dataset(dataset, qrels=qrels)
+    data = data.head(max_queries) if max_queries is not None else data
+    m = None if model is None else _load(model, index_representations(chosen or ("dense",)), dtype, device)
+    settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
+                             candidates=candidates, query_max_length=query_max_length,
+                             passage_max_length=passage_max_length, index_dir=index)
+    result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
+                                 batch_size=batch_size, progress=progress)
+    paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
+    out.print(ev.console_table(result))
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
 
 # ---- train / mine (training) ----
@@ -501,27 +495,38 @@ def serve(
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
-    max_batch_tokens: int = typer.Option(16_384, help="tokens per merged model call"),
+    max_batch_tokens: int | None = typer.Option(
+        None, help="padded tokens (texts x longest) per model call; larger requests are split into chunks of this "
+        "size that take turns with other requests, smaller ones merged (default: 1024 on CPU, 16384 on GPU)"),
     max_wait_ms: float = typer.Option(0.0, help="extra wait to fill a batch (0: merge what queued meanwhile)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass inside a model call"),
     max_queue: int = typer.Option(4096, help="queued requests beyond which the server answers 503"),
-    graceful_timeout: float = typer.Option(30.0, help="seconds in-flight requests get to finish on shutdown"),
+    graceful_timeout: float = typer.Option(30.0, help="seconds queued and in-flight requests get on shutdown "
+                                                      "(SIGTERM); what is left then gets a 503"),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
     """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
+    import os
     import signal
 
     from m3embed.server import ServerSettings, create_app
+    from m3embed.server.app import Server
 
-    uvicorn = require("uvicorn", "serve")
+    # tokenizers' own thread pool takes every core while it tokenizes: counting a 2,048-text request's tokens held
+    # up the event loop and the model worker for over a second on 2 cores (every other client waited); tokenize on
+    # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    require("uvicorn", "serve")
 
     settings = ServerSettings(
         model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
         max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
-        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens)
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens,
+        graceful_timeout=graceful_timeout)
     if threads is not None:
         import torch
 
@@ -540,7 +545,10 @@ def serve(
         console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
                       f"{'; index ' + str(index) if idx is not None else ''}) on http://{host}:{port}"
                       f"{' with an API key' if settings.api_key else ''}")
-        uvicorn.run(web, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+        server = Server(web, host=host, port=port, log_level=log_level)
+        server.run()
+        if not server.started:  # as uvicorn.run: the socket or the app's startup failed (uvicorn logged why)
+            sys.exit(3)
     except (_StopServing, KeyboardInterrupt):
         console.print("server stopped")
     finally:
