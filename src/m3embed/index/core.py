@@ -12,6 +12,7 @@ import numpy as np
 
 from m3embed import scoring
 from m3embed.index.manifest import (
+    FINGERPRINT_VERSION,
     LOCK_NAME,
     MANIFEST_NAME,
     DirectoryLock,
@@ -121,8 +122,10 @@ class Index:
             collection_options: extra create_collection arguments (shard_number, replication_factor, ...).
         """
         modes = check_modes(modes)
+        fingerprint_version = FINGERPRINT_VERSION
         if model is not None:
             fingerprint, model_name = model.fingerprint, getattr(model, "name", "") or model_name
+            fingerprint_version = getattr(model, "fingerprint_version", FINGERPRINT_VERSION)
             dim = dim or model.hidden_size
             missing = [m for m in modes if m not in model.available_modes()]
             if missing:
@@ -133,7 +136,7 @@ class Index:
         engine = engine or ("qdrant" if is_remote(location) else "edge")
         manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
                             dim=dim, colbert_dim=colbert_dim or dim, colbert_dtype=colbert_dtype,
-                            store_text=store_text)
+                            store_text=store_text, fingerprint_version=fingerprint_version)
         if is_remote(location):
             if engine != "qdrant":
                 raise ValueError(f"{location!r} is a Qdrant location; use engine='qdrant' (edge needs a directory)")
