@@ -145,10 +145,19 @@ def _index_model(index, model: str | None, dtype: str, device: str | None):
     return index.model
 
 
-def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
-            skip_existing: bool, log_commits: bool, max_length: int | None = None) -> None:
+def _check_input(input: Path, text_field: str, id_field: str, title_field: str) -> int:
+    """Read and validate every record of the input before anything is loaded or written; the record count."""
     from m3embed.corpus import read_records
-    from m3embed.index.ingest import count_records, ingest
+    from m3embed.index.ingest import check_records
+
+    return check_records(read_records(input, text_field=text_field, id_field=id_field,
+                                      title_field=title_field or None))
+
+
+def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
+            skip_existing: bool, log_commits: bool, max_length: int | None = None, total: int | None = None) -> None:
+    from m3embed.corpus import read_records
+    from m3embed.index.ingest import ingest
 
     def report(stats) -> None:
         if log_commits:  # one line per durable batch, for scripts that watch progress
@@ -156,11 +165,12 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
             sys.stdout.flush()
 
     records = read_records(input, text_field=text_field, id_field=id_field, title_field=title_field or None)
-    stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=count_records(input),
+    stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=total,
                    progress=not log_commits, on_commit=report, max_length=max_length)
     index.optimize()
+    dups = f"; {stats.duplicates} repeated ids (the last copy kept)" if stats.duplicates else ""
     console.print(f"{index.location}: {stats.added} added, {stats.skipped} already stored; "
-                  f"{index.count()} documents")
+                  f"{index.count()} documents{dups}")
 
 
 BatchSizeOpt = typer.Option(64, help="documents encoded and committed together")
@@ -196,11 +206,12 @@ def index_build(
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
     chosen = check_modes(modes) if modes else None
+    total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
     m = _load(model, chosen or ("dense",), dtype, device)
     with open_index(index, m, create=True, collection=collection, engine=engine,
                     modes=chosen or m.available_modes(), colbert_dtype=colbert_dtype,
                     store_text=store_text) as idx:
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length)
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length, total)
 
 
 @index_app.command("add")
@@ -221,9 +232,10 @@ def index_add(
     """Add documents to an existing index (upsert by id)."""
     from m3embed.index import open_index
 
+    total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
     with open_index(index, collection=collection) as idx:
         _index_model(idx, model, dtype, device)
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits)
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits, total=total)
 
 
 @index_app.command("delete")

@@ -7,16 +7,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m3embed.documents import check_id
+
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
 
 
 @dataclass
 class Record:
-    """One input document: its id, its text and any other fields as metadata."""
+    """One input document: its id, its text, any other fields as metadata, and where it was read.
+
+    `where` ("docs.jsonl:7", "docs.parquet: row 7") names the document in error messages; "" when unknown.
+    """
 
     id: str
     text: str
     metadata: dict = field(default_factory=dict)
+    where: str = ""
 
 
 def read_records(path: str | Path, text_field: str = "text", id_field: str = "id",
@@ -82,11 +88,12 @@ def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str
     title = row.get(title_field) if title_field else None
     if isinstance(title, str) and title.strip():
         text = f"{title} {text}" if text else title
-    raw_id = row.get(id_field, default_id)
-    if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
-        raise ValueError(f"{where}: field {id_field!r} must be a string or an integer, got {type(raw_id).__name__}")
+    try:
+        doc_id = check_id(row.get(id_field, default_id))
+    except ValueError as e:
+        raise ValueError(f"{where}: field {id_field!r}: {e}") from None
     meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
-    return Record(str(raw_id), text, meta)
+    return Record(doc_id, text, meta, where)
 
 
 def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:

@@ -11,6 +11,7 @@ from typing import Any, Self
 import numpy as np
 
 from m3embed import scoring
+from m3embed.documents import check_id, check_metadata
 from m3embed.index.manifest import (
     FINGERPRINT_VERSION,
     LOCK_NAME,
@@ -228,6 +229,11 @@ class Index:
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
         model = self.require_model("add texts")
+        for i, doc_id in enumerate(ids):  # refuse bad documents before spending time encoding them
+            try:
+                check_metadata(None if metadata is None else metadata[i], check_id(doc_id))
+            except ValueError as e:
+                raise ValueError(f"document at position {i}: {e}") from None
         for start in range(0, len(texts), batch_size):
             chunk = slice(start, start + batch_size)
             out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes, max_length=max_length)
@@ -237,7 +243,11 @@ class Index:
 
     def add_outputs(self, ids: Sequence[str | int], outputs: M3Output, texts: Sequence[str] | None = None,
                     metadata: Sequence[Mapping[str, Any]] | None = None) -> int:
-        """Upsert precomputed model outputs by id (they must hold every mode the index stores)."""
+        """Upsert precomputed model outputs by id (they must hold every mode the index stores).
+
+        Ids and metadata are checked first (`m3embed.documents`): one invalid document refuses the whole batch
+        with a ValueError naming it, before anything is written. A repeated id keeps its last document.
+        """
         batch = self._batch(ids, outputs, texts, metadata)
         with self._write:
             self._check_open()
@@ -246,9 +256,10 @@ class Index:
 
     def delete(self, ids: Sequence[str | int]) -> None:
         """Remove documents by id; unknown ids are ignored."""
+        ids = [check_id(i) for i in ids]
         with self._write:
             self._check_open()
-            self.store.delete([str(i) for i in ids])
+            self.store.delete(ids)
 
     def flush(self) -> None:
         """Make every add and delete so far durable."""
@@ -271,7 +282,7 @@ class Index:
 
     def missing(self, ids: Sequence[str | int]) -> list[str]:
         """The ids (as str, in order) that the index does not hold."""
-        ids = [str(i) for i in ids]
+        ids = [check_id(i) for i in ids]
         with self._reading():
             have = self.store.existing(ids)
         return [i for i in ids if i not in have]
@@ -383,15 +394,25 @@ class Index:
             if getattr(out, mode) is None:
                 raise ValueError(f"the outputs lack {mode!r}, which this index stores; encode with "
                                  f"modes={m.modes!r}")
-        payloads = []
+        keys = []
         for i, doc_id in enumerate(ids):
-            if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
-                raise ValueError(f"document id at position {i} must be a non-empty str or int, got {doc_id!r}")
-            meta = {} if metadata is None or metadata[i] is None else metadata[i]
-            if not isinstance(meta, Mapping):
-                raise TypeError(f"metadata of document {doc_id!r} must be a dict, got {type(meta).__name__}")
-            payload: dict[str, Any] = {"id": str(doc_id), "meta": dict(meta)}
+            try:
+                keys.append(check_id(doc_id))
+            except ValueError as e:
+                raise ValueError(f"document at position {i}: {e}") from None
+        last = {key: i for i, key in enumerate(keys)}  # a repeated id keeps its last document
+        if len(last) < n:
+            rows = sorted(last.values())
+            keys, out = [keys[i] for i in rows], out.select(rows)
+            texts = None if texts is None else [texts[i] for i in rows]
+            metadata = None if metadata is None else [metadata[i] for i in rows]
+        payloads = []
+        for i, doc_id in enumerate(keys):
+            meta = check_metadata(None if metadata is None else metadata[i], doc_id)
+            payload: dict[str, Any] = {"id": doc_id, "meta": meta}
             if m.store_text and texts is not None:
+                if not isinstance(texts[i], str):
+                    raise ValueError(f"document {doc_id!r}: text must be a string, got {type(texts[i]).__name__}")
                 payload["text"] = texts[i]
             payloads.append(payload)
         dense = colbert = None
@@ -405,7 +426,7 @@ class Index:
             for c in colbert:
                 _check_dim("colbert", c.shape[1], m.colbert_dim)
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
-        return DocBatch([str(i) for i in ids], payloads, dense, sparse, colbert)
+        return DocBatch(keys, payloads, dense, sparse, colbert)
 
     def require_model(self, action: str) -> Any:
         """The attached model, or a clear error saying which model `action` needs."""

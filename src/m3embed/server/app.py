@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from m3embed.documents import check_id, check_metadata
 from m3embed.modes import MODES, check_weights
 from m3embed.server import schemas as s
 from m3embed.server.batching import Batcher, BatcherClosedError
@@ -438,6 +439,12 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         docs = req.documents
         svc.check_count(len(docs), "documents")
         ids = [str(d.id) for d in docs]
+        metadata = []
+        for i, d in enumerate(docs):  # the index's own check, answered as a 422 before any encoding
+            try:
+                metadata.append(check_metadata(d.metadata, ids[i]))
+            except ValueError as e:
+                raise ApiError(422, str(e), code="invalid_metadata", param=f"documents[{i}].metadata") from None
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ApiError(422, f"document id {dup!r} appears more than once; send each id once per request",
@@ -446,14 +453,18 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         svc.check_chars(texts, "documents")
         modes = tuple(index.manifest.modes)
         out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents")
-        metadata = [d.metadata or {} for d in docs]
         count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
         return _json(s.UpsertResponse(upserted=len(ids), ids=ids, count=count, usage=usage))
 
-    @api.delete("/documents/{doc_id}", response_model=s.DeleteResponse, tags=["index"])
+    @api.delete("/documents/{doc_id:path}", response_model=s.DeleteResponse, tags=["index"])
     async def delete(doc_id: str) -> Response:
-        """Remove one document; 404 if the index does not hold it."""
+        """Remove one document; 404 if the index does not hold it. An id holding "/" is sent percent-encoded
+        or as is: `DELETE /v1/documents/a%2Fb` and `/v1/documents/a/b` both remove "a/b"."""
         index = svc.need_index()
+        try:
+            check_id(doc_id)
+        except ValueError as e:
+            raise ApiError(422, str(e), code="invalid_id", param="doc_id") from None
 
         def remove() -> bool:
             if doc_id not in index:
