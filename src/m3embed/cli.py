@@ -55,11 +55,15 @@ def encode(
 ) -> None:
     """Encode a file of texts into dense / sparse / colbert arrays."""
     from m3embed.corpus import read_records
+    from m3embed.diskspace import FILE_RESERVE, check_free
     from m3embed.modes import check_modes
 
     chosen = check_modes(modes)
     records = list(read_records(input, text_field=text_field, id_field=id_field))
     m = _load(model, chosen, dtype, device)
+    if "dense" in chosen:  # the part known before encoding; M3Output.save checks the whole size
+        check_free(output, len(records) * m.hidden_size * 4, f"the dense outputs of {len(records)} texts",
+                   reserve=FILE_RESERVE)
     result = m.encode([r.text for r in records], modes=chosen, max_length=max_length, batch_tokens=batch_tokens,
                       mcls=mcls, progress=None if len(records) < 1000 else True)
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
@@ -157,6 +161,7 @@ def _check_input(input: Path, text_field: str, id_field: str, title_field: str) 
 def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
             skip_existing: bool, log_commits: bool, max_length: int | None = None, total: int | None = None) -> None:
     from m3embed.corpus import read_records
+    from m3embed.diskspace import DiskFullError
     from m3embed.index.ingest import ingest
 
     def report(stats) -> None:
@@ -167,7 +172,11 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
     records = read_records(input, text_field=text_field, id_field=id_field, title_field=title_field or None)
     stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=total,
                    progress=not log_commits, on_commit=report, max_length=max_length)
-    index.optimize()
+    try:
+        index.optimize()
+    except DiskFullError as e:
+        raise DiskFullError(f"{index.location}: {stats.added} documents added ({index.count()} stored), but {e}",
+                            e.filename) from None
     dups = f"; {stats.duplicates} repeated ids (the last copy kept)" if stats.duplicates else ""
     console.print(f"{index.location}: {stats.added} added, {stats.skipped} already stored; "
                   f"{index.count()} documents{dups}")
@@ -577,8 +586,8 @@ def _stop_serving(signum: int, frame: object) -> None:
     raise _StopServing
 
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError, PermissionError,
-               MissingExtra)  # an optional extra is not installed: the message names it
+USER_ERRORS = (ValueError, TypeError, KeyError, MissingExtra,  # MissingExtra: the message names the extra
+               OSError)  # missing files, permissions, a full disk, an unreachable server: the message names them
 
 
 def main() -> None:
@@ -586,7 +595,19 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else _os_message(e) if isinstance(e, OSError) else e
         # one line, never wrapped; escaped, so "[serve]" in a message is printed, not read as markup
-        console.print(f"[red]error:[/red] {escape(str(msg))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(' '.join(str(msg).split()))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def _os_message(e: OSError) -> str:
+    """An OSError as one line naming its path: ours carry a full message; the system's get the path added."""
+    from m3embed.diskspace import DiskFullError, is_disk_full
+
+    if isinstance(e, DiskFullError) or not e.strerror:
+        return str(e)
+    where = f": {e.filename}" if e.filename else ""
+    if is_disk_full(e):
+        return f"no space left on the device{where}; free some space or choose another location"
+    return f"{e.strerror}{where}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, Self
 import numpy as np
 
 from m3embed import scoring
+from m3embed.diskspace import check_free
 from m3embed.documents import check_id, check_metadata
 from m3embed.index.manifest import (
     FINGERPRINT_VERSION,
@@ -95,6 +97,8 @@ class Index:
         self.location = location
         self.model = model
         self._lock = lock
+        # an index directory (free space is checked before writes); None for a server or ":memory:"
+        self.directory: Path | None = None if lock is None else lock.path.parent
         self._write = threading.RLock()
         self._closed = False
 
@@ -149,6 +153,7 @@ class Index:
             return cls(store, manifest, _describe(location), model)
         directory = Path(location)
         _check_new_directory(directory)
+        check_free(directory, 0, "creating an index")
         directory.mkdir(parents=True, exist_ok=True)
         lock = DirectoryLock(directory)
         lock.acquire()
@@ -246,11 +251,14 @@ class Index:
         """Upsert precomputed model outputs by id (they must hold every mode the index stores).
 
         Ids and metadata are checked first (`m3embed.documents`): one invalid document refuses the whole batch
-        with a ValueError naming it, before anything is written. A repeated id keeps its last document.
+        with a ValueError naming it, before anything is written. A repeated id keeps its last document. On an
+        index directory, free space for the batch is checked too (`m3embed.diskspace.DiskFullError`).
         """
         batch = self._batch(ids, outputs, texts, metadata)
         with self._write:
             self._check_open()
+            if self.directory is not None:
+                check_free(self.directory, _batch_bytes(batch), f"writing {len(batch)} documents")
             self.store.upsert(batch)
         return len(batch)
 
@@ -259,6 +267,8 @@ class Index:
         ids = [check_id(i) for i in ids]
         with self._write:
             self._check_open()
+            if self.directory is not None:
+                check_free(self.directory, 1024 * len(ids), f"deleting {len(ids)} documents")
             self.store.delete(ids)
 
     def flush(self) -> None:
@@ -268,7 +278,12 @@ class Index:
             self.store.flush()
 
     def optimize(self) -> None:
-        """Build the search structures now (HNSW graphs) instead of searching unindexed segments."""
+        """Build the search structures now (HNSW graphs) instead of searching unindexed segments.
+
+        Qdrant Edge writes optimized copies of its segments before it drops the old ones: the index takes up
+        to twice its size meanwhile, so it first checks for that much free space and raises
+        `m3embed.diskspace.DiskFullError` otherwise (nothing is lost then).
+        """
         with self._write:
             self._check_open()
             self.store.optimize()
@@ -463,6 +478,17 @@ def _query_vectors(out: M3Output, colbert_dtype: str) -> Iterator[QueryVectors]:
         yield QueryVectors(dense=None if out.dense is None else np.asarray(out.dense[i], dtype=np.float32),
                            sparse=None if out.sparse is None else out.sparse_vector(i),
                            colbert=None if colbert is None else colbert.astype(np.float32))
+
+
+def _batch_bytes(batch: DocBatch) -> int:
+    """What upserting `batch` may take on disk: the engine logs each point (float32 vectors, payload) in its
+    write-ahead log and stores it again in a segment; measured at ~1.3x the float32 size with float16 ColBERT
+    storage, estimated at 2x."""
+    size = 0 if batch.dense is None else batch.dense.nbytes
+    size += sum(c.nbytes for c in batch.colbert or ())
+    size += sum(8 * len(v) for v in batch.sparse or ())
+    size += sum(len(json.dumps(p, ensure_ascii=False)) + 64 for p in batch.payloads)
+    return 2 * size
 
 
 def _check_dim(mode: str, got: int, want: int) -> None:

@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from m3embed.diskspace import DiskFullError
 from m3embed.documents import check_id, check_metadata
 from m3embed.modes import MODES, check_weights
 from m3embed.server import schemas as s
@@ -453,7 +454,10 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         svc.check_chars(texts, "documents")
         modes = tuple(index.manifest.modes)
         out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents")
-        count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
+        try:
+            count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
+        except DiskFullError as e:
+            raise ApiError(507, str(e), code="disk_full") from None
         return _json(s.UpsertResponse(upserted=len(ids), ids=ids, count=count, usage=usage))
 
     @api.delete("/documents/{doc_id:path}", response_model=s.DeleteResponse, tags=["index"])
@@ -472,7 +476,11 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
             index.delete([doc_id])
             return True
 
-        if not await svc.batcher.call(remove):
+        try:
+            found = await svc.batcher.call(remove)
+        except DiskFullError as e:
+            raise ApiError(507, str(e), code="disk_full") from None
+        if not found:
             raise ApiError(404, f"document {doc_id!r} is not in the index", code="document_not_found",
                            param="doc_id")
         return _json(s.DeleteResponse(id=doc_id))
