@@ -59,6 +59,8 @@ def encode(
     from m3embed.modes import check_modes
 
     chosen = check_modes(modes)
+    if output.exists() and not output.is_dir():  # checked now, not after the encoding
+        raise NotADirectoryError(f"--out {output} is a file; give a directory for the outputs")
     records = list(read_records(input, text_field=text_field, id_field=id_field))
     m = _load(model, chosen, dtype, device)
     if "dense" in chosen:  # the part known before encoding; M3Output.save checks the whole size
@@ -592,6 +594,11 @@ USER_ERRORS = (ValueError, TypeError, KeyError, MissingExtra,  # MissingExtra: t
 
 def main() -> None:
     """Entry point: run the app; user mistakes become one clear line and exit code 2."""
+    import warnings
+
+    # qdrant-client checks a server's version on a thread of its own and warns when it gets no answer; an
+    # unreachable server is reported by the first request instead, as one line naming the URL
+    warnings.filterwarnings("ignore", message="Failed to obtain server version")
     try:
         app()
     except USER_ERRORS as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -148,20 +149,32 @@ class Index:
             from m3embed.index.qdrant import QdrantStore
 
             client = _client(location, client_options)
-            store = QdrantStore.create(client, collection, manifest, collection_options,
-                                       owns_client=client is not location)
+            try:
+                store = QdrantStore.create(client, collection, manifest, collection_options,
+                                           owns_client=client is not location)
+            except BaseException:
+                if client is not location:
+                    client.close()
+                raise
             return cls(store, manifest, _describe(location), model)
         directory = Path(location)
         _check_new_directory(directory)
         check_free(directory, 0, "creating an index")
+        before = set(directory.iterdir()) if directory.exists() else None
+        created = _topmost_missing(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock = DirectoryLock(directory)
         lock.acquire()
         try:
             store = _create_dir_store(directory, manifest, collection, collection_options)
-            write_manifest(directory, manifest)  # last: a manifest means a complete index
+            try:
+                write_manifest(directory, manifest)  # last: a manifest means a complete index
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
             lock.release()
+            _remove_created(directory, created, before)
             raise
         return cls(store, manifest, str(directory), model, lock)
 
@@ -174,7 +187,11 @@ class Index:
 
             client = _client(location, client_options)
             store = QdrantStore(client, collection, owns_client=client is not location)
-            data = store.read_manifest()
+            try:
+                data = store.read_manifest()
+            except BaseException:
+                store.close()
+                raise
             if data is None:
                 store.close()
                 raise FileNotFoundError(f"no m3embed index in collection {collection!r} at {_describe(location)}; "
@@ -491,6 +508,27 @@ def _batch_bytes(batch: DocBatch) -> int:
     return 2 * size
 
 
+def _topmost_missing(directory: Path) -> Path | None:
+    """The outermost of `directory` and its ancestors that does not exist yet (None if it exists)."""
+    top = None
+    p = directory.absolute()
+    while not p.exists():
+        top, p = p, p.parent
+    return top
+
+
+def _remove_created(directory: Path, created: Path | None, before: set[Path] | None) -> None:
+    """Undo a failed creation: remove the directories it made, or what it added to an existing empty one."""
+    try:
+        if created is not None:
+            shutil.rmtree(created)
+        elif before is not None:
+            for p in set(directory.iterdir()) - before:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    except OSError:  # best effort: the creation error is the one to report
+        pass
+
+
 def _check_dim(mode: str, got: int, want: int) -> None:
     if got != want:
         raise ValueError(f"{mode} vectors have size {got}, but the index holds size {want}; use the model the "
@@ -517,7 +555,11 @@ def _create_dir_store(directory: Path, manifest: Manifest, collection: str,
     from m3embed.index.qdrant import QdrantStore
 
     client = _client(str(directory / "qdrant"), None, path=True)
-    return QdrantStore.create(client, collection, manifest, collection_options)
+    try:
+        return QdrantStore.create(client, collection, manifest, collection_options)
+    except BaseException:
+        client.close()
+        raise
 
 
 def _load_dir_store(directory: Path, manifest: Manifest, collection: str) -> Store:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from m3embed.corpus import Record
+from m3embed.corpus import Record, iter_lines
 from m3embed.documents import check_id, check_metadata
 from m3embed.index.core import Index
 
@@ -138,7 +138,7 @@ def count_records(path: str | Path) -> int | None:
 def read_ids(path: str | Path) -> list[str]:
     """Ids from a file: one per line, or jsonl objects with an "id" field."""
     ids = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in iter_lines(path):
         line = line.strip()
         if not line:
             continue
