@@ -1,5 +1,5 @@
-"""Issue 9 item 8: one line for an unreachable server, an existing output file, non-UTF-8 input and a failed
-index creation."""
+"""Issue 9 items 8 and 9: one line for an unreachable server, an existing output file, non-UTF-8 input and a
+failed index creation; user text is never read as rich markup."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from m3embed.cli import main
 from m3embed.corpus import iter_jsonl, read_records
 from m3embed.index import Index
 from m3embed.index.ingest import read_ids
+from m3embed.model import M3Model
 
 
 def run_cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: object) -> tuple[int, str, str]:
@@ -102,3 +103,26 @@ def test_failed_creation_removes_what_it_created(tmp_path: Path) -> None:
     assert list(empty.iterdir()) == []  # an existing empty directory is left as it was
     with Index.create(empty, fingerprint="x", dim=8) as index:  # and can be used
         assert index.count() == 0
+
+
+@pytest.mark.parametrize("name", ["corpus[/].jsonl", "corpus[red].jsonl", "a[bold]b[/bold].jsonl"])
+def test_user_text_is_not_markup_in_errors(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(*run_cli(capsys, monkeypatch, "encode", name, "-o", "x")[::2])
+    assert f"input file {name} does not exist" in line
+
+
+def test_user_text_is_not_markup_in_results(tmp_path: Path, xlmr_ckpt: Path, capsys, monkeypatch) -> None:
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    idx = tmp_path / "idx[red]"
+    text = "[red]alert[/red] and [/] and [bold]"
+    with Index.create(idx, model) as index:
+        index.add(["id[/]"], [text])
+    code, out, err = run_cli(capsys, monkeypatch, "search", idx, "[/]query[red]", "-k", "1", "--mode", "dense")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "[/]query[red]" in flat and "id[/]" in flat and "[red]alert[/red]" in flat, out
+    code, out, err = run_cli(capsys, monkeypatch, "index", "info", idx)
+    assert code == 0 and "idx[red]" in out, err
+    code, _, err = run_cli(capsys, monkeypatch, "search", idx, "q", "-w", "tag")
+    assert "use field=value, field=[v1,v2], field>=number" in one_line_error(code, err)

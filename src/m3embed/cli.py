@@ -1,6 +1,8 @@
 """The `m3embed` command line: parse arguments, call the library, print with rich.
 
-User mistakes (bad paths, bad input, wrong model) print one red line and exit 2, without a traceback.
+User mistakes (bad paths, bad input, wrong model) and environment failures (a full disk, an unreachable
+server) print one red line and exit 2, without a traceback. Text that comes from the user or the data (paths,
+ids, queries, document texts) is escaped before rich prints it, so "[red]" or "[/]" in it is shown as is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from m3embed._optional import MissingExtra, require
 from m3embed.checkpoint import default_model
@@ -70,7 +73,7 @@ def encode(
                       mcls=mcls, progress=None if len(records) < 1000 else True)
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
                 "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype})
-    console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {output}")
+    console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {escape(str(output))}")
 
 
 @app.command()
@@ -119,7 +122,7 @@ def info(model: str = ModelOpt) -> None:
     """Show what a checkpoint is: backbone, sizes, limits, pooling, heads, fingerprint."""
     m = _load(model, ("dense",))
     cfg = m.backbone.config
-    table = Table(show_header=False, title=f"m3embed model: {model}")
+    table = Table(show_header=False, title=Text(f"m3embed model: {model}"))
     rows = {
         "backbone": f"{cfg.model_type} ({type(m.backbone).__name__})",
         "layers / hidden / heads": f"{cfg.num_hidden_layers} / {cfg.hidden_size} / {cfg.num_attention_heads}",
@@ -131,7 +134,7 @@ def info(model: str = ModelOpt) -> None:
         "fingerprint": m.fingerprint,
     }
     for k, v in rows.items():
-        table.add_row(k, v)
+        table.add_row(k, Text(v))
     out.print(table)
 
 # ---- index / search (index) ----
@@ -180,8 +183,8 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
         raise DiskFullError(f"{index.location}: {stats.added} documents added ({index.count()} stored), but {e}",
                             e.filename) from None
     dups = f"; {stats.duplicates} repeated ids (the last copy kept)" if stats.duplicates else ""
-    console.print(f"{index.location}: {stats.added} added, {stats.skipped} already stored; "
-                  f"{index.count()} documents{dups}")
+    console.print(f"{escape(index.location)}: {stats.added} added, {stats.skipped} already stored; "
+                  f"{index.count()} documents{dups}", highlight=False)
 
 
 BatchSizeOpt = typer.Option(64, help="documents encoded and committed together")
@@ -266,7 +269,8 @@ def index_delete(
     with open_index(index, collection=collection) as idx:
         present = len(chosen) - len(idx.missing(chosen))
         idx.delete(chosen)
-        console.print(f"{index}: deleted {present} of {len(chosen)} ids; {idx.count()} documents left")
+        console.print(f"{escape(index)}: deleted {present} of {len(chosen)} ids; {idx.count()} documents left",
+                      highlight=False)
 
 
 @index_app.command("info")
@@ -275,9 +279,9 @@ def index_info(index: str = IndexArg, collection: str = CollectionOpt) -> None:
     from m3embed.index import open_index
 
     with open_index(index, collection=collection) as idx:
-        table = Table(show_header=False, title=f"m3embed index: {index}")
+        table = Table(show_header=False, title=Text(f"m3embed index: {index}"))
         for k, v in idx.info().items():
-            table.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+            table.add_row(k, Text(", ".join(v) if isinstance(v, list) else str(v)))
         out.print(table)
 
 
@@ -318,13 +322,14 @@ def search(
             for rank, h in enumerate(hits, 1):
                 typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
             continue
-        table = Table(title=f"{spec.mode}: {q}")
+        table = Table(title=Text(f"{spec.mode}: {q}"))
         for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
             table.add_column(col)
         for rank, h in enumerate(hits, 1):
             per = [f"{h.scores.get(m, float('nan')):.4f}" for m in ("dense", "sparse", "colbert")] if explain else []
             text = (h.text or "").replace("\n", " ")
-            table.add_row(str(rank), h.id, f"{h.score:.4f}", *per, text[:80] + ("…" if len(text) > 80 else ""))
+            table.add_row(str(rank), Text(h.id), f"{h.score:.4f}", *per,
+                          Text(text[:80] + ("…" if len(text) > 80 else "")))
         out.print(table)
 
 
@@ -380,7 +385,7 @@ def eval_command(
                                  batch_size=batch_size, progress=progress)
     paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
     out.print(ev.console_table(result))
-    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+    console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
 
 # ---- train / mine (training) ----
 
@@ -567,7 +572,7 @@ def serve(
         web = create_app(m, idx, settings)
         console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
                       f"{'; index ' + str(index) if idx is not None else ''}) on http://{host}:{port}"
-                      f"{' with an API key' if settings.api_key else ''}")
+                      f"{' with an API key' if settings.api_key else ''}", markup=False)
         server = Server(web, host=host, port=port, log_level=log_level)
         server.run()
         if not server.started:  # as uvicorn.run: the socket or the app's startup failed (uvicorn logged why)
