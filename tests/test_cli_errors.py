@@ -1,5 +1,5 @@
-"""Issue 9 items 8 and 9: one line for an unreachable server, an existing output file, non-UTF-8 input and a
-failed index creation; user text is never read as rich markup."""
+"""Issue 9 items 8, 9 and 11: one line for an unreachable server, an existing output file, non-UTF-8 input and a
+failed index creation; user text is never read as rich markup; progress goes to stderr only."""
 
 from __future__ import annotations
 
@@ -126,3 +126,14 @@ def test_user_text_is_not_markup_in_results(tmp_path: Path, xlmr_ckpt: Path, cap
     assert code == 0 and "idx[red]" in out, err
     code, _, err = run_cli(capsys, monkeypatch, "search", idx, "q", "-w", "tag")
     assert "use field=value, field=[v1,v2], field>=number" in one_line_error(code, err)
+
+
+def test_progress_goes_to_stderr_and_saving_shows_no_bars(xlmr_ckpt: Path, tmp_path: Path, capfd) -> None:
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    capfd.readouterr()
+    model.encode(["a text", "another text"], progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and "encoding tokens" in err
+    model.save_pretrained(tmp_path / "saved")
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in out + err and "it/s" not in out + err

@@ -128,10 +128,14 @@ class M3Model(nn.Module):
         return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the official layout (weights, tokenizer, head .pt files) plus m3embed.json."""
+        """Write the official layout (weights, tokenizer, head .pt files) plus m3embed.json.
+
+        Hugging Face's progress bars ("Writing model shards") stay off, as they do when loading.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(directory, safe_serialization=True)
+        with _quiet_hf():
+            self.backbone.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
             if head is not None:
