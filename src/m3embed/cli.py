@@ -511,12 +511,13 @@ def mine(
 
 @app.command()
 def serve(
-    model: str = ModelOpt,
+    model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id (default: "
+                                     f"the model --index records, else {DEFAULT_MODEL})"),
     index: Path | None = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     api_key: str | None = typer.Option(None, envvar="M3EMBED_API_KEY",
-                                          help="require 'Authorization: Bearer KEY' on /v1/*"),
+                                          help="require 'Authorization: Bearer KEY' on /v1/* and /metrics"),
     served_model_name: str | None = typer.Option(None, help="name clients pass as `model` (default: --model)"),
     max_length: int | None = typer.Option(None, help="tokens per text, longer ones truncated (default: model limit)"),
     max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
@@ -549,22 +550,27 @@ def serve(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     require("uvicorn", "serve")
-
-    settings = ServerSettings(
-        model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
-        max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
-        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens,
-        graceful_timeout=graceful_timeout)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    m = _load(model, ("dense",), dtype, device)
+    _check_port_free(host, port)
     idx = None
     if index is not None:
         from m3embed.index import open_index
 
-        idx = open_index(index, m)
+        idx = open_index(index)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:  # the model the index records unless --model says otherwise (another model is refused)
+        m = _index_model(idx, model, dtype, device) if idx else _load(model or DEFAULT_MODEL, ("dense",), dtype, device)
+    except BaseException:
+        if idx is not None:
+            idx.close()
+        raise
+    settings = ServerSettings(
+        model_name=served_model_name or m.name, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
+        max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens,
+        graceful_timeout=graceful_timeout)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the previous handler: make
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
@@ -583,6 +589,17 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
         if idx is not None:
             idx.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading anything when the address is taken (uvicorn would exit after start-up)."""
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or stop the "
+                         "process using it") from None
 
 
 class _StopServing(Exception):

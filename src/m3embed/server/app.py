@@ -138,8 +138,11 @@ class _Service:
         elif isinstance(value, list) and all(isinstance(t, str) for t in value):
             texts = value
         else:
-            raise ApiError(422, f"{param} holds token ids; this server takes text: send a string or a list of "
-                                "strings", code="token_input_unsupported", param=param)
+            # OpenAI clients that pre-tokenise (tiktoken) send ids of another vocabulary: they cannot be read here
+            raise ApiError(422, f"{param} holds token ids; this server takes text (ids from an OpenAI client are "
+                                "tiktoken ids, not this model's): send a string or a list of strings, e.g. "
+                                "LangChain's OpenAIEmbeddings(check_embedding_ctx_length=False)",
+                           code="token_input_unsupported", param=param)
         self.check_count(len(texts), param)
         self.check_chars(texts, param)
         return texts
@@ -333,7 +336,8 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
         response.status_code = 503 if stopping else 200
         return response
 
-    @app.get("/metrics", tags=["ops"], response_class=Response,
+    # with an API key, /metrics needs it too (it shows traffic); /health (probes), /docs and /openapi.json stay open
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(_auth(settings.api_key))],
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def prometheus() -> Response:
         """Prometheus text exposition of request, batch and queue metrics."""
