@@ -81,3 +81,8 @@ def test_cli_encode_accepts_dtype_int8(xlmr_ckpt, int8_model, tmp_path):
     assert r.returncode == 0, r.stderr
     got, _ = M3Output.load(tmp_path / "out")
     np.testing.assert_allclose(got.dense, int8_model.encode(texts).dense, atol=1e-5)
+
+
+def test_int8_model_keeps_the_checkpoint_fingerprint(xlmr_ckpt, int8_model):
+    """An index built with the float32 model accepts the same checkpoint loaded in int8 (as in bfloat16)."""
+    assert int8_model.fingerprint == M3Model.from_pretrained(xlmr_ckpt, device="cpu").fingerprint

@@ -20,7 +20,7 @@ from m3testkit.checkpoints import sample_texts
 from .conftest import MODEL_NAME
 
 
-def _wait(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+def _wait(predicate, timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -28,6 +28,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from m3embed.diskspace import DiskFullError
+from m3embed.documents import check_id, check_metadata
 from m3embed.modes import MODES, check_weights
 from m3embed.server import schemas as s
 from m3embed.server.batching import Batcher, BatcherClosedError
@@ -136,8 +138,11 @@ class _Service:
         elif isinstance(value, list) and all(isinstance(t, str) for t in value):
             texts = value
         else:
-            raise ApiError(422, f"{param} holds token ids; this server takes text: send a string or a list of "
-                                "strings", code="token_input_unsupported", param=param)
+            # OpenAI clients that pre-tokenise (tiktoken) send ids of another vocabulary: they cannot be read here
+            raise ApiError(422, f"{param} holds token ids; this server takes text (ids from an OpenAI client are "
+                                "tiktoken ids, not this model's): send a string or a list of strings, e.g. "
+                                "LangChain's OpenAIEmbeddings(check_embedding_ctx_length=False)",
+                           code="token_input_unsupported", param=param)
         self.check_count(len(texts), param)
         self.check_chars(texts, param)
         return texts
@@ -331,7 +336,8 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
         response.status_code = 503 if stopping else 200
         return response
 
-    @app.get("/metrics", tags=["ops"], response_class=Response,
+    # with an API key, /metrics needs it too (it shows traffic); /health (probes), /docs and /openapi.json stay open
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(_auth(settings.api_key))],
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def prometheus() -> Response:
         """Prometheus text exposition of request, batch and queue metrics."""
@@ -438,6 +444,12 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         docs = req.documents
         svc.check_count(len(docs), "documents")
         ids = [str(d.id) for d in docs]
+        metadata = []
+        for i, d in enumerate(docs):  # the index's own check, answered as a 422 before any encoding
+            try:
+                metadata.append(check_metadata(d.metadata, ids[i]))
+            except ValueError as e:
+                raise ApiError(422, str(e), code="invalid_metadata", param=f"documents[{i}].metadata") from None
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ApiError(422, f"document id {dup!r} appears more than once; send each id once per request",
@@ -446,14 +458,21 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         svc.check_chars(texts, "documents")
         modes = tuple(index.manifest.modes)
         out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents")
-        metadata = [d.metadata or {} for d in docs]
-        count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
+        try:
+            count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
+        except DiskFullError as e:
+            raise ApiError(507, str(e), code="disk_full") from None
         return _json(s.UpsertResponse(upserted=len(ids), ids=ids, count=count, usage=usage))
 
-    @api.delete("/documents/{doc_id}", response_model=s.DeleteResponse, tags=["index"])
+    @api.delete("/documents/{doc_id:path}", response_model=s.DeleteResponse, tags=["index"])
     async def delete(doc_id: str) -> Response:
-        """Remove one document; 404 if the index does not hold it."""
+        """Remove one document; 404 if the index does not hold it. An id holding "/" is sent percent-encoded
+        or as is: `DELETE /v1/documents/a%2Fb` and `/v1/documents/a/b` both remove "a/b"."""
         index = svc.need_index()
+        try:
+            check_id(doc_id)
+        except ValueError as e:
+            raise ApiError(422, str(e), code="invalid_id", param="doc_id") from None
 
         def remove() -> bool:
             if doc_id not in index:
@@ -461,7 +480,11 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
             index.delete([doc_id])
             return True
 
-        if not await svc.batcher.call(remove):
+        try:
+            found = await svc.batcher.call(remove)
+        except DiskFullError as e:
+            raise ApiError(507, str(e), code="disk_full") from None
+        if not found:
             raise ApiError(404, f"document {doc_id!r} is not in the index", code="document_not_found",
                            param="doc_id")
         return _json(s.DeleteResponse(id=doc_id))
