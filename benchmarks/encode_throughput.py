@@ -16,7 +16,7 @@ Both in CPU-seconds (`time.process_time`, robust to other jobs on a shared machi
 interleaved, round after round (`--repeat`, at least 2); each round re-measures the matmul peak, and the
 "% of peak" column divides forward FLOPs per CPU-second by that round's bfloat16 peak (the best of torch.matmul
 and oneDNN's linear on the feed-forward shape). Peak RSS per engine comes from a fresh process that loads the
-model and encodes the "call" case (`ru_maxrss`). The load average is printed with every table.
+model and encodes the "call" case (its VmHWM). The load average is printed with every table.
 
     python benchmarks/encode_throughput.py                          # both shapes, default sizes
     python benchmarks/encode_throughput.py --shape small --repeat 3
@@ -177,11 +177,15 @@ def quality(ref, out) -> dict:
 # ---- peak RSS in a fresh process ----
 
 def child_rss(engine: str, ckpt: Path, texts_file: Path, max_length: int) -> dict:
-    """Run in a fresh process: load, encode, report ru_maxrss (MB) after each step."""
-    import resource
+    """Run in a fresh process: load, encode, report the peak resident set (MB) after each step.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child of this (large) benchmark process
+    would report the parent's peak; VmHWM belongs to the child's own address space.
+    """
 
     def rss() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
     texts = json.loads(texts_file.read_text())
     model, _ = load_engine(engine, ckpt)
@@ -299,7 +303,7 @@ def _print_table(shape: str, rows: list[dict], peaks: list[dict[str, float]]) ->
 
 def _print_rss(shape: str, rows: list[dict]) -> None:
     load = os.getloadavg()
-    print(f"{shape}: peak RSS (MB, ru_maxrss of a fresh process per engine); load average {load[0]:.1f}")
+    print(f"{shape}: peak RSS (MB, VmHWM of a fresh process per engine); load average {load[0]:.1f}")
     for r in rows:
         print(f"  {r['engine']:20s} after load {r['after load']:6d}   after load + encode ({r['encoded']}) "
               f"{r['after load + encode']:6d}", flush=True)
