@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,9 +24,9 @@ from m3embed.ray_data import M3Encoder, encode_job
 from m3embed.types import M3Output
 from m3testkit import raycluster
 from m3testkit.checkpoints import sample_texts
+from tests.index.test_cli_index import m3embed
 
 pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")  # comes with ray
 
 MODES = ("dense", "sparse", "colbert")
 
@@ -156,3 +157,18 @@ def test_a_killed_actor_is_retried_and_every_id_is_written_once(ray_cluster, tmp
     ids, _, _ = read_shards(shards.open_encoded(out).files, 1)
     expected = [r.id for f in shards.expand_inputs(inputs) for r in read_records(f)]
     assert len(ids) == len(set(ids)) == 241 and ids == expected
+
+
+def test_cli_encodes_on_the_running_cluster_then_builds_an_index(ray_cluster, tmp_path: Path,
+                                                                   xlmr_ckpt: Path) -> None:
+    inputs = write_inputs(tmp_path / "in", 30, 12)
+    out, idx = tmp_path / "out", tmp_path / "idx"
+    address = ray_cluster.get_runtime_context().gcs_address
+    run = m3embed("encode", inputs / "*.*", "-o", out, "--model", xlmr_ckpt, "--modes", "dense,sparse", "--ray",
+                  "--ray-address", address, "--cpus-per-actor", "0.5", "--rows-per-shard", "20")
+    assert run.returncode == 0, run.stderr
+    assert "3 shards written (42 documents" in run.stderr and "0 already there; 42 documents in all" in run.stderr
+    run = m3embed("index", "build", idx, "--encoded", out)
+    assert run.returncode == 0 and "42 loaded, 0 already stored; 42 documents" in run.stderr, run.stderr
+    run = m3embed("search", idx, "Title", "-k", "2", "--json")
+    assert run.returncode == 0 and len(run.stdout.splitlines()) == 2, run.stderr

@@ -52,12 +52,24 @@ def encode(
     mcls: bool = typer.Option(False, help="multiple-CLS dense pooling for long texts"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
+    ray: bool = typer.Option(False, "--ray", help="encode on Ray into Parquet shards; INPUT: jsonl/parquet file, "
+                             "directory or glob; a re-run skips finished shards (needs m3embed[ray])"),
+    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (auto, ray://head:10001); default: "
+                                           "the running one, else a new local one"),
+    actors: int = typer.Option(1, help="--ray: encoding actors (e.g. one per GPU)"),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs each actor reserves"),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs each actor reserves"),
+    rows_per_shard: int = typer.Option(10_000, help="--ray: documents per Parquet shard"),
 ) -> None:
-    """Encode a file of texts into dense / sparse / colbert arrays."""
+    """Encode a file of texts into dense / sparse / colbert arrays (or, with --ray, into Parquet shards)."""
     from m3embed.corpus import read_records
     from m3embed.modes import check_modes
 
     chosen = check_modes(modes)
+    if ray:
+        _encode_on_ray(input, output, model, chosen, text_field, id_field, max_length, batch_tokens, mcls, dtype,
+                       device, ray_address, actors, cpus_per_actor, gpus_per_actor, rows_per_shard)
+        return
     records = list(read_records(input, text_field=text_field, id_field=id_field))
     m = _load(model, chosen, dtype, device)
     result = m.encode([r.text for r in records], modes=chosen, max_length=max_length, batch_tokens=batch_tokens,
@@ -65,6 +77,23 @@ def encode(
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
                 "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype})
     console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {output}")
+
+
+def _encode_on_ray(input: Path, output: Path, model: str, modes: tuple[str, ...], text_field: str, id_field: str,
+                   max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str, device: str | None,
+                   address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                   rows_per_shard: int) -> None:
+    from m3embed.ray_data import encode_job
+
+    if mcls:
+        raise ValueError("--mcls is not available with --ray")
+    result = encode_job(input, output, model, modes, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                        gpus_per_actor=gpus_per_actor, rows_per_part=rows_per_shard, dtype=dtype,
+                        max_length=max_length, device=device, batch_tokens=batch_tokens, text_field=text_field,
+                        id_field=id_field, progress=True)
+    console.print(f"{output}: {result.written} shards written ({result.documents} documents, "
+                  f"{result.docs_per_second:.1f} docs/s), {result.skipped} already there; "
+                  f"{result.summary['documents']} documents in all", highlight=False)
 
 
 @app.command()
@@ -163,19 +192,39 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
                   f"{index.count()} documents")
 
 
-BatchSizeOpt = typer.Option(64, help="documents encoded and committed together")
+BatchSizeOpt = typer.Option(64, help="documents encoded (or loaded) and committed together")
 TextFieldOpt = typer.Option("text", help="field holding the text")
 IdFieldOpt = typer.Option("id", help="field holding the document id")
 TitleFieldOpt = typer.Option("title", help="field prepended to the text when present ('' for none)")
 LogCommitsOpt = typer.Option(False, help="print a line per committed batch instead of a progress bar")
 
 
+EncodedOpt = typer.Option(None, "--encoded", help="load shards of `m3embed encode --ray` (a job directory or a "
+                          "shard) instead of encoding INPUT")
+
+
+def _load_encoded(index, encoded: Path, batch_size: int, skip_existing: bool, log_commits: bool) -> None:
+    from m3embed.index.bulk import load_encoded
+
+    def report(stats) -> None:
+        if log_commits:  # one line per durable batch, for scripts that watch progress
+            typer.echo(f"committed {stats.seen} records ({stats.added} added, {stats.skipped} already stored)")
+            sys.stdout.flush()
+
+    stats = load_encoded(index, encoded, batch_size=batch_size, skip_existing=skip_existing, on_commit=report)
+    index.optimize()
+    console.print(f"{index.location}: {stats.added} loaded, {stats.skipped} already stored; "
+                  f"{index.count()} documents", highlight=False)
+
+
 @index_app.command("build")
 def index_build(
     index: str = IndexArg,
-    input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
+    input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
+    encoded: Path | None = EncodedOpt,
     model: str = ModelOpt,
-    engine: str = typer.Option("edge", help="edge (embedded, on disk) or qdrant (qdrant-client: URL or path)"),
+    engine: str | None = typer.Option(None, help="edge (embedded, on disk; the default for a directory) or qdrant "
+                                      "(qdrant-client: a URL, or a local path)"),
     modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
     colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
@@ -186,27 +235,50 @@ def index_build(
     title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
     log_commits: bool = LogCommitsOpt,
+    shards: int | None = typer.Option(None, help="Qdrant server: shards of the new collection"),
+    replicas: int | None = typer.Option(None, help="Qdrant server: copies of each shard (>= 2 on a cluster)"),
+    write_consistency: int | None = typer.Option(None, help="Qdrant server: replicas that must confirm a write"),
+    on_disk: bool = typer.Option(False, help="Qdrant: keep vectors and payloads on disk (memory-mapped)"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
-    """Create an index (or resume one built with the same model) and add a file of documents."""
+    """Create an index (or resume one built with the same model) and add a file of documents or encoded shards."""
     from m3embed.index import open_index
+    from m3embed.index.core import is_remote
     from m3embed.modes import check_modes
 
+    options = {k: v for k, v in {"shard_number": shards, "replication_factor": replicas,
+                                 "write_consistency_factor": write_consistency, "on_disk": on_disk or None}.items()
+               if v is not None}
+    if options and engine != "qdrant" and not is_remote(index):
+        raise ValueError("--shards, --replicas, --write-consistency and --on-disk apply to the qdrant engine "
+                         "(a Qdrant URL, or --engine qdrant)")
+    create = {"engine": engine, "colbert_dtype": colbert_dtype, "store_text": store_text, "collection": collection,
+              "collection_options": options or None}
+    if (input is None) == (encoded is None):
+        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
+    if encoded is not None:
+        from m3embed.index.bulk import open_for_encoded
+
+        with open_for_encoded(index, encoded, modes=check_modes(modes) if modes else None, **create) as idx:
+            _load_encoded(idx, encoded, batch_size, True, log_commits)
+        return
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
     chosen = check_modes(modes) if modes else None
     m = _load(model, chosen or ("dense",), dtype, device)
-    with open_index(index, m, create=True, collection=collection, engine=engine,
-                    modes=chosen or m.available_modes(), colbert_dtype=colbert_dtype,
-                    store_text=store_text) as idx:
+    with open_index(index, m, create=True, modes=chosen or m.available_modes(), **create) as idx:
         _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length)
 
 
 @index_app.command("add")
 def index_add(
     index: str = IndexArg,
-    input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
+    input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
+    encoded: Path | None = EncodedOpt,
+    ray: bool = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard"),
+    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (default: the running one, else "
+                                           "a new local one)"),
     model: str | None = typer.Option(None, "--model", "-m", help="default: the model the index records"),
     replace: bool = typer.Option(False, help="re-encode and replace documents whose id is already stored"),
     batch_size: int = BatchSizeOpt,
@@ -218,10 +290,24 @@ def index_add(
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
-    """Add documents to an existing index (upsert by id)."""
+    """Add documents, or encoded shards, to an existing index (upsert by id)."""
     from m3embed.index import open_index
 
+    if (input is None) == (encoded is None):
+        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
+    if ray:
+        from m3embed.index.bulk import load_encoded_ray
+
+        if encoded is None:
+            raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
+        stats = load_encoded_ray(index, encoded, collection=collection, batch_size=batch_size,
+                                 skip_existing=not replace, address=ray_address)
+        console.print(f"{index}: {stats.added} added, {stats.skipped} already stored", highlight=False)
+        return
     with open_index(index, collection=collection) as idx:
+        if encoded is not None:
+            _load_encoded(idx, encoded, batch_size, not replace, log_commits)
+            return
         _index_model(idx, model, dtype, device)
         _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits)
 
