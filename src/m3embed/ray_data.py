@@ -96,9 +96,9 @@ class PartEncoder:
         self.schema = shards.output_schema(self.encoder.modes, self.encoder.model.hidden_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        names, counts, seconds = [], [], []
+        names, counts, started, finished = [], [], [], []
         for text in batch["part"]:
-            start = time.perf_counter()
+            started.append(time.time())  # wall clock: comparable across the nodes of a cluster
             part = shards.Part.from_json(str(text))
             records = shards.read_part(part, *self.fields)
             writer = shards.ShardWriter(self.out, part.name)
@@ -109,18 +109,27 @@ class PartEncoder:
             writer.close(self.schema)
             names.append(part.name)
             counts.append(len(records))
-            seconds.append(time.perf_counter() - start)
-        return {"shard": names, "documents": counts, "seconds": seconds}
+            finished.append(time.time())
+        return {"shard": names, "documents": counts, "started": started, "finished": finished}
 
 
 @dataclass
 class JobResult:
-    """What `encode_job` did: shards written now and before, documents encoded now, wall seconds, the summary."""
+    """What `encode_job` did.
+
+    Attributes:
+        written, skipped: shards written by this run, and found written by an earlier one.
+        documents: documents encoded by this run.
+        seconds: wall time of the run (cluster start, actors loading the model, encoding, writing).
+        busy_seconds: from the first shard's start to the last shard's end (the actors were up).
+        summary: the job's `_SUCCESS.json`.
+    """
 
     written: int
     skipped: int
     documents: int
     seconds: float
+    busy_seconds: float
     summary: dict[str, Any]
 
     @property
@@ -161,6 +170,7 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
     todo = [p for p in parts if p.name not in done]
     start = time.perf_counter()
     documents = 0
+    first, last = float("inf"), 0.0
     if todo:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -176,9 +186,11 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
         with _Progress(progress, len(todo), sum(p.rows for p in todo)) as bar:
             for row in encoded.iter_rows():
                 documents += int(row["documents"])
+                first, last = min(first, float(row["started"])), max(last, float(row["finished"]))
                 bar.advance(int(row["documents"]), time.perf_counter() - start)
     summary = shards.finish_job(out, spec)
-    return JobResult(len(todo), len(parts) - len(todo), documents, time.perf_counter() - start, summary)
+    return JobResult(len(todo), len(parts) - len(todo), documents, time.perf_counter() - start,
+                     max(0.0, last - first), summary)
 
 
 
