@@ -131,8 +131,15 @@ def test_encoder_class_in_a_pipeline_with_one_actor(ray_cluster, tmp_path: Path,
 
 
 def _part_encoder_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("PartEncoder" in part for part in (p.info["cmdline"] or []))]
+    """The job's actor processes: descendants of this test process (its cluster), named after the actor class."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if any("PartEncoder" in part for part in proc.cmdline()):
+                found.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def test_a_killed_actor_is_retried_and_every_id_is_written_once(ray_cluster, tmp_path: Path,
@@ -148,7 +155,7 @@ def test_a_killed_actor_is_retried_and_every_id_is_written_once(ray_cluster, tmp
         time.sleep(0.02)
     pids = _part_encoder_pids()
     assert pids, "no PartEncoder actor process found"
-    os.kill(pids[0], signal.SIGKILL)  # the cluster's own actor process, found by its name
+    os.kill(pids[0], signal.SIGKILL)
     killed_at = len(shards.finished_parts(out))
     thread.join(timeout=300)
     assert not thread.is_alive() and "result" in job

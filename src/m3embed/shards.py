@@ -342,10 +342,6 @@ class Encoded:
     files: list[Path]
     summary: dict[str, Any] | None = None
 
-    @property
-    def count(self) -> int:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
-
 
 def finish_job(out: Path, spec: JobSpec) -> dict[str, Any]:
     """Check every part of the job is written, with one model, then write and return `_SUCCESS.json`."""
