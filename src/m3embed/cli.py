@@ -217,11 +217,23 @@ def _load_encoded(index, encoded: Path, batch_size: int, skip_existing: bool, lo
                   f"{index.count()} documents", highlight=False)
 
 
+def _load_encoded_on_ray(index: str, encoded: Path, collection: str, batch_size: int, skip_existing: bool,
+                         address: str | None) -> None:
+    from m3embed.index.bulk import load_encoded_ray
+
+    stats = load_encoded_ray(index, encoded, collection=collection, batch_size=batch_size,
+                             skip_existing=skip_existing, address=address)
+    console.print(f"{index}: {stats.added} loaded, {stats.skipped} already stored", highlight=False)
+
+
 @index_app.command("build")
 def index_build(
     index: str = IndexArg,
     input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
     encoded: Path | None = EncodedOpt,
+    ray: bool = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard"),
+    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (default: the running one, else "
+                                           "a new local one)"),
     model: str = ModelOpt,
     engine: str | None = typer.Option(None, help="edge (embedded, on disk; the default for a directory) or qdrant "
                                       "(qdrant-client: a URL, or a local path)"),
@@ -261,8 +273,13 @@ def index_build(
         from m3embed.index.bulk import open_for_encoded
 
         with open_for_encoded(index, encoded, modes=check_modes(modes) if modes else None, **create) as idx:
-            _load_encoded(idx, encoded, batch_size, True, log_commits)
+            if not ray:
+                _load_encoded(idx, encoded, batch_size, True, log_commits)
+                return
+        _load_encoded_on_ray(index, encoded, collection, batch_size, True, ray_address)
         return
+    if ray:
+        raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
     chosen = check_modes(modes) if modes else None
@@ -296,13 +313,9 @@ def index_add(
     if (input is None) == (encoded is None):
         raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
     if ray:
-        from m3embed.index.bulk import load_encoded_ray
-
         if encoded is None:
             raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
-        stats = load_encoded_ray(index, encoded, collection=collection, batch_size=batch_size,
-                                 skip_existing=not replace, address=ray_address)
-        console.print(f"{index}: {stats.added} added, {stats.skipped} already stored", highlight=False)
+        _load_encoded_on_ray(index, encoded, collection, batch_size, not replace, ray_address)
         return
     with open_index(index, collection=collection) as idx:
         if encoded is not None:

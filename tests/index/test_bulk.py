@@ -129,3 +129,11 @@ def test_collection_options_reach_qdrant(tmp_path: Path, job) -> None:
     assert run.returncode == 0 and "120 loaded" in run.stderr, run.stderr
     run = m3embed("index", "build", tmp_path / "edge", "--encoded", encoded, "--shards", "2")
     assert run.returncode == 2 and "apply to the qdrant engine" in run.stderr
+
+
+def test_loading_on_ray_needs_a_server(tmp_path: Path, job) -> None:
+    from m3embed.index.bulk import load_encoded_ray
+
+    for location in (str(tmp_path / "idx"), ":memory:"):
+        with pytest.raises(ValueError, match="loading on Ray needs a Qdrant server URL"):
+            load_encoded_ray(location, job[1])
