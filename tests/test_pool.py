@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from m3embed.model import M3Model
@@ -32,6 +34,8 @@ def test_two_workers_equal_one_process_and_a_dead_worker_is_named(xlmr_ckpt: Pat
             assert all(np.abs(a - b).max() <= 1e-6 for a, b in zip(got.colbert, want.colbert))
             assert np.array_equal(got.n_tokens, want.n_tokens)
         os.kill(pool.pids[1], signal.SIGKILL)
+        while psutil.Process(pool.pids[1]).status() != psutil.STATUS_ZOMBIE:  # dead (not yet reaped by the pool)
+            time.sleep(0.01)
         with pytest.raises(WorkerDiedError, match=r"worker 1 \(cpu, pid \d+\) died \(signal 9"):
             pool.encode(texts[:20])
         with pytest.raises(RuntimeError, match="closed"):

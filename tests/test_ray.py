@@ -166,6 +166,7 @@ def test_a_killed_actor_is_retried_and_every_id_is_written_once(ray_cluster, tmp
     assert len(ids) == len(set(ids)) == 241 and ids == expected
 
 
+@pytest.mark.slow
 def test_cli_encodes_on_the_running_cluster_then_builds_an_index(ray_cluster, tmp_path: Path,
                                                                    xlmr_ckpt: Path) -> None:
     inputs = write_inputs(tmp_path / "in", 30, 12)

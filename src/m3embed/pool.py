@@ -142,10 +142,9 @@ class EncodePool:
         while True:
             for rank, p in enumerate(self._procs):
                 if p.exitcode is not None:
-                    try:  # what it sent before exiting (a load error) comes first
-                        return self._results.get(timeout=POLL_SECONDS)
-                    except queue.Empty:
-                        pass
+                    error = self._last_error(rank)
+                    if error is not None:
+                        return error
                     how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
                     raise WorkerDiedError(
                         f"EncodePool worker {rank} ({self.devices[rank]}, pid {p.pid}) died ({how}; signal 9 is "
@@ -155,6 +154,16 @@ class EncodePool:
                 return self._results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
+
+    def _last_error(self, rank: int) -> tuple[str, int, int | None, Any] | None:
+        """The error a worker that exited sent before (it could not load the model), if any; drains the queue."""
+        while True:
+            try:
+                message = self._results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                return None
+            if message[0] == "error" and message[1] == rank:
+                return message
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""

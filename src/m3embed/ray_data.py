@@ -96,9 +96,10 @@ class PartEncoder:
         self.schema = shards.output_schema(self.encoder.modes, self.encoder.model.hidden_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        names, counts, started, finished = [], [], [], []
+        names, counts, started, finished, cpu = [], [], [], [], []
         for text in batch["part"]:
             started.append(time.time())  # wall clock: comparable across the nodes of a cluster
+            cpu0 = time.process_time()
             part = shards.Part.from_json(str(text))
             records = shards.read_part(part, *self.fields)
             writer = shards.ShardWriter(self.out, part.name)
@@ -110,7 +111,8 @@ class PartEncoder:
             names.append(part.name)
             counts.append(len(records))
             finished.append(time.time())
-        return {"shard": names, "documents": counts, "started": started, "finished": finished}
+            cpu.append(time.process_time() - cpu0)
+        return {"shard": names, "documents": counts, "started": started, "finished": finished, "cpu_seconds": cpu}
 
 
 @dataclass
@@ -122,6 +124,7 @@ class JobResult:
         documents: documents encoded by this run.
         seconds: wall time of the run (cluster start, actors loading the model, encoding, writing).
         busy_seconds: from the first shard's start to the last shard's end (the actors were up).
+        cpu_seconds: CPU time the actors spent reading, encoding and writing shards (start-up excluded).
         summary: the job's `_SUCCESS.json`.
     """
 
@@ -130,6 +133,7 @@ class JobResult:
     documents: int
     seconds: float
     busy_seconds: float
+    cpu_seconds: float
     summary: dict[str, Any]
 
     @property
@@ -170,7 +174,7 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
     todo = [p for p in parts if p.name not in done]
     start = time.perf_counter()
     documents = 0
-    first, last = float("inf"), 0.0
+    first, last, cpu = float("inf"), 0.0, 0.0
     if todo:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -187,10 +191,11 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
             for row in encoded.iter_rows():
                 documents += int(row["documents"])
                 first, last = min(first, float(row["started"])), max(last, float(row["finished"]))
+                cpu += float(row["cpu_seconds"])
                 bar.advance(int(row["documents"]), time.perf_counter() - start)
     summary = shards.finish_job(out, spec)
     return JobResult(len(todo), len(parts) - len(todo), documents, time.perf_counter() - start,
-                     max(0.0, last - first), summary)
+                     max(0.0, last - first), cpu, summary)
 
 
 
