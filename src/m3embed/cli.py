@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from m3embed._optional import MissingExtra, require
+from m3embed._optional import MissingExtra
 from m3embed.checkpoint import default_model
 from m3embed.modes import SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
@@ -640,15 +640,13 @@ def serve(
     import os
     import signal
 
-    from m3embed.server import ServerSettings, create_app
-    from m3embed.server.app import Server
+    from m3embed.server import Server, ServerSettings, create_app
 
     # tokenizers' own thread pool takes every core while it tokenizes: counting a 2,048-text request's tokens held
     # up the event loop and the model worker for over a second on 2 cores (every other client waited); tokenize on
     # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    require("uvicorn", "serve")
     _check_port_free(host, port)
     idx = None
     if index is not None:
