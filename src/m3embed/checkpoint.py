@@ -72,6 +72,11 @@ def default_model() -> str:
     return "minilm-m3" if "minilm-m3" in shipped_models() else "all-MiniLM-L6-v2"
 
 
+def default_reranker() -> str | None:
+    """The cross-encoder trained here when it ships with this install, else None."""
+    return "minilm-reranker" if "minilm-reranker" in shipped_models() else None
+
+
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
     """A checkpoint directory joining a package's backbone and our shipped heads (copied once into the cache)."""
     used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
@@ -135,6 +140,15 @@ def check_layout(directory: Path, modes: Sequence[str]) -> None:
             raise FileNotFoundError(
                 f"{directory / HEAD_FILES[mode]} is missing, so the {mode} output cannot be computed; {hint}"
             )
+
+
+def position_limit(config) -> int:
+    """Tokens a Hugging Face encoder config can take, special tokens included.
+
+    XLM-R positions start after the padding index: 8194 embeddings leave 8192 usable tokens.
+    """
+    offset = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+    return config.max_position_embeddings - offset
 
 
 def read_config(directory: Path) -> M3Config:

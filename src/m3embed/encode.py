@@ -88,7 +88,7 @@ def encode(model: Forward, texts: Sequence[str] | str, modes: Sequence[str] | st
 
     was_training = model.training
     model.train(False)
-    with torch.inference_mode(), _progress(show, int(lengths.sum())) as bar:
+    with torch.inference_mode(), progress_bar(show, int(lengths.sum()), "encoding tokens") as bar:
         for batch in batches:
             input_ids, mask = pad([ids[i] for i in batch], model.tokenizer.pad_token_id)
             positions = None
@@ -135,17 +135,18 @@ def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vo
     return out
 
 
-def _progress(show: bool, total: int):
+def progress_bar(show: bool, total: int, label: str):
+    """A context giving (rich Progress, task id) to advance by tokens done, or None when not shown."""
     if not show:
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     class _Bar:
         def __enter__(self):
-            self.p = Progress(TextColumn("encoding tokens"), BarColumn(), MofNCompleteColumn(),
+            self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                               TimeRemainingColumn(), transient=False)
             self.p.__enter__()
-            return self.p, self.p.add_task("encode", total=total)
+            return self.p, self.p.add_task(label, total=total)
 
         def __exit__(self, *exc):
             return self.p.__exit__(*exc)
