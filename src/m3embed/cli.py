@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from m3embed._optional import MissingExtra, require
-from m3embed.checkpoint import default_model
+from m3embed.checkpoint import default_model, default_reranker
 from m3embed.modes import SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,6 +35,12 @@ def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
     from m3embed.model import M3Model
 
     return M3Model.from_pretrained(model, modes=modes, dtype=dtype, device=device)
+
+
+def _load_reranker(name: str, dtype: str = "float32", device: str | None = None):
+    from m3embed.rerank import Reranker
+
+    return Reranker.from_pretrained(name, dtype=dtype, device=device)
 
 # ---- encode / score / info (foundation) ----
 
@@ -94,6 +100,38 @@ def score(
         items, w, query_max_length=max_length, passage_max_length=max_length)
     for i, (a, b) in enumerate(items):
         typer.echo(json.dumps({"query": a, "passage": b, **{k: v[i] for k, v in rows.items()}}, ensure_ascii=False))
+
+
+@app.command()
+def rerank(
+    pairs: Path | None = typer.Argument(None, help="jsonl of {\"query\": ..., \"passage\": ...} lines, scored in "
+                                                   "file order"),
+    query: str | None = typer.Option(None, "--query", "-q", help="one query whose --passage texts are ranked"),
+    passage: list[str] = typer.Option([], "--passage", "-p", help="passage(s) to rank for --query, best first"),
+    model: str = typer.Option(default_reranker() or ..., "--model", "-m",
+                              help="cross-encoder: dir, shipped name or hub id (e.g. BAAI/bge-reranker-v2-m3)"),
+    normalize: bool = typer.Option(False, help="sigmoid of the logits, scores in (0, 1)"),
+    max_length: int | None = typer.Option(None, help="pair tokens (default 512, capped at the model's limit)"),
+    dtype: str = DtypeOpt,
+    device: str | None = DeviceOpt,
+) -> None:
+    """Score (query, passage) pairs with a cross-encoder, as JSON lines (FlagReranker's compute_score numbers)."""
+    import json
+
+    from m3embed.corpus import read_pairs
+
+    if (pairs is None) == (query is None) or (query is not None and not passage):
+        raise ValueError("give a pairs file, or --query with one or more --passage")
+    cross = _load_reranker(model, dtype, device)
+    if pairs is not None:
+        items = read_pairs(pairs)
+        scores = cross.compute_score(items, normalize=normalize, max_length=max_length)
+        rows = [{"query": q, "passage": p, "score": s} for (q, p), s in zip(items, scores)]
+    else:
+        ranked = cross.rank([query], [passage], normalize=normalize, max_length=max_length)[0]
+        rows = [{"query": query, "index": i, "passage": passage[i], "score": s} for i, s in ranked]
+    for row in rows:
+        typer.echo(json.dumps(row, ensure_ascii=False))
 
 
 @app.command()
@@ -268,8 +306,11 @@ def search(
     weights: str = SearchWeightsOpt,
     candidates: int | None = typer.Option(None, help="candidates per route (dense, sparse) rescored by hybrid "
                                                      "modes (default 100)"),
-    rerank: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
-                                                    "dense+sparse candidates (faster, not exact M3)"),
+    colbert_top: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
+                                                      "dense+sparse candidates (faster, not exact M3)"),
+    reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) that rescores the "
+                                                   "best --rerank-top hits from their stored texts"),
+    rerank_top: int | None = typer.Option(None, help="hits the --reranker rescores (default max(k, 100))"),
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
     explain: bool = typer.Option(False, help="show each mode's score"),
     json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
@@ -286,20 +327,23 @@ def search(
     from m3embed.modes import parse_weights
 
     with open_index(index, collection=collection) as idx:
-        spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates, rerank=rerank,
-                           filter=parse_where(where), explain=explain)
+        cross = _load_reranker(reranker, dtype, device) if reranker else None
+        spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
+                           colbert_top=colbert_top, filter=parse_where(where), explain=explain, reranker=cross,
+                           rerank_top=rerank_top)
         _index_model(idx, model, dtype, device)
-        results = idx.run(spec, idx.model.encode_queries(list(query), modes=spec.query_modes))
+        results = idx.run(spec, idx.model.encode_queries(list(query), modes=spec.query_modes), list(query))
     for q, hits in zip(query, results):
         if json_out:
             for rank, h in enumerate(hits, 1):
                 typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
             continue
-        table = Table(title=f"{spec.mode}: {q}")
-        for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
+        table = Table(title=f"{spec.mode}{' + rerank' if cross else ''}: {q}")
+        parts = (("dense", "sparse", "colbert") if explain else ()) + (("rerank",) if explain and cross else ())
+        for col in ("rank", "id", "score", *parts, "text"):
             table.add_column(col)
         for rank, h in enumerate(hits, 1):
-            per = [f"{h.scores.get(m, float('nan')):.4f}" for m in ("dense", "sparse", "colbert")] if explain else []
+            per = [f"{h.scores.get(m, float('nan')):.4f}" for m in parts]
             text = (h.text or "").replace("\n", " ")
             table.add_row(str(rank), h.id, f"{h.score:.4f}", *per, text[:80] + ("…" if len(text) > 80 else ""))
         out.print(table)
