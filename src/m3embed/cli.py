@@ -412,12 +412,17 @@ def eval_command(
 # ---- train / mine (training) ----
 
 
-def _train_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
-    """A `train` option setting TrainConfig.`field`, with TrainConfig's default (one place for defaults)."""
-    from m3embed.train.config import TrainConfig  # torch-free
+def _train_option(field: str, *flags: str, help: str, config: str = "TrainConfig") -> typer.models.OptionInfo:
+    """A training option setting `config`.`field` (a class of m3embed.train.config), with its default (one place
+    for defaults)."""
+    from m3embed.train import config as configs  # torch-free
 
-    default = TrainConfig.__dataclass_fields__[field].default
+    default = getattr(configs, config).__dataclass_fields__[field].default
     return typer.Option(",".join(default) if isinstance(default, tuple) else default, *flags, help=help)
+
+
+def _reranker_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
+    return _train_option(field, *flags, help=help, config="RerankerTrainConfig")
 
 
 @app.command("train")
@@ -491,6 +496,63 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
         last = json.loads(lines[-1]) if lines else {}
         parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "dense", "sparse", "colbert", "inter") if k in last)
         console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
+
+
+@app.command("train-reranker")
+def train_reranker_command(  # every parameter is named as the RerankerTrainConfig field it sets
+    train_data: list[Path] = typer.Argument(..., metavar="DATA",
+                                            help="jsonl files or directories of *.jsonl: {query, pos, neg}"),
+    model: str = typer.Option(..., "--model", "-m", help="reranker checkpoint, or a plain encoder that gets a new "
+                              "classification head (dir, shipped name or hub id)"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
+    train_layers: int | None = _reranker_option("train_layers", help="train only this many top encoder layers "
+                                                "(and the head); default: the whole model"),
+    train_group_size: int = _reranker_option("train_group_size", help="pairs per query: 1 positive + N-1 negatives"),
+    query_max_length: int | None = _reranker_option(
+        "query_max_length", help="query share of a pair in tokens (default 32; a pair holds query + passage)"),
+    passage_max_length: int | None = _reranker_option(
+        "passage_max_length", help="passage share of a pair in tokens (default 128)"),
+    per_device_batch_size: int = _reranker_option("per_device_batch_size", "--per-device-batch-size",
+                                                  "--batch-size", help="queries per process per step"),
+    group_by_length: bool = _reranker_option("group_by_length", help="batches of similar length"),
+    teacher_scores: str = _reranker_option("teacher_scores", help="distil from pos_scores/neg_scores: auto, on, off"),
+    learning_rate: float = _reranker_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    weight_decay: float = _reranker_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
+    lr_scheduler: str = _reranker_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
+    warmup_ratio: float = _reranker_option("warmup_ratio", help="share of the steps spent warming up"),
+    warmup_steps: int = _reranker_option("warmup_steps", help="warm-up steps; overrides --warmup-ratio when > 0"),
+    epochs: float = _reranker_option("epochs", help="passes over the data (fractions allowed)"),
+    max_steps: int = _reranker_option("max_steps", help="> 0 overrides --epochs"),
+    max_grad_norm: float = _reranker_option("max_grad_norm", help="gradient clipping norm (0: no clipping)"),
+    bf16: bool = _reranker_option("bf16", help="bf16 autocast"),
+    gradient_checkpointing: bool = _reranker_option("gradient_checkpointing",
+                                                    help="recompute encoder layers in the backward pass"),
+    sub_batch_size: int | None = _reranker_option("sub_batch_size", help="pairs per checkpointed chunk"),
+    seed: int = _reranker_option("seed", help="seed of the data order, group sampling and a new head"),
+    device: str | None = _reranker_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
+                                          "available)"),
+    save_steps: int = _reranker_option("save_steps", help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = _reranker_option("save_total_limit", help="checkpoints kept (0: all)"),
+    resume_from: str | None = _reranker_option("resume_from", "--resume-from", "--resume",
+                                               help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = _reranker_option("logging_steps", help="a train_log.jsonl line every N steps"),
+    progress: bool = _reranker_option("progress", help="progress bar"),
+) -> None:
+    """Fine-tune a cross-encoder reranker (FlagEmbedding's recipe: cross-entropy over 1 positive + N-1 negatives)."""
+    options = dict(locals())  # the parameters above, before any other local name exists
+    import json
+
+    from m3embed.train import distributed
+    from m3embed.train.config import RerankerTrainConfig
+    from m3embed.train.reranker import train_reranker
+    from m3embed.train.trainer import LOG_FILE
+
+    result = train_reranker(RerankerTrainConfig(**options))
+    if distributed.is_main_process():
+        lines = (result / LOG_FILE).read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "ce", "distill") if k in last)
+        console.print(f"trained {last.get('step', 0)} steps ({parts}); reranker saved to {result}", highlight=False)
 
 
 @app.command()

@@ -48,13 +48,15 @@ class Reranker(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str = torch.float32, revision: str | None = None) -> Reranker:
+                        dtype: torch.dtype | str = torch.float32, revision: str | None = None,
+                        new_head: bool = False) -> Reranker:
         """Load a reranker from a local directory, a shipped name ("minilm-reranker") or a hub id.
 
         Args:
             name_or_path: e.g. "BAAI/bge-reranker-v2-m3" or a directory holding config.json, weights, tokenizer.
             device: "cpu", "cuda", ...; None picks cuda when available.
             dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU) or float16 (GPU only).
+            new_head: accept a plain encoder and give it a random one-label classification head (to train it).
         """
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -63,14 +65,15 @@ class Reranker(nn.Module):
         device, dtype = resolve_device_dtype(device, dtype)
         config = AutoConfig.from_pretrained(directory)
         archs = list(getattr(config, "architectures", None) or [])
-        if not any(a.endswith("ForSequenceClassification") for a in archs) or config.num_labels != 1:
+        is_reranker = any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == 1
+        if not is_reranker and not new_head:
             raise ValueError(
                 f"{directory} is not a cross-encoder reranker: its config.json declares {archs or 'no architecture'}"
                 f" with {config.num_labels} labels; a reranker is a *ForSequenceClassification model with one "
                 "label (e.g. BAAI/bge-reranker-v2-m3); for an embedding model use M3Model")
         tokenizer = AutoTokenizer.from_pretrained(directory)
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=dtype)
+            model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=dtype, num_labels=1)
         return cls(model, tokenizer, name=str(name_or_path)).to(device).eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

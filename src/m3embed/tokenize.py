@@ -71,12 +71,13 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 
-def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, query_max_length: int
-                   ) -> tuple[list[list[int]], list[list[int]] | None]:
+def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, query_max_length: int,
+                   passage_max_length: int | None = None) -> tuple[list[list[int]], list[list[int]] | None]:
     """Token ids of (query, passage) pairs, built exactly as FlagEmbedding 1.4.2's FlagReranker builds them.
 
-    The query is cut to `query_max_length` tokens and the passage to `max_length` (special tokens not counted);
-    both are decoded back to text and tokenised again as a pair with the model's special tokens, truncating
+    The query is cut to `query_max_length` tokens and the passage to `passage_max_length` (default max_length;
+    special tokens not counted; FlagEmbedding's reranker training cuts them at q + p/4 and p + q/2 for a pair of
+    q + p); both are decoded back to text and tokenised again as a pair with the model's special tokens, truncating
     only the passage so that the pair fits `max_length` (FlagEmbedding's `prepare_for_model_compat` under
     transformers 5, where a decode and re-tokenise round trip can move a cut inside a word). The caller keeps
     `query_max_length` + the pair's special tokens within `max_length`.
@@ -92,7 +93,7 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, que
         return tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     queries = cut([q for q, _ in pairs], query_max_length)
-    passages = cut([p for _, p in pairs], max_length)
+    passages = cut([p for _, p in pairs], passage_max_length or max_length)
     enc = tokenizer(queries, passages, truncation="only_second", max_length=max_length,
                     return_attention_mask=False)
     ids, types = enc["input_ids"], enc.get("token_type_ids")
