@@ -380,33 +380,27 @@ def eval_command(
     batch_size: int = typer.Option(256, help="texts encoded per call"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
+    progress: bool = typer.Option(True, help="progress bars on stderr (indexing, queries, BM25)"),
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
-    from m3embed.evaluate import BM25Config, M3Settings, evaluate_dataset, load_dataset, write_report
+    from m3embed import evaluate as ev
     from m3embed.modes import check_search_modes, index_representations, parse_weights, servable
 
+    ev.require_extras()  # a missing [eval] extra fails here, before any loading or encoding
     w = parse_weights(weights)
     chosen = check_search_modes(modes) if modes else None
-    data = load_dataset(dataset, qrels=qrels)
-    if max_queries is not None:
-        data = data.head(max_queries)
-    m = None
-    if model is not None:
-        m = _load(model, index_representations(chosen) if chosen else ("dense",), dtype, device)
-        chosen = chosen or servable(m.available_modes())
-    elif chosen or index is not None:
+    if model is None and (chosen or index is not None):
         raise ValueError("--modes and --index need a --model")
-    settings = M3Settings(modes=chosen or (), weights=w, candidates=candidates, query_max_length=query_max_length,
-                          passage_max_length=passage_max_length, index_dir=index)
-    result = evaluate_dataset(data, m, k=k, m3=settings, bm25=BM25Config(k1, b, stopwords) if bm25 else None,
-                              batch_size=batch_size)
-    paths = write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
-    table = Table(title=f"{data.name} ({data.qrels_file}): {result.n_queries} queries, {result.n_docs} docs")
-    for col in ("system", *next(iter(result.scores.values()))):
-        table.add_column(col, justify="left" if col == "system" else "right")
-    for name, row in result.scores.items():
-        table.add_row(name, *(f"{v:.4f}" for v in row.values()))
-    out.print(table)
+    data = ev.load_dataset(dataset, qrels=qrels)
+    data = data.head(max_queries) if max_queries is not None else data
+    m = None if model is None else _load(model, index_representations(chosen or ("dense",)), dtype, device)
+    settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
+                             candidates=candidates, query_max_length=query_max_length,
+                             passage_max_length=passage_max_length, index_dir=index)
+    result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
+                                 batch_size=batch_size, progress=progress)
+    paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
+    out.print(ev.console_table(result))
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
 
 # ---- train / mine (training) ----
