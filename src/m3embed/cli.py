@@ -15,6 +15,7 @@ from rich.table import Table
 
 from m3embed._optional import MissingExtra, require
 from m3embed.checkpoint import default_model, default_reranker
+from m3embed.index.store import DEFAULT_RERANK_TOP
 from m3embed.modes import SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -381,6 +382,9 @@ def eval_command(
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
     progress: bool = typer.Option(True, help="progress bars on stderr (indexing, queries, BM25)"),
+    reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id): adds a "
+                                                   "<mode>+rerank row per mode"),
+    rerank_top: int = typer.Option(DEFAULT_RERANK_TOP, help="documents of each mode's run the --reranker rescores"),
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
     from m3embed import evaluate as ev
@@ -396,9 +400,10 @@ def eval_command(
     m = None if model is None else _load(model, index_representations(chosen or ("dense",)), dtype, device)
     settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
                              candidates=candidates, query_max_length=query_max_length,
-                             passage_max_length=passage_max_length, index_dir=index)
+                             passage_max_length=passage_max_length, index_dir=index, rerank_top=rerank_top)
+    cross = _load_reranker(reranker, dtype, device) if reranker else None
     result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, reranker=cross)
     paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
     out.print(ev.console_table(result))
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
