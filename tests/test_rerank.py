@@ -130,6 +130,11 @@ def test_lengths_follow_the_length_policy(model: Reranker) -> None:
     with pytest.raises(ValueError, match="query_max_length=61 must be between 1 and 60"):
         model.compute_score([("q", "p")], max_length=64, query_max_length=61)
     assert model.lengths(8) == (8, 4)  # the default query share is capped so that the pair always fits
+    model.pair_max_length = 64  # a per-model default, as --rerank-max-length sets it
+    try:
+        assert model.lengths() == (64, 48) and model.lengths(100) == (100, 75)
+    finally:
+        model.pair_max_length = 128
 
 
 def test_empty_input_and_loading_errors(model: Reranker, xlmr_ckpt: Path, tmp_path: Path) -> None:

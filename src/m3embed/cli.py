@@ -38,10 +38,18 @@ def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
     return M3Model.from_pretrained(model, modes=modes, dtype=dtype, device=device)
 
 
-def _load_reranker(name: str, dtype: str = "float32", device: str | None = None):
+def _load_reranker(name: str, dtype: str = "float32", device: str | None = None, max_length: int | None = None):
+    """A cross-encoder whose pairs are cut at `max_length` tokens by default (None: 512 capped at its limit)."""
     from m3embed.rerank import Reranker
+    from m3embed.tokenize import resolve_max_length
 
-    return Reranker.from_pretrained(name, dtype=dtype, device=device)
+    cross = Reranker.from_pretrained(name, dtype=dtype, device=device)
+    cross.pair_max_length = resolve_max_length(max_length, cross.max_length, cross.pair_max_length,
+                                               "--rerank-max-length")
+    return cross
+
+
+RerankMaxLengthOpt = typer.Option(None, help="pair tokens the reranker reads (default 512, capped at its limit)")
 
 # ---- encode / score / info (foundation) ----
 
@@ -123,13 +131,13 @@ def rerank(
 
     if (pairs is None) == (query is None) or (query is not None and not passage):
         raise ValueError("give a pairs file, or --query with one or more --passage")
-    cross = _load_reranker(model, dtype, device)
+    cross = _load_reranker(model, dtype, device, max_length)
     if pairs is not None:
         items = read_pairs(pairs)
-        scores = cross.compute_score(items, normalize=normalize, max_length=max_length)
+        scores = cross.compute_score(items, normalize=normalize)
         rows = [{"query": q, "passage": p, "score": s} for (q, p), s in zip(items, scores)]
     else:
-        ranked = cross.rank([query], [passage], normalize=normalize, max_length=max_length)[0]
+        ranked = cross.rank([query], [passage], normalize=normalize)[0]
         rows = [{"query": query, "index": i, "passage": passage[i], "score": s} for i, s in ranked]
     for row in rows:
         typer.echo(json.dumps(row, ensure_ascii=False))
@@ -312,6 +320,7 @@ def search(
     reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) that rescores the "
                                                    "best --rerank-top hits from their stored texts"),
     rerank_top: int | None = typer.Option(None, help="hits the --reranker rescores (default max(k, 100))"),
+    rerank_max_length: int | None = RerankMaxLengthOpt,
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
     explain: bool = typer.Option(False, help="show each mode's score"),
     json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
@@ -328,7 +337,7 @@ def search(
     from m3embed.modes import parse_weights
 
     with open_index(index, collection=collection) as idx:
-        cross = _load_reranker(reranker, dtype, device) if reranker else None
+        cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
         spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
                            colbert_top=colbert_top, filter=parse_where(where), explain=explain, reranker=cross,
                            rerank_top=rerank_top)
@@ -385,6 +394,7 @@ def eval_command(
     reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id): adds a "
                                                    "<mode>+rerank row per mode"),
     rerank_top: int = typer.Option(DEFAULT_RERANK_TOP, help="documents of each mode's run the --reranker rescores"),
+    rerank_max_length: int | None = RerankMaxLengthOpt,
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
     from m3embed import evaluate as ev
@@ -401,7 +411,7 @@ def eval_command(
     settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
                              candidates=candidates, query_max_length=query_max_length,
                              passage_max_length=passage_max_length, index_dir=index, rerank_top=rerank_top)
-    cross = _load_reranker(reranker, dtype, device) if reranker else None
+    cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
     result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
                                  batch_size=batch_size, progress=progress, reranker=cross)
     paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))

@@ -33,6 +33,8 @@ class Reranker(nn.Module):
     Attributes:
         model: the `*ForSequenceClassification` model; tokenizer: its tokenizer; name: what it was loaded as.
         max_length: the model's position limit in tokens (the pair's special tokens included).
+        pair_max_length: the default truncation of a pair (FlagReranker's 512, capped at max_length); set it to
+            change every call's default (an explicit max_length above the limit is an error).
     """
 
     def __init__(self, model: nn.Module, tokenizer, name: str = "") -> None:
@@ -44,6 +46,7 @@ class Reranker(nn.Module):
         self.tokenizer = tokenizer
         self.name = name
         self.max_length: int = checkpoint.position_limit(model.config)
+        self.pair_max_length: int = min(RERANK_MAX_LENGTH, self.max_length)
         self.pair_specials: int = tokenizer.num_special_tokens_to_add(pair=True)  # <s> q </s></s> p </s>: 4
 
     @classmethod
@@ -102,10 +105,11 @@ class Reranker(nn.Module):
     def lengths(self, max_length: int | None = None, query_max_length: int | None = None) -> tuple[int, int]:
         """(max_length, query_max_length) by the length policy, with FlagReranker's defaults.
 
-        max_length defaults to 512 (capped at the model's limit); query_max_length to 3/4 of it, capped so that
-        the query and the pair's special tokens fit. Explicit values that cannot fit are errors.
+        max_length defaults to `pair_max_length` (512 capped at the model's limit, unless set); query_max_length to
+        3/4 of it, capped so that the query and the pair's special tokens fit. Explicit values that cannot fit
+        are errors.
         """
-        max_length = resolve_max_length(max_length, self.max_length, RERANK_MAX_LENGTH)
+        max_length = resolve_max_length(max_length, self.max_length, self.pair_max_length)
         room = max_length - self.pair_specials  # the query's share when the passage gets nothing
         if room < 1:
             raise ValueError(f"max_length={max_length} leaves no room for text: a pair takes "
@@ -127,7 +131,7 @@ class Reranker(nn.Module):
         Args:
             pairs: (query, passage) pairs, or one pair (a list of one score comes back).
             normalize: apply a sigmoid (scores in (0, 1)) instead of returning the raw logits.
-            max_length: pair tokens, special tokens included (default 512, capped at the model's limit).
+            max_length: pair tokens, special tokens included (default `pair_max_length`: 512 capped at the limit).
             query_max_length: query tokens (default 3/4 of max_length); the passage is cut to fit.
             batch_tokens: budget of padded tokens per forward pass (pairs are sorted longest first).
             max_batch_size: cap on pairs per forward pass.

@@ -326,6 +326,7 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
             elapsed = time.perf_counter() - tick
             seconds[mode + RERANK_SUFFIX] = seconds[mode] + elapsed
             per_query[mode] = round(1000 * elapsed / max(len(dataset.queries), 1), 2)
-        settings["reranker"] = f"{getattr(reranker, 'name', '') or 'Reranker'}, top {m3.rerank_top} of each mode"
+        settings["reranker"] = (f"{getattr(reranker, 'name', '') or 'Reranker'}, top {m3.rerank_top} of each mode, "
+                                f"pairs cut at {getattr(reranker, 'pair_max_length', '-')} tokens")
         settings["rerank ms per query"] = per_query
     return evaluate_runs(dataset, runs, k, seconds, settings)
