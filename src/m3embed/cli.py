@@ -606,6 +606,9 @@ def mine(
 def serve(
     model: str = ModelOpt,
     index: Path | None = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
+    reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) to serve /v1/rerank "
+                                                   "and /v1/search's rerank; clients name it by this value"),
+    rerank_max_length: int | None = RerankMaxLengthOpt,
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     api_key: str | None = typer.Option(None, envvar="M3EMBED_API_KEY",
@@ -642,6 +645,7 @@ def serve(
 
         torch.set_num_threads(threads)
     m = _load(model, ("dense",), dtype, device)
+    cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
     idx = None
     if index is not None:
         from m3embed.index import open_index
@@ -651,9 +655,10 @@ def serve(
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
     try:
-        web = create_app(m, idx, settings)
+        web = create_app(m, idx, settings, cross)
         console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
-                      f"{'; index ' + str(index) if idx is not None else ''}) on http://{host}:{port}"
+                      f"{'; index ' + str(index) if idx is not None else ''}"
+                      f"{'; reranker ' + reranker if cross is not None else ''}) on http://{host}:{port}"
                       f"{' with an API key' if settings.api_key else ''}")
         uvicorn.run(web, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
     except (_StopServing, KeyboardInterrupt):

@@ -373,6 +373,14 @@ class Index:
         """
         if spec.reranker is not None and (queries is None or len(queries) != len(outputs)):
             raise ValueError(f"reranking reads the query texts: pass {len(outputs)} queries with the encoded ones")
+        hits = self.first_stage(spec, outputs)
+        if spec.reranker is None:
+            return hits
+        return rerank_hits(spec.reranker, queries, hits, spec.k, spec.mode, spec.with_text)
+
+    def first_stage(self, spec: SearchSpec, outputs: M3Output) -> list[list[Hit]]:
+        """The hits before any cross-encoder: `spec.first_k` per query, with their texts when a reranker follows
+        (the HTTP service runs `rerank_hits` on its model worker)."""
         vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
         plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
                              spec.hnsw_ef, spec.colbert_top) for q in vectors]
@@ -380,8 +388,6 @@ class Index:
             results = self.store.search(plans, spec.conditions, spec.with_text or spec.reranker is not None)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
                      {spec.mode: h.score} if spec.mode in MODES else None) for h in found] for found in results]
-        if spec.reranker is not None:
-            hits = rerank_hits(spec.reranker, queries, hits, spec.k, spec.mode, spec.with_text)
         if spec.explain:
             hits = [self._explain(q, found) for q, found in zip(vectors, hits)]
         return hits
@@ -394,7 +400,7 @@ class Index:
         out = []
         for h in hits:
             v = stored.get(h.id)
-            scores = {"rerank": h.scores["rerank"]} if h.scores and "rerank" in h.scores else {}
+            scores = {}
             if v is not None and v.dense is not None and q.dense is not None:
                 scores["dense"] = float(scoring.dense_scores(q.dense[None], v.dense[None])[0, 0])
             if v is not None and v.sparse is not None and q.sparse is not None:
