@@ -20,7 +20,7 @@ import json
 import random
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("m3_build", Path(__file__).parents[1] / "minilm-m3" / "build_data.py")
+_spec = importlib.util.spec_from_file_location("m3_build", Path(__file__).parents[1] / "minilm-m3/build_data.py")
 m3_build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(m3_build)
 
