@@ -139,12 +139,13 @@ def progress_bar(show: bool, total: int, label: str):
     """A context giving (rich Progress, task id) to advance by tokens done, or None when not shown."""
     if not show:
         return nullcontext(None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     class _Bar:
-        def __enter__(self):
+        def __enter__(self):  # on stderr: stdout may carry the command's results
             self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=False)
+                              TimeRemainingColumn(), transient=False, console=Console(stderr=True))
             self.p.__enter__()
             return self.p, self.p.add_task(label, total=total)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from m3embed import checkpoint
 from m3embed.encode import AUTO_PROGRESS_TOKENS, default_batch_tokens, progress_bar
-from m3embed.model import quiet_transformers, resolve_device_dtype
+from m3embed.model import quiet_hf, resolve_device_dtype
 from m3embed.tokenize import budget_batches, check_pairs, check_texts, pad, resolve_max_length, tokenize_pairs
 
 RERANK_MAX_LENGTH = 512  # FlagReranker's default max_length (pair tokens, special tokens included)
@@ -75,7 +75,7 @@ class Reranker(nn.Module):
                 f" with {config.num_labels} labels; a reranker is a *ForSequenceClassification model with one "
                 "label (e.g. BAAI/bge-reranker-v2-m3); for an embedding model use M3Model")
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        with quiet_transformers():
+        with quiet_hf():
             model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=dtype, num_labels=1)
         return cls(model, tokenizer, name=str(name_or_path)).to(device).eval()
 
@@ -83,7 +83,8 @@ class Reranker(nn.Module):
         """Write the Hugging Face layout (config, model.safetensors, tokenizer): loadable by FlagReranker."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        with quiet_hf():
+            self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         return directory
 
