@@ -96,7 +96,7 @@ def encode(model: Forward, texts: Sequence[str] | str, modes: Sequence[str] | st
 
     was_training = model.training
     model.train(False)
-    with torch.inference_mode(), _progress(show, int(lengths.sum())) as bar:
+    with torch.inference_mode(), progress_bar(show, int(lengths.sum()), "encoding tokens") as bar:
         for batch in batches:
             input_ids, mask = pad([ids[i] for i in batch], model.tokenizer.pad_token_id)
             positions = None
@@ -143,7 +143,8 @@ def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vo
     return out
 
 
-def _progress(show: bool, total: int):
+def progress_bar(show: bool, total: int, label: str):
+    """A context giving (rich Progress, task id) to advance by tokens done, or None when not shown."""
     if not show:
         return nullcontext(None)
     from rich.console import Console
@@ -151,10 +152,10 @@ def _progress(show: bool, total: int):
 
     class _Bar:
         def __enter__(self):  # on stderr: stdout may carry the command's results
-            self.p = Progress(TextColumn("encoding tokens"), BarColumn(), MofNCompleteColumn(),
+            self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                               TimeRemainingColumn(), transient=False, console=Console(stderr=True))
             self.p.__enter__()
-            return self.p, self.p.add_task("encode", total=total)
+            return self.p, self.p.add_task(label, total=total)
 
         def __exit__(self, *exc):
             return self.p.__exit__(*exc)
