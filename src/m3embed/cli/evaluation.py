@@ -18,8 +18,7 @@ from m3embed.cli._common import (
     console,
     out,
 )
-from m3embed.index.store import DEFAULT_RERANK_TOP
-from m3embed.modes import SEARCH_MODES
+from m3embed.modes import DEFAULT_RERANK_TOP, SEARCH_MODES
 
 
 @app.command("eval")

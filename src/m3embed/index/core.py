@@ -32,7 +32,6 @@ from m3embed.index.manifest import (
 )
 from m3embed.index.store import (
     DEFAULT_CANDIDATES,
-    DEFAULT_RERANK_TOP,
     Condition,
     DocBatch,
     QueryVectors,
@@ -41,6 +40,7 @@ from m3embed.index.store import (
     plan_search,
 )
 from m3embed.modes import (
+    DEFAULT_RERANK_TOP,
     MODES,
     SEARCH_WEIGHTS,
     check_modes,
