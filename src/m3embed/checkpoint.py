@@ -45,7 +45,10 @@ class M3Config:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and adapters) of models trained by m3embed
+SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and trained layers) of models trained by m3embed
+# a shipped model's trained tensors that replace or extend the backbone's (its metadata "backbone_prefix" maps
+# the backbone's names to the model's, e.g. "bert."); merged into model.safetensors when assembled
+TRAINED_WEIGHTS = "trained_weights.safetensors"
 
 
 def cache_dir() -> Path:
@@ -67,8 +70,9 @@ def shipped_models() -> dict[str, Path]:
     if backbone is None:
         return {}
     models = {"all-MiniLM-L6-v2": backbone}
-    for heads in sorted(SHIPPED_DIR.glob("*/m3embed.json")):
-        models[heads.parent.name] = heads.parent
+    for found in sorted(SHIPPED_DIR.glob("*/")):
+        if (found / CONFIG_FILE).is_file() or (found / "config.json").is_file():  # M3 heads / a reranker
+            models[found.name] = found
     return models
 
 
@@ -77,8 +81,16 @@ def default_model() -> str:
     return "minilm-m3" if "minilm-m3" in shipped_models() else "all-MiniLM-L6-v2"
 
 
+def default_reranker() -> str | None:
+    """The cross-encoder trained here when it ships with this install, else None."""
+    return "minilm-reranker" if "minilm-reranker" in shipped_models() else None
+
+
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
-    """A checkpoint directory joining a package's backbone and our shipped heads (copied once into the cache)."""
+    """A checkpoint directory joining a package's backbone and what we ship (copied once into the cache).
+
+    Our head files and config.json replace the backbone's; TRAINED_WEIGHTS is merged into its model.safetensors.
+    """
     used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
     target = cache_dir() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
@@ -91,8 +103,24 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
         if dst.exists() or dst.is_symlink():
             dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    if (tmp / TRAINED_WEIGHTS).is_file():
+        _merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
     os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
     return target
+
+
+def _merge_trained(weights: Path, trained: Path) -> None:
+    """Rewrite `weights` (the backbone's) as the full model: prefixed backbone tensors, then ours, in float32."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(trained, "pt") as f:
+        prefix = (f.metadata() or {}).get("backbone_prefix", "")
+    merged = {prefix + k: v for k, v in load_file(weights).items()}
+    merged.update(load_file(trained))
+    save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in merged.items()},
+              str(weights), metadata={"format": "pt"})
+    trained.unlink()
 
 
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
@@ -139,6 +167,15 @@ def check_layout(directory: Path, modes: Sequence[str]) -> None:
             raise FileNotFoundError(
                 f"{directory / HEAD_FILES[mode]} is missing, so the {mode} output cannot be computed; {hint}"
             )
+
+
+def position_limit(config) -> int:
+    """Tokens a Hugging Face encoder config can take, special tokens included.
+
+    XLM-R positions start after the padding index: 8194 embeddings leave 8192 usable tokens.
+    """
+    offset = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+    return config.max_position_embeddings - offset
 
 
 def read_config(directory: Path) -> M3Config:
