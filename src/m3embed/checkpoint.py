@@ -6,7 +6,8 @@ Layout (BAAI/bge-m3 and every checkpoint fine-tuned from it):
     tokenizer files                     tokenizer.json, sentencepiece.bpe.model or vocab.txt
     colbert_linear.pt                   state dict of nn.Linear(hidden, hidden)
     sparse_linear.pt                    state dict of nn.Linear(hidden, 1)
-    m3embed.json                        ours, optional: {"pooling": "cls" | "mean"}
+    m3embed.json                        ours, optional: {"pooling": "cls" | "mean", "query_prefix": str,
+                                        "passage_prefix": str}
 """
 
 from __future__ import annotations
@@ -36,10 +37,17 @@ class M3Config:
     """m3embed's own settings stored beside a checkpoint."""
 
     pooling: str = "cls"  # the paper's dense pooling; MiniLM-style backbones use "mean"
+    # prepended to every query / passage by encode_queries / encode_corpus (sentence-transformers' prompts);
+    # e5 models are trained with "query: " and "passage: "; BGE-M3 uses none
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("query_prefix", "passage_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
 
     def save(self, directory: Path) -> None:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
