@@ -83,7 +83,7 @@ def default_model() -> str:
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """A hard link where the filesystem allows (large backbone weights are not duplicated), else a copy."""
+    """A hard link where the filesystem allows, else a copy."""
     if Path(src).is_dir():
         shutil.copytree(src, dst, copy_function=_link_or_copy)
         return
@@ -103,11 +103,17 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    # a backbone converted into our cache (470 MB for e5) is hard-linked, not duplicated; package files and our
+    # heads are copied, so that nothing written into the cache can reach them
+    link = backbone.is_relative_to(backbones.cache_root())
     for src in list(backbone.iterdir()) + used:
         dst = tmp / src.name
         if dst.exists() or dst.is_symlink():
             dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)
-        _link_or_copy(src, dst)
+        if link and src.parent == backbone:
+            _link_or_copy(src, dst)
+        else:
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
     return target
 
