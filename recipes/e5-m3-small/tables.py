@@ -49,7 +49,7 @@ def ndcg_table(new: dict[str, dict], old: dict[str, dict]) -> str:
     head = ["set", "BM25", "e5-small dense", *(f"{NEW} {m}" for m in MODES), f"{OLD} all"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for group, sets in GROUPS.items():
-        present = [s for s in sets if s in new or s in old]
+        present = [s for s in sets if s in new]
         if not present:
             continue
         lines.append(f"| *{group}* |" + " |" * (len(head) - 1))
