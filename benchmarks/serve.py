@@ -1,14 +1,24 @@
-"""Serving throughput and latency: dynamic batching on vs off, 1 / 8 / 32 concurrent clients, one run.
+"""Serving throughput and latency: dynamic batching on vs off (`--case sweep`), and small requests beside one
+large request (`--case mixed`).
 
-Starts `m3embed serve` twice on 127.0.0.1 (with `--batching` and `--no-batching`), both on the same
-checkpoint, and drives POST /v1/embeddings from closed-loop async clients: each client sends its next request
-when the previous one is answered. Each level runs for `--seconds` or `--max-requests` per client, whichever
-ends first, after a short warm-up. Settings alternate at every level (off, on) and the sweep repeats
-`--rounds` times, so drift in a shared machine's load hits both alike; the table shows each setting's best round. Texts are short queries (XQuAD-en questions when the shared data is there,
-else the built-in sample), one text per request: the online-query case that batching is for.
+sweep (the default): starts `m3embed serve` twice on 127.0.0.1 (with `--batching` and `--no-batching`), both on
+the same checkpoint, and drives POST /v1/embeddings from closed-loop async clients: each client sends its next
+request when the previous one is answered. Each level runs for `--seconds` or `--max-requests` per client,
+whichever ends first, after a short warm-up. Settings alternate at every level (off, on) and the sweep repeats
+`--rounds` times, so drift in a shared machine's load hits both alike; the table shows each setting's best
+round. Texts are short queries (XQuAD-en questions when the shared data is there, else the built-in sample),
+one text per request: the online-query case that batching is for. Reports requests/s, p50 and p99 latency,
+errors and the mean number of requests merged per model call (read from /metrics), plus the ratio of batched
+throughput at the highest concurrency to one request at a time.
 
-Reports requests/s, p50 and p99 latency, errors and the mean number of requests merged per model call
-(read from /metrics), plus the ratio of batched throughput at the highest concurrency to one request at a time.
+mixed: one server (batching on). `--small-clients` closed-loop clients send one short query per request for
+`--seconds` alone, then again while ONE request of `--big-texts` texts of about `--big-tokens` tokens each
+(XQuAD-en passages strung together and cut, else the built-in sample) is being answered: 2,048 texts of ~400
+tokens by default, the largest request the server takes. Reports the small clients' p50 / p99 latency without
+and with the large request and the ratio of the p99s (the server splits the large request into chunks of
+`--max-batch-tokens` tokens that take turns with the small requests; the target is a ratio of at most 3), and
+the large request's own latency. A model with fewer positions (`--shape tiny`: 128) truncates the long texts.
+
 The load generator shares the machine with the server, as on any single host. On a machine with few cores
 shared with other work, `--threads 1` avoids torch's spinning worker threads fighting over cores.
 
@@ -16,6 +26,8 @@ shared with other work, `--threads 1` avoids torch's spinning worker threads fig
     python benchmarks/serve.py --threads 1 --batch-tokens 256 --out serve.json   # the settings reported
     python benchmarks/serve.py --shape tiny --seconds 5  # 2-layer 64-d model: the server's own overhead
     python benchmarks/serve.py --model /path/to/ckpt --device cuda
+    python benchmarks/serve.py --case mixed --threads 1 --max-batch-tokens 1024   # the issue's 2,048 x ~400 tokens
+    python benchmarks/serve.py --case mixed --big-texts 256 --seconds 5          # a quicker, smaller large request
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ SHAPES = {
     "tiny": {"arch": "xlmr", **TINY_XLMR_SHAPE},  # 2 layers, 64-d: shows the server's own overhead
 }
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "xquad" / "en" / "queries.jsonl"
+PASSAGES = DATA.with_name("corpus.jsonl")
 MODEL_NAME = "bench"
 
 
@@ -57,6 +70,18 @@ def load_texts(n: int) -> list[str]:
         if texts:
             return texts[:n]
     return sample_texts(n, seed=1)
+
+
+def long_texts(model: str, n: int, tokens: int) -> list[str]:
+    """`n` texts of about `tokens` tokens each (by the model's tokenizer), cut from passages strung together."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    pool = [json.loads(line)["text"] for line in PASSAGES.open(encoding="utf-8")] if PASSAGES.is_file() else []
+    ids = tokenizer(" ".join(pool or sample_texts(2000, seed=2)), add_special_tokens=False)["input_ids"]
+    step = tokens - 2  # room for the special tokens
+    ids = ids * (n * step // len(ids) + 1)
+    return tokenizer.batch_decode([ids[i * step:(i + 1) * step] for i in range(n)])
 
 
 def free_port() -> int:
@@ -141,8 +166,10 @@ class Connection:
             self.writer = None
 
 
-async def drive(url: str, texts: list[str], clients: int, seconds: float, max_requests: int) -> dict:
-    """Closed-loop load: `clients` concurrent senders; returns latencies (s), errors and wall time."""
+async def drive(url: str, texts: list[str], clients: int, seconds: float, max_requests: int,
+                until: asyncio.Future | None = None) -> dict:
+    """Closed-loop load: `clients` concurrent senders (until `seconds` pass, or `until` is done);
+    returns latencies (s), errors and wall time."""
     host, port = url.removeprefix("http://").split(":")
     bodies = [json.dumps({"input": t, "model": MODEL_NAME}).encode() for t in texts]
     latencies: list[float] = []
@@ -154,7 +181,7 @@ async def drive(url: str, texts: list[str], clients: int, seconds: float, max_re
         conn = Connection(host, int(port))
         try:
             for n in range(max_requests):
-                if time.perf_counter() >= deadline:
+                if time.perf_counter() >= deadline or (until is not None and until.done()):
                     return
                 i = (k * 997 + n) % len(bodies)
                 t0 = time.perf_counter()
@@ -200,8 +227,72 @@ def run_level(server: Server, texts: list[str], clients: int, seconds: float, ma
     }
 
 
+def summarise(res: dict) -> dict:
+    lat = np.array(res["latencies"]) * 1000
+    return {"requests": len(lat), "errors": len(res["errors"]), "error_kinds": sorted(set(res["errors"]))[:5],
+            "seconds": round(res["wall"], 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None}
+
+
+async def with_large_request(server: Server, small: list[str], big: list[str], clients: int) -> dict:
+    """The small clients' latencies while one request of the `big` texts is being answered, and that request's."""
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"input": big, "model": MODEL_NAME}).encode()
+    conn = Connection(host, int(port))
+
+    async def large() -> tuple[int, bytes, float]:
+        t0 = time.perf_counter()
+        status, payload = await conn.post("/v1/embeddings", body)
+        await conn.close()
+        return status, payload, time.perf_counter() - t0
+
+    task = asyncio.ensure_future(large())
+    res = await drive(server.url, small, clients, float("inf"), 10**9, until=task)
+    status, payload, seconds = await task
+    tokens = json.loads(payload)["usage"]["prompt_tokens"] if status == 200 else None
+    return {**summarise(res), "large": {"status": status, "seconds": round(seconds, 2), "tokens": tokens,
+                                        "error": None if status == 200 else payload[:300].decode(errors="replace")}}
+
+
+def run_mixed(args: argparse.Namespace, model: str, extra: list[str]) -> dict:
+    small = load_texts(2000)
+    big = long_texts(model, args.big_texts, args.big_tokens)
+    server = Server(model, True, extra)
+    try:
+        server.wait_ready()
+        asyncio.run(drive(server.url, small, args.small_clients, args.warmup, 10**9))  # warm-up
+        alone = summarise(asyncio.run(drive(server.url, small, args.small_clients, args.seconds, 10**9)))
+        calls0, merged0 = server.batch_stats()
+        mixed = asyncio.run(with_large_request(server, small, big, args.small_clients))
+        calls1, merged1 = server.batch_stats()
+    finally:
+        server.stop()
+    mixed["model_calls"] = int(calls1 - calls0)
+    mixed["requests_per_model_call"] = round((merged1 - merged0) / max(calls1 - calls0, 1), 2)
+    ratio = round(mixed["p99_ms"] / alone["p99_ms"], 2) if mixed["p99_ms"] and alone["p99_ms"] else None
+    large = mixed["large"]
+    per_text = f"{large['tokens'] / len(big):.0f}" if large["tokens"] else "?"
+    print(f"\nmixed load, model: {args.model or args.shape}, {os.cpu_count()} CPUs, server threads "
+          f"{args.threads or 'default'}, --max-batch-tokens {args.max_batch_tokens}, 1-min load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"large request: {len(big)} texts, {per_text} tokens per text after truncation (asked ~{args.big_tokens}); "
+          f"HTTP {large['status']} in {large['seconds']} s, {mixed['model_calls']} model calls meanwhile, "
+          f"{mixed['requests_per_model_call']} requests per call")
+    print(f"{'small clients':>13} {'large request':>13} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for label, r in (("no", alone), ("yes", mixed)):
+        print(f"{args.small_clients:>13} {label:>13} {r['requests']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+              f"{r['errors']:>6}")
+    print(f"small-request p99 with / without the large request: {ratio}x (target <= 3)")
+    if large["error"]:
+        print(f"large request failed: {large['error']}")
+    return {"alone": alone, "with_large": mixed, "p99_ratio": ratio}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", choices=("sweep", "mixed"), default="sweep",
+                   help="sweep: batching on/off over --clients; mixed: small clients beside one large request")
     p.add_argument("--model", help="checkpoint directory (default: build a random one of --shape)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="minilm")
     p.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
@@ -210,12 +301,27 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
     p.add_argument("--rounds", type=int, default=2, help="repeats of the whole sweep; the best round is shown")
     p.add_argument("--max-wait-ms", type=float, default=0.0)
-    p.add_argument("--max-batch-tokens", type=int, default=16384)
+    p.add_argument("--max-batch-tokens", type=int, default=1024, help="server --max-batch-tokens")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch threads in the server (default: torch's choice)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (serve --batch-tokens)")
+    p.add_argument("--big-texts", type=int, default=2048, help="mixed: texts in the large request")
+    p.add_argument("--big-tokens", type=int, default=400, help="mixed: tokens per text of the large request")
+    p.add_argument("--small-clients", type=int, default=8, help="mixed: closed-loop clients of one short text")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
+    if args.case == "mixed":
+        with tempfile.TemporaryDirectory() as tmp:
+            model = args.model or str(write_random_checkpoint(Path(tmp) / args.shape, seed=0, **SHAPES[args.shape]))
+            extra = ["--device", args.device, "--max-wait-ms", str(args.max_wait_ms),
+                     "--max-batch-tokens", str(args.max_batch_tokens)]
+            extra += ["--threads", str(args.threads)] if args.threads else []
+            extra += ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []
+            result = run_mixed(args, model, extra)
+        if args.out:
+            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **result},
+                                           indent=2) + "\n")
+        return
     levels = [int(c) for c in args.clients.split(",")]
     texts = load_texts(2000)
 
@@ -243,10 +349,10 @@ def main() -> None:
     results = {label: [max((r for r in rows if r["clients"] == c), key=lambda r: r["req_per_s"]) for c in levels]
                for label, rows in runs.items()}
 
+    loads = [r["load_avg_1m"] for v in runs.values() for r in v]
     print(f"\nmodel: {args.model or args.shape}, {len(texts)} texts, {args.seconds:g} s per level, "
           f"{os.cpu_count()} CPUs, server threads {args.threads or 'default'}, "
-          f"{args.rounds} rounds (best shown), 1-min load average {min(r['load_avg_1m'] for v in runs.values() for r in v)}"
-          f"-{max(r['load_avg_1m'] for v in runs.values() for r in v)}")
+          f"{args.rounds} rounds (best shown), 1-min load average {min(loads)}-{max(loads)}")
     print(f"{'batching':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/call':>8}")
     for label, rows in results.items():
         for r in rows:

@@ -58,6 +58,12 @@ class M3Config:
 SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and adapters) of models trained by m3embed
 
 
+def cache_dir() -> Path:
+    """m3embed's cache: $M3EMBED_CACHE, else ~/.cache/m3embed (assembled shipped models, converted backbones,
+    weight digests)."""
+    return backbones.cache_root()
+
+
 def shipped_models() -> dict[str, str]:
     """Models available offline by name → the package backbone they are built on (a backbone maps to itself).
 
@@ -98,7 +104,7 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
     used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
     digest.update(str(backbone).encode())  # a backbone converted anew (new package version) is a new directory
-    target = backbones.cache_root() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
+    target = cache_dir() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
     if (target / "m3embed.json").is_file():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -206,3 +212,66 @@ def save_head(head: torch.nn.Linear, path: Path) -> None:
     import torch
 
     torch.save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, path)
+
+
+# ---- weight digests, cached by file identity ----
+
+DIGEST_CACHE = "weight-digests.json"  # in cache_dir(): {key: digest}
+DIGEST_CACHE_ENTRIES = 512  # the oldest entries beyond this are dropped
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files the encoder's weights are loaded from: config.json, every weight file present, and the shards
+    a sharded index lists."""
+    files = [directory / "config.json"] + [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
+    for index in [f for f in files if f.name.endswith(".index.json")]:
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue
+        files += [directory / name for name in sorted(shards)]
+    return files
+
+
+def weights_key(directory: Path, scheme: str) -> str | None:
+    """A key naming these exact weight files: real path, size, mtime (ns) and inode of each (None if one is
+    unreadable). Rewriting a file changes its mtime, so the key changes with any change of content."""
+    parts: list[object] = [scheme]
+    try:
+        for f in weight_files(directory):
+            real = f.resolve()  # hub snapshots are links into a blob store
+            st = real.stat()
+            parts.append([str(real), st.st_size, st.st_mtime_ns, st.st_ino])
+    except OSError:
+        return None
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def cached_digest(key: str) -> str | None:
+    """The digest stored under `key` in the digest cache, or None."""
+    try:
+        data = json.loads((cache_dir() / DIGEST_CACHE).read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def store_digest(key: str, digest: str) -> None:
+    """Remember a digest under `key` (best effort: an unwritable cache only costs recomputing it)."""
+    path = cache_dir() / DIGEST_CACHE
+    try:
+        try:
+            data = json.loads(path.read_text())
+            data = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            data = {}
+        data.pop(key, None)
+        data[key] = digest  # newest last
+        data = dict(list(data.items())[-DIGEST_CACHE_ENTRIES:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=0) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,6 +1,8 @@
 """The `m3embed` command line: parse arguments, call the library, print with rich.
 
-User mistakes (bad paths, bad input, wrong model) print one red line and exit 2, without a traceback.
+User mistakes (bad paths, bad input, wrong model) and environment failures (a full disk, an unreachable
+server) print one red line and exit 2, without a traceback. Text that comes from the user or the data (paths,
+ids, queries, document texts) is escaped before rich prints it, so "[red]" or "[/]" in it is shown as is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from m3embed._optional import MissingExtra, require
 from m3embed.checkpoint import default_model
@@ -57,20 +60,26 @@ def encode(
 ) -> None:
     """Encode a file of texts into dense / sparse / colbert arrays."""
     from m3embed.corpus import read_records
+    from m3embed.diskspace import FILE_RESERVE, check_free
     from m3embed.modes import check_modes
 
     chosen = check_modes(modes)
+    if output.exists() and not output.is_dir():  # checked now, not after the encoding
+        raise NotADirectoryError(f"--out {output} is a file; give a directory for the outputs")
     records = list(read_records(input, text_field=text_field, id_field=id_field))
     m = _load(model, chosen, dtype, device)
     encoders = {"passage": m.encode_corpus, "query": m.encode_queries, "none": m.encode}
     if input_type not in encoders:
         raise ValueError(f"--input-type must be one of {', '.join(encoders)}, got {input_type!r}")
+    if "dense" in chosen:  # the part known before encoding; M3Output.save checks the whole size
+        check_free(output, len(records) * m.hidden_size * 4, f"the dense outputs of {len(records)} texts",
+                   reserve=FILE_RESERVE)
     result = encoders[input_type]([r.text for r in records], modes=chosen, max_length=max_length,
                                   batch_tokens=batch_tokens, mcls=mcls, progress=None if len(records) < 1000 else True)
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
                 "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype,
                 "input_type": input_type})
-    console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {output}")
+    console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {escape(str(output))}")
 
 
 @app.command()
@@ -120,7 +129,7 @@ def info(model: str = ModelOpt) -> None:
     """Show what a checkpoint is: backbone, sizes, limits, pooling, heads, fingerprint."""
     m = _load(model, ("dense",))
     cfg = m.backbone.config
-    table = Table(show_header=False, title=f"m3embed model: {model}")
+    table = Table(show_header=False, title=Text(f"m3embed model: {model}"))
     rows = {
         "backbone": f"{cfg.model_type} ({type(m.backbone).__name__})",
         "layers / hidden / heads": f"{cfg.num_hidden_layers} / {cfg.hidden_size} / {cfg.num_attention_heads}",
@@ -133,7 +142,7 @@ def info(model: str = ModelOpt) -> None:
         "fingerprint": m.fingerprint,
     }
     for k, v in rows.items():
-        table.add_row(k, v)
+        table.add_row(k, Text(v))
     out.print(table)
 
 # ---- index / search (index) ----
@@ -153,10 +162,20 @@ def _index_model(index, model: str | None, dtype: str, device: str | None):
     return index.model
 
 
-def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
-            skip_existing: bool, log_commits: bool, max_length: int | None = None) -> None:
+def _check_input(input: Path, text_field: str, id_field: str, title_field: str) -> int:
+    """Read and validate every record of the input before anything is loaded or written; the record count."""
     from m3embed.corpus import read_records
-    from m3embed.index.ingest import count_records, ingest
+    from m3embed.index.ingest import check_records
+
+    return check_records(read_records(input, text_field=text_field, id_field=id_field,
+                                      title_field=title_field or None))
+
+
+def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
+            skip_existing: bool, log_commits: bool, max_length: int | None = None, total: int | None = None) -> None:
+    from m3embed.corpus import read_records
+    from m3embed.diskspace import DiskFullError
+    from m3embed.index.ingest import ingest
 
     def report(stats) -> None:
         if log_commits:  # one line per durable batch, for scripts that watch progress
@@ -164,11 +183,16 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
             sys.stdout.flush()
 
     records = read_records(input, text_field=text_field, id_field=id_field, title_field=title_field or None)
-    stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=count_records(input),
+    stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=total,
                    progress=not log_commits, on_commit=report, max_length=max_length)
-    index.optimize()
-    console.print(f"{index.location}: {stats.added} added, {stats.skipped} already stored; "
-                  f"{index.count()} documents")
+    try:
+        index.optimize()
+    except DiskFullError as e:
+        raise DiskFullError(f"{index.location}: {stats.added} documents added ({index.count()} stored), but {e}",
+                            e.filename) from None
+    dups = f"; {stats.duplicates} repeated ids (the last copy kept)" if stats.duplicates else ""
+    console.print(f"{escape(index.location)}: {stats.added} added, {stats.skipped} already stored; "
+                  f"{index.count()} documents{dups}", highlight=False)
 
 
 BatchSizeOpt = typer.Option(64, help="documents encoded and committed together")
@@ -204,11 +228,12 @@ def index_build(
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
     chosen = check_modes(modes) if modes else None
+    total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
     m = _load(model, chosen or ("dense",), dtype, device)
     with open_index(index, m, create=True, collection=collection, engine=engine,
                     modes=chosen or m.available_modes(), colbert_dtype=colbert_dtype,
                     store_text=store_text) as idx:
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length)
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length, total)
 
 
 @index_app.command("add")
@@ -229,9 +254,10 @@ def index_add(
     """Add documents to an existing index (upsert by id)."""
     from m3embed.index import open_index
 
+    total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
     with open_index(index, collection=collection) as idx:
         _index_model(idx, model, dtype, device)
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits)
+        _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits, total=total)
 
 
 @index_app.command("delete")
@@ -251,7 +277,8 @@ def index_delete(
     with open_index(index, collection=collection) as idx:
         present = len(chosen) - len(idx.missing(chosen))
         idx.delete(chosen)
-        console.print(f"{index}: deleted {present} of {len(chosen)} ids; {idx.count()} documents left")
+        console.print(f"{escape(index)}: deleted {present} of {len(chosen)} ids; {idx.count()} documents left",
+                      highlight=False)
 
 
 @index_app.command("info")
@@ -260,9 +287,9 @@ def index_info(index: str = IndexArg, collection: str = CollectionOpt) -> None:
     from m3embed.index import open_index
 
     with open_index(index, collection=collection) as idx:
-        table = Table(show_header=False, title=f"m3embed index: {index}")
+        table = Table(show_header=False, title=Text(f"m3embed index: {index}"))
         for k, v in idx.info().items():
-            table.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+            table.add_row(k, Text(", ".join(v) if isinstance(v, list) else str(v)))
         out.print(table)
 
 
@@ -303,13 +330,14 @@ def search(
             for rank, h in enumerate(hits, 1):
                 typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
             continue
-        table = Table(title=f"{spec.mode}: {q}")
+        table = Table(title=Text(f"{spec.mode}: {q}"))
         for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
             table.add_column(col)
         for rank, h in enumerate(hits, 1):
             per = [f"{h.scores.get(m, float('nan')):.4f}" for m in ("dense", "sparse", "colbert")] if explain else []
             text = (h.text or "").replace("\n", " ")
-            table.add_row(str(rank), h.id, f"{h.score:.4f}", *per, text[:80] + ("…" if len(text) > 80 else ""))
+            table.add_row(str(rank), Text(h.id), f"{h.score:.4f}", *per,
+                          Text(text[:80] + ("…" if len(text) > 80 else "")))
         out.print(table)
 
 
@@ -344,34 +372,28 @@ def eval_command(
     batch_size: int = typer.Option(256, help="texts encoded per call"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
+    progress: bool = typer.Option(True, help="progress bars on stderr (indexing, queries, BM25)"),
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
-    from m3embed.evaluate import BM25Config, M3Settings, evaluate_dataset, load_dataset, write_report
+    from m3embed import evaluate as ev
     from m3embed.modes import check_search_modes, index_representations, parse_weights, servable
 
+    ev.require_extras()  # a missing [eval] extra fails here, before any loading or encoding
     w = parse_weights(weights)
     chosen = check_search_modes(modes) if modes else None
-    data = load_dataset(dataset, qrels=qrels)
-    if max_queries is not None:
-        data = data.head(max_queries)
-    m = None
-    if model is not None:
-        m = _load(model, index_representations(chosen) if chosen else ("dense",), dtype, device)
-        chosen = chosen or servable(m.available_modes())
-    elif chosen or index is not None:
+    if model is None and (chosen or index is not None):
         raise ValueError("--modes and --index need a --model")
-    settings = M3Settings(modes=chosen or (), weights=w, candidates=candidates, query_max_length=query_max_length,
-                          passage_max_length=passage_max_length, index_dir=index)
-    result = evaluate_dataset(data, m, k=k, m3=settings, bm25=BM25Config(k1, b, stopwords) if bm25 else None,
-                              batch_size=batch_size)
-    paths = write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
-    table = Table(title=f"{data.name} ({data.qrels_file}): {result.n_queries} queries, {result.n_docs} docs")
-    for col in ("system", *next(iter(result.scores.values()))):
-        table.add_column(col, justify="left" if col == "system" else "right")
-    for name, row in result.scores.items():
-        table.add_row(name, *(f"{v:.4f}" for v in row.values()))
-    out.print(table)
-    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+    data = ev.load_dataset(dataset, qrels=qrels)
+    data = data.head(max_queries) if max_queries is not None else data
+    m = None if model is None else _load(model, index_representations(chosen or ("dense",)), dtype, device)
+    settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
+                             candidates=candidates, query_max_length=query_max_length,
+                             passage_max_length=passage_max_length, index_dir=index)
+    result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
+                                 batch_size=batch_size, progress=progress)
+    paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
+    out.print(ev.console_table(result))
+    console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
 
 # ---- train / mine (training) ----
 
@@ -497,49 +519,66 @@ def mine(
 
 @app.command()
 def serve(
-    model: str = ModelOpt,
+    model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id (default: "
+                                     f"the model --index records, else {DEFAULT_MODEL})"),
     index: Path | None = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     api_key: str | None = typer.Option(None, envvar="M3EMBED_API_KEY",
-                                          help="require 'Authorization: Bearer KEY' on /v1/*"),
+                                          help="require 'Authorization: Bearer KEY' on /v1/* and /metrics"),
     served_model_name: str | None = typer.Option(None, help="name clients pass as `model` (default: --model)"),
     max_length: int | None = typer.Option(None, help="tokens per text, longer ones truncated (default: model limit)"),
     max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
-    max_batch_tokens: int = typer.Option(16_384, help="tokens per merged model call"),
+    max_batch_tokens: int | None = typer.Option(
+        None, help="padded tokens (texts x longest) per model call; larger requests are split into chunks of this "
+        "size that take turns with other requests, smaller ones merged (default: 1024 on CPU, 16384 on GPU)"),
     max_wait_ms: float = typer.Option(0.0, help="extra wait to fill a batch (0: merge what queued meanwhile)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass inside a model call"),
     max_queue: int = typer.Option(4096, help="queued requests beyond which the server answers 503"),
-    graceful_timeout: float = typer.Option(30.0, help="seconds in-flight requests get to finish on shutdown"),
+    graceful_timeout: float = typer.Option(30.0, help="seconds queued and in-flight requests get on shutdown "
+                                                      "(SIGTERM); what is left then gets a 503"),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
     """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
+    import os
     import signal
 
     from m3embed.server import ServerSettings, create_app
+    from m3embed.server.app import Server
 
-    uvicorn = require("uvicorn", "serve")
+    # tokenizers' own thread pool takes every core while it tokenizes: counting a 2,048-text request's tokens held
+    # up the event loop and the model worker for over a second on 2 cores (every other client waited); tokenize on
+    # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    settings = ServerSettings(
-        model_name=served_model_name or model, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
-        max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
-        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    m = _load(model, ("dense",), dtype, device)
+    require("uvicorn", "serve")
+    _check_port_free(host, port)
     idx = None
     if index is not None:
         from m3embed.index import open_index
 
-        idx = open_index(index, m)
+        idx = open_index(index)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:  # the model the index records unless --model says otherwise (another model is refused)
+        m = _index_model(idx, model, dtype, device) if idx else _load(model or DEFAULT_MODEL, ("dense",), dtype, device)
+    except BaseException:
+        if idx is not None:
+            idx.close()
+        raise
+    settings = ServerSettings(
+        model_name=served_model_name or m.name, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
+        max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens,
+        graceful_timeout=graceful_timeout)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the previous handler: make
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
@@ -547,14 +586,28 @@ def serve(
         web = create_app(m, idx, settings)
         console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
                       f"{'; index ' + str(index) if idx is not None else ''}) on http://{host}:{port}"
-                      f"{' with an API key' if settings.api_key else ''}")
-        uvicorn.run(web, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+                      f"{' with an API key' if settings.api_key else ''}", markup=False)
+        server = Server(web, host=host, port=port, log_level=log_level)
+        server.run()
+        if not server.started:  # as uvicorn.run: the socket or the app's startup failed (uvicorn logged why)
+            sys.exit(3)
     except (_StopServing, KeyboardInterrupt):
         console.print("server stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
         if idx is not None:
             idx.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading anything when the address is taken (uvicorn would exit after start-up)."""
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or stop the "
+                         "process using it") from None
 
 
 class _StopServing(Exception):
@@ -565,16 +618,33 @@ def _stop_serving(signum: int, frame: object) -> None:
     raise _StopServing
 
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError, PermissionError,
-               MissingExtra)  # an optional extra is not installed: the message names it
+USER_ERRORS = (ValueError, TypeError, KeyError, MissingExtra,  # MissingExtra: the message names the extra
+               OSError)  # missing files, permissions, a full disk, an unreachable server: the message names them
 
 
 def main() -> None:
     """Entry point: run the app; user mistakes become one clear line and exit code 2."""
+    import warnings
+
+    # qdrant-client checks a server's version on a thread of its own and warns when it gets no answer; an
+    # unreachable server is reported by the first request instead, as one line naming the URL
+    warnings.filterwarnings("ignore", message="Failed to obtain server version")
     try:
         app()
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else _os_message(e) if isinstance(e, OSError) else e
         # one line, never wrapped; escaped, so "[serve]" in a message is printed, not read as markup
-        console.print(f"[red]error:[/red] {escape(str(msg))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(' '.join(str(msg).split()))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def _os_message(e: OSError) -> str:
+    """An OSError as one line naming its path: ours carry a full message; the system's get the path added."""
+    from m3embed.diskspace import DiskFullError, is_disk_full
+
+    if isinstance(e, DiskFullError) or not e.strerror:
+        return str(e)
+    where = f": {e.filename}" if e.filename else ""
+    if is_disk_full(e):
+        return f"no space left on the device{where}; free some space or choose another location"
+    return f"{e.strerror}{where}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")

@@ -7,16 +7,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m3embed.documents import check_id
+
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
 
 
 @dataclass
 class Record:
-    """One input document: its id, its text and any other fields as metadata."""
+    """One input document: its id, its text, any other fields as metadata, and where it was read.
+
+    `where` ("docs.jsonl:7", "docs.parquet: row 7") names the document in error messages; "" when unknown.
+    """
 
     id: str
     text: str
     metadata: dict = field(default_factory=dict)
+    where: str = ""
 
 
 def read_records(path: str | Path, text_field: str = "text", id_field: str = "id",
@@ -34,9 +40,8 @@ def read_records(path: str | Path, text_field: str = "text", id_field: str = "id
     if suffix in (".jsonl", ".json"):
         yield from _jsonl(path, text_field, id_field, title_field)
     elif suffix == ".txt":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                yield Record(str(lineno), line.rstrip("\n"))
+        for lineno, line in iter_lines(path):
+            yield Record(str(lineno), line.rstrip("\r\n"), where=f"{path}:{lineno}")
     elif suffix == ".parquet":
         yield from _parquet(path, text_field, id_field, title_field)
     else:
@@ -54,22 +59,33 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a missing file or a bad line raises naming file:line."""
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 file (a BOM at the start is dropped); a byte sequence that
+    is not UTF-8 raises a ValueError naming file:line and column."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); convert the file to UTF-8") from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a missing file or a bad line raises naming file:line."""
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
 
 
 def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str,
@@ -82,11 +98,12 @@ def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str
     title = row.get(title_field) if title_field else None
     if isinstance(title, str) and title.strip():
         text = f"{title} {text}" if text else title
-    raw_id = row.get(id_field, default_id)
-    if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
-        raise ValueError(f"{where}: field {id_field!r} must be a string or an integer, got {type(raw_id).__name__}")
+    try:
+        doc_id = check_id(row.get(id_field, default_id))
+    except ValueError as e:
+        raise ValueError(f"{where}: field {id_field!r}: {e}") from None
     meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
-    return Record(str(raw_id), text, meta)
+    return Record(doc_id, text, meta, where)
 
 
 def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from m3embed.checkpoint import default_model
@@ -48,7 +49,8 @@ def run(model_name: str | None = None, index_dir: str | Path | None = None, k: i
     index_dir = index_dir or Path("m3embed-demo-index") / re.sub(r"[^\w.-]+", "_", model_name)
     model = M3Model.from_pretrained(model_name, modes=("dense",))
     modes = model.available_modes()
-    console.print(f"[bold]model[/bold] {model_name} ({', '.join(modes)}); [bold]index[/bold] {index_dir}")
+    console.print(f"[bold]model[/bold] {escape(model_name)} ({', '.join(modes)}); "
+                  f"[bold]index[/bold] {escape(str(index_dir))}")
     if modes == ("dense",):
         console.print("[yellow]this model has no trained sparse/colbert heads: dense mode only[/yellow]")
     results: dict[str, dict[str, list[str]]] = {}
@@ -57,7 +59,7 @@ def run(model_name: str | None = None, index_dir: str | Path | None = None, k: i
         console.print(f"{index.count()} documents indexed ({stats.added} added now)")
         search_modes = servable(modes)
         for query in queries:
-            table = Table(title=f"“{query}”", show_lines=True, expand=True)
+            table = Table(title=escape(f"“{query}”"), show_lines=True, expand=True)
             table.add_column("#", width=2)
             ranked = {m: index.search(query, k=k, mode=m) for m in search_modes}
             results[query] = {m: [h.id for h in hits] for m, hits in ranked.items()}
@@ -67,7 +69,8 @@ def run(model_name: str | None = None, index_dir: str | Path | None = None, k: i
                 cells = []
                 for m in search_modes:
                     hit = ranked[m][rank] if rank < len(ranked[m]) else None
-                    cells.append("" if hit is None else f"[bold]{hit.score:.3f}[/bold] {hit.id}\n{_snippet(hit.text)}")
+                    cells.append("" if hit is None else
+                                 f"[bold]{hit.score:.3f}[/bold] {escape(hit.id)}\n{escape(_snippet(hit.text))}")
                 table.add_row(str(rank + 1), *cells)
             console.print(table)
     return results

@@ -138,12 +138,13 @@ def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vo
 def _progress(show: bool, total: int):
     if not show:
         return nullcontext(None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     class _Bar:
-        def __enter__(self):
+        def __enter__(self):  # on stderr: stdout may carry the command's results
             self.p = Progress(TextColumn("encoding tokens"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=False)
+                              TimeRemainingColumn(), transient=False, console=Console(stderr=True))
             self.p.__enter__()
             return self.p, self.p.add_task("encode", total=total)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,8 @@ from m3embed.tokenize import check_texts, resolve_max_length
 from m3embed.types import M3Output
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FINGERPRINT_VERSION = 2  # 1: config + heads (indexes of format 1); 2: also every encoder weight
+_DIGEST_SCHEME = "m3embed-weights-v1"  # how `tensors_digest` hashes; part of the digest cache key
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -37,6 +41,8 @@ class M3Model(nn.Module):
     Build it with `M3Model.from_pretrained(...)`. `forward` is the differentiable training view (torch);
     `encode`, `encode_queries`, `encode_corpus` and `compute_score` are the inference API (numpy).
     """
+
+    fingerprint_version = FINGERPRINT_VERSION
 
     def __init__(self, backbone: nn.Module, tokenizer, colbert_linear: nn.Linear | None,
                  sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "", query_prefix: str = "",
@@ -67,6 +73,10 @@ class M3Model(nn.Module):
             i for i in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                         tokenizer.unk_token_id) if i is not None
         }))
+        # where the encoder weights were loaded from (set by from_pretrained): (directory, key of the weight
+        # files when read, tensor versions just after)
+        self._weights_source: tuple[Path, str | None, tuple] | None = None
+        self._weights_memo: tuple[tuple, str] | None = None  # (tensor versions, digest)
 
     # ---- loading and saving ----
 
@@ -88,7 +98,6 @@ class M3Model(nn.Module):
                 an e5 checkpoint that has none).
         """
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         modes = check_modes(modes)
         directory = checkpoint.resolve(name_or_path, revision)
@@ -105,15 +114,9 @@ class M3Model(nn.Module):
                    "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix}
         checkpoint.M3Config(pooling=config.pooling, **prompts)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()  # the unused pooler weights are expected; don't report them
-        hf_logging.disable_progress_bar()
-        try:
+        key = checkpoint.weights_key(directory, _DIGEST_SCHEME)  # the files as they are when read
+        with _quiet_hf():  # the unused pooler weights are expected; don't report them
             backbone = AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
         hidden = backbone.config.hidden_size
         heads = {}
         for mode, (file, out_features) in {"colbert": (checkpoint.HEAD_FILES["colbert"], hidden),
@@ -127,13 +130,21 @@ class M3Model(nn.Module):
                 heads[mode] = None
         model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
                     name=str(name_or_path), **prompts)
-        return model.to(device).eval()
+        model = model.to(device).eval()
+        if key is not None and key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
+            key = None  # the files changed while being read: hash what was loaded, cache nothing
+        model._weights_source = (directory, key, model._backbone_versions())
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the official layout (weights, tokenizer, head .pt files) plus m3embed.json."""
+        """Write the official layout (weights, tokenizer, head .pt files) plus m3embed.json.
+
+        Hugging Face's progress bars ("Writing model shards") stay off, as they do when loading.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(directory, safe_serialization=True)
+        with _quiet_hf():
+            self.backbone.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
             if head is not None:
@@ -144,19 +155,85 @@ class M3Model(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """Identity of what shapes the outputs: 16 hex digits of sha256 over the backbone config and head weights."""
-        config = {k: v for k, v in self.backbone.config.to_dict().items()
-                  if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        """Identity of what shapes the outputs: 16 hex digits of sha256 over the encoder config, the pooling,
+        every encoder weight and the head weights (their float32 values by name, whatever the file format,
+        dtype or device).
+
+        The encoder's digest is computed once per weight files and cached by their path, size and mtime (see
+        `m3embed.checkpoint.weights_key`), so loading the same checkpoint again costs a few stat calls. A model
+        built in memory, or changed since it was loaded (training, a weight edited in place), is hashed from
+        its tensors instead, which gives the same digest as saving it and loading the saved copy.
+        """
+        digest = hashlib.sha256(self._config_json())
         digest.update(self.pooling.encode())
         if self.query_prefix or self.passage_prefix:  # prompts change the outputs; none keeps older fingerprints
             digest.update(json.dumps([self.query_prefix, self.passage_prefix]).encode())
+        digest.update(b"encoder" + self._backbone_digest().encode())
+        for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
+            digest.update(mode.encode())
+            if head is not None:
+                digest.update(tensors_digest(head.state_dict()).encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint of m3embed before FINGERPRINT_VERSION 2 (config, pooling and head weights only):
+        indexes of format 1 recorded it, and are still checked with it."""
+        digest = hashlib.sha256(self._config_json())
+        digest.update(self.pooling.encode())
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
             digest.update(mode.encode())
             if head is not None:
                 for t in (head.weight, head.bias):
                     digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+    def _config_json(self) -> bytes:
+        config = {k: v for k, v in self.backbone.config.to_dict().items()
+                  if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
+        return json.dumps(config, sort_keys=True, default=str).encode()
+
+    def _backbone_versions(self) -> tuple:
+        """Which tensors the encoder holds and how often each was changed in place (torch's version counter,
+        bumped by optimizer steps, load_state_dict and in-place edits; not by .to(device or dtype))."""
+        return tuple((name, id(t), _version(t)) for name, t in self.backbone.state_dict(keep_vars=True).items())
+
+    def _backbone_digest(self) -> str:
+        versions = self._backbone_versions()
+        if self._weights_memo is not None and self._weights_memo[0] == versions:
+            return self._weights_memo[1]
+        source = self._weights_source
+        if source is not None and source[2] == versions:  # unchanged since loaded from these files
+            digest = self._files_digest(source[0], source[1])
+        else:
+            digest = tensors_digest(self.backbone.state_dict())
+        self._weights_memo = (versions, digest)
+        return digest
+
+    def _files_digest(self, directory: Path, key: str | None) -> str:
+        """The encoder digest of the weight files loaded (named by `key`, taken when they were read): from the
+        cache, else from the float32 values."""
+        found = checkpoint.cached_digest(key) if key else None
+        if found:
+            return found
+        if all(t.dtype == torch.float32 for t in self.backbone.state_dict().values() if t.is_floating_point()):
+            digest = tensors_digest(self.backbone.state_dict())
+        elif key is not None and key == checkpoint.weights_key(directory, _DIGEST_SCHEME):
+            # loaded in a lower precision from files still as they were: hash their values as float32
+            from transformers import AutoModel
+
+            with _quiet_hf():
+                full = AutoModel.from_pretrained(directory, dtype=torch.float32, add_pooling_layer=False)
+            if key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
+                key = None
+            digest = tensors_digest(full.state_dict())
+            del full
+        else:  # the files changed since: only the loaded tensors are known (a lower precision's digest)
+            key = None
+            digest = tensors_digest(self.backbone.state_dict())
+        if key:
+            checkpoint.store_digest(key, digest)
+        return digest
 
     @property
     def device(self) -> torch.device:
@@ -293,3 +370,40 @@ class M3Model(nn.Module):
             return [self.convert_id_to_token(w) for w in weights.lexical_weights]
         return {self.tokenizer.decode([int(k)]): v for k, v in weights.items()}
 
+
+
+@contextlib.contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """Hugging Face's warnings and progress bars off (loading and saving report through m3embed instead)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
+        return None
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict: each tensor's name, shape and float32 values, in name order."""
+    digest = hashlib.sha256(_DIGEST_SCHEME.encode())
+    for name in sorted(state):
+        t = state[name].detach()
+        digest.update(f"{name}:{tuple(t.shape)};".encode())
+        if t.is_floating_point():
+            t = t.float()
+        arr = t.cpu().contiguous().numpy()
+        digest.update(str(arr.dtype).encode())
+        digest.update(arr.reshape(-1).view(np.uint8) if arr.size else b"")
+    return digest.hexdigest()

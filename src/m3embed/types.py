@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import sparse as sp
+
+# what M3Output.save writes (meta.json last)
+OUTPUT_FILES = ("dense.npy", "sparse.npz", "colbert.npy", "colbert_offsets.npy", "n_tokens.npy", "ids.json",
+                "meta.json")
 
 
 class SparseVector(NamedTuple):
@@ -103,22 +108,58 @@ class M3Output:
         dense.npy (n, h) float32 · sparse.npz (scipy csr, n × vocab) · colbert.npy (N, h) float32 with
         colbert_offsets.npy (n + 1,) int64, rows of text i = colbert[offsets[i]:offsets[i+1]] ·
         n_tokens.npy · ids.json (list of str) · meta.json (model, modes, counts).
+
+        Free space is checked first (a `m3embed.diskspace.DiskFullError` names the directory and the bytes
+        needed); every file is written to a temporary name and renamed when all are written, so a failed save
+        leaves no partial file. Output files of modes not saved now (from an earlier save) are removed.
         """
+        from m3embed.diskspace import FILE_RESERVE, DiskFullError, check_free, human, is_disk_full
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.dense is not None:
-            np.save(directory / "dense.npy", self.dense)
-        if self.sparse is not None:
-            sp.save_npz(directory / "sparse.npz", sp.csr_matrix(self.sparse))
-        if self.colbert is not None:
-            flat, offsets = self.colbert_flat()
-            np.save(directory / "colbert.npy", flat)
-            np.save(directory / "colbert_offsets.npy", offsets)
-        if self.n_tokens is not None:
-            np.save(directory / "n_tokens.npy", self.n_tokens)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is a file; outputs are saved into a directory")
         ids = [str(i) for i in (ids if ids is not None else range(len(self)))]
-        (directory / "ids.json").write_text(json.dumps(ids, ensure_ascii=False))
-        (directory / "meta.json").write_text(json.dumps({"count": len(self), **(meta or {})}, indent=2) + "\n")
+        blobs: dict[str, object] = {}
+        if self.dense is not None:
+            blobs["dense.npy"] = self.dense
+        if self.sparse is not None:
+            blobs["sparse.npz"] = sp.csr_matrix(self.sparse)
+        if self.colbert is not None:
+            blobs["colbert.npy"], blobs["colbert_offsets.npy"] = self.colbert_flat()
+        if self.n_tokens is not None:
+            blobs["n_tokens.npy"] = self.n_tokens
+        blobs["ids.json"] = json.dumps(ids, ensure_ascii=False).encode()
+        blobs["meta.json"] = (json.dumps({"count": len(self), **(meta or {})}, indent=2) + "\n").encode()
+        need = sum(_nbytes(b) for b in blobs.values())
+        check_free(directory, need, f"saving {len(self)} outputs", reserve=FILE_RESERVE)
+        created = _mkdirs(directory)
+        written: list[Path] = []
+        try:
+            for name, blob in blobs.items():
+                tmp = directory / f".{name}.tmp{os.getpid()}"
+                written.append(tmp)
+                with tmp.open("wb") as f:
+                    if isinstance(blob, bytes):
+                        f.write(blob)
+                    elif isinstance(blob, np.ndarray):
+                        np.save(f, blob)
+                    else:
+                        sp.save_npz(f, blob)
+        except OSError as e:
+            for tmp in written:
+                tmp.unlink(missing_ok=True)
+            for d in reversed(created):
+                d.rmdir()
+            if is_disk_full(e):
+                raise DiskFullError(f"no space left saving outputs in {directory} (they take about "
+                                    f"{human(need)}); free some space or choose another location",
+                                    directory) from None
+            raise
+        for name in OUTPUT_FILES:  # outputs of an earlier save that this one does not replace
+            if name not in blobs:
+                (directory / name).unlink(missing_ok=True)
+        for name, tmp in zip(blobs, written):  # meta.json last
+            os.replace(tmp, directory / name)
         return directory
 
     @classmethod
@@ -152,6 +193,26 @@ class M3Output:
             colbert=None if first.colbert is None else [c for p in parts for c in p.colbert],
             n_tokens=None if first.n_tokens is None else np.concatenate([p.n_tokens for p in parts]),
         )
+
+
+def _nbytes(blob: object) -> int:
+    """Bytes a blob takes on disk (an upper bound: npz is compressed)."""
+    if isinstance(blob, bytes):
+        return len(blob)
+    if isinstance(blob, np.ndarray):
+        return blob.nbytes + 128  # .npy header
+    return blob.data.nbytes + blob.indices.nbytes + blob.indptr.nbytes + 1024  # csr in an npz
+
+
+def _mkdirs(directory: Path) -> list[Path]:
+    """Create `directory` and missing parents; returns the directories created, outermost first."""
+    missing = []
+    p = directory.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
 
 
 class Hit(NamedTuple):

@@ -78,10 +78,10 @@ def test_searches_while_a_writer_adds(make_index, corpus, engine: str) -> None:
     index = make_index(engine)
     index.add_outputs(corpus.ids[:100], corpus.docs.select(range(100)))
     errors: list[BaseException] = []
-    counts: list[int] = []
+    seen: list[list[int]] = [[], []]  # per reader: two readers' counts may interleave in any order
     done = threading.Event()
 
-    def reader() -> None:
+    def reader(counts: list[int]) -> None:
         try:
             while not done.is_set():
                 hits = index.search(corpus.queries, k=5, mode="all", candidates=20)
@@ -90,7 +90,7 @@ def test_searches_while_a_writer_adds(make_index, corpus, engine: str) -> None:
         except BaseException as e:  # noqa: BLE001 (reported to the main thread)
             errors.append(e)
 
-    threads = [threading.Thread(target=reader) for _ in range(2)]
+    threads = [threading.Thread(target=reader, args=(counts,)) for counts in seen]
     for t in threads:
         t.start()
     for start in range(100, 400, 25):
@@ -99,8 +99,9 @@ def test_searches_while_a_writer_adds(make_index, corpus, engine: str) -> None:
     for t in threads:
         t.join()
     assert not errors, errors
-    assert counts and counts == sorted(counts)  # readers only ever saw whole batches appear
-    assert all(c % 25 == 0 for c in counts)
+    for counts in seen:  # each reader only ever saw whole batches appear, never disappear
+        assert counts and counts == sorted(counts)
+        assert all(c % 25 == 0 for c in counts)
     assert index.count() == 400
 
 

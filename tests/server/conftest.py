@@ -9,18 +9,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from m3embed.model import M3Model
 from m3embed.server import ServerSettings, create_app
+from m3embed.server.app import Server
 from m3testkit.checkpoints import sample_texts
 
 MODEL_NAME = "tiny-m3"
 
 
 class LiveServer:
-    """Runs an app with uvicorn in a background thread; `url` is its base address."""
+    """Runs an app with uvicorn (as `m3embed serve` does) in a background thread; `url` is its base address."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
@@ -28,8 +28,7 @@ class LiveServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
-        self.server = uvicorn.Server(config)
+        self.server = Server(app, log_level="warning", lifespan="on")
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     def start(self, timeout: float = 30.0) -> LiveServer:

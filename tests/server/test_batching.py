@@ -136,3 +136,147 @@ def test_full_queue_and_cancelled_requests(m3_model, texts):
     kept.result(timeout=60)
     b.close()
     assert [r.texts for r in records] == [1]  # the cancelled request was never encoded
+
+
+# ---- splitting, turns, cancellation, shutdown deadline ----
+
+
+def test_split_request_equals_one_unsplit_encode(m3_model, texts):
+    """A request split into chunks (merged with another request's) gets exactly what one encode gives."""
+    records: list[BatchRecord] = []
+    b = _batcher(m3_model, records, max_batch_tokens=60)
+    counts = [int(n) for n in m3_model.encode(texts).n_tokens]
+    big = b.submit_encode(texts, MODES, tokens=counts)
+    small = b.submit_encode(texts[:2], ("sparse",), tokens=counts[:2])
+    b.start()
+    try:
+        _assert_same(big.result(timeout=60), m3_model.encode(texts, modes=MODES), MODES)
+        _assert_same(small.result(timeout=60), m3_model.encode(texts[:2], modes=("sparse",)), ("sparse",))
+    finally:
+        b.close()
+    assert len(records) > 3 and sum(r.texts for r in records) == len(texts) + 2
+    assert all(r.tokens <= 60 or r.texts == 1 for r in records)
+
+
+def test_split_chunks_respect_the_budget():
+    from m3embed.server.batching import split_chunks
+
+    assert split_chunks([3, 3, 3, 3], 6) == [(0, 2, 6, 3), (2, 4, 6, 3)]
+    assert split_chunks([5, 20, 1, 1], 6) == [(0, 1, 5, 5), (1, 2, 20, 20), (2, 4, 2, 1)]  # a long text alone
+    assert split_chunks([4], 6) == [(0, 1, 4, 4)]
+    assert split_chunks([1, 1, 4, 1], 8) == [(0, 2, 2, 1), (2, 4, 5, 4)]  # sizes are padded: 3 texts x 4 > 8
+
+
+class _Recorder:
+    """A fake model: text "t<k>" encodes to [k]; records the texts of each call; `gate` can hold a call."""
+
+    def __init__(self, gate_call: int | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.gate_call = gate_call
+        self.in_gate, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, texts: list[str], modes: tuple[str, ...]):
+        from m3embed.types import M3Output
+
+        self.calls.append(list(texts))
+        if len(self.calls) == self.gate_call:
+            self.in_gate.set()
+            assert self.release.wait(30)
+        return M3Output(dense=np.array([[float(t[1:])] for t in texts], dtype=np.float32),
+                        n_tokens=np.full(len(texts), 10))
+
+
+def _ids(start: int, n: int) -> list[str]:
+    return [f"t{k}" for k in range(start, start + n)]
+
+
+def test_requests_take_turns_and_small_ones_wait_one_chunk():
+    model = _Recorder()
+    b = Batcher(model, max_batch_tokens=40)
+    a = b.submit_encode(_ids(0, 12), ("dense",), tokens=[10] * 12)  # 3 chunks of 4 texts
+    c = b.submit_encode(_ids(100, 8), ("dense",), tokens=[10] * 8)  # 2 chunks
+    small = b.submit_encode(["t999"], ("dense",), tokens=[10])
+    b.start()
+    outs = [f.result(timeout=30) for f in (a, c, small)]
+    b.close()
+    # one chunk per request per turn; the small request, queued behind 5 chunks, waits for 2 of them
+    assert model.calls == [_ids(0, 4), _ids(100, 4), ["t999"], _ids(4, 4), _ids(104, 4), _ids(8, 4)]
+    np.testing.assert_array_equal(outs[0].dense[:, 0], np.arange(12))  # reassembled in input order
+    np.testing.assert_array_equal(outs[1].dense[:, 0], np.arange(100, 108))
+    assert outs[2].dense[0, 0] == 999
+
+
+def test_small_requests_ride_along_with_a_chunk_that_leaves_room():
+    model = _Recorder()
+    b = Batcher(model, max_batch_tokens=40)
+    big = b.submit_encode(_ids(0, 6), ("dense",), tokens=[10] * 6)  # chunks of 40 and 20 tokens
+    smalls = [b.submit_encode([f"t{k}"], ("dense",), tokens=[10]) for k in (50, 51, 52)]
+    b.start()
+    [f.result(timeout=30) for f in (big, *smalls)]
+    b.close()
+    assert model.calls == [_ids(0, 4), ["t50", "t51", "t52"], _ids(4, 2)]  # the third small one fits nowhere else
+
+
+def test_short_requests_are_not_padded_to_a_long_chunk():
+    model = _Recorder()
+    b = Batcher(model, max_batch_tokens=100)
+    big = b.submit_encode(_ids(0, 4), ("dense",), tokens=[40] * 4)  # chunks of 2 texts: 80 padded tokens
+    smalls = [b.submit_encode([f"t{k}"], ("dense",), tokens=[5]) for k in (50, 51)]
+    b.start()
+    [f.result(timeout=30) for f in (big, *smalls)]
+    b.close()
+    assert model.calls == [_ids(0, 2), ["t50", "t51"], _ids(2, 2)]  # 3 texts padded to 40 would be 120 > 100
+
+
+def test_cancelling_a_split_request_drops_its_remaining_chunks():
+    model = _Recorder(gate_call=1)
+    records: list[BatchRecord] = []
+    b = Batcher(model, max_batch_tokens=20, on_batch=records.append)
+    big = b.submit_encode(_ids(0, 10), ("dense",), tokens=[10] * 10)  # 5 chunks
+    b.start()
+    assert model.in_gate.wait(30)  # the first chunk is being encoded
+    assert b.queued == 1
+    assert big.cancel()
+    assert b.queued == 0  # the other 4 chunks left the queue at once
+    model.release.set()
+    after = b.submit_encode(["t7"], ("dense",), tokens=[10])
+    assert after.result(timeout=30).dense[0, 0] == 7
+    b.close()
+    assert model.calls == [_ids(0, 2), ["t7"]] and len(records) == 2
+
+
+def test_shutdown_deadline_fails_what_is_left():
+    model = _Recorder(gate_call=2)
+    b = Batcher(model, max_batch_tokens=20)
+    b.start()
+    big = b.submit_encode(_ids(0, 10), ("dense",), tokens=[10] * 10)  # 5 chunks
+    assert model.in_gate.wait(30)  # chunk 2 is being encoded
+    waiting_call = b.submit_call(lambda: "never runs")
+    b.begin_shutdown(0.2)
+    assert b.shutting_down and not b.closed
+    during = b.submit_encode(["t5"], ("dense",), tokens=[10])  # requests in flight may still queue work
+    with pytest.raises(BatcherClosedError, match="graceful-timeout"):
+        big.result(timeout=10)  # failed at the deadline, while its chunk still runs
+    for f in (waiting_call, during):
+        with pytest.raises(BatcherClosedError):
+            f.result(timeout=10)
+    assert b.closed and b.queued == 0
+    with pytest.raises(BatcherClosedError, match="shutting down"):
+        b.submit_encode(["t1"], ("dense",), tokens=[10])
+    model.release.set()
+    t0 = time.monotonic()
+    b.close()  # the worker only finishes the chunk in progress
+    assert time.monotonic() - t0 < 5 and len(model.calls) == 2
+
+
+def test_running_call_finishes_at_the_deadline():
+    b = Batcher(lambda t, m: None)
+    started, release = threading.Event(), threading.Event()
+    b.start()
+    running = b.submit_call(lambda: (started.set(), release.wait(30))[1] and "written")
+    assert started.wait(30)
+    b.begin_shutdown(0.05)
+    time.sleep(0.2)  # past the deadline: a started call (e.g. an index write) is not failed half-way
+    release.set()
+    b.close()
+    assert running.result(timeout=1) == "written"

@@ -64,6 +64,9 @@ def test_api_key(strict):
     _error(httpx.post(f"{url}/v1/embeddings", json={"input": "x", "model": MODEL_NAME},
                       headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
     assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+    assert httpx.get(f"{url}/openapi.json").status_code == 200  # the API's description is public
+    _error(httpx.get(f"{url}/metrics"), 401, "invalid_api_key")  # traffic figures are not
+    assert strict.get("/metrics").status_code == 200
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).embeddings.create(
             model=MODEL_NAME, input="x")
@@ -101,12 +104,26 @@ def test_api_key_from_environment(monkeypatch, xlmr_ckpt):
     (b'{"input": "x", "model": "tiny-m3", "encoding_format": "int8"}', 422, None),
     (b'{"input": "x", "model": "tiny-m3", "dimensions": 7}', 422, "dimensions"),
     (b'{"input": "x", "model": "other"}', 404, "model_not_found"),
+    (b'{"input": [1e999], "model": "tiny-m3"}', 422, None),
     (b'{"input": ["ok", "a\\ud800"], "model": "tiny-m3"}', 422, "invalid_text"),  # valid JSON, not text
 ])
 def test_bad_embeddings_bodies(shared_server, body, status, code):
     r = httpx.post(f"{shared_server.url}/v1/embeddings", content=body,
                    headers={"content-type": "application/json"}, timeout=30)
     _error(r, status, code)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_is_415(shared_server, content_type):
+    headers = {} if content_type is None else {"content-type": content_type}
+    r = httpx.post(f"{shared_server.url}/v1/embeddings", content=b'{"input": "x", "model": "tiny-m3"}',
+                   headers=headers, timeout=30)
+    assert "application/json" in _error(r, 415, "unsupported_media_type")["message"]
+
+
+def test_token_ids_are_refused_with_the_way_out(shared_server):
+    r = httpx.post(f"{shared_server.url}/v1/embeddings", json={"input": [[101, 2023]], "model": "tiny-m3"}, timeout=30)
+    assert "tiktoken" in _error(r, 422, "token_input_unsupported")["message"]
 
 
 @pytest.mark.parametrize("path, body, status, code", [
@@ -119,12 +136,21 @@ def test_bad_embeddings_bodies(shared_server, body, status, code):
     ("/v1/score", {"pairs": [["q", "p"]], "weights": [1, 1]}, 422, None),
     ("/v1/score", {"pairs": [["q", "p"]], "weights": [0, 0, 1]}, 422, "weights"),
     ("/v1/score", {"pairs": [["q", "p"]], "weights": [-1, 1, 1]}, 422, "weights"),
+
     ("/v1/search", {"query": "x"}, 404, "no_index"),
     ("/v1/documents", {"documents": [{"id": "a", "text": "x"}]}, 404, "no_index"),
     ("/v1/nothing", {}, 404, None),
 ])
 def test_bad_requests_other_routes(shared_server, path, body, status, code):
     _error(httpx.post(f"{shared_server.url}{path}", json=body, timeout=30), status, code)
+
+
+@pytest.mark.parametrize("weights", [b"[NaN, 1, 1]", b"[1e999, 1, 1]", b"[1, Infinity, 1]"])
+def test_non_finite_score_weights_are_422(shared_server, weights):
+    body = b'{"pairs": [["q", "p"]], "weights": ' + weights + b"}"
+    r = httpx.post(f"{shared_server.url}/v1/score", content=body, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert "finite" in _error(r, 422, "weights")["message"]
 
 
 def test_wrong_method_and_unknown_document(shared_server):

@@ -81,3 +81,23 @@ def test_index_request_errors(indexed):
     ]:
         r = c.post("/v1/search", json=body)
         assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+
+
+def test_search_defaults_to_the_fullest_stored_mode_and_checks_weights(live_server, m3_model, tmp_path):
+    """A dense-only index answers /v1/search without a mode (the library's default), and NaN weights are 422."""
+    index = open_index(tmp_path / "dense", m3_model, create=True, modes=("dense",))
+    index.add(["a", "b"], ["the quick brown fox", "a slow green turtle"])
+    server = live_server(index)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            r = c.post("/v1/search", json={"query": "fox", "k": 2})
+            assert r.status_code == 200, r.text
+            assert [h["id"] for h in r.json()["results"][0]] == [h.id for h in index.search("fox", k=2)]
+            r = c.post("/v1/search", json={"query": "fox", "mode": "all"})
+            assert r.status_code == 422 and "needs sparse, colbert" in r.json()["error"]["message"]
+            r = c.post("/v1/search", content=b'{"query": "fox", "weights": [NaN, 0.2, 0.4]}',
+                       headers={"content-type": "application/json"})
+            assert r.status_code == 422 and r.json()["error"]["param"] == "weights", r.text
+    finally:
+        server.stop()
+        index.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from m3testkit.checkpoints import sample_texts
 from .conftest import MODEL_NAME
 
 
-def _wait(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+def _wait(predicate, timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -124,3 +125,81 @@ def test_serve_command_sigterm_finishes_upsert(m3_model, xlmr_ckpt, tmp_path):
         assert index.count() == len(docs) and not index.missing([d["id"] for d in docs])
         top = index.search(docs[123]["text"], k=1, mode="dense")[0]
         assert top.text == docs[123]["text"] and top.metadata["i"] == int(top.id)
+
+
+def test_new_requests_get_503_once_shutdown_began(live_server, texts):
+    server = live_server()
+    server.app.state.service.batcher.begin_shutdown(None)  # what SIGTERM starts (uvicorn also stops listening)
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts[0], "model": MODEL_NAME}, timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "shutting_down" and r.json()["error"]["type"] == "server_overloaded"
+    health = httpx.get(f"{server.url}/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "stopping"
+
+
+def test_unfinished_requests_get_503_at_the_graceful_timeout(live_server, texts):
+    """Shutdown waits `graceful_timeout` s for queued requests, then answers them 503 (not 500) and stops."""
+    server = live_server(graceful_timeout=1.0)
+    batcher = server.app.state.service.batcher
+    release = threading.Event()
+    blocker = batcher.submit_call(release.wait)  # the worker is busy (as with a long index write)
+    embed, result = _in_background(lambda: httpx.post(
+        f"{server.url}/v1/embeddings", json={"input": texts, "model": MODEL_NAME}, timeout=60))
+    _wait(lambda: batcher.queued >= 1, what="request queued")
+    t0 = time.monotonic()
+    server.request_exit()  # what SIGTERM does
+    embed.join(30)
+    answered = time.monotonic() - t0
+    release.set()  # the call in progress at the deadline is never failed half-way: it finishes
+    server.stop(timeout=30)
+    r = result["value"]
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "shutting_down" and "graceful-timeout" in r.json()["error"]["message"]
+    assert 0.9 < answered < 5
+    assert blocker.result(timeout=1) is True and batcher.closed
+
+
+def test_serve_command_sigterm_bounded_by_graceful_timeout(bert_ckpt, tmp_path):
+    """`m3embed serve --graceful-timeout 2`, SIGTERM with a 1,024-text request being encoded: the client gets a 503
+    (not a 500) after about 2 s and the process exits soon after, not once the whole request is done."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    graceful = 2.0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", "from m3embed.cli import main; main()", "serve", "--model", str(bert_ckpt),
+           "--port", str(port), "--served-model-name", MODEL_NAME, "--log-level", "warning", "--device", "cpu",
+           "--graceful-timeout", str(graceful), "--max-batch-tokens", "512"]  # a chunk: one text
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = sample_texts(1024 * 15, seed=4)
+    texts = [" ".join(base[i * 15:(i + 1) * 15]) for i in range(1024)]  # 400-512 tokens each: minutes of work
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited early:\n{proc.stdout.read()}")
+            try:
+                return httpx.get(f"{url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, timeout=120, what="server up")
+        big, result = _in_background(lambda: httpx.post(
+            f"{url}/v1/embeddings", json={"input": texts, "model": MODEL_NAME}, timeout=120))
+        _wait(lambda: re.search(r"^m3embed_batches_total [1-9]", httpx.get(f"{url}/metrics").text, re.MULTILINE),
+              timeout=60, what="the large request being encoded")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        big.join(60)
+        answered = time.monotonic() - t0
+        assert proc.wait(60) == 0
+        exited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = result["value"]
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "shutting_down"
+    assert answered < graceful + 2, answered
+    # the margin: the chunk in progress at the deadline and the interpreter's exit, on a loaded machine (before the
+    # fix: minutes, the whole request)
+    assert exited < graceful + 8, f"exited {exited:.1f} s after SIGTERM:\n{proc.stdout.read()}"

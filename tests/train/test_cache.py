@@ -58,14 +58,15 @@ def test_each_distinct_text_is_encoded_once_in_eval_mode(xlmr_ckpt, train_file, 
 
 
 def test_training_with_the_cache_logs_it_and_learns(xlmr_ckpt, train_file, tmp_path):
-    trainer = Trainer(config(xlmr_ckpt, train_file, tmp_path, freeze="encoder", epochs=2, learning_rate=5e-3))
+    trainer = Trainer(config(xlmr_ckpt, train_file, tmp_path, freeze="encoder", epochs=3, learning_rate=5e-3))
     trainer.train()
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["cache_hit_rate"] > 0.3 and log[-1]["cache_texts"] > 0
-    # single batches differ in difficulty: compare the mean loss of the second epoch with the first
+    # single batches differ in difficulty, and two epochs of 6 steps were too few to tell on every random fixture
+    # (the fixture's tokenizer differs between test sessions): compare the mean loss of the last epoch with the first
     first = [r["loss"] for r in log if r["epoch"] <= 1.0]
-    second = [r["loss"] for r in log if r["epoch"] > 1.0]
-    assert first and second and sum(second) / len(second) < sum(first) / len(first)
+    last = [r["loss"] for r in log if r["epoch"] > 2.0]
+    assert first and last and sum(last) / len(last) < sum(first) / len(first)
 
 
 def test_cache_setting_needs_a_frozen_encoder():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +13,10 @@ from typing import Any, Self
 import numpy as np
 
 from m3embed import scoring
+from m3embed.diskspace import check_free
+from m3embed.documents import check_id, check_metadata
 from m3embed.index.manifest import (
+    FINGERPRINT_VERSION,
     LOCK_NAME,
     MANIFEST_NAME,
     DirectoryLock,
@@ -93,6 +98,8 @@ class Index:
         self.location = location
         self.model = model
         self._lock = lock
+        # an index directory (free space is checked before writes); None for a server or ":memory:"
+        self.directory: Path | None = None if lock is None else lock.path.parent
         self._write = threading.RLock()
         self._closed = False
 
@@ -121,8 +128,10 @@ class Index:
             collection_options: extra create_collection arguments (shard_number, replication_factor, ...).
         """
         modes = check_modes(modes)
+        fingerprint_version = FINGERPRINT_VERSION
         if model is not None:
             fingerprint, model_name = model.fingerprint, getattr(model, "name", "") or model_name
+            fingerprint_version = getattr(model, "fingerprint_version", FINGERPRINT_VERSION)
             dim = dim or model.hidden_size
             missing = [m for m in modes if m not in model.available_modes()]
             if missing:
@@ -133,26 +142,39 @@ class Index:
         engine = engine or ("qdrant" if is_remote(location) else "edge")
         manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
                             dim=dim, colbert_dim=colbert_dim or dim, colbert_dtype=colbert_dtype,
-                            store_text=store_text)
+                            store_text=store_text, fingerprint_version=fingerprint_version)
         if is_remote(location):
             if engine != "qdrant":
                 raise ValueError(f"{location!r} is a Qdrant location; use engine='qdrant' (edge needs a directory)")
             from m3embed.index.qdrant import QdrantStore
 
             client = _client(location, client_options)
-            store = QdrantStore.create(client, collection, manifest, collection_options,
-                                       owns_client=client is not location)
+            try:
+                store = QdrantStore.create(client, collection, manifest, collection_options,
+                                           owns_client=client is not location)
+            except BaseException:
+                if client is not location:
+                    client.close()
+                raise
             return cls(store, manifest, _describe(location), model)
         directory = Path(location)
         _check_new_directory(directory)
+        check_free(directory, 0, "creating an index")
+        before = set(directory.iterdir()) if directory.exists() else None
+        created = _topmost_missing(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock = DirectoryLock(directory)
         lock.acquire()
         try:
             store = _create_dir_store(directory, manifest, collection, collection_options)
-            write_manifest(directory, manifest)  # last: a manifest means a complete index
+            try:
+                write_manifest(directory, manifest)  # last: a manifest means a complete index
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
             lock.release()
+            _remove_created(directory, created, before)
             raise
         return cls(store, manifest, str(directory), model, lock)
 
@@ -165,7 +187,11 @@ class Index:
 
             client = _client(location, client_options)
             store = QdrantStore(client, collection, owns_client=client is not location)
-            data = store.read_manifest()
+            try:
+                data = store.read_manifest()
+            except BaseException:
+                store.close()
+                raise
             if data is None:
                 store.close()
                 raise FileNotFoundError(f"no m3embed index in collection {collection!r} at {_describe(location)}; "
@@ -225,6 +251,11 @@ class Index:
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
         model = self.require_model("add texts")
+        for i, doc_id in enumerate(ids):  # refuse bad documents before spending time encoding them
+            try:
+                check_metadata(None if metadata is None else metadata[i], check_id(doc_id))
+            except ValueError as e:
+                raise ValueError(f"document at position {i}: {e}") from None
         for start in range(0, len(texts), batch_size):
             chunk = slice(start, start + batch_size)
             out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes, max_length=max_length)
@@ -234,18 +265,28 @@ class Index:
 
     def add_outputs(self, ids: Sequence[str | int], outputs: M3Output, texts: Sequence[str] | None = None,
                     metadata: Sequence[Mapping[str, Any]] | None = None) -> int:
-        """Upsert precomputed model outputs by id (they must hold every mode the index stores)."""
+        """Upsert precomputed model outputs by id (they must hold every mode the index stores).
+
+        Ids and metadata are checked first (`m3embed.documents`): one invalid document refuses the whole batch
+        with a ValueError naming it, before anything is written. A repeated id keeps its last document. On an
+        index directory, free space for the batch is checked too (`m3embed.diskspace.DiskFullError`).
+        """
         batch = self._batch(ids, outputs, texts, metadata)
         with self._write:
             self._check_open()
+            if self.directory is not None:
+                check_free(self.directory, _batch_bytes(batch), f"writing {len(batch)} documents")
             self.store.upsert(batch)
         return len(batch)
 
     def delete(self, ids: Sequence[str | int]) -> None:
         """Remove documents by id; unknown ids are ignored."""
+        ids = [check_id(i) for i in ids]
         with self._write:
             self._check_open()
-            self.store.delete([str(i) for i in ids])
+            if self.directory is not None:
+                check_free(self.directory, 1024 * len(ids), f"deleting {len(ids)} documents")
+            self.store.delete(ids)
 
     def flush(self) -> None:
         """Make every add and delete so far durable."""
@@ -254,7 +295,12 @@ class Index:
             self.store.flush()
 
     def optimize(self) -> None:
-        """Build the search structures now (HNSW graphs) instead of searching unindexed segments."""
+        """Build the search structures now (HNSW graphs) instead of searching unindexed segments.
+
+        Qdrant Edge writes optimized copies of its segments before it drops the old ones: the index takes up
+        to twice its size meanwhile, so it first checks for that much free space and raises
+        `m3embed.diskspace.DiskFullError` otherwise (nothing is lost then).
+        """
         with self._write:
             self._check_open()
             self.store.optimize()
@@ -268,7 +314,7 @@ class Index:
 
     def missing(self, ids: Sequence[str | int]) -> list[str]:
         """The ids (as str, in order) that the index does not hold."""
-        ids = [str(i) for i in ids]
+        ids = [check_id(i) for i in ids]
         with self._reading():
             have = self.store.existing(ids)
         return [i for i in ids if i not in have]
@@ -380,15 +426,25 @@ class Index:
             if getattr(out, mode) is None:
                 raise ValueError(f"the outputs lack {mode!r}, which this index stores; encode with "
                                  f"modes={m.modes!r}")
-        payloads = []
+        keys = []
         for i, doc_id in enumerate(ids):
-            if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or str(doc_id) == "":
-                raise ValueError(f"document id at position {i} must be a non-empty str or int, got {doc_id!r}")
-            meta = {} if metadata is None or metadata[i] is None else metadata[i]
-            if not isinstance(meta, Mapping):
-                raise TypeError(f"metadata of document {doc_id!r} must be a dict, got {type(meta).__name__}")
-            payload: dict[str, Any] = {"id": str(doc_id), "meta": dict(meta)}
+            try:
+                keys.append(check_id(doc_id))
+            except ValueError as e:
+                raise ValueError(f"document at position {i}: {e}") from None
+        last = {key: i for i, key in enumerate(keys)}  # a repeated id keeps its last document
+        if len(last) < n:
+            rows = sorted(last.values())
+            keys, out = [keys[i] for i in rows], out.select(rows)
+            texts = None if texts is None else [texts[i] for i in rows]
+            metadata = None if metadata is None else [metadata[i] for i in rows]
+        payloads = []
+        for i, doc_id in enumerate(keys):
+            meta = check_metadata(None if metadata is None else metadata[i], doc_id)
+            payload: dict[str, Any] = {"id": doc_id, "meta": meta}
             if m.store_text and texts is not None:
+                if not isinstance(texts[i], str):
+                    raise ValueError(f"document {doc_id!r}: text must be a string, got {type(texts[i]).__name__}")
                 payload["text"] = texts[i]
             payloads.append(payload)
         dense = colbert = None
@@ -402,7 +458,7 @@ class Index:
             for c in colbert:
                 _check_dim("colbert", c.shape[1], m.colbert_dim)
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
-        return DocBatch([str(i) for i in ids], payloads, dense, sparse, colbert)
+        return DocBatch(keys, payloads, dense, sparse, colbert)
 
     def require_model(self, action: str) -> Any:
         """The attached model, or a clear error saying which model `action` needs."""
@@ -441,6 +497,38 @@ def _query_vectors(out: M3Output, colbert_dtype: str) -> Iterator[QueryVectors]:
                            colbert=None if colbert is None else colbert.astype(np.float32))
 
 
+def _batch_bytes(batch: DocBatch) -> int:
+    """What upserting `batch` may take on disk: the engine logs each point (float32 vectors, payload) in its
+    write-ahead log and stores it again in a segment; measured at ~1.3x the float32 size with float16 ColBERT
+    storage, estimated at 2x."""
+    size = 0 if batch.dense is None else batch.dense.nbytes
+    size += sum(c.nbytes for c in batch.colbert or ())
+    size += sum(8 * len(v) for v in batch.sparse or ())
+    size += sum(len(json.dumps(p, ensure_ascii=False)) + 64 for p in batch.payloads)
+    return 2 * size
+
+
+def _topmost_missing(directory: Path) -> Path | None:
+    """The outermost of `directory` and its ancestors that does not exist yet (None if it exists)."""
+    top = None
+    p = directory.absolute()
+    while not p.exists():
+        top, p = p, p.parent
+    return top
+
+
+def _remove_created(directory: Path, created: Path | None, before: set[Path] | None) -> None:
+    """Undo a failed creation: remove the directories it made, or what it added to an existing empty one."""
+    try:
+        if created is not None:
+            shutil.rmtree(created)
+        elif before is not None:
+            for p in set(directory.iterdir()) - before:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    except OSError:  # best effort: the creation error is the one to report
+        pass
+
+
 def _check_dim(mode: str, got: int, want: int) -> None:
     if got != want:
         raise ValueError(f"{mode} vectors have size {got}, but the index holds size {want}; use the model the "
@@ -467,7 +555,11 @@ def _create_dir_store(directory: Path, manifest: Manifest, collection: str,
     from m3embed.index.qdrant import QdrantStore
 
     client = _client(str(directory / "qdrant"), None, path=True)
-    return QdrantStore.create(client, collection, manifest, collection_options)
+    try:
+        return QdrantStore.create(client, collection, manifest, collection_options)
+    except BaseException:
+        client.close()
+        raise
 
 
 def _load_dir_store(directory: Path, manifest: Manifest, collection: str) -> Store:

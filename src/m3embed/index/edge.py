@@ -1,14 +1,26 @@
-"""The default engine: Qdrant Edge (PyPI `qdrant-edge-py`), an embedded on-disk shard with no server."""
+"""The default engine: Qdrant Edge (PyPI `qdrant-edge-py`), an embedded on-disk shard with no server.
+
+Qdrant Edge writes through memory-mapped sparse files (32 MB chunks allocated as they fill); a page the file
+system cannot back kills the process with SIGBUS. So free space is checked before the engine writes (batches:
+`Index.add_outputs`; optimizing: `EdgeStore.optimize`) and a refusal is a one-line DiskFullError.
+
+Qdrant Edge has no read-only mode: `EdgeShard.load` opens the write-ahead log and maps the segment files
+writable, even to count or search. On ext4 (tested) that allocates nothing, so an index on a full disk still
+opens, counts and searches. On tmpfs, loading and optimizing touch every page of the vector files, which then
+take their full size: `EdgeStore.load` and `optimize` check for that much space there.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
+from m3embed.diskspace import DiskFullError, allocated_bytes, check_free, filesystem_type
 from m3embed.index.manifest import Manifest
 from m3embed.index.store import (
     Condition,
@@ -36,9 +48,10 @@ class EdgeStore(Store):
 
     thread_safe = True
 
-    def __init__(self, shard: qe.EdgeShard, manifest: Manifest) -> None:
+    def __init__(self, shard: qe.EdgeShard, manifest: Manifest, directory: Path | None = None) -> None:
         self.shard = shard
         self.manifest = manifest
+        self.directory = directory
 
     @classmethod
     def create(cls, directory: Path, manifest: Manifest) -> EdgeStore:
@@ -53,7 +66,8 @@ class EdgeStore(Store):
                 hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
         sparse = {"sparse": qe.EdgeSparseVectorParams()} if "sparse" in manifest.modes else None
         config = qe.EdgeConfig(vectors=vectors or None, sparse_vectors=sparse)
-        return cls(qe.EdgeShard.create(str(directory / SHARD_DIR), config), manifest)
+        with _disk_errors(directory):
+            return cls(qe.EdgeShard.create(str(directory / SHARD_DIR), config), manifest, directory)
 
     @classmethod
     def load(cls, directory: Path, manifest: Manifest) -> EdgeStore:
@@ -61,12 +75,19 @@ class EdgeStore(Store):
         if not path.is_dir():
             raise ValueError(f"index {directory} is damaged: its Qdrant Edge shard ({path}) is missing; "
                              "rebuild the index")
+        if _in_memory_fs(path):
+            check_free(directory, populate_bytes(path), "opening the index on tmpfs",
+                       hint="Qdrant Edge fills its vector files when it opens them, and on tmpfs that takes "
+                            "their full size")
         try:
-            shard = qe.EdgeShard.load(str(path))
+            with _disk_errors(directory):
+                shard = qe.EdgeShard.load(str(path))
+        except DiskFullError:
+            raise
         except Exception as e:  # the binding raises a bare Exception with the engine's message
             raise ValueError(f"index {directory}: the Qdrant Edge shard could not be opened ({e}); the "
                              "directory is damaged or in use; rebuild the index if it persists") from e
-        return cls(shard, manifest)
+        return cls(shard, manifest, directory)
 
     # ---- writes ----
 
@@ -82,16 +103,28 @@ class EdgeStore(Store):
             if batch.colbert is not None:
                 vector["colbert"] = batch.colbert[i].tolist()
             points.append(qe.Point(point_id(doc_id), vector, batch.payloads[i]))
-        self.shard.update(qe.UpdateOperation.upsert_points(points))
+        with _disk_errors(self.directory):
+            self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def delete(self, ids: Sequence[str]) -> None:
-        self.shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in ids]))
+        with _disk_errors(self.directory):
+            self.shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in ids]))
 
     def flush(self) -> None:
-        self.shard.flush()
+        with _disk_errors(self.directory):
+            self.shard.flush()
 
     def optimize(self) -> None:
-        self.shard.optimize()
+        """Merge and index the segments. The engine writes the optimized copies before it drops the old
+        segments, so this first checks for about the index's size free (on tmpfs: the full size of the segment
+        files, which the copies fill); the documents stay stored and searchable when it refuses."""
+        if self.directory is not None:
+            shard = self.directory / SHARD_DIR
+            need = _apparent_bytes(shard / "segments") if _in_memory_fs(shard) else allocated_bytes(self.directory)
+            check_free(self.directory, need, "optimizing the index (a second copy of its segments)",
+                       hint="the documents are stored and searchable, only not optimized")
+        with _disk_errors(self.directory):
+            self.shard.optimize()
 
     def close(self) -> None:
         self.shard.close()
@@ -130,6 +163,37 @@ class EdgeStore(Store):
                                    with_payload=payload)
         return qe.QueryRequest(limit=plan.limit, query=_formula(plan), filter=flt, with_payload=payload,
                                prefetches=[_prefetch(b, flt) for b in plan.branches])
+
+
+def _in_memory_fs(path: Path) -> bool:
+    return filesystem_type(path) in ("tmpfs", "ramfs")
+
+
+def populate_bytes(shard: Path) -> int:
+    """Bytes that loading the shard may allocate on tmpfs: the unallocated part of its vector storage files."""
+    total = 0
+    for f in shard.glob("segments/*/vector_storage-*/**/*"):
+        if f.is_file():
+            st = f.stat()
+            total += max(st.st_size - st.st_blocks * 512, 0)
+    return total
+
+
+def _apparent_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+@contextlib.contextmanager
+def _disk_errors(directory: Path | None) -> Iterator[None]:
+    """The engine reports a full disk as a bare Exception carrying "os error 28": make it a DiskFullError."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if "os error 28" in text or "No space left on device" in text:
+            raise DiskFullError(f"no space left on the device of index {directory} (the engine said: "
+                                f"{text.splitlines()[0][:200]}); free some space", directory) from None
+        raise
 
 
 def _prefetch(node: Plan, flt: qe.Filter | None) -> qe.Prefetch:

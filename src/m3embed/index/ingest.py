@@ -4,6 +4,11 @@ A batch is reported committed once the engine has accepted it: Qdrant Edge has w
 write-ahead log (replayed on the next open), qdrant-client local mode to its database, a server to its own
 WAL. So a killed run loses nothing it reported, and running again encodes only what is missing. Segments
 are also flushed every `flush_every` seconds and at the end, which keeps reopening fast.
+
+Every record is validated (`m3embed.documents`: id, metadata) before its batch reaches the engine; an invalid
+one stops the run with a ValueError naming its file:line, the batches before it stay committed. The CLI
+checks the whole file first (`check_records`), so there a bad record stops the build before anything is
+written. A repeated id keeps its last record, within a batch and across batches alike.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from m3embed.corpus import Record
+from m3embed.corpus import Record, iter_lines
+from m3embed.documents import check_id, check_metadata
 from m3embed.index.core import Index
 
 
@@ -25,14 +31,16 @@ class IngestStats:
     Attributes:
         seen: records read so far (all of them are stored once their batch is committed).
         added: records encoded and upserted by this run.
-        skipped: records whose id was already stored (not encoded again).
+        skipped: records whose id was already stored before this run (not encoded again).
         batches: batches committed.
+        duplicates: records whose id repeats an earlier record of this run (the last one is kept).
     """
 
     seen: int = 0
     added: int = 0
     skipped: int = 0
     batches: int = 0
+    duplicates: int = 0
 
 
 def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, skip_existing: bool = True,
@@ -42,9 +50,10 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
 
     Args:
         index: an Index opened with its model.
-        records: documents (id, text, metadata); within a batch a repeated id keeps its last record.
+        records: documents (id, text, metadata); a repeated id keeps its last record (one set of the ids
+            seen is kept in memory for that).
         batch_size: records encoded and committed together.
-        skip_existing: skip ids the index already holds (resume); False re-encodes and replaces them.
+        skip_existing: skip ids the index held before this run (resume); False re-encodes and replaces them.
         progress: show a progress bar on stderr (`total` records when known).
         flush_every: seconds between segment flushes (batches are durable through the WAL before that).
         on_commit: called with the running stats after each batch is committed.
@@ -57,13 +66,17 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
     bar = _progress(progress, total)
     task = bar.add_task("indexing", total=total) if bar else None
     flushed = time.monotonic()
+    seen_ids: set[str] = set()  # ids of this run: a later copy replaces an earlier one, never skipped
     try:
-        for chunk in _chunks(records, batch_size):
+        for chunk in _chunks(map(check_record, records), batch_size):
             latest = {r.id: r for r in chunk}  # a repeated id keeps its last record
+            stats.duplicates += len(chunk) - len(latest) + sum(1 for i in latest if i in seen_ids)
             todo = list(latest.values())
             if skip_existing:
-                missing = set(index.missing(list(latest)))
-                todo = [r for r in todo if r.id in missing]
+                fresh = [i for i in latest if i not in seen_ids]
+                stored = set(fresh) - set(index.missing(fresh))
+                todo = [r for r in todo if r.id not in stored]
+            seen_ids.update(latest)
             if todo:
                 index.add([r.id for r in todo], [r.text for r in todo], [r.metadata for r in todo],
                            batch_size=len(todo), max_length=max_length)
@@ -85,6 +98,29 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
     return stats
 
 
+def check_record(record: Record) -> Record:
+    """The record with its id and metadata checked (`m3embed.documents`); a ValueError naming record.where."""
+    where = record.where or None
+    doc_id = check_id(record.id, where or "")
+    if not isinstance(record.text, str):
+        raise ValueError(f"{where + ': ' if where else ''}document {doc_id!r}: text must be a string, got "
+                         f"{type(record.text).__name__}")
+    return Record(doc_id, record.text, check_metadata(record.metadata, doc_id, where or ""), record.where)
+
+
+def check_records(records: Iterable[Record]) -> int:
+    """Validate every record (as `ingest` does) without encoding anything; returns how many there are.
+
+    The CLI runs this over an input file before it creates or changes an index, so a bad record (named by
+    file:line) stops the command before anything is written.
+    """
+    n = 0
+    for record in records:
+        check_record(record)
+        n += 1
+    return n
+
+
 def count_records(path: str | Path) -> int | None:
     """Records in a jsonl / txt / parquet file without parsing them (None for unknown formats)."""
     path = Path(path)
@@ -102,7 +138,7 @@ def count_records(path: str | Path) -> int | None:
 def read_ids(path: str | Path) -> list[str]:
     """Ids from a file: one per line, or jsonl objects with an "id" field."""
     ids = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in iter_lines(path):
         line = line.strip()
         if not line:
             continue
@@ -113,7 +149,7 @@ def read_ids(path: str | Path) -> list[str]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict) or "id" not in row:
                 raise ValueError(f"{path}:{lineno}: a JSON line needs an 'id' field")
-            line = str(row["id"])
+            line = check_id(row["id"], f"{path}:{lineno}")
         ids.append(line)
     return ids
 

@@ -12,7 +12,11 @@ import portalocker
 
 from m3embed.modes import check_modes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds fingerprint_version
+READABLE_VERSIONS = (1, 2)
+# how the model fingerprint is computed: 1 = config and head weights (m3embed before format 2), 2 = also every
+# encoder weight (`M3Model.fingerprint`); an index is checked with the scheme it was built with
+FINGERPRINT_VERSION = 2
 MANIFEST_NAME = "m3embed-index.json"
 LOCK_NAME = ".m3embed.lock"
 ENGINES = ("edge", "qdrant")
@@ -31,6 +35,7 @@ class Manifest:
         dim: dense vector size; colbert_dim: colbert vector size.
         colbert_dtype: storage type of colbert vectors ("float16" halves their size).
         store_text: whether document texts are kept in the payload.
+        fingerprint_version: the fingerprint scheme (FINGERPRINT_VERSION; 1 for indexes of format 1).
     """
 
     engine: str
@@ -41,6 +46,7 @@ class Manifest:
     colbert_dim: int
     colbert_dtype: str = "float16"
     store_text: bool = True
+    fingerprint_version: int = FINGERPRINT_VERSION
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -63,25 +69,38 @@ class Manifest:
     def from_json(cls, d: dict[str, Any], source: str) -> Manifest:
         """Validate a manifest read from `source`; a newer format or missing keys give a clear error."""
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(f"{source}: index format version {version!r} is not supported by this m3embed "
-                             f"(it reads version {FORMAT_VERSION}); rebuild the index or upgrade m3embed")
+                             f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild the index "
+                             "or upgrade m3embed")
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if version == 1:  # written before fingerprints covered the encoder weights
+            fields["fingerprint_version"] = 1
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+            return cls(**fields)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: damaged index manifest ({e}); rebuild the index") from e
 
     def check_model(self, model: Any, location: str) -> None:
-        """Refuse a model whose fingerprint differs from the one the index was built with."""
-        fp = getattr(model, "fingerprint", None)
+        """Refuse a model whose fingerprint differs from the one the index was built with (computed with the
+        index's fingerprint scheme, so indexes built by older m3embed versions still open with their model)."""
+        fp = model_fingerprint(model, self.fingerprint_version)
         if fp != self.fingerprint:
             name = getattr(model, "name", None) or type(model).__name__
+            scheme = " (version 1: config and heads only)" if self.fingerprint_version == 1 else ""
             raise ValueError(f"index {location} was built with model {self.model_name!r} (fingerprint "
-                             f"{self.fingerprint}), but the given model {name!r} has fingerprint {fp}; "
+                             f"{self.fingerprint}{scheme}), but the given model {name!r} has fingerprint {fp}; "
                              "use the index's model or build a new index")
         missing = [m for m in self.modes if m not in model.available_modes()]
         if missing:
             raise ValueError(f"index {location} stores {', '.join(missing)} but the model has no such head")
+
+
+def model_fingerprint(model: Any, version: int = FINGERPRINT_VERSION) -> str | None:
+    """A model's fingerprint in scheme `version` (`M3Model.fingerprint`, or `legacy_fingerprint` for 1)."""
+    if version == 1:
+        return getattr(model, "legacy_fingerprint", None)
+    return getattr(model, "fingerprint", None)
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -6,11 +6,14 @@ mode, which answers the same API (used in tests as the stand-in for a server, no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from m3embed.index.manifest import Manifest
 from m3embed.index.store import (
@@ -28,6 +31,47 @@ from m3embed.index.store import (
 from m3embed.types import SparseVector
 
 METADATA_KEY = "m3embed"  # the manifest, kept in the collection's metadata
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def describe_client(client: Any) -> str:
+    """Where a client points: its URL, host:port, local path or ":memory:"."""
+    opts = getattr(client, "init_options", {}) or {}
+    if opts.get("url"):
+        return str(opts["url"])
+    if opts.get("host"):
+        return f"{opts['host']}:{opts.get('port')}"
+    return str(opts.get("path") or opts.get("location") or type(client).__name__)
+
+
+@contextlib.contextmanager
+def server_errors(where: str) -> Iterator[None]:
+    """An unreachable server becomes a one-line ConnectionError naming it; a refused API key a PermissionError."""
+    try:
+        yield
+    except ResponseHandlingException as e:  # the transport failed: refused, DNS, timeout, TLS
+        cause = e.source if getattr(e, "source", None) is not None else e
+        raise ConnectionError(f"cannot reach the Qdrant server at {where} ({cause}); start it, or check the URL "
+                              "and the network") from None
+    except UnexpectedResponse as e:
+        if e.status_code in (401, 403):
+            raise PermissionError(f"the Qdrant server at {where} refused the request ({e.status_code} "
+                                  f"{e.reason_phrase}); pass its API key") from None
+        raise
+    except Exception as e:
+        if type(e).__module__.startswith("grpc") and "UNAVAILABLE" in str(getattr(e, "code", lambda: "")()):
+            raise ConnectionError(f"cannot reach the Qdrant server at {where} (gRPC unavailable); start it, "
+                                  "or check the URL and the network") from None
+        raise
+
+
+def _remote(method: F) -> F:
+    @functools.wraps(method)
+    def call(self: QdrantStore, *args: Any, **kwargs: Any) -> Any:
+        with server_errors(self.where):
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 class QdrantStore(Store):
@@ -36,6 +80,7 @@ class QdrantStore(Store):
     def __init__(self, client: QdrantClient, collection: str, owns_client: bool = True) -> None:
         self.client = client
         self.collection = collection
+        self.where = describe_client(client)
         self.owns_client = owns_client  # False for a client the caller passed in: left open on close()
         opts = getattr(client, "init_options", {})
         # local mode: exact search (no HNSW parameters to send), plain Python/NumPy without locks
@@ -50,7 +95,9 @@ class QdrantStore(Store):
         Args:
             collection_options: passed to `create_collection` (e.g. shard_number, replication_factor).
         """
-        if client.collection_exists(collection):
+        with server_errors(describe_client(client)):
+            exists = client.collection_exists(collection)
+        if exists:
             raise ValueError(f"collection {collection!r} already exists; open it instead, or pick "
                                   "another collection name")
         vectors = {}
@@ -63,10 +110,12 @@ class QdrantStore(Store):
                 multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
                 hnsw_config=models.HnswConfigDiff(m=0))  # rescoring only: no graph
         sparse = {"sparse": models.SparseVectorParams()} if "sparse" in manifest.modes else None
-        client.create_collection(collection, vectors_config=vectors, sparse_vectors_config=sparse,
-                                 metadata={METADATA_KEY: manifest.to_json()}, **dict(collection_options or {}))
+        with server_errors(describe_client(client)):
+            client.create_collection(collection, vectors_config=vectors, sparse_vectors_config=sparse,
+                                     metadata={METADATA_KEY: manifest.to_json()}, **dict(collection_options or {}))
         return cls(client, collection, owns_client)
 
+    @_remote
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest stored with the collection, or None when the collection is missing or foreign."""
         if not self.client.collection_exists(self.collection):
@@ -76,6 +125,7 @@ class QdrantStore(Store):
 
     # ---- writes ----
 
+    @_remote
     def upsert(self, batch: DocBatch) -> None:
         points = []
         dense = None if batch.dense is None else batch.dense.tolist()  # one conversion for the whole batch
@@ -91,6 +141,7 @@ class QdrantStore(Store):
             points.append(models.PointStruct(id=str(point_id(doc_id)), vector=vector, payload=batch.payloads[i]))
         self.client.upsert(self.collection, points=points, wait=True)
 
+    @_remote
     def delete(self, ids: Sequence[str]) -> None:
         selector = models.PointIdsList(points=[str(point_id(i)) for i in ids])
         self.client.delete(self.collection, points_selector=selector, wait=True)
@@ -101,6 +152,7 @@ class QdrantStore(Store):
 
     # ---- reads ----
 
+    @_remote
     def existing(self, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
@@ -108,14 +160,17 @@ class QdrantStore(Store):
         records = self.client.retrieve(self.collection, list(by_point), with_payload=False, with_vectors=False)
         return {by_point[str(r.id)] for r in records}
 
+    @_remote
     def count(self, conditions: Sequence[Condition] = ()) -> int:
         return self.client.count(self.collection, count_filter=_filter(conditions), exact=True).count
 
+    @_remote
     def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
         records = self.client.retrieve(self.collection, [str(point_id(i)) for i in ids], with_payload=["id"],
                                        with_vectors=True)
         return {r.payload["id"]: stored_vectors(r.vector or {}) for r in records}
 
+    @_remote
     def search(self, plans: Sequence[Plan], conditions: Sequence[Condition], with_text: bool
                ) -> list[list[StoredHit]]:
         flt = _filter(conditions)

@@ -1,7 +1,8 @@
 """One JSON error shape for every failure, and the handlers that map exceptions onto it.
 
-Size limits answer 413, invalid content 422, malformed JSON 400, a missing or wrong API key 401, an unknown
-model or document 404, a full queue 503. A 500 means a bug in the server, never a client mistake.
+Size limits answer 413, a body that is not JSON 415, invalid content 422, malformed JSON 400, a missing or
+wrong API key 401, an unknown model or document 404, a full queue 503. A 500 means a bug in the server, never a
+client mistake.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from m3embed.server.batching import BatcherClosedError, QueueFullError
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error",
+          405: "invalid_request_error", 413: "request_too_large", 415: "invalid_request_error",
+          422: "invalid_request_error",
           503: "server_overloaded"}
 
 
@@ -51,7 +53,11 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(e.status, e.message, e.code, e.param, e.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" and not kind.endswith("+json"):
+            return error_response(415, f"the body must be JSON sent with 'Content-Type: application/json' (got "
+                                       f"{kind or 'no content type'})", code="unsupported_media_type")
         errors = e.errors()
         bad_json = next((err for err in errors if err.get("type") == "json_invalid"), None)
         if bad_json is not None:

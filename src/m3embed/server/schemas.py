@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from m3embed.documents import check_id
 from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 Mode = Literal[MODES]
@@ -147,9 +148,18 @@ SearchMode = Literal[SEARCH_MODES]
 class Document(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | int = Field(description="your id (kept as a string); upserting an existing id replaces it")
+    id: str | int = Field(description="your id: a non-empty string or an integer (kept as a string, so 7 and "
+                                      "\"7\" are one document); upserting an existing id replaces it")
     text: str
-    metadata: dict[str, Any] | None = Field(None, description="stored with the document; search can filter on it")
+    metadata: dict[str, Any] | None = Field(
+        None, description="stored with the document; search can filter on it. JSON values only: finite numbers, "
+                          "integers within signed 64 bits")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _check_id(cls, value: Any) -> Any:
+        check_id(value)  # before pydantic's coercion, which would turn true into 1
+        return value
 
 
 class UpsertRequest(BaseModel):
