@@ -9,7 +9,7 @@ p50/p99 (one query at a time, through `Index.search`), and recall@10 against exa
 corpus: dense, sparse and dense+sparse scored for every document; "all" scored for every document up to
 --colbert-docs documents, above that over the exact dense and sparse top 5 x candidates (a pool five times
 the index's). The "all" mode is also run at smaller candidate k, and with ColBERT scored only for the best
-R candidates by dense+sparse (`rerank`), to show the latency / recall trade-off.
+R candidates by dense+sparse (`colbert_top`), to show the latency / recall trade-off.
 
 ColBERT memory: 100k documents x ~100 rows x 1024 x 2 bytes = 20 GB. Above --colbert-docs documents the
 index stores ColBERT rows only for the documents the ColBERT-mode queries can reach as candidates (their
@@ -168,14 +168,16 @@ def recall(ids: list[str], truth: set[int]) -> float:
 
 
 def latency_and_recall(index: Index, q: M3Output, mode: str, nq: int, truth: list[set] | None,
-                       candidates: int | None = None, rerank: int | None = None) -> dict:
+                       candidates: int | None = None, colbert_top: int | None = None) -> dict:
     for i in range(min(5, nq)):  # warm up
-        index.search(q.select([i]), k=10, mode=mode, candidates=candidates, rerank=rerank, with_text=False)
+        index.search(q.select([i]), k=10, mode=mode, candidates=candidates, colbert_top=colbert_top,
+                     with_text=False)
     times, rec = [], []
     for i in range(nq):
         one = q.select([i])
         t = time.perf_counter()
-        hits = index.search(one, k=10, mode=mode, candidates=candidates, rerank=rerank, with_text=False)[0]
+        hits = index.search(one, k=10, mode=mode, candidates=candidates, colbert_top=colbert_top,
+                            with_text=False)[0]
         times.append(time.perf_counter() - t)
         if truth is not None:
             rec.append(recall([h.id for h in hits], truth[i]))
@@ -230,8 +232,9 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         edge["modes"][mode] = latency_and_recall(index, q, mode, nq, truth.get(mode))
     for c in args.sweep:
         edge["modes"][f"all (k={c})"] = latency_and_recall(index, q, "all", nq_col, truth["all"], candidates=c)
-    for r in args.rerank:
-        edge["modes"][f"all (rerank {r})"] = latency_and_recall(index, q, "all", nq_col, truth["all"], rerank=r)
+    for r in args.colbert_top:
+        edge["modes"][f"all (colbert top {r})"] = latency_and_recall(index, q, "all", nq_col, truth["all"],
+                                                                    colbert_top=r)
     result["engines"]["m3embed (Qdrant Edge)"] = edge
     index.close()
     shutil.rmtree(workdir / f"all{n}")
@@ -294,7 +297,7 @@ def main() -> None:
     p.add_argument("--colbert-queries", type=int, default=100, help="queries for the colbert and all modes")
     p.add_argument("--candidates", type=int, default=100, help="candidates per route (the index default)")
     p.add_argument("--sweep", type=int, nargs="*", default=[30, 50], help="smaller candidate k also run for 'all'")
-    p.add_argument("--rerank", type=int, nargs="*", default=[30, 50],
+    p.add_argument("--colbert-top", type=int, nargs="*", default=[30, 50],
                    help="'all' also run scoring ColBERT for only this many dense+sparse candidates")
     p.add_argument("--batch", type=int, default=1000, help="documents per upsert")
     p.add_argument("--numpy-queries", type=int, default=50, help="queries timed on the NumPy baseline")

@@ -370,7 +370,7 @@ def write_random_checkpoint(
     Returns:
         ``Path(out_dir)``.
     """
-    from transformers import AutoModel, AutoTokenizer, BertConfig, XLMRobertaConfig
+    from transformers import AutoModel, AutoTokenizer, BertConfig
 
     if arch not in ("xlmr", "bert"):
         raise ValueError(f"arch={arch!r} is not supported; choose 'xlmr' or 'bert'")
@@ -399,21 +399,7 @@ def write_random_checkpoint(
         if vocab_size is not None and vocab_size < len(tokenizer):
             raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
         std = init_std if init_std is not None else default_init_std(shape["num_layers"], shape["hidden_size"])
-        config = XLMRobertaConfig(
-            vocab_size=vocab_size or len(tokenizer),
-            hidden_size=shape["hidden_size"],
-            num_hidden_layers=shape["num_layers"],
-            num_attention_heads=shape["num_heads"],
-            intermediate_size=shape["intermediate_size"],
-            max_position_embeddings=shape["max_position_embeddings"],
-            type_vocab_size=1,
-            layer_norm_eps=1e-5,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            initializer_range=std,
-            architectures=["XLMRobertaModel"],
-        )
+        config = _xlmr_config(shape, vocab_size or len(tokenizer), std, "XLMRobertaModel")
         weights = _random_weights(_meta_model(config), std, generator)
         backbone = _materialise(config, weights)
     else:
@@ -444,17 +430,7 @@ def write_random_checkpoint(
         else:
             shape = {k: actual[k] if v is None else v for k, v in shape.items()}
             std = init_std if init_std is not None else default_init_std(shape["num_layers"], shape["hidden_size"])
-            config = BertConfig(
-                vocab_size=vocab_size or base.vocab_size,
-                hidden_size=shape["hidden_size"],
-                num_hidden_layers=shape["num_layers"],
-                num_attention_heads=shape["num_heads"],
-                intermediate_size=shape["intermediate_size"],
-                max_position_embeddings=shape["max_position_embeddings"],
-                pad_token_id=base.pad_token_id,
-                initializer_range=std,
-                architectures=["BertModel"],
-            )
+            config = _bert_config(shape, vocab_size or base.vocab_size, std, "BertModel")
             weights = _random_weights(_meta_model(config), std, generator)
             backbone = _materialise(config, weights)
 
@@ -468,9 +444,112 @@ def write_random_checkpoint(
     return out_dir
 
 
-def _meta_model(config) -> nn.Module:
-    """The backbone for `config` on the meta device: shapes and parameter names only, no memory."""
+def _meta_model(config, auto: type | None = None) -> nn.Module:
+    """The model for `config` (an `auto` class, default AutoModel) on the meta device: shapes and names only."""
     from transformers import AutoModel
 
     with torch.device("meta"):
-        return AutoModel.from_config(config)
+        return (auto or AutoModel).from_config(config)
+
+
+def _xlmr_config(shape: dict, vocab_size: int, std: float, architecture: str, **extra: object):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        intermediate_size=shape["intermediate_size"],
+        max_position_embeddings=shape["max_position_embeddings"],
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        initializer_range=std,
+        architectures=[architecture],
+        **extra,
+    )
+
+
+def _bert_config(shape: dict, vocab_size: int, std: float, architecture: str, **extra: object):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        intermediate_size=shape["intermediate_size"],
+        max_position_embeddings=shape["max_position_embeddings"],
+        pad_token_id=0,
+        initializer_range=std,
+        architectures=[architecture],
+        **extra,
+    )
+
+
+# ---- cross-encoder rerankers ----
+
+# The real BAAI/bge-reranker-v2-m3 shape: XLM-R large (as bge-m3) with a one-label classification head.
+BGE_RERANKER_V2_M3_SHAPE = BGE_M3_SHAPE
+
+
+def write_random_reranker(
+    out_dir: str | Path,
+    arch: Arch = "xlmr",
+    num_layers: int | None = None,
+    hidden_size: int | None = None,
+    num_heads: int | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int | None = None,
+    max_position_embeddings: int | None = None,
+    seed: int = 0,
+    init_std: float | None = None,
+    weights_format: Literal["safetensors", "bin"] = "safetensors",
+    tokenizer_vocab_size: int = 2000,
+) -> Path:
+    """Write a random cross-encoder in the bge-reranker layout (`*ForSequenceClassification`, one label).
+
+    ``arch="xlmr"``: XLMRobertaForSequenceClassification (classifier.dense + classifier.out_proj) with the
+    tokenizer trained here; shape defaults to ``TINY_XLMR_SHAPE`` (``**BGE_RERANKER_V2_M3_SHAPE`` for the real
+    one). ``arch="bert"``: BertForSequenceClassification (pooler + classifier) with all-MiniLM-L6-v2's WordPiece
+    tokenizer; shape defaults to MiniLM's (6 x 384). Weights are drawn as for `write_random_checkpoint`, so
+    different pairs get clearly different scores. Returns ``Path(out_dir)``.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+    if arch not in ("xlmr", "bert"):
+        raise ValueError(f"arch={arch!r} is not supported; choose 'xlmr' or 'bert'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    given = {"num_layers": num_layers, "hidden_size": hidden_size, "num_heads": num_heads,
+             "intermediate_size": intermediate_size, "max_position_embeddings": max_position_embeddings}
+    if arch == "xlmr":
+        shape = {k: TINY_XLMR_SHAPE[k] if v is None else v for k, v in given.items()}
+        build_xlmr_tokenizer(out_dir, tokenizer_vocab_size, model_max_length=shape["max_position_embeddings"] - 2)
+        tokenizer = AutoTokenizer.from_pretrained(out_dir)
+        make_config = _xlmr_config
+        architecture = "XLMRobertaForSequenceClassification"
+    else:
+        src = bert_model_dir()
+        base = BertConfig.from_pretrained(src)
+        defaults = {"num_layers": base.num_hidden_layers, "hidden_size": base.hidden_size,
+                    "num_heads": base.num_attention_heads, "intermediate_size": base.intermediate_size,
+                    "max_position_embeddings": base.max_position_embeddings}
+        shape = {k: defaults[k] if v is None else v for k, v in given.items()}
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            shutil.copyfile(src / name, out_dir / name)
+        tokenizer = AutoTokenizer.from_pretrained(out_dir)
+        make_config = _bert_config
+        architecture = "BertForSequenceClassification"
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    std = init_std if init_std is not None else default_init_std(shape["num_layers"], shape["hidden_size"])
+    config = make_config(shape, vocab_size or len(tokenizer), std, architecture, num_labels=1)
+    weights = _random_weights(_meta_model(config, AutoModelForSequenceClassification), std, generator)
+    config.save_pretrained(out_dir)
+    _save_weights(weights, out_dir, weights_format)
+    return out_dir

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from m3testkit.checkpoints import TINY_XLMR_SHAPE, write_random_checkpoint
+from m3testkit.checkpoints import TINY_XLMR_SHAPE, write_random_checkpoint, write_random_reranker
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,18 @@ def xlmr_ckpt_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bert_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """all-MiniLM-L6-v2 (trained, 384-d, mean pooling) with random colbert/sparse heads."""
     return write_random_checkpoint(tmp_path_factory.mktemp("bert"), arch="bert", seed=0)
+
+
+@pytest.fixture(scope="session")
+def xlmr_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2-layer, 64-d random XLMRobertaForSequenceClassification (one label), trained tokenizer."""
+    return write_random_reranker(tmp_path_factory.mktemp("xlmr_rr"), arch="xlmr", seed=0)
+
+
+@pytest.fixture(scope="session")
+def bert_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random 2-layer, 64-d BertForSequenceClassification (130 positions) with MiniLM's WordPiece tokenizer."""
+    return write_random_reranker(tmp_path_factory.mktemp("bert_rr"), arch="bert", seed=0, **TINY_XLMR_SHAPE)
 
 
 @pytest.fixture

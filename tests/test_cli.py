@@ -45,10 +45,29 @@ def test_score_prints_compute_score_keys(xlmr_ckpt):
             assert line[key] == pytest.approx(values[i], abs=1e-6)
 
 
+def test_rerank_ranks_passages_and_scores_pair_files(xlmr_reranker, tmp_path):
+    from m3embed.rerank import Reranker
+
+    passages = ["a passage", "another one", "Кошка читает"]
+    r = m3embed("rerank", "-m", str(xlmr_reranker), "-q", "a query", *[x for p in passages for x in ("-p", p)])
+    assert r.returncode == 0, r.stderr
+    ranked = [json.loads(x) for x in r.stdout.splitlines()]
+    ref = Reranker.from_pretrained(xlmr_reranker, device="cpu").compute_score([("a query", p) for p in passages])
+    assert [row["index"] for row in ranked] == sorted(range(3), key=lambda i: -ref[i])
+    assert [row["score"] for row in ranked] == pytest.approx(sorted(ref, reverse=True), abs=1e-6)
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps({"query": "a query", "passage": p}) + "\n" for p in passages))
+    r = m3embed("rerank", str(src), "-m", str(xlmr_reranker), "--normalize")
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [row["passage"] for row in rows] == passages
+    assert [row["score"] for row in rows] == pytest.approx([1 / (1 + np.exp(-s)) for s in ref], abs=1e-6)
+
+
 @pytest.mark.parametrize("args, message", [
     (["info", "-m", "/no/such/dir"], "does not exist"),
     (["encode", "/no/such/file.jsonl", "-o", "x"], "does not exist"),
     (["score", "-q", "x"], "give a pairs file"),
+    (["rerank", "-m", "/no/such/dir", "-q", "x"], "give a pairs file"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     r = m3embed(*args, cwd=tmp_path)

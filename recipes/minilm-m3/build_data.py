@@ -81,10 +81,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--neg", type=int, default=7, help="negatives per row")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--langs", default=",".join(LANGS), help="XQuAD languages, comma-separated")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     rows = []
-    for lang in LANGS:
+    for lang in args.langs.split(","):
         rows += xquad_rows(lang, rng, args.neg)
         rows += unsupervised_rows(lang, rng, args.neg)
     rows += toy_rows()

@@ -55,7 +55,10 @@ class M3Config:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and adapters) of models trained by m3embed
+SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and trained layers) of models trained by m3embed
+# a shipped model's trained tensors that replace or extend the backbone's (its metadata "backbone_prefix" maps
+# the backbone's names to the model's, e.g. "bert."); merged into model.safetensors when assembled
+TRAINED_WEIGHTS = "trained_weights.safetensors"
 
 
 def cache_dir() -> Path:
@@ -67,19 +70,28 @@ def cache_dir() -> Path:
 def shipped_models() -> dict[str, str]:
     """Models available offline by name → the package backbone they are built on (a backbone maps to itself).
 
-    Shipped heads name their backbone in their train_config.json ("model"); they are listed when it is installed.
+    Shipped models (M3 heads, or a reranker's config.json) name their backbone in train_config.json ("model");
+    they are listed when it is installed.
     """
     have = backbones.installed()
     models = {name: name for name in have}
-    for heads in sorted(SHIPPED_DIR.glob("*/m3embed.json")):
-        base = json.loads((heads.parent / "train_config.json").read_text())["model"]
-        if base in have:
-            models[heads.parent.name] = base
+    for found in sorted(SHIPPED_DIR.glob("*/")):
+        if (found / CONFIG_FILE).is_file() or (found / "config.json").is_file():
+            base = _shipped_backbone(found)
+            if base in have:
+                models[found.name] = base
     return models
 
 
 # the offline default, best first: the first one whose backbone package is installed
 DEFAULT_MODELS = ("minilm-m3", backbones.MINILM)
+
+
+def _shipped_backbone(directory: Path) -> str:
+    """The package backbone a shipped model is assembled on: its train_config.json "model", else MiniLM."""
+    config = directory / "train_config.json"
+    name = json.loads(config.read_text()).get("model") if config.is_file() else None
+    return name if name in backbones.PACKAGES else backbones.MINILM
 
 
 def default_model() -> str:
@@ -99,8 +111,16 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copy2(src, dst)
 
 
+def default_reranker() -> str | None:
+    """The cross-encoder trained here when it ships with this install, else None."""
+    return "minilm-reranker" if "minilm-reranker" in shipped_models() else None
+
+
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
-    """A checkpoint directory joining a package's backbone and our shipped heads (made once in the cache)."""
+    """A checkpoint directory joining a package's backbone and what we ship (made once in the cache).
+
+    Our head files and config.json replace the backbone's; TRAINED_WEIGHTS is merged into its model.safetensors.
+    """
     used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
     digest.update(str(backbone).encode())  # a backbone converted anew (new package version) is a new directory
@@ -120,8 +140,25 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
             _link_or_copy(src, dst)
         else:
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    if (tmp / TRAINED_WEIGHTS).is_file():
+        _merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
     os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
     return target
+
+
+def _merge_trained(weights: Path, trained: Path) -> None:
+    """Rewrite `weights` (the backbone's) as the full model: prefixed backbone tensors, then ours, in float32."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(trained, "pt") as f:
+        prefix = (f.metadata() or {}).get("backbone_prefix", "")
+    merged = {prefix + k: v for k, v in load_file(weights).items()}
+    merged.update(load_file(trained))
+    weights.unlink()  # it may be a hard link to a cached backbone: write a new file, never through the link
+    save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in merged.items()},
+              str(weights), metadata={"format": "pt"})
+    trained.unlink()
 
 
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
@@ -171,6 +208,15 @@ def check_layout(directory: Path, modes: Sequence[str]) -> None:
             )
 
 
+def position_limit(config) -> int:
+    """Tokens a Hugging Face encoder config can take, special tokens included.
+
+    XLM-R positions start after the padding index: 8194 embeddings leave 8192 usable tokens.
+    """
+    offset = config.pad_token_id + 1 if config.model_type in ("xlm-roberta", "roberta", "camembert") else 0
+    return config.max_position_embeddings - offset
+
+
 def read_config(directory: Path) -> M3Config:
     """m3embed.json if present; else the sentence-transformers pooling config; else CLS pooling."""
     ours = directory / CONFIG_FILE
@@ -185,6 +231,87 @@ def read_config(directory: Path) -> M3Config:
         if cfg.get("pooling_mode_mean_tokens") and not cfg.get("pooling_mode_cls_token"):
             return M3Config(pooling="mean")
     return M3Config()
+
+
+# safetensors dtype names; a checkpoint holding any other dtype is read by transformers instead
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_READ_CHUNK = 16 << 20  # bytes converted at a time: the only memory beyond the converted weights
+
+
+def read_weights(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The backbone's weights with floating tensors converted to `dtype`, read one chunk at a time.
+
+    Loading through transformers memory-maps the float32 file and converts from the mapping, so every float32
+    page is resident at once beside the converted copy (bge-m3 in bfloat16: 3.6 GB peak RSS). Reading
+    safetensors with plain file reads into the converted tensors keeps the peak at the converted size plus one
+    16 MB chunk. A `.bin` checkpoint is memory-mapped by torch and converted tensor by tensor (its float32 pages
+    stay mapped until the end: convert it once with `save_pretrained` to get the lower peak).
+    """
+    import torch
+
+    files = _weight_files(directory)
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            out.update(_read_safetensors(file, dtype))
+        else:
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            for name in list(state):
+                t = state.pop(name)
+                out[name] = t.to(dtype) if t.is_floating_point() else t.clone()
+    return out
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (directory / single).is_file():
+            return [directory / single]
+        if (directory / index).is_file():
+            shards = json.loads((directory / index).read_text())["weight_map"].values()
+            return [directory / s for s in sorted(set(shards))]
+    raise FileNotFoundError(f"{directory} holds no model weights (model.safetensors or pytorch_model.bin)")
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    import torch
+
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        start = 8 + header_size
+        chunk = torch.empty(_READ_CHUNK, dtype=torch.uint8)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which m3embed cannot convert; "
+                                 "load this checkpoint in float32")
+            src = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=dtype if src.is_floating_point else src)
+            flat = tensor.view(-1)
+            f.seek(start + begin)
+            if tensor.dtype == src:  # read straight into place
+                _read_into(f, flat.view(torch.uint8), path)
+            else:
+                step = _READ_CHUNK // src.itemsize * src.itemsize
+                for offset in range(0, end - begin, step):
+                    n = min(step, end - begin - offset)
+                    _read_into(f, chunk[:n], path)
+                    flat[offset // src.itemsize : (offset + n) // src.itemsize].copy_(chunk[:n].view(src))
+            out[name] = tensor
+    return out
+
+
+def _read_into(f, buffer: torch.Tensor, path: Path) -> None:
+    view = memoryview(buffer.numpy()).cast("B")
+    while view:
+        n = f.readinto(view)
+        if not n:
+            raise ValueError(f"{path} is truncated: a tensor runs past the end of the file")
+        view = view[n:]
 
 
 def load_head(path: Path, in_features: int, out_features: int) -> torch.nn.Linear:

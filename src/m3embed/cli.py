@@ -16,8 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from m3embed._optional import MissingExtra, require
-from m3embed.checkpoint import default_model
+from m3embed._optional import MissingExtra
+from m3embed.checkpoint import default_model, default_reranker
+from m3embed.index.store import DEFAULT_RERANK_TOP
 from m3embed.modes import SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,7 +28,7 @@ out = Console()
 
 DEFAULT_MODEL = default_model()  # offline: minilm-m3 (trained here) or the dense-only MiniLM backbone
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint dir, shipped name or hub id")
-DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-BF16 / GPU), float16 (GPU)")
+DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-BF16 / GPU), float16 (GPU), int8 (CPU)")
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 SEARCH_WEIGHTS_TEXT = ",".join(f"{w:g}" for w in SEARCH_WEIGHTS)
 SearchWeightsOpt = typer.Option(SEARCH_WEIGHTS_TEXT, help="dense,sparse,colbert weights of the hybrid modes "
@@ -38,6 +39,20 @@ def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
     from m3embed.model import M3Model
 
     return M3Model.from_pretrained(model, modes=modes, dtype=dtype, device=device)
+
+
+def _load_reranker(name: str, dtype: str = "float32", device: str | None = None, max_length: int | None = None):
+    """A cross-encoder whose pairs are cut at `max_length` tokens by default (None: 512 capped at its limit)."""
+    from m3embed.rerank import Reranker
+    from m3embed.tokenize import resolve_max_length
+
+    cross = Reranker.from_pretrained(name, dtype=dtype, device=device)
+    cross.pair_max_length = resolve_max_length(max_length, cross.max_length, cross.pair_max_length,
+                                               "--rerank-max-length")
+    return cross
+
+
+RerankMaxLengthOpt = typer.Option(None, help="pair tokens the reranker reads (default 512, capped at its limit)")
 
 # ---- encode / score / info (foundation) ----
 
@@ -57,13 +72,25 @@ def encode(
                                    "(e5: 'passage: ' / 'query: '; none for models without prompts); none: as is"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
+    ray: bool = typer.Option(False, "--ray", help="encode on Ray into Parquet shards; INPUT: jsonl/parquet file, "
+                             "directory or glob; a re-run skips finished shards (needs m3embed[ray])"),
+    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (auto, ray://head:10001); default: "
+                                           "the running one, else a new local one"),
+    actors: int = typer.Option(1, help="--ray: encoding actors (e.g. one per GPU)"),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs each actor reserves"),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs each actor reserves"),
+    rows_per_shard: int = typer.Option(10_000, help="--ray: documents per Parquet shard"),
 ) -> None:
-    """Encode a file of texts into dense / sparse / colbert arrays."""
+    """Encode a file of texts into dense / sparse / colbert arrays (or, with --ray, into Parquet shards)."""
     from m3embed.corpus import read_records
     from m3embed.diskspace import FILE_RESERVE, check_free
     from m3embed.modes import check_modes
 
     chosen = check_modes(modes)
+    if ray:
+        _encode_on_ray(input, output, model, chosen, text_field, id_field, max_length, batch_tokens, mcls, dtype,
+                       device, ray_address, actors, cpus_per_actor, gpus_per_actor, rows_per_shard)
+        return
     if output.exists() and not output.is_dir():  # checked now, not after the encoding
         raise NotADirectoryError(f"--out {output} is a file; give a directory for the outputs")
     records = list(read_records(input, text_field=text_field, id_field=id_field))
@@ -80,6 +107,23 @@ def encode(
                 "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype,
                 "input_type": input_type})
     console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {escape(str(output))}")
+
+
+def _encode_on_ray(input: Path, output: Path, model: str, modes: tuple[str, ...], text_field: str, id_field: str,
+                   max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str, device: str | None,
+                   address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                   rows_per_shard: int) -> None:
+    from m3embed.ray_data import encode_job
+
+    if mcls:
+        raise ValueError("--mcls is not available with --ray")
+    result = encode_job(input, output, model, modes, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                        gpus_per_actor=gpus_per_actor, rows_per_part=rows_per_shard, dtype=dtype,
+                        max_length=max_length, device=device, batch_tokens=batch_tokens, text_field=text_field,
+                        id_field=id_field, progress=True)
+    console.print(f"{escape(str(output))}: {result.written} shards written ({result.documents} documents, "
+                  f"{result.docs_per_second:.1f} docs/s), {result.skipped} already there; "
+                  f"{result.summary['documents']} documents in all", highlight=False)
 
 
 @app.command()
@@ -109,6 +153,38 @@ def score(
         items, w, query_max_length=max_length, passage_max_length=max_length)
     for i, (a, b) in enumerate(items):
         typer.echo(json.dumps({"query": a, "passage": b, **{k: v[i] for k, v in rows.items()}}, ensure_ascii=False))
+
+
+@app.command()
+def rerank(
+    pairs: Path | None = typer.Argument(None, help="jsonl of {\"query\": ..., \"passage\": ...} lines, scored in "
+                                                   "file order"),
+    query: str | None = typer.Option(None, "--query", "-q", help="one query whose --passage texts are ranked"),
+    passage: list[str] = typer.Option([], "--passage", "-p", help="passage(s) to rank for --query, best first"),
+    model: str = typer.Option(default_reranker() or ..., "--model", "-m",
+                              help="cross-encoder: dir, shipped name or hub id (e.g. BAAI/bge-reranker-v2-m3)"),
+    normalize: bool = typer.Option(False, help="sigmoid of the logits, scores in (0, 1)"),
+    max_length: int | None = typer.Option(None, help="pair tokens (default 512, capped at the model's limit)"),
+    dtype: str = DtypeOpt,
+    device: str | None = DeviceOpt,
+) -> None:
+    """Score (query, passage) pairs with a cross-encoder, as JSON lines (FlagReranker's compute_score numbers)."""
+    import json
+
+    from m3embed.corpus import read_pairs
+
+    if (pairs is None) == (query is None) or (query is not None and not passage):
+        raise ValueError("give a pairs file, or --query with one or more --passage")
+    cross = _load_reranker(model, dtype, device, max_length)
+    if pairs is not None:
+        items = read_pairs(pairs)
+        scores = cross.compute_score(items, normalize=normalize)
+        rows = [{"query": q, "passage": p, "score": s} for (q, p), s in zip(items, scores)]
+    else:
+        ranked = cross.rank([query], [passage], normalize=normalize)[0]
+        rows = [{"query": query, "index": i, "passage": passage[i], "score": s} for i, s in ranked]
+    for row in rows:
+        typer.echo(json.dumps(row, ensure_ascii=False))
 
 
 @app.command()
@@ -195,19 +271,51 @@ def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str,
                   f"{index.count()} documents{dups}", highlight=False)
 
 
-BatchSizeOpt = typer.Option(64, help="documents encoded and committed together")
+BatchSizeOpt = typer.Option(64, help="documents encoded (or loaded) and committed together")
 TextFieldOpt = typer.Option("text", help="field holding the text")
 IdFieldOpt = typer.Option("id", help="field holding the document id")
 TitleFieldOpt = typer.Option("title", help="field prepended to the text when present ('' for none)")
 LogCommitsOpt = typer.Option(False, help="print a line per committed batch instead of a progress bar")
 
 
+EncodedOpt = typer.Option(None, "--encoded", help="load shards of `m3embed encode --ray` (a job directory or a "
+                          "shard) instead of encoding INPUT")
+
+
+def _load_encoded(index, encoded: Path, batch_size: int, skip_existing: bool, log_commits: bool) -> None:
+    from m3embed.index.bulk import load_encoded
+
+    def report(stats) -> None:
+        if log_commits:  # one line per durable batch, for scripts that watch progress
+            typer.echo(f"committed {stats.seen} records ({stats.added} added, {stats.skipped} already stored)")
+            sys.stdout.flush()
+
+    stats = load_encoded(index, encoded, batch_size=batch_size, skip_existing=skip_existing, on_commit=report)
+    index.optimize()
+    console.print(f"{escape(index.location)}: {stats.added} loaded, {stats.skipped} already stored; "
+                  f"{index.count()} documents", highlight=False)
+
+
+def _load_encoded_on_ray(index: str, encoded: Path, collection: str, batch_size: int, skip_existing: bool,
+                         address: str | None) -> None:
+    from m3embed.index.bulk import load_encoded_ray
+
+    stats = load_encoded_ray(index, encoded, collection=collection, batch_size=batch_size,
+                             skip_existing=skip_existing, address=address)
+    console.print(f"{escape(index)}: {stats.added} loaded, {stats.skipped} already stored", highlight=False)
+
+
 @index_app.command("build")
 def index_build(
     index: str = IndexArg,
-    input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
+    input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
+    encoded: Path | None = EncodedOpt,
+    ray: bool = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard"),
+    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (default: the running one, else "
+                                           "a new local one)"),
     model: str = ModelOpt,
-    engine: str = typer.Option("edge", help="edge (embedded, on disk) or qdrant (qdrant-client: URL or path)"),
+    engine: str | None = typer.Option(None, help="edge (embedded, on disk; the default for a directory) or qdrant "
+                                      "(qdrant-client: a URL, or a local path)"),
     modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
     colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
@@ -218,28 +326,56 @@ def index_build(
     title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
     log_commits: bool = LogCommitsOpt,
+    shards: int | None = typer.Option(None, help="Qdrant server: shards of the new collection"),
+    replicas: int | None = typer.Option(None, help="Qdrant server: copies of each shard (>= 2 on a cluster)"),
+    write_consistency: int | None = typer.Option(None, help="Qdrant server: replicas that must confirm a write"),
+    on_disk: bool = typer.Option(False, help="Qdrant: keep vectors and payloads on disk (memory-mapped)"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
-    """Create an index (or resume one built with the same model) and add a file of documents."""
+    """Create an index (or resume one built with the same model) and add a file of documents or encoded shards."""
     from m3embed.index import open_index
+    from m3embed.index.core import is_remote
     from m3embed.modes import check_modes
 
+    options = {k: v for k, v in {"shard_number": shards, "replication_factor": replicas,
+                                 "write_consistency_factor": write_consistency, "on_disk": on_disk or None}.items()
+               if v is not None}
+    if options and engine != "qdrant" and not is_remote(index):
+        raise ValueError("--shards, --replicas, --write-consistency and --on-disk apply to the qdrant engine "
+                         "(a Qdrant URL, or --engine qdrant)")
+    create = {"engine": engine, "colbert_dtype": colbert_dtype, "store_text": store_text, "collection": collection,
+              "collection_options": options or None}
+    if (input is None) == (encoded is None):
+        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
+    if encoded is not None:
+        from m3embed.index.bulk import open_for_encoded
+
+        with open_for_encoded(index, encoded, modes=check_modes(modes) if modes else None, **create) as idx:
+            if not ray:
+                _load_encoded(idx, encoded, batch_size, True, log_commits)
+                return
+        _load_encoded_on_ray(index, encoded, collection, batch_size, True, ray_address)
+        return
+    if ray:
+        raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
     chosen = check_modes(modes) if modes else None
     total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
     m = _load(model, chosen or ("dense",), dtype, device)
-    with open_index(index, m, create=True, collection=collection, engine=engine,
-                    modes=chosen or m.available_modes(), colbert_dtype=colbert_dtype,
-                    store_text=store_text) as idx:
+    with open_index(index, m, create=True, modes=chosen or m.available_modes(), **create) as idx:
         _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length, total)
 
 
 @index_app.command("add")
 def index_add(
     index: str = IndexArg,
-    input: Path = typer.Argument(..., help="documents: .jsonl, .txt or .parquet"),
+    input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
+    encoded: Path | None = EncodedOpt,
+    ray: bool = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard"),
+    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (default: the running one, else "
+                                           "a new local one)"),
     model: str | None = typer.Option(None, "--model", "-m", help="default: the model the index records"),
     replace: bool = typer.Option(False, help="re-encode and replace documents whose id is already stored"),
     batch_size: int = BatchSizeOpt,
@@ -251,11 +387,21 @@ def index_add(
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
-    """Add documents to an existing index (upsert by id)."""
+    """Add documents, or encoded shards, to an existing index (upsert by id)."""
     from m3embed.index import open_index
 
-    total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
+    if (input is None) == (encoded is None):
+        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
+    if ray:
+        if encoded is None:
+            raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
+        _load_encoded_on_ray(index, encoded, collection, batch_size, not replace, ray_address)
+        return
+    total = None if input is None else _check_input(input, text_field, id_field, title_field)  # before any write
     with open_index(index, collection=collection) as idx:
+        if encoded is not None:
+            _load_encoded(idx, encoded, batch_size, not replace, log_commits)
+            return
         _index_model(idx, model, dtype, device)
         _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits, total=total)
 
@@ -303,8 +449,12 @@ def search(
     weights: str = SearchWeightsOpt,
     candidates: int | None = typer.Option(None, help="candidates per route (dense, sparse) rescored by hybrid "
                                                      "modes (default 100)"),
-    rerank: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
-                                                    "dense+sparse candidates (faster, not exact M3)"),
+    colbert_top: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
+                                                      "dense+sparse candidates (faster, not exact M3)"),
+    reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) that rescores the "
+                                                   "best --rerank-top hits from their stored texts"),
+    rerank_top: int | None = typer.Option(None, help="hits the --reranker rescores (default max(k, 100))"),
+    rerank_max_length: int | None = RerankMaxLengthOpt,
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
     explain: bool = typer.Option(False, help="show each mode's score"),
     json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
@@ -321,20 +471,23 @@ def search(
     from m3embed.modes import parse_weights
 
     with open_index(index, collection=collection) as idx:
-        spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates, rerank=rerank,
-                           filter=parse_where(where), explain=explain)
+        cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
+        spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
+                           colbert_top=colbert_top, filter=parse_where(where), explain=explain, reranker=cross,
+                           rerank_top=rerank_top)
         _index_model(idx, model, dtype, device)
-        results = idx.run(spec, idx.model.encode_queries(list(query), modes=spec.query_modes))
+        results = idx.run(spec, idx.model.encode_queries(list(query), modes=spec.query_modes), list(query))
     for q, hits in zip(query, results):
         if json_out:
             for rank, h in enumerate(hits, 1):
                 typer.echo(json.dumps({"query": q, "rank": rank, **h._asdict()}, ensure_ascii=False))
             continue
-        table = Table(title=Text(f"{spec.mode}: {q}"))
-        for col in ("rank", "id", "score") + (("dense", "sparse", "colbert") if explain else ()) + ("text",):
+        table = Table(title=Text(f"{spec.mode}{' + rerank' if cross else ''}: {q}"))
+        parts = (("dense", "sparse", "colbert") if explain else ()) + (("rerank",) if explain and cross else ())
+        for col in ("rank", "id", "score", *parts, "text"):
             table.add_column(col)
         for rank, h in enumerate(hits, 1):
-            per = [f"{h.scores.get(m, float('nan')):.4f}" for m in ("dense", "sparse", "colbert")] if explain else []
+            per = [f"{h.scores.get(m, float('nan')):.4f}" for m in parts]
             text = (h.text or "").replace("\n", " ")
             table.add_row(str(rank), Text(h.id), f"{h.score:.4f}", *per,
                           Text(text[:80] + ("…" if len(text) > 80 else "")))
@@ -373,6 +526,10 @@ def eval_command(
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
     progress: bool = typer.Option(True, help="progress bars on stderr (indexing, queries, BM25)"),
+    reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id): adds a "
+                                                   "<mode>+rerank row per mode"),
+    rerank_top: int = typer.Option(DEFAULT_RERANK_TOP, help="documents of each mode's run the --reranker rescores"),
+    rerank_max_length: int | None = RerankMaxLengthOpt,
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
     from m3embed import evaluate as ev
@@ -388,9 +545,10 @@ def eval_command(
     m = None if model is None else _load(model, index_representations(chosen or ("dense",)), dtype, device)
     settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
                              candidates=candidates, query_max_length=query_max_length,
-                             passage_max_length=passage_max_length, index_dir=index)
+                             passage_max_length=passage_max_length, index_dir=index, rerank_top=rerank_top)
+    cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
     result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, reranker=cross)
     paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))
     out.print(ev.console_table(result))
     console.print(f"wrote {escape(', '.join(str(p) for p in paths.values()))}", highlight=False)
@@ -398,12 +556,17 @@ def eval_command(
 # ---- train / mine (training) ----
 
 
-def _train_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
-    """A `train` option setting TrainConfig.`field`, with TrainConfig's default (one place for defaults)."""
-    from m3embed.train.config import TrainConfig  # torch-free
+def _train_option(field: str, *flags: str, help: str, config: str = "TrainConfig") -> typer.models.OptionInfo:
+    """A training option setting `config`.`field` (a class of m3embed.train.config), with its default (one place
+    for defaults)."""
+    from m3embed.train import config as configs  # torch-free
 
-    default = TrainConfig.__dataclass_fields__[field].default
+    default = getattr(configs, config).__dataclass_fields__[field].default
     return typer.Option(",".join(default) if isinstance(default, tuple) else default, *flags, help=help)
+
+
+def _reranker_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
+    return _train_option(field, *flags, help=help, config="RerankerTrainConfig")
 
 
 @app.command("train")
@@ -479,6 +642,63 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
         console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
 
 
+@app.command("train-reranker")
+def train_reranker_command(  # every parameter is named as the RerankerTrainConfig field it sets
+    train_data: list[Path] = typer.Argument(..., metavar="DATA",
+                                            help="jsonl files or directories of *.jsonl: {query, pos, neg}"),
+    model: str = typer.Option(..., "--model", "-m", help="reranker checkpoint, or a plain encoder that gets a new "
+                              "classification head (dir, shipped name or hub id)"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
+    train_layers: int | None = _reranker_option("train_layers", help="train only this many top encoder layers "
+                                                "(and the head); default: the whole model"),
+    train_group_size: int = _reranker_option("train_group_size", help="pairs per query: 1 positive + N-1 negatives"),
+    query_max_length: int | None = _reranker_option(
+        "query_max_length", help="query share of a pair in tokens (default 32; a pair holds query + passage)"),
+    passage_max_length: int | None = _reranker_option(
+        "passage_max_length", help="passage share of a pair in tokens (default 128)"),
+    per_device_batch_size: int = _reranker_option("per_device_batch_size", "--per-device-batch-size",
+                                                  "--batch-size", help="queries per process per step"),
+    group_by_length: bool = _reranker_option("group_by_length", help="batches of similar length"),
+    teacher_scores: str = _reranker_option("teacher_scores", help="distil from pos_scores/neg_scores: auto, on, off"),
+    learning_rate: float = _reranker_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    weight_decay: float = _reranker_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
+    lr_scheduler: str = _reranker_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
+    warmup_ratio: float = _reranker_option("warmup_ratio", help="share of the steps spent warming up"),
+    warmup_steps: int = _reranker_option("warmup_steps", help="warm-up steps; overrides --warmup-ratio when > 0"),
+    epochs: float = _reranker_option("epochs", help="passes over the data (fractions allowed)"),
+    max_steps: int = _reranker_option("max_steps", help="> 0 overrides --epochs"),
+    max_grad_norm: float = _reranker_option("max_grad_norm", help="gradient clipping norm (0: no clipping)"),
+    bf16: bool = _reranker_option("bf16", help="bf16 autocast"),
+    gradient_checkpointing: bool = _reranker_option("gradient_checkpointing",
+                                                    help="recompute encoder layers in the backward pass"),
+    sub_batch_size: int | None = _reranker_option("sub_batch_size", help="pairs per checkpointed chunk"),
+    seed: int = _reranker_option("seed", help="seed of the data order, group sampling and a new head"),
+    device: str | None = _reranker_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
+                                          "available)"),
+    save_steps: int = _reranker_option("save_steps", help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = _reranker_option("save_total_limit", help="checkpoints kept (0: all)"),
+    resume_from: str | None = _reranker_option("resume_from", "--resume-from", "--resume",
+                                               help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = _reranker_option("logging_steps", help="a train_log.jsonl line every N steps"),
+    progress: bool = _reranker_option("progress", help="progress bar"),
+) -> None:
+    """Fine-tune a cross-encoder reranker (FlagEmbedding's recipe: cross-entropy over 1 positive + N-1 negatives)."""
+    options = dict(locals())  # the parameters above, before any other local name exists
+    import json
+
+    from m3embed.train import distributed
+    from m3embed.train.config import RerankerTrainConfig
+    from m3embed.train.reranker import train_reranker
+    from m3embed.train.trainer import LOG_FILE
+
+    result = train_reranker(RerankerTrainConfig(**options))
+    if distributed.is_main_process():
+        lines = (result / LOG_FILE).read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "ce", "distill") if k in last)
+        console.print(f"trained {last.get('step', 0)} steps ({parts}); reranker saved to {result}", highlight=False)
+
+
 @app.command()
 def mine(
     input: Path = typer.Argument(..., help="jsonl training lines {query, pos[, neg]}"),
@@ -522,6 +742,9 @@ def serve(
     model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id (default: "
                                      f"the model --index records, else {DEFAULT_MODEL})"),
     index: Path | None = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
+    reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) to serve /v1/rerank "
+                                                   "and /v1/search's rerank; clients name it by this value"),
+    rerank_max_length: int | None = RerankMaxLengthOpt,
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     api_key: str | None = typer.Option(None, envvar="M3EMBED_API_KEY",
@@ -549,15 +772,13 @@ def serve(
     import os
     import signal
 
-    from m3embed.server import ServerSettings, create_app
-    from m3embed.server.app import Server
+    from m3embed.server import Server, ServerSettings, create_app
 
     # tokenizers' own thread pool takes every core while it tokenizes: counting a 2,048-text request's tokens held
     # up the event loop and the model worker for over a second on 2 cores (every other client waited); tokenize on
     # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    require("uvicorn", "serve")
     _check_port_free(host, port)
     idx = None
     if index is not None:
@@ -570,6 +791,7 @@ def serve(
         torch.set_num_threads(threads)
     try:  # the model the index records unless --model says otherwise (another model is refused)
         m = _index_model(idx, model, dtype, device) if idx else _load(model or DEFAULT_MODEL, ("dense",), dtype, device)
+        cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
     except BaseException:
         if idx is not None:
             idx.close()
@@ -583,9 +805,10 @@ def serve(
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
     try:
-        web = create_app(m, idx, settings)
+        web = create_app(m, idx, settings, cross)
         console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
-                      f"{'; index ' + str(index) if idx is not None else ''}) on http://{host}:{port}"
+                      f"{'; index ' + str(index) if idx is not None else ''}"
+                      f"{'; reranker ' + reranker if cross is not None else ''}) on http://{host}:{port}"
                       f"{' with an API key' if settings.api_key else ''}", markup=False)
         server = Server(web, host=host, port=port, log_level=log_level)
         server.run()

@@ -18,21 +18,51 @@ from torch import nn
 from m3embed import checkpoint
 from m3embed.encode import encode
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
+from m3embed.onednn import use_onednn
+from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
-from m3embed.tokenize import check_texts, resolve_max_length
+from m3embed.tokenize import check_pairs, check_texts, resolve_max_length
 from m3embed.types import M3Output
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8 = "int8"  # int8 encoder linear layers over a float32 model (CPU only); see m3embed.quantize
 FINGERPRINT_VERSION = 2  # 1: config + heads (indexes of format 1); 2: also every encoder weight
 _DIGEST_SCHEME = "m3embed-weights-v1"  # how `tensors_digest` hashes; part of the digest cache key
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+def resolve_device_dtype(device: str | torch.device | None, dtype: torch.dtype | str
+                         ) -> tuple[torch.device, torch.dtype]:
+    """The device (None: cuda when available) and a checked dtype for loading a model on it.
+
+    float16 on CPU is an error; bfloat16 on a CPU without native bf16 matmul warns that it will be slow.
+    "int8" loads float32 weights (quantized afterwards, CPU only).
+    """
+    int8 = dtype == INT8
+    if not isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES and not int8:
+            raise ValueError(f"dtype must be one of {', '.join([*DTYPES, INT8])}, got {dtype!r}")
+        dtype = torch.float32 if int8 else DTYPES[dtype]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int8 and device.type != "cpu":
+        raise ValueError(f"dtype='int8' runs on CPU only, got device={str(device)!r}; on a GPU use bfloat16")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): bfloat16 will be slower "
+                      "than float32", stacklevel=3)
+    return device, dtype
+
+
+def _load_backbone(directory: Path, dtype: torch.dtype) -> nn.Module:
+    """The encoder without its pooler; float32 memory-maps the file, other dtypes convert while reading it."""
+    from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+
+    if dtype == torch.float32:
+        return AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+    config = AutoConfig.from_pretrained(directory)
+    state = checkpoint.read_weights(directory, dtype)  # peak = the converted weights, not float32 + converted
+    return MODEL_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state, dtype=dtype,
+                                                       add_pooling_layer=False)
 
 
 class M3Model(nn.Module):
@@ -62,9 +92,7 @@ class M3Model(nn.Module):
         cfg = backbone.config
         self.hidden_size: int = cfg.hidden_size
         self.vocab_size: int = cfg.vocab_size
-        # XLM-R positions start after the padding index: 8194 embeddings leave 8192 usable tokens
-        offset = cfg.pad_token_id + 1 if cfg.model_type in ("xlm-roberta", "roberta", "camembert") else 0
-        self.max_length: int = cfg.max_position_embeddings - offset
+        self.max_length: int = checkpoint.position_limit(cfg)
         # default truncation of queries and passages (capped at max_length); an explicit max_length overrides
         self.query_max_length: int = self.max_length
         self.passage_max_length: int = self.max_length
@@ -90,33 +118,29 @@ class M3Model(nn.Module):
         Args:
             name_or_path: local directory, or a hub id such as "BAAI/bge-m3".
             device: "cpu", "cuda", "cuda:1"...; None picks cuda when available.
-            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU) or float16 (GPU only).
+            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU), float16 (GPU only) or "int8" (CPU:
+                int8 encoder linear layers, calibrated at load; `m3embed.quantize`).
             modes: the outputs this model must be able to produce; a head file they need must exist.
             pooling: override the dense pooling ("cls" or "mean") recorded beside the checkpoint.
             new_heads: create missing heads with random weights (to fine-tune a plain encoder into M3).
             query_prefix, passage_prefix: override the prompts recorded in m3embed.json (e.g. "query: " for
                 an e5 checkpoint that has none).
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         modes = check_modes(modes)
         directory = checkpoint.resolve(name_or_path, revision)
         checkpoint.check_layout(directory, () if new_heads else modes)
-        dtype = _dtype(dtype)
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype == torch.float16 and device.type == "cpu":
-            raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
-        if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            warnings.warn("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): bfloat16 will be slower "
-                          "than float32", stacklevel=2)
+        int8 = dtype == INT8
+        device, dtype = resolve_device_dtype(device, dtype)
         config = checkpoint.read_config(directory)
         prompts = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
                    "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix}
         checkpoint.M3Config(pooling=config.pooling, **prompts)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
         key = checkpoint.weights_key(directory, _DIGEST_SCHEME)  # the files as they are when read
-        with _quiet_hf():  # the unused pooler weights are expected; don't report them
-            backbone = AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+        with quiet_hf():  # the unused pooler weights are expected; don't report them
+            backbone = _load_backbone(directory, dtype)
         hidden = backbone.config.hidden_size
         heads = {}
         for mode, (file, out_features) in {"colbert": (checkpoint.HEAD_FILES["colbert"], hidden),
@@ -130,7 +154,10 @@ class M3Model(nn.Module):
                 heads[mode] = None
         model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
                     name=str(name_or_path), **prompts)
+        use_onednn(model)
         model = model.to(device).eval()
+        if int8:
+            quantize_int8(backbone, lambda texts: model.encode(texts, max_length=min(128, model.max_length)))
         if key is not None and key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
             key = None  # the files changed while being read: hash what was loaded, cache nothing
         model._weights_source = (directory, key, model._backbone_versions())
@@ -143,7 +170,7 @@ class M3Model(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with _quiet_hf():
+        with quiet_hf():
             self.backbone.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
@@ -222,7 +249,7 @@ class M3Model(nn.Module):
             # loaded in a lower precision from files still as they were: hash their values as float32
             from transformers import AutoModel
 
-            with _quiet_hf():
+            with quiet_hf():
                 full = AutoModel.from_pretrained(directory, dtype=torch.float32, add_pooling_layer=False)
             if key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
                 key = None
@@ -353,10 +380,7 @@ class M3Model(nn.Module):
         `weights` (dense, sparse, colbert) default to `m3embed.modes.SCORE_WEIGHTS` (1, 1, 1), as FlagEmbedding.
         A model without some head scores the modes it has (see `m3embed.scoring.compute_score`).
         """
-        pairs = list(pairs)
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"pair at index {i} must be a (query, passage) pair, got {type(pair).__name__}")
+        pairs = check_pairs(pairs)
         modes = self.available_modes()
         q = self.encode_queries([p[0] for p in pairs], modes=modes, max_length=query_max_length,
                                 batch_tokens=batch_tokens, progress=progress)
@@ -373,7 +397,7 @@ class M3Model(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_hf() -> Iterator[None]:
+def quiet_hf() -> Iterator[None]:
     """Hugging Face's warnings and progress bars off (loading and saving report through m3embed instead)."""
     from transformers.utils import logging as hf_logging
 

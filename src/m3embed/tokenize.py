@@ -1,4 +1,4 @@
-"""Text to token ids: input checks, truncation, MCLS insertion, and token-budget batches."""
+"""Text to token ids: input checks, truncation, (query, passage) pairs, MCLS insertion, token-budget batches."""
 
 from __future__ import annotations
 
@@ -24,6 +24,28 @@ def check_texts(texts: Sequence[str] | str) -> list[str]:
     return list(texts)
 
 
+def check_pairs(pairs: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
+    """Return (query, passage) pairs as a list of tuples; one pair ("q", "p") is a list of one, as in FlagEmbedding.
+
+    Raises TypeError naming the first item that is not a pair of two str.
+    """
+    if isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(t, str) for t in pairs):
+        return [(pairs[0], pairs[1])]
+    if isinstance(pairs, (str, bytes, bytearray)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a sequence of (query, passage) pairs, got {type(pairs).__name__}")
+    out = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            shape = f" of {len(pair)} items" if isinstance(pair, (tuple, list)) else ""
+            raise TypeError(f"pair at index {i} must be a (query, passage) pair, got {type(pair).__name__}{shape}")
+        for part, text in zip(("query", "passage"), pair):
+            if not isinstance(text, str):
+                raise TypeError(f"the {part} of pair {i} is {type(text).__name__}, expected str"
+                                + (" (decode bytes first)" if isinstance(text, (bytes, bytearray)) else ""))
+        out.append((pair[0], pair[1]))
+    return out
+
+
 def resolve_max_length(given: int | None, limit: int, default: int | None = None, name: str = "max_length") -> int:
     """The truncation length to use, by the one policy of m3embed.
 
@@ -47,6 +69,42 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
         return []
     return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, query_max_length: int,
+                   passage_max_length: int | None = None) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of (query, passage) pairs, built exactly as FlagEmbedding 1.4.2's FlagReranker builds them.
+
+    The query is cut to `query_max_length` tokens and the passage to `passage_max_length` (default max_length;
+    special tokens not counted; FlagEmbedding's reranker training cuts them at q + p/4 and p + q/2 for a pair of
+    q + p); both are decoded back to text and tokenised again as a pair with the model's special tokens, truncating
+    only the passage so that the pair fits `max_length` (FlagEmbedding's `prepare_for_model_compat` under
+    transformers 5, where a decode and re-tokenise round trip can move a cut inside a word). The caller keeps
+    `query_max_length` + the pair's special tokens within `max_length`.
+
+    Returns the ids and, for models that take them (BERT), the token type ids (0 query, 1 passage); else None.
+    """
+    if not pairs:
+        return [], None
+
+    def cut(texts: list[str], n: int) -> list[str]:
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=n,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    queries = cut([q for q, _ in pairs], query_max_length)
+    passages = cut([p for _, p in pairs], passage_max_length or max_length)
+    enc = tokenizer(queries, passages, truncation="only_second", max_length=max_length,
+                    return_attention_mask=False)
+    ids, types = enc["input_ids"], enc.get("token_type_ids")
+    empty = [i for i, p in enumerate(passages) if not p]
+    if empty:  # tokenizer(query, "") encodes the query alone ("" is no pair), as FlagReranker's per-pair call does
+        alone = tokenizer([queries[i] for i in empty], return_attention_mask=False)
+        for j, i in enumerate(empty):
+            ids[i] = alone["input_ids"][j]
+            if types is not None:
+                types[i] = alone["token_type_ids"][j]
+    return ids, types
 
 
 def insert_cls(ids: list[int], cls_id: int, every: int, max_length: int) -> tuple[list[int], list[int]]:

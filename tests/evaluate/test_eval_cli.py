@@ -50,3 +50,13 @@ def test_cli_eval_without_the_extra_fails_first_with_the_hint(module: str, tmp_p
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and module in err and "pip install 'm3embed[eval]'" in err
+
+
+def test_cli_eval_with_a_reranker_adds_rerank_rows(tiny_set, xlmr_ckpt, xlmr_reranker, tmp_path):
+    res = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path / "set"), "--out", str(tmp_path / "r"),
+                                   "-m", str(xlmr_ckpt), "--modes", "dense", "--no-bm25", "--no-progress",
+                                   "--reranker", str(xlmr_reranker), "--rerank-top", "6"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r/eval.json").read_text())
+    assert list(report["scores"]) == ["dense", "dense+rerank"]
+    assert "top 6 of each mode" in report["settings"]["reranker"]

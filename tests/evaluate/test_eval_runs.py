@@ -19,6 +19,8 @@ from m3embed.evaluate import (
     fill_index,
     index_runs,
     load_dataset,
+    per_query_metrics,
+    rerank_run,
     truncate_run,
 )
 from m3embed.modes import MODES, SEARCH_MODES
@@ -168,3 +170,44 @@ def test_missing_extra_fails_before_any_work(tiny_set, monkeypatch):
             mp.setitem(sys.modules, module, None)
             with pytest.raises(MissingExtra, match=rf"{module}.*pip install 'm3embed\[eval\]'"):
                 evaluate_dataset(tiny_set, object())
+
+
+class _LengthReranker:
+    """A stand-in cross-encoder: the longer the passage, the higher the score."""
+
+    name = "by-length"
+
+    def rank(self, queries, passages):
+        return [sorted(((i, float(len(p))) for i, p in enumerate(ps)), key=lambda x: -x[1]) for ps in passages]
+
+
+def test_rerank_run_reorders_the_top_and_keeps_the_rest_below():
+    run = {"q1": {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.1}, "q2": {"c": 1.0}}
+    texts = {"a": "x", "b": "xxx", "c": "xx", "d": "xxxxxxxx"}
+    out = rerank_run(_LengthReranker(), {"q1": "?", "q2": "?", "q3": "?"}, run, texts, top=3)
+    assert list(truncate_run(out, 10)["q1"]) == ["b", "c", "a", "d"]  # d stays below the reranked top 3
+    assert out["q1"]["b"] == 3.0 and out["q2"] == {"c": 2.0} and "q3" not in out
+
+
+def test_reranker_adds_a_row_per_mode_with_its_time(xlmr_ckpt, xlmr_reranker, tiny_set):
+    from m3embed.model import M3Model
+    from m3embed.rerank import Reranker
+
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    cross = Reranker.from_pretrained(xlmr_reranker, device="cpu")
+    result = evaluate_dataset(tiny_set, model, m3=M3Settings(modes=("dense", "all"), rerank_top=5), bm25=None,
+                              reranker=cross)
+    assert list(result.scores) == ["dense", "all", "dense+rerank", "all+rerank"]
+    assert set(result.settings["rerank ms per query"]) == {"dense", "all"}
+    assert result.seconds["all+rerank"] >= result.seconds["all"]
+    with eval_index(model, ("all",)) as index:  # the same first stage, reranked by hand
+        fill_index(index, model, tiny_set.doc_ids, tiny_set.doc_texts)
+        first = index_runs(index, model, tiny_set.queries, ("all",))[0]["all"]
+    by_hand = {}
+    for q, text in tiny_set.queries.items():
+        ranked = list(truncate_run(first, 12)[q])
+        scores = cross.compute_score([(text, tiny_set.doc_texts[tiny_set.doc_ids.index(d)]) for d in ranked[:5]])
+        by_hand[q] = {**dict(zip(ranked[:5], scores)), **{d: -100.0 - i for i, d in enumerate(ranked[5:])}}
+    assert result.per_query["all+rerank"] == per_query_metrics(tiny_set.qrels, by_hand)
+    with pytest.raises(ValueError, match="rerank_top=500 must be between 1 and k=100"):
+        evaluate_dataset(tiny_set, model, m3=M3Settings(modes=("all",), rerank_top=500), reranker=cross)

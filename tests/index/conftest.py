@@ -81,10 +81,10 @@ class Exact:
 
     def search(self, q: M3Output, i: int, mode: str, k: int, candidates: int,
                weights: tuple[float, float, float] = (0.4, 0.2, 0.4), allowed: np.ndarray | None = None,
-               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               colbert_top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(doc indices, scores) of the top k: single modes exhaustively, hybrid modes over the union of the
-        exact dense and sparse top `candidates` (documents outside `allowed` excluded); with `rerank`, ColBERT
-        scores only the union's best `rerank` by w_d·dense + w_s·sparse."""
+        exact dense and sparse top `candidates` (documents outside `allowed` excluded); with `colbert_top`,
+        ColBERT scores only the union's best `colbert_top` by w_d·dense + w_s·sparse."""
         s = self.per_mode(q, i)
         mask = np.ones(len(self.docs), bool) if allowed is None else allowed
         # a sparse search finds only documents sharing a token with the query
@@ -93,10 +93,10 @@ class Exact:
         if mode in ("dense", "sparse"):
             return _top(route[mode], k)
         union = np.union1d(_top(route["dense"], candidates)[0], _top(route["sparse"], candidates)[0])
-        if rerank is not None and mode in ("colbert", "all"):
+        if colbert_top is not None and mode in ("colbert", "all"):
             partial = np.full(len(self.docs), -np.inf)
             partial[union] = weights[0] * s["dense"][union] + weights[1] * s["sparse"][union]
-            union = _top(partial, rerank)[0]
+            union = _top(partial, colbert_top)[0]
         parts = {"colbert": ("colbert",), "dense+sparse": ("dense", "sparse"), "all": ("dense", "sparse", "colbert")}
         w = {"dense": weights[0], "sparse": weights[1], "colbert": 1.0 if mode == "colbert" else weights[2]}
         total = np.full(len(self.docs), -np.inf)

@@ -30,18 +30,24 @@ def write_docs(path: Path, n: int, seed: int = 0) -> list[str]:
     return ids
 
 
-def test_build_search_info_delete(tmp_path: Path, xlmr_ckpt: Path) -> None:
+def test_build_search_info_delete(tmp_path: Path, xlmr_ckpt: Path, xlmr_reranker: Path) -> None:
     docs, idx = tmp_path / "docs.jsonl", tmp_path / "idx"
     ids = write_docs(docs, 60)
     run = m3embed("index", "build", idx, docs, "--model", xlmr_ckpt, "--batch-size", "25", "--log-commits")
     assert run.returncode == 0, run.stderr
     assert re.findall(r"committed (\d+) records", run.stdout) == ["25", "50", "60"]
     run = m3embed("search", idx, sample_texts(60)[7], "-k", "3", "--json", "--where", "lang=de", "--explain",
-                  "--rerank", "20")
+                  "--colbert-top", "20")
     assert run.returncode == 0, run.stderr
     hits = [json.loads(line) for line in run.stdout.splitlines()]
     assert len(hits) == 3 and all(h["metadata"]["lang"] == "de" for h in hits)
     assert set(hits[0]["scores"]) == {"dense", "sparse", "colbert"}
+    run = m3embed("search", idx, sample_texts(60)[7], "-k", "3", "--json", "--reranker", xlmr_reranker,
+                  "--rerank-top", "12")
+    assert run.returncode == 0, run.stderr
+    reranked = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(reranked) == 3 and all(set(h["scores"]) == {"all", "rerank"} for h in reranked)
+    assert [h["score"] for h in reranked] == sorted((h["score"] for h in reranked), reverse=True)
     run = m3embed("index", "delete", idx, "doc0", "doc1", "missing")
     assert run.returncode == 0 and "deleted 2 of 3" in run.stderr
     run = m3embed("index", "info", idx)

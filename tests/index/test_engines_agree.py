@@ -20,7 +20,7 @@ def test_edge_and_qdrant_agree(make_index, corpus, colbert_dtype: str) -> None:
             for a, b in zip(edge, qdrant):
                 assert [h.id for h in a] == [h.id for h in b], (mode, flt)
                 np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-4, atol=1e-5)
-    edge, qdrant = (ix.search(corpus.queries, k=10, mode="all", rerank=15) for ix in indexes)
+    edge, qdrant = (ix.search(corpus.queries, k=10, mode="all", colbert_top=15) for ix in indexes)
     assert [[h.id for h in hits] for hits in edge] == [[h.id for h in hits] for hits in qdrant]
 
 

@@ -41,14 +41,14 @@ def test_colbert_only_index_scans_every_document(make_index, corpus, exact, engi
 
 
 @pytest.mark.parametrize("mode", ["colbert", "all"])
-def test_rerank_scores_colbert_for_the_best_candidates_only(filled: Index, corpus, exact, mode: str) -> None:
-    results = filled.search(corpus.queries, k=8, mode=mode, candidates=20, rerank=12)
+def test_colbert_top_scores_colbert_for_the_best_candidates_only(filled: Index, corpus, exact, mode: str) -> None:
+    results = filled.search(corpus.queries, k=8, mode=mode, candidates=20, colbert_top=12)
     for i, hits in enumerate(results):
-        want, scores = exact.search(corpus.queries, i, mode, 8, 20, rerank=12)
+        want, scores = exact.search(corpus.queries, i, mode, 8, 20, colbert_top=12)
         assert _ids(hits) == [corpus.ids[j] for j in want], f"query {i}"
         np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="rerank"):
-        filled.search(corpus.queries, k=8, mode=mode, rerank=5)
+    with pytest.raises(ValueError, match="colbert_top"):
+        filled.search(corpus.queries, k=8, mode=mode, colbert_top=5)
 
 
 def test_weights_change_the_hybrid_score(filled: Index, corpus, exact) -> None:

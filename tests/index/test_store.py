@@ -48,15 +48,15 @@ def test_all_rescores_the_candidate_union_with_mean_maxsim_weight() -> None:
         assert branch.ef is None and branch.over[0].ef == max(4 * 50, MIN_HNSW_EF) and branch.over[1].ef is None
 
 
-def test_rerank_ranks_the_union_by_dense_and_sparse_first() -> None:
-    plan = plan_search(Q, "all", k=10, candidates=50, weights=(0.4, 0.2, 0.4), stored=MODES, rerank=30)
+def test_colbert_top_ranks_the_union_by_dense_and_sparse_first() -> None:
+    plan = plan_search(Q, "all", k=10, candidates=50, weights=(0.4, 0.2, 0.4), stored=MODES, colbert_top=30)
     first, colbert = plan.branches
     assert isinstance(first, WeightedSum) and first.weights == (0.4, 0.2) and first.limit == 30
     assert [b.using for b in first.branches] == ["dense", "sparse"] and first.branches[0].limit == 100
     assert colbert.using == "colbert" and colbert.over == (first,) and colbert.limit == 30
     assert plan.weights == pytest.approx((1.0, 0.4 / 8))
-    assert plan_search(Q, "dense+sparse", 10, 50, (0.4, 0.2, 0.4), MODES, rerank=30) == plan_search(
-        Q, "dense+sparse", 10, 50, (0.4, 0.2, 0.4), MODES)  # no ColBERT: nothing to rerank
+    assert plan_search(Q, "dense+sparse", 10, 50, (0.4, 0.2, 0.4), MODES, colbert_top=30) == plan_search(
+        Q, "dense+sparse", 10, 50, (0.4, 0.2, 0.4), MODES)  # no ColBERT: nothing to limit
 
 
 def test_hybrid_variants() -> None:

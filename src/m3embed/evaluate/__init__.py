@@ -17,6 +17,7 @@ from m3embed.evaluate.metrics import METRICS, MRR_DEPTH, evaluate_run, mean_metr
 from m3embed.evaluate.report import console_table, markdown_table, plot_bars, write_report
 from m3embed.evaluate.runs import (
     EVAL_MAX_LENGTH,
+    RERANK_SUFFIX,
     EvalResult,
     M3Settings,
     eval_index,
@@ -25,6 +26,7 @@ from m3embed.evaluate.runs import (
     evaluate_systems,
     fill_index,
     index_runs,
+    rerank_run,
     retrieve,
 )
 
@@ -33,7 +35,8 @@ __all__ = [
     "M3Settings", "Qrels", "Run", "Searcher", "bm25_searcher", "bm25_tokens", "console_table", "eval_index",
     "evaluate_dataset", "evaluate_run", "evaluate_runs", "evaluate_systems", "fill_index", "index_runs",
     "load_corpus", "load_dataset", "load_qrels", "load_queries", "markdown_table", "mean_metrics",
-    "per_query_metrics", "plot_bars", "require_extras", "retrieve", "truncate_run", "write_report",
+    "per_query_metrics", "plot_bars", "RERANK_SUFFIX", "require_extras", "rerank_run", "retrieve", "truncate_run",
+    "write_report",
 ]
 
 EXTRA_MODULES = ("pytrec_eval", "bm25s", "matplotlib")

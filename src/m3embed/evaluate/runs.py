@@ -1,7 +1,8 @@
 """Runs: every system's ranking of the queries, scored into an `EvalResult`; the M3 modes go through an index.
 
 `evaluate_dataset` is the whole evaluation of one dataset: the BM25 baseline, then the model's corpus encoded
-into an index (a temporary Qdrant Edge one unless `index_dir` is given) and searched with every mode.
+into an index (a temporary Qdrant Edge one unless `index_dir` is given) and searched with every mode; with a
+cross-encoder, each mode's best documents reranked (`<mode>+rerank`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any
 from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher
 from m3embed.evaluate.data import Dataset, Run, Searcher
-from m3embed.evaluate.metrics import mean_metrics, per_query_metrics
+from m3embed.evaluate.metrics import mean_metrics, per_query_metrics, truncate_run
+from m3embed.index.store import DEFAULT_RERANK_TOP
 from m3embed.modes import MODES, SEARCH_MODES, check_search_mode, index_representations
 from m3embed.tokenize import resolve_max_length
 
 logger = logging.getLogger(__name__)
 
 EVAL_MAX_LENGTH = 512  # FlagEmbedding's evaluation default for queries and passages
+RERANK_SUFFIX = "+rerank"  # the system name of a mode's run reranked by a cross-encoder
 
 
 @contextmanager
@@ -172,6 +175,30 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
     return runs, seconds
 
 
+def rerank_run(reranker: Any, queries: Mapping[str, str], run: Run, doc_texts: Mapping[str, str], top: int, *,
+               batch_size: int = 256, progress: bool = False) -> Run:
+    """Each query's `top` best documents of `run` (trec_eval order) rescored by a cross-encoder from their texts.
+
+    Documents of the run below `top` keep their order under the reranked ones. The pairs of `batch_size` queries
+    are scored together (`Reranker.rank`).
+    """
+    cut = truncate_run(run, top)
+    out: Run = {}
+    ids = [q for q in queries if q in run]
+    with _progress(progress, f"rerank top {top}", len(ids)) as advance:
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            docs = [list(cut[q]) for q in batch]
+            ranked = reranker.rank([queries[q] for q in batch], [[doc_texts[d] for d in ds] for ds in docs])
+            for q, ds, order in zip(batch, docs, ranked):
+                scores = {ds[i]: s for i, s in order}
+                floor = min(scores.values(), default=0.0) - 1.0
+                rest = [d for d in truncate_run({q: run[q]}, len(run[q]))[q] if d not in scores]
+                out[q] = {**scores, **{d: floor - i for i, d in enumerate(rest)}}
+            advance(len(batch))
+    return out
+
+
 @contextmanager
 def eval_index(model: Any, modes: Sequence[str], index_dir: str | Path | None = None) -> Iterator[Any]:
     """Open `index_dir` (created if absent) or a temporary Qdrant Edge index deleted on exit."""
@@ -208,6 +235,7 @@ class M3Settings:
             default) capped at the model's position limit; an explicit value above that limit is an error.
         index_dir: an index directory to use (created when absent, filled with missing documents);
             None = a temporary Qdrant Edge index, deleted afterwards.
+        rerank_top: documents of each mode's run a cross-encoder reranks, when one is given.
     """
 
     modes: tuple[str, ...] = SEARCH_MODES
@@ -216,11 +244,12 @@ class M3Settings:
     query_max_length: int | None = None
     passage_max_length: int | None = None
     index_dir: str | Path | None = None
+    rerank_top: int = DEFAULT_RERANK_TOP
 
 
 def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M3Settings = M3Settings(),
-                     bm25: BM25Config | None = BM25Config(), batch_size: int = 256, progress: bool = False
-                     ) -> EvalResult:
+                     bm25: BM25Config | None = BM25Config(), batch_size: int = 256, progress: bool = False,
+                     reranker: Any = None) -> EvalResult:
     """Evaluate the M3 modes (through an index) and the BM25 baseline on one dataset, in one result.
 
     Args:
@@ -231,7 +260,13 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         bm25: the baseline's settings; None skips it.
         batch_size: documents and queries per batch.
         progress: progress bars on stderr (BM25 indexing and queries, index filling, M3 queries).
+        reranker: a cross-encoder (`m3embed.rerank.Reranker`); each mode's best `m3.rerank_top` documents are
+            reranked into a `<mode>+rerank` system, timed separately ("rerank ms per query" in the settings).
     """
+    if reranker is not None and model is None:
+        raise ValueError("a reranker reranks the model's runs: give a model too")
+    if not 1 <= m3.rerank_top <= k:
+        raise ValueError(f"rerank_top={m3.rerank_top} must be between 1 and k={k}")
     if k < 100:
         raise ValueError(f"k={k} is below 100; Recall@100 needs at least 100 retrieved documents per query")
     if model is None and bm25 is None:
@@ -281,4 +316,17 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
                 settings["extra documents in index"] = extra
         runs.update(mode_runs)
         seconds.update(mode_seconds)
+    if reranker is not None:
+        texts = dict(zip(dataset.doc_ids, dataset.doc_texts))
+        per_query = {}
+        for mode in m3.modes:
+            tick = time.perf_counter()
+            runs[mode + RERANK_SUFFIX] = rerank_run(reranker, dataset.queries, runs[mode], texts, m3.rerank_top,
+                                                    batch_size=batch_size, progress=progress)
+            elapsed = time.perf_counter() - tick
+            seconds[mode + RERANK_SUFFIX] = seconds[mode] + elapsed
+            per_query[mode] = round(1000 * elapsed / max(len(dataset.queries), 1), 2)
+        settings["reranker"] = (f"{getattr(reranker, 'name', '') or 'Reranker'}, top {m3.rerank_top} of each mode, "
+                                f"pairs cut at {getattr(reranker, 'pair_max_length', '-')} tokens")
+        settings["rerank ms per query"] = per_query
     return evaluate_runs(dataset, runs, k, seconds, settings)

@@ -26,6 +26,7 @@ from m3embed.index.manifest import (
 )
 from m3embed.index.store import (
     DEFAULT_CANDIDATES,
+    DEFAULT_RERANK_TOP,
     Condition,
     DocBatch,
     QueryVectors,
@@ -62,7 +63,7 @@ class SearchSpec:
     Attributes:
         mode: the search mode (resolved from the index's default when not given).
         query_modes: the representations each query must be encoded into.
-        k, weights, candidates, hnsw_ef, rerank: see `Index.search`.
+        k, weights, candidates, hnsw_ef, colbert_top, reranker, rerank_top: see `Index.search`.
         conditions: the parsed metadata filter.
         with_text, explain: see `Index.search`.
     """
@@ -76,7 +77,14 @@ class SearchSpec:
     with_text: bool
     explain: bool
     hnsw_ef: int | None
-    rerank: int | None
+    colbert_top: int | None
+    reranker: Any = None
+    rerank_top: int | None = None
+
+    @property
+    def first_k(self) -> int:
+        """Hits the first stage returns per query: rerank_top when a reranker rescores them, else k."""
+        return self.rerank_top if self.reranker is not None else self.k
 
 
 class Index:
@@ -328,11 +336,12 @@ class Index:
 
     def prepare(self, k: int = 10, mode: str | None = None, weights: Sequence[float] | None = None,
                 candidates: int | None = None, filter: Mapping[str, Any] | None = None, with_text: bool = True,
-                explain: bool = False, hnsw_ef: int | None = None, rerank: int | None = None) -> SearchSpec:
+                explain: bool = False, hnsw_ef: int | None = None, colbert_top: int | None = None,
+                reranker: Any = None, rerank_top: int | None = None) -> SearchSpec:
         """Check a search request against this index once (the arguments are those of `search`).
 
         Shells that encode queries themselves (the HTTP service, eval) call this first to learn the
-        representations to encode (`spec.query_modes`), then `run(spec, outputs)`.
+        representations to encode (`spec.query_modes`), then `run(spec, outputs, queries)`.
         """
         mode = check_search_mode(mode or default_search_mode(self.manifest.modes), self.manifest.modes)
         weights = check_weights(SEARCH_WEIGHTS if weights is None else weights)
@@ -340,19 +349,32 @@ class Index:
             raise ValueError(f"k must be at least 1, got {k}")
         if candidates is not None and candidates < 1:
             raise ValueError(f"candidates must be at least 1, got {candidates}")
-        if rerank is not None and rerank < k:
-            raise ValueError(f"rerank ({rerank}) must be at least k ({k})")
         if hnsw_ef is not None and hnsw_ef < 1:
             raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+        if reranker is None and rerank_top is not None:
+            raise ValueError(f"rerank_top={rerank_top} needs a reranker (a cross-encoder, m3embed.rerank.Reranker)")
+        first_k = k
+        if reranker is not None:
+            if not self.manifest.store_text:
+                raise ValueError(f"index {self.location} keeps no document texts (built with store_text=False), "
+                                 "and a cross-encoder reranker reads them; rebuild it with store_text=True")
+            first_k = max(k, DEFAULT_RERANK_TOP) if rerank_top is None else rerank_top
+            if first_k < k:
+                raise ValueError(f"rerank_top ({first_k}) must be at least k ({k})")
+        if colbert_top is not None and colbert_top < first_k:
+            what = f"rerank_top ({first_k}), the hits the first stage returns" if reranker is not None else f"k ({k})"
+            raise ValueError(f"colbert_top ({colbert_top}) must be at least {what}")
         return SearchSpec(mode=mode, query_modes=query_representations(mode, self.manifest.modes), k=k,
-                          weights=weights, candidates=max(candidates or DEFAULT_CANDIDATES, k),
+                          weights=weights, candidates=max(candidates or DEFAULT_CANDIDATES, first_k),
                           conditions=tuple(parse_filter(filter)), with_text=with_text and self.manifest.store_text,
-                          explain=explain, hnsw_ef=hnsw_ef, rerank=rerank)
+                          explain=explain, hnsw_ef=hnsw_ef, colbert_top=colbert_top, reranker=reranker,
+                          rerank_top=first_k if reranker is not None else None)
 
     def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str | None = None,
                weights: Sequence[float] | None = None, candidates: int | None = None,
                filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False,
-               hnsw_ef: int | None = None, rerank: int | None = None) -> list[Hit] | list[list[Hit]]:
+               hnsw_ef: int | None = None, colbert_top: int | None = None, reranker: Any = None,
+               rerank_top: int | None = None) -> list[Hit] | list[list[Hit]]:
         """Search with one of the M3 modes; returns hits best first (a list per query for several queries).
 
         Args:
@@ -368,11 +390,18 @@ class Index:
             explain: fill Hit.scores with each mode's score (computed from the stored vectors).
             hnsw_ef: HNSW ef of the dense search (default max(4 x its limit, 256)); higher finds more of the exact
                 neighbours, slower.
-            rerank: for colbert and all, score ColBERT only for this many of the union's best by
+            colbert_top: for colbert and all, score ColBERT only for this many of the union's best by
                 w_d·dense + w_s·sparse (faster, no longer exact M3); default None, the whole union.
+            reranker: a cross-encoder (`m3embed.rerank.Reranker`) that rescores the first stage's best
+                `rerank_top` hits from their stored texts; the k best by its score are returned, with
+                `Hit.score` = the reranker's logit and `Hit.scores` holding the first stage's score under the
+                mode's name and the logit under "rerank". Needs texts: query texts, and an index that stores them.
+            rerank_top: hits of the first stage the reranker rescores (default max(k, 100)).
         """
-        spec = self.prepare(k, mode, weights, candidates, filter, with_text, explain, hnsw_ef, rerank)
+        spec = self.prepare(k, mode, weights, candidates, filter, with_text, explain, hnsw_ef, colbert_top,
+                            reranker, rerank_top)
         single = isinstance(query, str)
+        texts = None
         if isinstance(query, M3Output):
             outputs = query
         else:
@@ -380,16 +409,29 @@ class Index:
             if not texts or not all(isinstance(t, str) for t in texts):
                 raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
             outputs = self.require_model("search with texts").encode_queries(list(texts), modes=spec.query_modes)
-        hits = self.run(spec, outputs)
+        hits = self.run(spec, outputs, texts)
         return hits[0] if single else hits
 
-    def run(self, spec: SearchSpec, outputs: M3Output) -> list[list[Hit]]:
-        """Search with a prepared spec and encoded queries (holding at least `spec.query_modes`); a list per query."""
+    def run(self, spec: SearchSpec, outputs: M3Output, queries: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Search with a prepared spec and encoded queries (holding at least `spec.query_modes`); a list per query.
+
+        `queries` are the query texts, needed when the spec has a reranker.
+        """
+        if spec.reranker is not None and (queries is None or len(queries) != len(outputs)):
+            raise ValueError(f"reranking reads the query texts: pass {len(outputs)} queries with the encoded ones")
+        hits = self.first_stage(spec, outputs)
+        if spec.reranker is None:
+            return hits
+        return rerank_hits(spec.reranker, queries, hits, spec.k, spec.mode, spec.with_text)
+
+    def first_stage(self, spec: SearchSpec, outputs: M3Output) -> list[list[Hit]]:
+        """The hits before any cross-encoder: `spec.first_k` per query, with their texts when a reranker follows
+        (the HTTP service runs `rerank_hits` on its model worker)."""
         vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
-        plans = [plan_search(q, spec.mode, spec.k, spec.candidates, spec.weights, self.manifest.modes,
-                             spec.hnsw_ef, spec.rerank) for q in vectors]
+        plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
+                             spec.hnsw_ef, spec.colbert_top) for q in vectors]
         with self._reading():
-            results = self.store.search(plans, spec.conditions, spec.with_text)
+            results = self.store.search(plans, spec.conditions, spec.with_text or spec.reranker is not None)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
                      {spec.mode: h.score} if spec.mode in MODES else None) for h in found] for found in results]
         if spec.explain:
@@ -483,6 +525,27 @@ class _NoLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def rerank_hits(reranker: Any, queries: Sequence[str], hits: list[list[Hit]], k: int, mode: str,
+                with_text: bool = True) -> list[list[Hit]]:
+    """Each query's hits rescored by a cross-encoder from their texts, the k best first.
+
+    `Hit.score` becomes the reranker's logit; `Hit.scores` keeps the first stage's score under `mode` (its
+    per-mode scores when it had them) and adds the logit as "rerank". Texts are dropped unless `with_text`.
+    """
+    for found in hits:
+        for h in found:
+            if h.text is None:
+                raise ValueError(f"document {h.id!r} has no stored text, which the reranker reads; add documents "
+                                 "with their texts")
+    ranked = reranker.rank(list(queries), [[h.text for h in found] for found in hits], top_n=k)
+    out = []
+    for found, order in zip(hits, ranked):
+        out.append([found[i]._replace(score=s, text=found[i].text if with_text else None,
+                                      scores={**(found[i].scores or {mode: found[i].score}), "rerank": s})
+                    for i, s in order])
+    return out
 
 
 def _query_vectors(out: M3Output, colbert_dtype: str) -> Iterator[QueryVectors]:

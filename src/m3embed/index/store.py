@@ -22,6 +22,7 @@ from m3embed.modes import CANDIDATE_ROUTES, scored
 from m3embed.types import SparseVector
 
 DEFAULT_CANDIDATES = 100  # per candidate route (dense and sparse); the union is rescored
+DEFAULT_RERANK_TOP = 100  # first-stage hits a cross-encoder reranker rescores, unless told otherwise
 # dense searches use HNSW ef = max(4 x limit, 256): at 100k bge-m3-shaped documents ef 128 found 0.935 of the
 # exact top 10 and ef 256 0.996 (benchmarks/search.py data, m=16, ef_construct=100), for +0.15 ms
 MIN_HNSW_EF = 256
@@ -119,7 +120,7 @@ Plan = Nearest | WeightedSum
 
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
-                stored: Sequence[str], hnsw_ef: int | None = None, rerank: int | None = None) -> Plan:
+                stored: Sequence[str], hnsw_ef: int | None = None, colbert_top: int | None = None) -> Plan:
     """The plan that returns exactly M3's ranking for `mode` (checked against `stored` by the caller, see
     `m3embed.modes.check_search_mode`).
 
@@ -128,7 +129,7 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
     document. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score is the mean, so the colbert
     weight is divided by the number of query vectors.
 
-    With `rerank` = R, the colbert and all modes score ColBERT only for the R best of the union by
+    With `colbert_top` = R, the colbert and all modes score ColBERT only for the R best of the union by
     w_d·dense + w_s·sparse (ColBERT is the costly part); the others are ranked by that partial score.
 
     Args:
@@ -139,14 +140,14 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         weights: (dense, sparse, colbert).
         stored: the modes the index holds.
         hnsw_ef: HNSW ef of dense searches (default max(4 x their limit, 256)).
-        rerank: score ColBERT for this many candidates only (None: the whole union, exact M3).
+        colbert_top: score ColBERT for this many candidates only (None: the whole union, exact M3).
     """
     if k < 1 or candidates < 1:
         raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
     if hnsw_ef is not None and hnsw_ef < 1:
         raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
-    if rerank is not None and rerank < k:
-        raise ValueError(f"rerank ({rerank}) must be at least k ({k})")
+    if colbert_top is not None and colbert_top < k:
+        raise ValueError(f"colbert_top ({colbert_top}) must be at least k ({k})")
 
     def leaf(m: str, limit: int) -> Nearest:
         ef = (hnsw_ef or max(4 * limit, MIN_HNSW_EF)) if m == "dense" else None
@@ -165,13 +166,13 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
     if not routes:  # colbert alone: an exact MaxSim over every stored document
         return WeightedSum((scale["colbert"],), (Nearest("colbert", _query_vector(q, "colbert"), k),), k)
-    if rerank is None or "colbert" not in parts:
+    if colbert_top is None or "colbert" not in parts:
         branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
         return WeightedSum(tuple(scale[m] for m in parts), branches, k)
-    base = tuple(r.using for r in routes)  # rank the union by w_d·dense + w_s·sparse, keep the best `rerank`
+    base = tuple(r.using for r in routes)  # rank the union by w_d·dense + w_s·sparse, keep the best colbert_top
     first = WeightedSum((wd, ws) if len(base) == 2 else (scale[base[0]],),
-                        tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in base), rerank)
-    colbert = Nearest("colbert", _query_vector(q, "colbert"), rerank, over=(first,))
+                        tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in base), colbert_top)
+    colbert = Nearest("colbert", _query_vector(q, "colbert"), colbert_top, over=(first,))
     if mode == "colbert":
         return WeightedSum((scale["colbert"],), (colbert,), k)
     return WeightedSum((1.0, scale["colbert"]), (first, colbert), k)

@@ -1,4 +1,5 @@
-"""The FastAPI app: OpenAI-compatible embeddings, every M3 output, M3 scores and the index, over HTTP.
+"""The FastAPI app: OpenAI-compatible embeddings, every M3 output, M3 scores, a cross-encoder reranker and the
+index, over HTTP.
 
 Every model call goes through one `Batcher` worker thread, so concurrent requests share forward passes and the
 model is never used by two threads at once. Large requests are split into chunks that take turns with other
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.diskspace import DiskFullError
 from m3embed.documents import check_id, check_metadata
+from m3embed.index.core import rerank_hits
 from m3embed.modes import MODES, check_weights
 from m3embed.server import schemas as s
 from m3embed.server.batching import Batcher, BatcherClosedError
@@ -40,6 +42,7 @@ from m3embed.types import M3Output
 
 if TYPE_CHECKING:
     from m3embed.model import M3Model
+    from m3embed.rerank import Reranker
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ServerSettings:
     """What `m3embed serve` configures; the defaults suit one CPU or GPU replica."""
 
     model_name: str | None = None  # the name clients pass as `model`; None: the name the model was loaded by
+    reranker_name: str | None = None  # the `model` of /v1/rerank; None: the name the reranker was loaded by
     api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
     max_items: int = 2048  # texts (or pairs, or documents) per request, as OpenAI allows
     max_chars: int = 100_000  # characters per text, checked before tokenising
@@ -95,11 +99,15 @@ class _Tokens:
 
 
 class _Service:
-    """The request-independent state of the routes: model, worker, limits, index."""
+    """The request-independent state of the routes: model, reranker, worker, limits, index."""
 
-    def __init__(self, model: M3Model, index: Any, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(self, model: M3Model, index: Any, settings: ServerSettings, metrics: ServerMetrics,
+                 reranker: Reranker | None = None) -> None:
         self.model, self.index, self.settings, self.metrics = model, index, settings, metrics
         self.name = settings.model_name or getattr(model, "name", "") or "m3embed"
+        self.reranker = reranker
+        self.reranker_name = None if reranker is None else settings.reranker_name or reranker.name or "reranker"
+        self.rerank_tokens = None if reranker is None else _Tokens(reranker.tokenizer)
         self.max_length = resolve_max_length(settings.max_length, model.max_length)
         self.modes = tuple(model.available_modes())
         self.tokens = _Tokens(model.tokenizer)
@@ -193,6 +201,29 @@ class _Service:
     def usage(self, tokens: int, route: str) -> s.Usage:
         self.metrics.tokens.labels(route).inc(tokens)
         return s.Usage(prompt_tokens=tokens, total_tokens=tokens)
+
+    def need_reranker(self, name: str | None = None) -> Reranker:
+        """The served cross-encoder (a 404 when none is loaded, or when `name` is not its name)."""
+        if self.reranker is None:
+            raise ApiError(404, "no reranker is loaded on this server; start it with --reranker NAME",
+                           code="no_reranker")
+        if name is not None and name != self.reranker_name:
+            raise ApiError(404, f"reranker {name!r} is not served here; this server serves {self.reranker_name!r}",
+                           code="model_not_found", param="model")
+        return self.reranker
+
+    async def pair_tokens(self, query: str, documents: list[str]) -> int:
+        """Tokens of the (query, document) pairs the reranker scores, special tokens included, after its cuts."""
+        texts = [query, *documents]
+        if sum(len(t) for t in texts) <= _INLINE_CHARS:
+            counts = self.rerank_tokens.count(texts)
+        else:
+            counts = await anyio.to_thread.run_sync(self.rerank_tokens.count, texts)
+        cross = self.reranker
+        single = cross.tokenizer.num_special_tokens_to_add(pair=False)
+        max_length, query_max_length = cross.lengths()
+        q = min(counts[0] - single, query_max_length)
+        return sum(min(q + n - single + cross.pair_specials, max_length) for n in counts[1:])
 
     def need_index(self) -> Any:
         if self.index is None:
@@ -292,8 +323,9 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def create_app(model: M3Model, index: Any = None, settings: ServerSettings | None = None) -> FastAPI:
-    """Build the app around a loaded model and, optionally, an open index.
+def create_app(model: M3Model, index: Any = None, settings: ServerSettings | None = None,
+               reranker: Reranker | None = None) -> FastAPI:
+    """Build the app around a loaded model and, optionally, an open index and a cross-encoder reranker.
 
     The model worker starts with the app (lifespan) and drains its queue on shutdown. The caller still owns
     the index and closes it after the server has stopped.
@@ -301,7 +333,7 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
     settings = settings or ServerSettings()
     holder: dict[str, _Service] = {}
     metrics = ServerMetrics(queued=lambda: holder["svc"].batcher.queued if "svc" in holder else 0)
-    svc = holder["svc"] = _Service(model, index, settings, metrics)
+    svc = holder["svc"] = _Service(model, index, settings, metrics, reranker)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -334,7 +366,7 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
         stopping = svc.batcher.shutting_down or svc.batcher.closed
         body = s.Health(status="stopping" if stopping else "ok", model=svc.name,
                         fingerprint=model.fingerprint, modes=list(svc.modes), index=index is not None,
-                        queued=svc.batcher.queued)
+                        reranker=svc.reranker_name, queued=svc.batcher.queued)
         response = _json(body)
         response.status_code = 503 if stopping else 200
         return response
@@ -364,8 +396,9 @@ def _auth(api_key: str | None):
 def _encode_routes(api: APIRouter, svc: _Service) -> None:
     @api.get("/models", response_model=s.ModelList, tags=["embeddings"])
     async def models() -> Response:
-        """The served model (OpenAI's model list)."""
-        return _json(s.ModelList(data=[s.ModelCard(id=svc.name)]))
+        """The served model, and the reranker when one is loaded (OpenAI's model list)."""
+        names = [svc.name] + ([svc.reranker_name] if svc.reranker_name else [])
+        return _json(s.ModelList(data=[s.ModelCard(id=name) for name in names]))
 
     @api.post("/embeddings", response_model=s.EmbeddingResponse, tags=["embeddings"])
     async def embeddings(req: s.EmbeddingRequest) -> Response:
@@ -420,6 +453,22 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
             batch_tokens=svc.settings.batch_tokens, progress=False))
         scores = {k: [float(x) for x in v] for k, v in scores.items()}
         return _json(s.ScoreResponse(model=svc.name, scores=scores, usage=svc.usage(sum(counts), "/v1/score")))
+
+    @api.post("/rerank", response_model=s.RerankResponse, tags=["rerank"])
+    async def rerank(req: s.RerankRequest) -> Response:
+        """Rank documents for a query with the cross-encoder, best first (the TEI / Infinity / Jina / Cohere
+        rerank shape); 404 (code no_reranker) unless the server was started with --reranker."""
+        cross = svc.need_reranker(req.model)
+        svc.check_count(len(req.documents), "documents")
+        svc.check_chars([req.query], "query")
+        svc.check_chars(req.documents, "documents")
+        tokens = await svc.pair_tokens(req.query, req.documents)
+        ranked = await svc.batcher.call(lambda: cross.rank([req.query], [req.documents], top_n=req.top_n,
+                                                           normalize=not req.raw_scores, progress=False)[0])
+        results = [s.RerankResult(index=i, relevance_score=score,
+                                  document=s.RerankDocument(text=req.documents[i]) if req.return_documents else None)
+                   for i, score in ranked]
+        return _json(s.RerankResponse(model=svc.reranker_name, results=results, usage=svc.usage(tokens, "/v1/rerank")))
 
 
 def _index_routes(api: APIRouter, svc: _Service) -> None:
@@ -494,18 +543,26 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
 
     @api.post("/search", response_model=s.SearchResponse, tags=["index"])
     async def search(req: s.SearchRequest) -> Response:
-        """Search the index with any M3 mode; hybrid modes rescore dense and sparse candidates."""
+        """Search the index with any M3 mode; hybrid modes rescore dense and sparse candidates. With `rerank`, the
+        server's cross-encoder rescores the first stage's best hits on the model worker."""
         index = svc.need_index()
         svc.check_model(req.model)
+        cross = None if req.rerank is None else svc.need_reranker()
         try:
             spec = index.prepare(k=req.k, mode=req.mode, weights=req.weights, candidates=req.candidates,
-                                 filter=req.filter, with_text=req.with_text, explain=req.explain)
+                                 filter=req.filter, with_text=req.with_text, explain=req.explain, reranker=cross,
+                                 rerank_top=None if req.rerank is None else req.rerank.top)
         except (ValueError, TypeError) as e:
-            param = "filter" if req.filter and "filter" in str(e) else "weights" if "weights" in str(e) else "mode"
-            raise ApiError(422, str(e), code="invalid_search", param=param) from None
+            text = str(e)
+            param = ("filter" if req.filter and "filter" in text else "weights" if "weights" in text
+                     else "rerank" if "rerank" in text else "mode")
+            raise ApiError(422, text, code="invalid_search", param=param) from None
         queries = svc.texts(req.query, "query")
         out, usage = await svc.encode(queries, spec.query_modes, "/v1/search", param="query", role="query")
-        found = await anyio.to_thread.run_sync(lambda: index.run(spec, out))
+        found = await anyio.to_thread.run_sync(lambda: index.first_stage(spec, out))
+        if cross is not None:
+            found = await svc.batcher.call(lambda: rerank_hits(cross, queries, found, spec.k, spec.mode,
+                                                               spec.with_text))
         results = [[s.Hit(id=h.id, score=h.score, text=h.text, metadata=h.metadata, scores=h.scores)
                     for h in hits] for hits in found]
         return _json(s.SearchResponse(model=svc.name, results=results, usage=usage))

@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP API (pydantic models; they also make the OpenAPI document).
 
-`/v1/embeddings` follows OpenAI's embeddings API so its clients work unchanged; the other routes expose what
-OpenAI's API cannot carry: the sparse and ColBERT outputs, M3 scores and the index.
+`/v1/embeddings` follows OpenAI's embeddings API so its clients work unchanged; `/v1/rerank` the shape the
+rerank APIs of TEI, Infinity, Jina and Cohere share; the other routes expose what OpenAI's API cannot carry:
+the sparse and ColBERT outputs, M3 scores and the index.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3embed.documents import check_id
+from m3embed.index.store import DEFAULT_RERANK_TOP
 from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 Mode = Literal[MODES]
@@ -140,6 +142,36 @@ class ScoreResponse(BaseModel):
     usage: Usage
 
 
+# ---- /v1/rerank (the TEI / Infinity / Jina / Cohere shape) ----
+
+
+class RerankRequest(BaseModel):
+    query: str
+    documents: list[str] = Field(min_length=1, description="passages to rank for the query")
+    top_n: int | None = Field(None, ge=1, description="return only the best n (default: every document)")
+    return_documents: bool = Field(False, description="echo each document's text in its result")
+    raw_scores: bool = Field(False, description="relevance_score = the cross-encoder's logit instead of its sigmoid")
+    model: str | None = Field(None, description="the served reranker's name (see GET /v1/models)")
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="the document's position in the request")
+    relevance_score: float = Field(description="sigmoid of the cross-encoder's logit, in (0, 1) (raw_scores: the "
+                                               "logit), as FlagReranker.compute_score(normalize=True)")
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    results: list[RerankResult] = Field(description="best first")
+    usage: Usage
+
+
 # ---- index: /v1/search, /v1/documents ----
 
 SearchMode = Literal[SEARCH_MODES]
@@ -179,6 +211,13 @@ class DeleteResponse(BaseModel):
     deleted: Literal[True] = True
 
 
+class SearchRerank(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top: int = Field(DEFAULT_RERANK_TOP, ge=1, le=1000, description="first-stage hits the reranker rescores "
+                                                                   "(at least k)")
+
+
 class SearchRequest(BaseModel):
     query: str | list[str] = Field(description="one query, or several (one ranked list each, in order)")
     k: int = Field(10, ge=1, le=1000, description="hits per query")
@@ -193,6 +232,9 @@ class SearchRequest(BaseModel):
                           '"year": {"gte": 2000}}')
     with_text: bool = True
     explain: bool = Field(False, description="add each mode's score to every hit")
+    rerank: SearchRerank | None = Field(
+        None, description="rescore the first stage's best `top` hits with the server's cross-encoder (started "
+                          "with --reranker): score = its logit, scores['rerank'] too")
     model: str | None = None
 
 
@@ -225,4 +267,5 @@ class Health(BaseModel):
     fingerprint: str
     modes: list[Mode]
     index: bool
+    reranker: str | None = Field(None, description="the served reranker's name, if one is loaded")
     queued: int

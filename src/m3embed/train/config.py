@@ -1,6 +1,8 @@
-"""TrainConfig: every knob of `m3embed train` in one flat dataclass; the CLI fills it, checkpoints keep it.
+"""Run settings as flat dataclasses; the CLI fills them, checkpoints keep them.
 
-`LossConfig` is the part of it the loss module reads.
+`RunConfig` holds what every fine-tuning run shares; `TrainConfig` adds BGE-M3's losses (`m3embed train`),
+`RerankerTrainConfig` the cross-encoder's (`m3embed train-reranker`). `LossConfig` is the part of TrainConfig
+the M3 loss module reads.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar, Self
 
 from m3embed.modes import MODES, check_modes
 from m3embed.tokenize import resolve_max_length
@@ -23,38 +26,23 @@ RENAMED_FIELDS = {"query_max_len": "query_max_length", "passage_max_len": "passa
 
 
 @dataclass
-class TrainConfig:
-    """Settings of one fine-tuning run; defaults follow FlagEmbedding's M3 recipe unless a comment says why.
+class RunConfig:
+    """The settings every fine-tuning run shares (data, optimisation, checkpoints); `TrainConfig` (M3) and
+    `RerankerTrainConfig` (cross-encoder) add their own. Defaults follow FlagEmbedding unless a comment says why."""
 
-    `modes` picks the losses (and so the heads that learn): ("dense",) is FlagEmbedding's dense-only
-    fine-tuning, all three modes is its unified fine-tuning. `freeze` holds parts fixed, e.g.
-    freeze=("encoder",) trains the heads only (FlagEmbedding's fix_encoder).
-    """
-
-    # ---- what to train ----
     model: str = ""  # checkpoint dir or hub id; a plain encoder gets new random heads
     train_data: list[str] = field(default_factory=list)  # jsonl files or directories of *.jsonl
     output_dir: str = "m3embed-finetuned"
-    modes: tuple[str, ...] = MODES  # losses to train; a single mode uses its own InfoNCE only
-    freeze: tuple[str, ...] = ()  # any of "encoder", "sparse", "colbert": weights kept fixed
-    pooling: str | None = None  # override the checkpoint's dense pooling ("cls" / "mean")
 
     # ---- data ----
     train_group_size: int = 8  # 1 positive + 7 negatives per query (FlagEmbedding default)
-    # truncation in tokens; None = the default (64 / 256) capped at the model's positions. An explicit value
-    # above the model's positions is an error (raise passage_max_length up to 8192 for long documents)
+    # truncation in tokens; None = the default (per config class) capped at the model's positions. An explicit
+    # value above the model's positions is an error
     query_max_length: int | None = None
     passage_max_length: int | None = None
     per_device_batch_size: int = 4  # queries per process per step (each brings train_group_size passages)
     group_by_length: bool = True  # batches of similar length (paper §3.5): less padding
     teacher_scores: str = "auto"  # use pos/neg_scores: "auto" (when every line has them), "on", "off"
-
-    # ---- losses ----
-    temperature: float = 0.02  # paper + FlagEmbedding examples
-    self_distill: bool = True  # self-knowledge distillation from the ensemble (unified training only)
-    self_distill_start_step: int = -1  # distil once step > this; -1 = from the first step (FlagEmbedding)
-    kd_loss: str = "m3_kd_loss"  # loss for teacher scores: "m3_kd_loss" (M3 paper) or "kl_div"
-    negatives_cross_device: bool = True  # dense negatives from every process (no effect on one process)
 
     # ---- optimisation ----
     learning_rate: float = 1e-5  # FlagEmbedding m3.sh
@@ -68,9 +56,6 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast (GPU, or CPU with AVX512-BF16); losses stay float32
     gradient_checkpointing: bool = False  # recompute encoder layers in backward: long passages fit
     sub_batch_size: int | None = None  # texts per checkpointed encoder chunk; None = encode in one go
-    # frozen encoder: run the backbone once per distinct text (eval mode, no dropout) and train the heads on
-    # its cached states; None = on exactly when "encoder" is frozen
-    cache_encoder_states: bool | None = None
     seed: int = 42
     device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
 
@@ -81,30 +66,21 @@ class TrainConfig:
     logging_steps: int = 1  # a JSON line in output_dir/train_log.jsonl every N steps
     progress: bool = True  # rich progress bar on the main process
 
+    # default truncation (tokens) of queries and passages when the fields are None
+    DEFAULT_LENGTHS: ClassVar[tuple[int, int]] = (DEFAULT_QUERY_MAX_LENGTH, DEFAULT_PASSAGE_MAX_LENGTH)
+
     def __post_init__(self) -> None:
-        self.modes = check_modes(self.modes)
         self.output_dir = str(self.output_dir)
         if self.resume_from is not None:
             self.resume_from = str(self.resume_from)
         if isinstance(self.train_data, (str, Path)):
             self.train_data = [str(self.train_data)]
         self.train_data = [str(p) for p in self.train_data]
-        self.freeze = tuple(self.freeze.split(",")) if isinstance(self.freeze, str) else tuple(self.freeze)
-        self.freeze = tuple(p.strip() for p in self.freeze if p.strip())
         self.validate()
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad setting and its valid range."""
-        bad_parts = [p for p in self.freeze if p not in FREEZABLE]
-        if bad_parts:
-            raise ValueError(f"freeze={bad_parts!r}: choose from {', '.join(FREEZABLE)}")
-        trained = {"encoder"} | {m for m in self.modes if m != "dense"}
-        if trained <= set(self.freeze):
-            raise ValueError(
-                f"freeze={self.freeze!r} with modes={self.modes!r} leaves nothing to train; "
-                "unfreeze a part or add a mode whose head is not frozen"
-            )
-        checks = [  # (valid?, settings shown in the error, what is expected)
+    def checks(self) -> list[tuple[bool, tuple[str, ...], str]]:
+        """(valid?, settings shown in the error, what is expected) for every rule of this config."""
+        return [
             (self.train_group_size >= 1, ("train_group_size",), "must be >= 1"),
             (
                 all(n is None or n >= 2 for n in (self.query_max_length, self.passage_max_length)),
@@ -112,7 +88,6 @@ class TrainConfig:
                 "must be >= 2 or None",
             ),
             (self.per_device_batch_size >= 1, ("per_device_batch_size",), "must be >= 1"),
-            (self.temperature > 0, ("temperature",), "must be > 0"),
             (self.learning_rate >= 0, ("learning_rate",), "must be >= 0"),
             (
                 0 <= self.warmup_ratio < 1 and self.warmup_steps >= 0,
@@ -136,20 +111,16 @@ class TrainConfig:
             ),
             (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
             (
-                not self.cache_encoder_states or "encoder" in self.freeze,
-                ("cache_encoder_states", "freeze"),
-                "caching encoder states needs a frozen encoder (add 'encoder' to freeze)",
-            ),
-            (self.kd_loss in KD_LOSSES, ("kd_loss",), f"must be one of {KD_LOSSES}"),
-            (
                 self.teacher_scores in TEACHER_SCORE_USE,
                 ("teacher_scores",),
                 f"must be one of {TEACHER_SCORE_USE}",
             ),
             (self.lr_scheduler in SCHEDULERS, ("lr_scheduler",), f"must be one of {SCHEDULERS}"),
-            (self.pooling in (None, "cls", "mean"), ("pooling",), "must be 'cls', 'mean' or None"),
         ]
-        for ok, names, expected in checks:
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting and its valid range."""
+        for ok, names, expected in self.checks():
             if not ok:
                 shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
                 raise ValueError(f"{shown}: {expected}")
@@ -157,13 +128,96 @@ class TrainConfig:
     def max_lengths(self, limit: int) -> tuple[int, int]:
         """(query, passage) truncation for a model of `limit` positions.
 
-        A length left at None takes its default capped at `limit`; an explicit length above `limit` raises
-        ValueError naming the value and the limit.
+        A length left at None takes its default (DEFAULT_LENGTHS) capped at `limit`; an explicit length above
+        `limit` raises ValueError naming the value and the limit.
         """
+        query, passage = self.DEFAULT_LENGTHS
         return (
-            resolve_max_length(self.query_max_length, limit, DEFAULT_QUERY_MAX_LENGTH, "query_max_length"),
-            resolve_max_length(self.passage_max_length, limit, DEFAULT_PASSAGE_MAX_LENGTH, "passage_max_length"),
+            resolve_max_length(self.query_max_length, limit, query, "query_max_length"),
+            resolve_max_length(self.passage_max_length, limit, passage, "passage_max_length"),
         )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Self:
+        """A config from saved values; keys under their old names (RENAMED_FIELDS) are mapped to the new ones."""
+        values = dict(values)
+        for old, new in RENAMED_FIELDS.items():
+            if old in values:
+                if new in values and values[new] != values[old]:
+                    raise ValueError(f"{old}={values[old]!r} and {new}={values[new]!r} disagree; keep only {new}")
+                values[new] = values.pop(old)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} field(s) {unknown}; valid fields: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Settings of one M3 fine-tuning run (`m3embed train`): RunConfig's plus the M3 losses and parts.
+
+    `modes` picks the losses (and so the heads that learn): ("dense",) is FlagEmbedding's dense-only
+    fine-tuning, all three modes is its unified fine-tuning. `freeze` holds parts fixed, e.g.
+    freeze=("encoder",) trains the heads only (FlagEmbedding's fix_encoder). Lengths default to 64 / 256.
+    """
+
+    modes: tuple[str, ...] = MODES  # losses to train; a single mode uses its own InfoNCE only
+    freeze: tuple[str, ...] = ()  # any of "encoder", "sparse", "colbert": weights kept fixed
+    pooling: str | None = None  # override the checkpoint's dense pooling ("cls" / "mean")
+
+    # ---- losses ----
+    temperature: float = 0.02  # paper + FlagEmbedding examples
+    self_distill: bool = True  # self-knowledge distillation from the ensemble (unified training only)
+    self_distill_start_step: int = -1  # distil once step > this; -1 = from the first step (FlagEmbedding)
+    kd_loss: str = "m3_kd_loss"  # loss for teacher scores: "m3_kd_loss" (M3 paper) or "kl_div"
+    negatives_cross_device: bool = True  # dense negatives from every process (no effect on one process)
+    # frozen encoder: run the backbone once per distinct text (eval mode, no dropout) and train the heads on
+    # its cached states; None = on exactly when "encoder" is frozen
+    cache_encoder_states: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.modes = check_modes(self.modes)
+        self.freeze = tuple(self.freeze.split(",")) if isinstance(self.freeze, str) else tuple(self.freeze)
+        self.freeze = tuple(p.strip() for p in self.freeze if p.strip())
+        super().__post_init__()
+
+    def validate(self) -> None:
+        bad_parts = [p for p in self.freeze if p not in FREEZABLE]
+        if bad_parts:
+            raise ValueError(f"freeze={bad_parts!r}: choose from {', '.join(FREEZABLE)}")
+        trained = {"encoder"} | {m for m in self.modes if m != "dense"}
+        if trained <= set(self.freeze):
+            raise ValueError(
+                f"freeze={self.freeze!r} with modes={self.modes!r} leaves nothing to train; "
+                "unfreeze a part or add a mode whose head is not frozen"
+            )
+        super().validate()
+
+    def checks(self) -> list[tuple[bool, tuple[str, ...], str]]:
+        return [
+            *super().checks(),
+            (self.temperature > 0, ("temperature",), "must be > 0"),
+            (
+                not self.cache_encoder_states or "encoder" in self.freeze,
+                ("cache_encoder_states", "freeze"),
+                "caching encoder states needs a frozen encoder (add 'encoder' to freeze)",
+            ),
+            (self.kd_loss in KD_LOSSES, ("kd_loss",), f"must be one of {KD_LOSSES}"),
+            (self.pooling in (None, "cls", "mean"), ("pooling",), "must be 'cls', 'mean' or None"),
+        ]
 
     @property
     def use_state_cache(self) -> bool:
@@ -182,29 +236,47 @@ class TrainConfig:
         out["modes"], out["freeze"] = list(self.modes), list(self.freeze)
         return out
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """A config from saved values; keys under their old names (RENAMED_FIELDS) are mapped to the new ones."""
-        values = dict(values)
-        for old, new in RENAMED_FIELDS.items():
-            if old in values:
-                if new in values and values[new] != values[old]:
-                    raise ValueError(f"{old}={values[old]!r} and {new}={values[new]!r} disagree; keep only {new}")
-                values[new] = values.pop(old)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s) {unknown}; valid fields: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+@dataclass
+class RerankerTrainConfig(RunConfig):
+    """Settings of one cross-encoder fine-tuning run (`m3embed train-reranker`): FlagEmbedding's reranker recipe.
 
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    A step scores B groups of (query, passage) pairs, 1 positive + G-1 negatives each; the loss is the
+    cross-entropy over each group's logits (positive first), plus a soft cross-entropy against the softmax of
+    the teacher scores when they are used. As in FlagEmbedding, a pair holds at most
+    query_max_length + passage_max_length tokens (default 32 + 128).
+    """
+
+    learning_rate: float = 6e-5  # FlagEmbedding's reranker fine-tuning example (bge-reranker-base)
+    # encoder layers trained, counted from the top (the classification head always trains); None = the whole
+    # model, embeddings included. A few top layers train quickly and ship small.
+    train_layers: int | None = None
+
+    DEFAULT_LENGTHS: ClassVar[tuple[int, int]] = (32, 128)  # FlagEmbedding's query_max_len / passage_max_len
+
+    def max_lengths(self, limit: int) -> tuple[int, int]:
+        """(query, passage) token shares of a pair of at most `limit` tokens: their sum must fit.
+
+        A default passage length is shortened to fit silently; explicit lengths that do not fit are an error.
+        """
+        query, passage = super().max_lengths(limit)
+        if query + passage > limit:
+            if self.passage_max_length is not None or query >= limit:
+                raise ValueError(f"query_max_length + passage_max_length = {query} + {passage} exceeds the model's "
+                                 f"position limit of {limit} tokens (a pair holds both); lower them")
+            passage = limit - query
+        return query, passage
+
+    def checks(self) -> list[tuple[bool, tuple[str, ...], str]]:
+        return [
+            *super().checks(),
+            (self.train_layers is None or self.train_layers >= 0, ("train_layers",), "must be >= 0 or None"),
+            (
+                self.passage_max_length is None or self.passage_max_length >= 8,
+                ("passage_max_length",),
+                "must be >= 8 (a quarter of it goes to the query)",
+            ),
+        ]
 
 
 @dataclass(frozen=True)

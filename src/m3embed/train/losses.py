@@ -1,4 +1,4 @@
-"""BGE-M3 training losses: per-mode InfoNCE, the ensemble, self-distillation and teacher-score distillation.
+"""Training losses: BGE-M3's per-mode InfoNCE, ensemble, self- and teacher-score distillation; the reranker's.
 
 The math lives in pure functions on score tensors; `M3TrainingLoss` holds the model and its `LossConfig`,
 encodes a batch (in checkpointed sub-batches if asked) and calls them. Conventions, as in FlagEmbedding's M3 code:
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -269,26 +270,15 @@ class M3TrainingLoss(nn.Module):
 
     def encode(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Model outputs for a padded batch, in float32; sub-batched and checkpointed when configured."""
-        n = ids.shape[0]
         size = self.config.sub_batch_size
-        if size is None or n <= size:
+        if size is None or ids.shape[0] <= size:
             return self._encode_chunk(ids, mask)
-        lengths = mask.sum(1)
-        order = torch.argsort(lengths, descending=True, stable=True)
         recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.backbone.parameters())
-        chunks = []
-        for idx in order.split(size):
-            width = int(lengths[idx].max())
-            c_ids, c_mask = ids[idx, :width], mask[idx, :width]
-            if recompute:
-                chunks.append(checkpoint(self._encode_chunk, c_ids, c_mask, use_reentrant=False))
-            else:  # encoder frozen: no activations are kept anyway, so no need to re-run it
-                chunks.append(self._encode_chunk(c_ids, c_mask))
+        chunks, inverse = run_sub_batches(self._encode_chunk, (ids, mask), size, recompute)
         widths = {
             "token_weights": ids.shape[1],
             "colbert": ids.shape[1] - 1,
         }  # dense (n, h) has no token axis
-        inverse = torch.argsort(order)
         return {
             key: torch.cat([_pad_tokens(c[key], widths[key]) if key in widths else c[key] for c in chunks])[
                 inverse
@@ -357,6 +347,84 @@ class M3TrainingLoss(nn.Module):
             self_distill=cfg.self_distill and step > cfg.self_distill_start_step,
             kd_loss=cfg.kd_loss,
         )
+
+
+# ---- the cross-encoder reranker (FlagEmbedding's reranker fine-tuning) ----
+
+
+def reranker_loss(logits: Tensor, teacher_probs: Tensor | None = None) -> M3LossOutput:
+    """FlagEmbedding's reranker loss on (B, G) group logits, positive at column 0.
+
+    "ce": cross-entropy against column 0; with teacher_probs (B, G) (softmax of the teacher scores), plus
+    "distill": the soft cross-entropy -mean_b Σ_j teacher[b, j] · log_softmax(logits)[b, j]. No temperature.
+    """
+    parts = {"ce": F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))}
+    if teacher_probs is not None:
+        parts["distill"] = soft_cross_entropy(logits, teacher_probs)
+    return M3LossOutput(sum(parts.values()), {k: v.detach() for k, v in parts.items()})
+
+
+class RerankerTrainingLoss(nn.Module):
+    """Holds a cross-encoder (`m3embed.rerank.Reranker`); `forward` scores a batch of B·G tokenised pairs,
+    group-major with each positive first, and returns `reranker_loss` of it.
+
+    Args:
+        model: the reranker (called as model(input_ids, attention_mask, token_type_ids) -> (n,) logits).
+        group_size: G, pairs per query.
+        sub_batch_size: pairs per checkpointed chunk (`run_sub_batches`); None = the whole batch at once.
+        bf16: run the model under bf16 autocast.
+    """
+
+    def __init__(self, model: nn.Module, group_size: int, sub_batch_size: int | None = None, bf16: bool = False
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self.group_size = group_size
+        self.sub_batch_size = sub_batch_size
+        self.bf16 = bf16
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                teacher_scores: Tensor | None = None) -> M3LossOutput:
+        """input_ids, attention_mask, token_type_ids (B·G, T); teacher_scores raw (B, G) or None."""
+        logits = self.logits(input_ids, attention_mask, token_type_ids).view(-1, self.group_size)  # (B, G)
+        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float(), dim=-1).detach()
+        return reranker_loss(logits, teacher)
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """(n,) float32 logits, sub-batched and checkpointed when configured."""
+        tensors = (input_ids, attention_mask) + (() if token_type_ids is None else (token_type_ids,))
+        size = self.sub_batch_size
+        if size is None or input_ids.shape[0] <= size:
+            return self._chunk(*tensors)
+        recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters())
+        chunks, inverse = run_sub_batches(self._chunk, tensors, size, recompute)
+        return torch.cat(chunks)[inverse]
+
+    def _chunk(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(ids, mask, types).float()
+
+
+def run_sub_batches(fn: Callable[..., Any], tensors: tuple[Tensor, ...], size: int, recompute: bool
+                    ) -> tuple[list[Any], Tensor]:
+    """`fn` over chunks of `size` rows, longest first, each cut to its own longest row (paper §3.5).
+
+    `tensors` are (n, T) padded batches whose second one is the attention mask. With `recompute` each chunk
+    runs under `torch.utils.checkpoint`: only its outputs are kept, and the backward pass re-runs one chunk at
+    a time (gradients equal the full batch's). Returns the chunk outputs and the permutation that puts their
+    concatenation back in input order.
+    """
+    lengths = tensors[1].sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    chunks = []
+    for idx in order.split(size):
+        width = int(lengths[idx].max())
+        part = tuple(t[idx, :width] for t in tensors)
+        if recompute:
+            chunks.append(checkpoint(fn, *part, use_reentrant=False))
+        else:  # nothing to train below the outputs: no activations are kept anyway, so no need to re-run
+            chunks.append(fn(*part))
+    return chunks, torch.argsort(order)
 
 
 def _pad_tokens(t: Tensor, width: int) -> Tensor:

@@ -157,6 +157,10 @@ def trim_log(path: Path, step: int) -> None:
 class Trainer:
     """One fine-tuning run. Build it, then `train()`; `training_step` is exposed for tests and custom loops.
 
+    A subclass trains another kind of model (`m3embed.train.reranker.RerankerTrainer`) by overriding the model
+    loading, its trainable parts, the loss module and the batch tensors: `load_model`, `configure_trainable`,
+    `make_loss`, `collate` and `compute_loss`. Data, optimiser, schedule, checkpoints, resume, DDP are shared.
+
     Args:
         config: the run's settings.
         model: an already loaded M3Model (default: loaded from config.model, or from the resumed checkpoint).
@@ -217,31 +221,42 @@ class Trainer:
             )
         if model is None:
             if not config.model and self.resume_dir is None:
-                raise ValueError("no model given: set TrainConfig.model to a checkpoint directory or hub id")
-            model = load_model(str(self.resume_dir or config.model), config, self.device)
+                raise ValueError(f"no model given: set {type(config).__name__}.model to a checkpoint directory "
+                                 "or hub id")
+            model = self.load_model(str(self.resume_dir or config.model))
         self.model = model.to(self.device)
         # token limits: defaults capped at the model's positions, an explicit value above them is an error
         self.query_max_length, self.passage_max_length = config.max_lengths(self.model.max_length)
-        self.trained_parts = configure_trainable(self.model, config)
+        self.trained_parts = self.configure_trainable(self.model)
+
+    def load_model(self, path: str) -> nn.Module:
+        """The model to train, from a checkpoint (or the resumed one)."""
+        return load_model(path, self.config, self.device)
+
+    def configure_trainable(self, model: nn.Module) -> list[str]:
+        """Set which weights train; return the names of the trained parts."""
+        return configure_trainable(model, self.config)
 
     def _setup_loss(self) -> None:
-        """The loss module (on cached encoder states when configured), wrapped in DDP when distributed."""
-        config = self.config
-        self.state_cache = (
-            EncoderStateCache(
-                self.model.backbone,
-                self.model.tokenizer.pad_token_id,
-                autocast_dtype=torch.bfloat16 if config.bf16 else None,
-            )
-            if config.use_state_cache
-            else None
-        )
-        self.loss_fn = M3TrainingLoss(self.model, LossConfig.from_train_config(config), self.state_cache)
+        """The loss module, wrapped in DDP when distributed."""
+        self.state_cache: EncoderStateCache | None = None
+        self.loss_fn = self.make_loss()
         self.engine: nn.Module = self.loss_fn
         if self.world_size > 1:
             self.engine = nn.parallel.DistributedDataParallel(
                 self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+
+    def make_loss(self) -> nn.Module:
+        """M3TrainingLoss over the model (on cached encoder states when configured)."""
+        config = self.config
+        if config.use_state_cache:
+            self.state_cache = EncoderStateCache(
+                self.model.backbone,
+                self.model.tokenizer.pad_token_id,
+                autocast_dtype=torch.bfloat16 if config.bf16 else None,
+            )
+        return M3TrainingLoss(self.model, LossConfig.from_train_config(config), self.state_cache)
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.model, self.config)

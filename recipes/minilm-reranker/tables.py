@@ -1,0 +1,35 @@
+"""The docs/results.md table of the reranker: nDCG@10 of `all` and `all+rerank` per set, and the added time.
+
+    python recipes/minilm-reranker/tables.py runs/minilm-reranker/eval/rerank
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ORDER = ("xquad_en", "classic_adi", "classic_cacm", "classic_cranfield", "classic_lisa", "classic_medline",
+         "classic_time")
+
+
+def main(root: Path) -> None:
+    print("| set | queries | all | all + rerank top-100 | Δ | rerank ms / query |")
+    print("|---|---|---|---|---|---|")
+    deltas = []
+    for name in ORDER:
+        path = root / name / "eval.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        base, reranked = r["scores"]["all"]["nDCG@10"], r["scores"]["all+rerank"]["nDCG@10"]
+        deltas.append(reranked - base)
+        ms = r["settings"]["rerank ms per query"]["all"]
+        delta = reranked - base
+        print(f"| {r['dataset']} | {r['n_queries']} | {base:.4f} | {reranked:.4f} | {delta:+.4f} | {ms:.0f} |")
+    if deltas:
+        print(f"| mean | | | | {sum(deltas) / len(deltas):+.4f} | |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
