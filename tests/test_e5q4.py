@@ -104,7 +104,7 @@ def test_file_format_and_bert_names(tmp_path):
         reference_dequantize(raws["l0.q.w"])
     assert np.array_equal(state["embeddings.LayerNorm.bias"], np.frombuffer(raws["emb.ln.b"], "<f4"))
     bert = BertModel(BertConfig(**e5q4.bert_config(model.header, pad_id=1)), add_pooling_layer=False)
-    bert.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)  # every name, shape
+    bert.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)  # every name, shape
 
 
 @pytest.mark.parametrize(("corrupt", "message"), [({"dtype": 7}, "unknown dtype code 7"),
