@@ -20,8 +20,7 @@ from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher
 from m3embed.evaluate.data import Dataset, Run, Searcher
 from m3embed.evaluate.metrics import mean_metrics, per_query_metrics, truncate_run
-from m3embed.index.store import DEFAULT_RERANK_TOP
-from m3embed.modes import MODES, SEARCH_MODES, check_search_mode, index_representations
+from m3embed.modes import DEFAULT_RERANK_TOP, MODES, SEARCH_MODES, check_search_mode, index_representations
 from m3embed.tokenize import resolve_max_length
 
 logger = logging.getLogger(__name__)

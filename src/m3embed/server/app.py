@@ -6,6 +6,10 @@ model is never used by two threads at once. Large requests are split into chunks
 requests, and a request whose client disconnects is cancelled (its remaining chunks are dropped). Index writes
 run on the same worker, in arrival order, so shutdown (which drains the worker) never leaves one half done.
 
+Longer than 400 lines because every route closes over one `_Service` (model worker, limits, index, reranker)
+built in `create_app`; each route is a few lines over it, and batching, errors, schemas and metrics have
+modules of their own.
+
 Shutdown is bounded by `ServerSettings.graceful_timeout`: run the app with `Server`, and from SIGTERM on new
 requests get a 503 (code "shutting_down") while the requests in flight go on; when the timeout is up, the worker
 fails what is left of them with the same 503.

@@ -12,8 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3embed.documents import check_id
-from m3embed.index.store import DEFAULT_RERANK_TOP
-from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
+from m3embed.modes import DEFAULT_RERANK_TOP, MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 Mode = Literal[MODES]
 EncodingFormat = Literal["float", "base64"]

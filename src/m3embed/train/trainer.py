@@ -1,5 +1,8 @@
 """The training loop: data → M3TrainingLoss (optionally DDP) → AdamW, checkpoints, resume, JSON-lines log.
 
+Longer than 400 lines because the loop and its checkpoint state (complete checkpoints, optimizer, RNG per
+process, log trimming on resume) change together; losses, data, config and distributed helpers are elsewhere.
+
 `train(config)` is the one-call API (and what `m3embed train` runs). Launched by torchrun it joins the
 process group, wraps the loss module in DistributedDataParallel and gathers dense negatives across
 processes; on one process the same code runs without any of that.
