@@ -264,10 +264,10 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
     """
     if reranker is not None and model is None:
         raise ValueError("a reranker reranks the model's runs: give a model too")
-    if not 1 <= m3.rerank_top <= k:
-        raise ValueError(f"rerank_top={m3.rerank_top} must be between 1 and k={k}")
     if k < 100:
         raise ValueError(f"k={k} is below 100; Recall@100 needs at least 100 retrieved documents per query")
+    if reranker is not None and not 1 <= m3.rerank_top <= k:
+        raise ValueError(f"rerank_top={m3.rerank_top} must be between 1 and k={k}")
     if model is None and bm25 is None:
         raise ValueError("nothing to evaluate: give a model, or keep the BM25 baseline")
     require("pytrec_eval", "eval")  # fail now, not after the index is built
