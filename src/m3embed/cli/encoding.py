@@ -34,6 +34,8 @@ def encode(
     max_length: int | None = typer.Option(None, help="truncate to this many tokens (default: model limit)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass"),
     mcls: bool = typer.Option(False, help="multiple-CLS dense pooling for long texts"),
+    input_type: str = typer.Option("passage", help="passage or query: prepend the model's prompt for that role "
+                                   "(e5: 'passage: ' / 'query: '; none for models without prompts); none: as is"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
     ray: bool = typer.Option(False, "--ray", help="encode on Ray into Parquet shards; INPUT: jsonl/parquet file, "
@@ -59,13 +61,17 @@ def encode(
         raise NotADirectoryError(f"--out {output} is a file; give a directory for the outputs")
     records = list(read_records(input, text_field=text_field, id_field=id_field))
     m = _load(model, chosen, dtype, device)
+    encoders = {"passage": m.encode_corpus, "query": m.encode_queries, "none": m.encode}
+    if input_type not in encoders:
+        raise ValueError(f"--input-type must be one of {', '.join(encoders)}, got {input_type!r}")
     if "dense" in chosen:  # the part known before encoding; M3Output.save checks the whole size
         check_free(output, len(records) * m.hidden_size * 4, f"the dense outputs of {len(records)} texts",
                    reserve=FILE_RESERVE)
-    result = m.encode([r.text for r in records], modes=chosen, max_length=max_length, batch_tokens=batch_tokens,
-                      mcls=mcls, progress=None if len(records) < 1000 else True)
+    result = encoders[input_type]([r.text for r in records], modes=chosen, max_length=max_length,
+                                  batch_tokens=batch_tokens, mcls=mcls, progress=None if len(records) < 1000 else True)
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
-                "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype})
+                "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype,
+                "input_type": input_type})
     console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {escape(str(output))}")
 
 
@@ -150,7 +156,8 @@ def rerank(
 @app.command()
 def demo(
     model: str | None = typer.Option(None, "--model", "-m", help="default: the shipped offline M3 model"),
-    index: Path = typer.Option(Path("m3embed-demo-index"), help="index directory (reopened and completed)"),
+    index: Path | None = typer.Option(None, help="index directory, reopened and completed (default: "
+                                      "m3embed-demo-index/<model>)"),
     k: int = typer.Option(3, help="hits per mode"),
 ) -> None:
     """Index the bundled sample corpus offline and show each search mode's results side by side."""
@@ -171,6 +178,7 @@ def info(model: str = ModelOpt) -> None:
         "vocab size": str(m.vocab_size),
         "max length (tokens)": str(m.max_length),
         "dense pooling": m.pooling,
+        "query / passage prefix": f"{m.query_prefix!r} / {m.passage_prefix!r}",
         "modes": ", ".join(m.available_modes()),
         "parameters": f"{sum(p.numel() for p in m.parameters()) / 1e6:.1f} M",
         "fingerprint": m.fingerprint,

@@ -277,12 +277,13 @@ class Trainer:
     # ---- one step ----
 
     def collate(self, batch: TrainBatch) -> dict[str, torch.Tensor | None]:
-        """Tokenise a batch (truncated at the query/passage max lengths) into padded tensors on the device."""
+        """Tokenise a batch (with the model's query/passage prefixes, truncated at the max lengths) on the device."""
         from m3embed.tokenize import pad, tokenize
 
-        tok = self.model.tokenizer
-        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.query_max_length), tok.pad_token_id)
-        p_ids, p_mask = pad(tokenize(tok, batch.passages, self.passage_max_length), tok.pad_token_id)
+        tok, model = self.model.tokenizer, self.model
+        queries, passages = model.with_prefix(batch.queries, "query"), model.with_prefix(batch.passages, "passage")
+        q_ids, q_mask = pad(tokenize(tok, queries, self.query_max_length), tok.pad_token_id)
+        p_ids, p_mask = pad(tokenize(tok, passages, self.passage_max_length), tok.pad_token_id)
         teacher = (
             None if batch.teacher_scores is None else torch.tensor(batch.teacher_scores, dtype=torch.float32)
         )
