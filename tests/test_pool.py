@@ -36,7 +36,8 @@ def test_two_workers_equal_one_process_and_a_dead_worker_is_named(xlmr_ckpt: Pat
         os.kill(pool.pids[1], signal.SIGKILL)
         while psutil.Process(pool.pids[1]).status() != psutil.STATUS_ZOMBIE:  # dead (not yet reaped by the pool)
             time.sleep(0.01)
-        with pytest.raises(WorkerDiedError, match=r"worker 1 \(cpu, pid \d+\) died \(signal 9"):
+        # the status is unknown when something else in this process collected it (seen once in the full suite)
+        with pytest.raises(WorkerDiedError, match=r"worker 1 \(cpu, pid \d+\) died \((signal 9|exit status unknown)"):
             pool.encode(texts, MODES, batch_tokens=1024, chunk_tokens=2048)  # several chunks: worker 1 gets some
         with pytest.raises(RuntimeError, match="closed"):
             pool.encode(texts[:20])

@@ -18,6 +18,7 @@ import queue
 import time
 import traceback
 from collections.abc import Sequence
+from multiprocessing import connection
 from typing import Any, Self
 
 import numpy as np
@@ -140,12 +141,17 @@ class EncodePool:
     def _next(self) -> tuple[str, int, int | None, Any]:
         """The next message of a worker; raise WorkerDiedError as soon as a worker has exited."""
         while True:
+            # the sentinel (a pipe the worker holds) says it exited even if its exit status was collected elsewhere
+            ended = set(connection.wait([p.sentinel for p in self._procs], timeout=0))
             for rank, p in enumerate(self._procs):
-                if p.exitcode is not None:
+                if p.sentinel in ended or p.exitcode is not None:
                     error = self._last_error(rank)
                     if error is not None:
                         return error
-                    how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+                    p.join(timeout=1)
+                    code = p.exitcode
+                    how = ("exit status unknown" if code is None else
+                           f"signal {-code}" if code < 0 else f"exit code {code}")
                     raise WorkerDiedError(
                         f"EncodePool worker {rank} ({self.devices[rank]}, pid {p.pid}) died ({how}; signal 9 is "
                         "a kill, often the out-of-memory killer); the pool is closed: create a new EncodePool, "
