@@ -4,7 +4,8 @@ import json
 
 from rich.console import Console
 
-from m3embed.demo import QUERIES, SAMPLE, run
+from m3embed.demo import ENGLISH_QUERIES as QUERIES
+from m3embed.demo import SAMPLE, run
 
 EXPECTED_ARTICLE = {QUERIES[0]: "xq-12", QUERIES[1]: "xq-16", QUERIES[2]: "xq-41", QUERIES[3]: "xq-04"}
 
@@ -15,7 +16,7 @@ def test_demo_shows_every_mode_and_finds_the_right_articles(bert_ckpt, tmp_path)
     keep = [r for r in rows if r["id"].rsplit("-", 1)[0] in {"xq-04", "xq-12", "xq-16", "xq-41", "xq-00", "xq-33"}]
     subset.write_text("".join(json.dumps(r) + "\n" for r in keep))
     console = Console(record=True, width=160)
-    results = run(str(bert_ckpt), tmp_path / "idx", k=2, console=console, corpus=subset)
+    results = run(str(bert_ckpt), tmp_path / "idx", k=2, console=console, corpus=subset, queries=QUERIES)
     assert set(results) == set(QUERIES)
     for query, by_mode in results.items():
         assert list(by_mode) == ["dense", "sparse", "colbert", "dense+sparse", "all"]

@@ -1,4 +1,4 @@
-"""A missing optional extra ([serve], [eval]) is reported in one line that names the pip install to run."""
+"""A missing optional extra ([serve], [eval], [ray]) is reported in one line that names the pip install to run."""
 
 from __future__ import annotations
 
@@ -50,3 +50,11 @@ def test_cli_prints_one_red_line_and_exits_2(monkeypatch: pytest.MonkeyPatch, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error:") and "pip install 'm3embed[serve]'" in err
     assert "Traceback" not in err
+
+
+def test_ray_job_says_which_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from m3embed.ray_data import encode_job
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingExtra, match=r"ray.*pip install 'm3embed\[ray\]'"):
+        encode_job(tmp_path, tmp_path / "out", "minilm-m3")

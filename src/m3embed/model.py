@@ -18,11 +18,14 @@ from torch import nn
 from m3embed import checkpoint
 from m3embed.encode import encode
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
+from m3embed.onednn import use_onednn
+from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
-from m3embed.tokenize import check_pairs, resolve_max_length
+from m3embed.tokenize import check_pairs, check_texts, resolve_max_length
 from m3embed.types import M3Output
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8 = "int8"  # int8 encoder linear layers over a float32 model (CPU only); see m3embed.quantize
 FINGERPRINT_VERSION = 2  # 1: config + heads (indexes of format 1); 2: also every encoder weight
 _DIGEST_SCHEME = "m3embed-weights-v1"  # how `tensors_digest` hashes; part of the digest cache key
 
@@ -32,18 +35,34 @@ def resolve_device_dtype(device: str | torch.device | None, dtype: torch.dtype |
     """The device (None: cuda when available) and a checked dtype for loading a model on it.
 
     float16 on CPU is an error; bfloat16 on a CPU without native bf16 matmul warns that it will be slow.
+    "int8" loads float32 weights (quantized afterwards, CPU only).
     """
+    int8 = dtype == INT8
     if not isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
+        if dtype not in DTYPES and not int8:
+            raise ValueError(f"dtype must be one of {', '.join([*DTYPES, INT8])}, got {dtype!r}")
+        dtype = torch.float32 if int8 else DTYPES[dtype]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int8 and device.type != "cpu":
+        raise ValueError(f"dtype='int8' runs on CPU only, got device={str(device)!r}; on a GPU use bfloat16")
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
     if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         warnings.warn("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): bfloat16 will be slower "
                       "than float32", stacklevel=3)
     return device, dtype
+
+
+def _load_backbone(directory: Path, dtype: torch.dtype) -> nn.Module:
+    """The encoder without its pooler; float32 memory-maps the file, other dtypes convert while reading it."""
+    from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+
+    if dtype == torch.float32:
+        return AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+    config = AutoConfig.from_pretrained(directory)
+    state = checkpoint.read_weights(directory, dtype)  # peak = the converted weights, not float32 + converted
+    return MODEL_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state, dtype=dtype,
+                                                       add_pooling_layer=False)
 
 
 class M3Model(nn.Module):
@@ -56,7 +75,8 @@ class M3Model(nn.Module):
     fingerprint_version = FINGERPRINT_VERSION
 
     def __init__(self, backbone: nn.Module, tokenizer, colbert_linear: nn.Linear | None,
-                 sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "") -> None:
+                 sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "", query_prefix: str = "",
+                 passage_prefix: str = "") -> None:
         super().__init__()
         if pooling not in checkpoint.POOLINGS:
             raise ValueError(f"pooling must be one of {checkpoint.POOLINGS}, got {pooling!r}")
@@ -66,6 +86,9 @@ class M3Model(nn.Module):
         self.sparse_linear = sparse_linear
         self.pooling = pooling
         self.name = name
+        # prepended by encode_queries / encode_corpus (and so by index, search, eval, mine, train)
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
         cfg = backbone.config
         self.hidden_size: int = cfg.hidden_size
         self.vocab_size: int = cfg.vocab_size
@@ -89,28 +112,35 @@ class M3Model(nn.Module):
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | str = torch.float32, modes: Sequence[str] | str = MODES,
                         pooling: str | None = None, new_heads: bool = False, revision: str | None = None,
-                        ) -> M3Model:
+                        query_prefix: str | None = None, passage_prefix: str | None = None) -> M3Model:
         """Load a checkpoint in the BGE-M3 layout from a local directory or a hub id.
 
         Args:
             name_or_path: local directory, or a hub id such as "BAAI/bge-m3".
             device: "cpu", "cuda", "cuda:1"...; None picks cuda when available.
-            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU) or float16 (GPU only).
+            dtype: float32 (exact), bfloat16 (CPU with AVX512-BF16, GPU), float16 (GPU only) or "int8" (CPU:
+                int8 encoder linear layers, calibrated at load; `m3embed.quantize`).
             modes: the outputs this model must be able to produce; a head file they need must exist.
             pooling: override the dense pooling ("cls" or "mean") recorded beside the checkpoint.
             new_heads: create missing heads with random weights (to fine-tune a plain encoder into M3).
+            query_prefix, passage_prefix: override the prompts recorded in m3embed.json (e.g. "query: " for
+                an e5 checkpoint that has none).
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         modes = check_modes(modes)
         directory = checkpoint.resolve(name_or_path, revision)
         checkpoint.check_layout(directory, () if new_heads else modes)
+        int8 = dtype == INT8
         device, dtype = resolve_device_dtype(device, dtype)
         config = checkpoint.read_config(directory)
+        prompts = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
+                   "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix}
+        checkpoint.M3Config(pooling=config.pooling, **prompts)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
         key = checkpoint.weights_key(directory, _DIGEST_SCHEME)  # the files as they are when read
         with quiet_hf():  # the unused pooler weights are expected; don't report them
-            backbone = AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+            backbone = _load_backbone(directory, dtype)
         hidden = backbone.config.hidden_size
         heads = {}
         for mode, (file, out_features) in {"colbert": (checkpoint.HEAD_FILES["colbert"], hidden),
@@ -122,9 +152,12 @@ class M3Model(nn.Module):
                 heads[mode] = nn.Linear(hidden, out_features)
             else:
                 heads[mode] = None
-        model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"],
-                    pooling=pooling or config.pooling, name=str(name_or_path))
+        model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
+                    name=str(name_or_path), **prompts)
+        use_onednn(model)
         model = model.to(device).eval()
+        if int8:
+            quantize_int8(backbone, lambda texts: model.encode(texts, max_length=min(128, model.max_length)))
         if key is not None and key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
             key = None  # the files changed while being read: hash what was loaded, cache nothing
         model._weights_source = (directory, key, model._backbone_versions())
@@ -143,7 +176,8 @@ class M3Model(nn.Module):
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
             if head is not None:
                 checkpoint.save_head(head, directory / checkpoint.HEAD_FILES[mode])
-        checkpoint.M3Config(pooling=self.pooling).save(directory)
+        checkpoint.M3Config(pooling=self.pooling, query_prefix=self.query_prefix,
+                            passage_prefix=self.passage_prefix).save(directory)
         return directory
 
     @property
@@ -159,6 +193,8 @@ class M3Model(nn.Module):
         """
         digest = hashlib.sha256(self._config_json())
         digest.update(self.pooling.encode())
+        if self.query_prefix or self.passage_prefix:  # prompts change the outputs; none keeps older fingerprints
+            digest.update(json.dumps([self.query_prefix, self.passage_prefix]).encode())
         digest.update(b"encoder" + self._backbone_digest().encode())
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
             digest.update(mode.encode())
@@ -311,19 +347,28 @@ class M3Model(nn.Module):
         return encode(self, texts, modes, max_length=max_length, batch_tokens=batch_tokens,
                       max_batch_size=max_batch_size, mcls=mcls, progress=progress)
 
+    def with_prefix(self, texts: Sequence[str] | str, role: str) -> list[str]:
+        """The texts with the model's prefix for `role` ("query" or "passage") prepended, checked as `encode` does."""
+        if role not in ("query", "passage"):
+            raise ValueError(f"role must be 'query' or 'passage', got {role!r}")
+        prefix = self.query_prefix if role == "query" else self.passage_prefix
+        return [prefix + t for t in check_texts(texts)]
+
     def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                        max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                        mcls: bool | int = False, progress: bool | None = None) -> M3Output:
-        """`encode` truncating at `max_length`, by default `self.query_max_length` (capped at the limit)."""
-        return encode(self, texts, modes, batch_tokens=batch_tokens, max_batch_size=max_batch_size, mcls=mcls,
+        """`encode` of `query_prefix + text`, truncating at `max_length`, by default `self.query_max_length`."""
+        return encode(self, self.with_prefix(texts, "query"), modes, batch_tokens=batch_tokens,
+                      max_batch_size=max_batch_size, mcls=mcls,
                       max_length=resolve_max_length(max_length, self.max_length, self.query_max_length),
                       progress=progress)
 
     def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                       max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                       mcls: bool | int = False, progress: bool | None = None) -> M3Output:
-        """`encode` truncating at `max_length`, by default `self.passage_max_length` (capped at the limit)."""
-        return encode(self, texts, modes, batch_tokens=batch_tokens, max_batch_size=max_batch_size, mcls=mcls,
+        """`encode` of `passage_prefix + text`, truncating at `max_length`, by default `self.passage_max_length`."""
+        return encode(self, self.with_prefix(texts, "passage"), modes, batch_tokens=batch_tokens,
+                      max_batch_size=max_batch_size, mcls=mcls,
                       max_length=resolve_max_length(max_length, self.max_length, self.passage_max_length),
                       progress=progress)
 

@@ -36,6 +36,7 @@ SEARCH_MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
 CANDIDATE_ROUTES = ("dense", "sparse")  # searched over the whole index; hybrid modes rescore their union
 SEARCH_WEIGHTS = (0.4, 0.2, 0.4)  # BGE-M3 README: dense 0.4, sparse 0.2, colbert 0.4
 SCORE_WEIGHTS = (1.0, 1.0, 1.0)  # FlagEmbedding BGEM3FlagModel.compute_score's default
+DEFAULT_RERANK_TOP = 100  # first-stage hits a cross-encoder reranker rescores, unless told otherwise
 
 _SCORED = {"dense": ("dense",), "sparse": ("sparse",), "colbert": ("colbert",),
            "dense+sparse": ("dense", "sparse"), "all": MODES}

@@ -109,7 +109,7 @@ def test_serve_command_sigterm_finishes_upsert(m3_model, xlmr_ckpt, tmp_path):
         upsert, result = _in_background(lambda: httpx.post(f"{url}/v1/documents", json={"documents": docs},
                                                            headers=auth, timeout=120))
         # in flight = the upsert plus this /metrics request itself
-        _wait(lambda: "m3embed_http_requests_in_progress 2.0" in httpx.get(f"{url}/metrics").text,
+        _wait(lambda: "m3embed_http_requests_in_progress 2.0" in httpx.get(f"{url}/metrics", headers=auth).text,
               what="upsert in flight")
         proc.send_signal(signal.SIGTERM)
         upsert.join(120)

@@ -20,8 +20,7 @@ from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher
 from m3embed.evaluate.data import Dataset, Run, Searcher
 from m3embed.evaluate.metrics import mean_metrics, per_query_metrics, truncate_run
-from m3embed.index.store import DEFAULT_RERANK_TOP
-from m3embed.modes import MODES, SEARCH_MODES, check_search_mode, index_representations
+from m3embed.modes import DEFAULT_RERANK_TOP, MODES, SEARCH_MODES, check_search_mode, index_representations
 from m3embed.tokenize import resolve_max_length
 
 logger = logging.getLogger(__name__)
@@ -266,10 +265,10 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
     """
     if reranker is not None and model is None:
         raise ValueError("a reranker reranks the model's runs: give a model too")
-    if not 1 <= m3.rerank_top <= k:
-        raise ValueError(f"rerank_top={m3.rerank_top} must be between 1 and k={k}")
     if k < 100:
         raise ValueError(f"k={k} is below 100; Recall@100 needs at least 100 retrieved documents per query")
+    if reranker is not None and not 1 <= m3.rerank_top <= k:
+        raise ValueError(f"rerank_top={m3.rerank_top} must be between 1 and k={k}")
     if model is None and bm25 is None:
         raise ValueError("nothing to evaluate: give a model, or keep the BM25 baseline")
     require("pytrec_eval", "eval")  # fail now, not after the index is built

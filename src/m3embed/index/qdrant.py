@@ -93,8 +93,12 @@ class QdrantStore(Store):
         """Create the collection with named vectors for the manifest's modes.
 
         Args:
-            collection_options: passed to `create_collection` (e.g. shard_number, replication_factor).
+            collection_options: passed to `create_collection` (e.g. shard_number, replication_factor,
+                write_consistency_factor), except `on_disk`: True keeps vectors, the sparse index and payloads on
+                disk (memory-mapped) instead of in RAM.
         """
+        options = dict(collection_options or {})
+        on_disk = bool(options.pop("on_disk", False))
         with server_errors(describe_client(client)):
             exists = client.collection_exists(collection)
         if exists:
@@ -102,17 +106,23 @@ class QdrantStore(Store):
                                   "another collection name")
         vectors = {}
         if "dense" in manifest.modes:
-            vectors["dense"] = models.VectorParams(size=manifest.dim, distance=models.Distance.DOT)
+            vectors["dense"] = models.VectorParams(size=manifest.dim, distance=models.Distance.DOT,
+                                                   on_disk=on_disk or None)
         if "colbert" in manifest.modes:
             vectors["colbert"] = models.VectorParams(
                 size=manifest.colbert_dim, distance=models.Distance.DOT,
                 datatype=models.Datatype.FLOAT16 if manifest.colbert_dtype == "float16" else None,
                 multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
-                hnsw_config=models.HnswConfigDiff(m=0))  # rescoring only: no graph
-        sparse = {"sparse": models.SparseVectorParams()} if "sparse" in manifest.modes else None
+                hnsw_config=models.HnswConfigDiff(m=0), on_disk=on_disk or None)  # rescoring only: no graph
+        sparse = None
+        if "sparse" in manifest.modes:
+            sparse = {"sparse": models.SparseVectorParams(
+                index=models.SparseIndexParams(on_disk=True) if on_disk else None)}
+        if on_disk:
+            options.setdefault("on_disk_payload", True)
         with server_errors(describe_client(client)):
             client.create_collection(collection, vectors_config=vectors, sparse_vectors_config=sparse,
-                                     metadata={METADATA_KEY: manifest.to_json()}, **dict(collection_options or {}))
+                                     metadata={METADATA_KEY: manifest.to_json()}, **options)
         return cls(client, collection, owns_client)
 
     @_remote

@@ -22,7 +22,6 @@ from m3embed.modes import CANDIDATE_ROUTES, scored
 from m3embed.types import SparseVector
 
 DEFAULT_CANDIDATES = 100  # per candidate route (dense and sparse); the union is rescored
-DEFAULT_RERANK_TOP = 100  # first-stage hits a cross-encoder reranker rescores, unless told otherwise
 # dense searches use HNSW ef = max(4 x limit, 256): at 100k bge-m3-shaped documents ef 128 found 0.935 of the
 # exact top 10 and ef 256 0.996 (benchmarks/search.py data, m=16, ef_construct=100), for +0.15 ms
 MIN_HNSW_EF = 256

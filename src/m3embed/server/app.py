@@ -6,6 +6,10 @@ model is never used by two threads at once. Large requests are split into chunks
 requests, and a request whose client disconnects is cancelled (its remaining chunks are dropped). Index writes
 run on the same worker, in arrival order, so shutdown (which drains the worker) never leaves one half done.
 
+Longer than 400 lines because every route closes over one `_Service` (model worker, limits, index, reranker)
+built in `create_app`; each route is a few lines over it, and batching, errors, schemas and metrics have
+modules of their own.
+
 Shutdown is bounded by `ServerSettings.graceful_timeout`: run the app with `Server`, and from SIGTERM on new
 requests get a 503 (code "shutting_down") while the requests in flight go on; when the timeout is up, the worker
 fails what is left of them with the same 503.
@@ -190,7 +194,10 @@ class _Service:
         return [min(n, self.max_length) for n in counts]
 
     async def encode(self, texts: list[str], modes: tuple[str, ...], route: str, *, truncate: bool = True,
-                     param: str = "input") -> tuple[M3Output, s.Usage]:
+                     param: str = "input", role: str | None = None) -> tuple[M3Output, s.Usage]:
+        """Encode through the batcher; `role` ("query" / "passage") prepends the model's prompt for it."""
+        if role is not None:
+            texts = self.model.with_prefix(texts, role)
         counts = await self.count(texts, truncate=truncate, param=param)
         out = await self.batcher.encode(texts, modes, tokens=counts)
         return out, self.usage(int(out.n_tokens.sum()), route)
@@ -406,7 +413,7 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
                                 f"{svc.model.hidden_size} dimensions (omit the field)", code="dimensions",
                            param="dimensions")
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings")
+        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.input_type)
         data = [s.Embedding(index=i, embedding=_vector(v, req.encoding_format)) for i, v in enumerate(out.dense)]
         return _json(s.EmbeddingResponse(data=data, model=svc.name, usage=usage))
 
@@ -416,7 +423,7 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
         svc.check_model(req.model)
         modes = svc.check_modes(req.modes)
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate)
+        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.input_type)
         fmt, data = req.encoding_format, []
         for i in range(len(texts)):
             item = s.EncodedText(index=i, n_tokens=int(out.n_tokens[i]))
@@ -506,7 +513,7 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         texts = [d.text for d in docs]
         svc.check_chars(texts, "documents")
         modes = tuple(index.manifest.modes)
-        out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents")
+        out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents", role="passage")
         try:
             count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
         except DiskFullError as e:
@@ -555,7 +562,7 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
                      else "rerank" if "rerank" in text else "mode")
             raise ApiError(422, text, code="invalid_search", param=param) from None
         queries = svc.texts(req.query, "query")
-        out, usage = await svc.encode(queries, spec.query_modes, "/v1/search", param="query")
+        out, usage = await svc.encode(queries, spec.query_modes, "/v1/search", param="query", role="query")
         found = await anyio.to_thread.run_sync(lambda: index.first_stage(spec, out))
         if cross is not None:
             found = await svc.batcher.call(lambda: rerank_hits(cross, queries, found, spec.k, spec.mode,

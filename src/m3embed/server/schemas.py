@@ -12,11 +12,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3embed.documents import check_id
-from m3embed.index.store import DEFAULT_RERANK_TOP
-from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
+from m3embed.modes import DEFAULT_RERANK_TOP, MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 Mode = Literal[MODES]
 EncodingFormat = Literal["float", "base64"]
+InputType = Literal["query", "passage"]
+INPUT_TYPE_HELP = ("query or passage: prepend the model's prompt for that role (e5 models: 'query: ' / 'passage: '; "
+                   "no effect on models without prompts); omitted: the text as sent")
 # OpenAI also accepts token ids (a list of ints, or a list of such lists); we name that case in a clear 422
 TextInput = str | list[str] | list[int] | list[list[int]]
 
@@ -49,6 +51,7 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(description="the served model name (see GET /v1/models)")
     encoding_format: EncodingFormat = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, description="must equal the model's hidden size if given")
+    input_type: InputType | None = Field(None, description=INPUT_TYPE_HELP)
     user: str | None = Field(None, description="accepted for compatibility; unused")
 
 
@@ -89,6 +92,7 @@ class EncodeRequest(BaseModel):
     )
     return_tokens: bool = Field(False, description="add the token string of each sparse index")
     truncate: bool = Field(True, description="false: reject texts longer than the server's max length")
+    input_type: InputType | None = Field(None, description=INPUT_TYPE_HELP)
 
 
 class Sparse(BaseModel):

@@ -1,5 +1,8 @@
 """Training losses: BGE-M3's per-mode InfoNCE, ensemble, self- and teacher-score distillation; the reranker's.
 
+Longer than 400 lines: each loss of the M3 recipe and the reranker's is a short pure function, kept together
+with the one module that runs them so the recipe reads in one place.
+
 The math lives in pure functions on score tensors; `M3TrainingLoss` holds the model and its `LossConfig`,
 encodes a batch (in checkpointed sub-batches if asked) and calls them. Conventions, as in FlagEmbedding's M3 code:
 

@@ -1,5 +1,8 @@
 """The training loop: data → M3TrainingLoss (optionally DDP) → AdamW, checkpoints, resume, JSON-lines log.
 
+Longer than 400 lines because the loop and its checkpoint state (complete checkpoints, optimizer, RNG per
+process, log trimming on resume) change together; losses, data, config and distributed helpers are elsewhere.
+
 `train(config)` is the one-call API (and what `m3embed train` runs). Launched by torchrun it joins the
 process group, wraps the loss module in DistributedDataParallel and gathers dense negatives across
 processes; on one process the same code runs without any of that.
@@ -274,12 +277,13 @@ class Trainer:
     # ---- one step ----
 
     def collate(self, batch: TrainBatch) -> dict[str, torch.Tensor | None]:
-        """Tokenise a batch (truncated at the query/passage max lengths) into padded tensors on the device."""
+        """Tokenise a batch (with the model's query/passage prefixes, truncated at the max lengths) on the device."""
         from m3embed.tokenize import pad, tokenize
 
-        tok = self.model.tokenizer
-        q_ids, q_mask = pad(tokenize(tok, batch.queries, self.query_max_length), tok.pad_token_id)
-        p_ids, p_mask = pad(tokenize(tok, batch.passages, self.passage_max_length), tok.pad_token_id)
+        tok, model = self.model.tokenizer, self.model
+        queries, passages = model.with_prefix(batch.queries, "query"), model.with_prefix(batch.passages, "passage")
+        q_ids, q_mask = pad(tokenize(tok, queries, self.query_max_length), tok.pad_token_id)
+        p_ids, p_mask = pad(tokenize(tok, passages, self.passage_max_length), tok.pad_token_id)
         teacher = (
             None if batch.teacher_scores is None else torch.tensor(batch.teacher_scores, dtype=torch.float32)
         )

