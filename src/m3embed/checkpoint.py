@@ -146,15 +146,65 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
     return target
 
 
+# a trained tensor may ship as a row-wise quantised delta over the backbone's: NAME + QDELTA holds the codes
+# (int8: one per value; uint8: two 4-bit codes per byte, even column in the low nibble, code = q + 8, q in
+# -7..7), NAME + QSCALE the float16 scale per row (delta ≈ q · scale); see `quantize_delta`
+QDELTA, QSCALE = ".qdelta", ".qscale"
+
+
+def quantize_delta(delta: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+    """{QDELTA: codes, QSCALE: (rows, 1) float16 scales} of a 2-D delta, symmetric round-to-nearest per row
+    with 2**(bits-1) - 1 levels each side (bits 8 or 4; 4 needs an even column count)."""
+    import torch
+
+    if bits not in (4, 8) or delta.dim() != 2 or (bits == 4 and delta.shape[1] % 2):
+        raise ValueError(f"quantize_delta takes a 2-D tensor (even columns for 4 bits) and bits 4 or 8; got "
+                         f"shape {tuple(delta.shape)}, bits {bits}")
+    levels = 2 ** (bits - 1) - 1
+    delta = delta.float()
+    scale = (delta.abs().amax(dim=1, keepdim=True) / levels).to(torch.float16)
+    safe = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
+    q = torch.clamp(torch.round(delta / safe), -levels, levels).to(torch.int8)
+    if bits == 4:
+        codes = (q + 8).to(torch.uint8)
+        q = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return {QDELTA: q.contiguous(), QSCALE: scale.contiguous()}
+
+
+def dequantize_delta(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 delta of `quantize_delta`'s codes (int8, or uint8 packed 4-bit) and row scales."""
+    import torch
+
+    if codes.dtype == torch.uint8:
+        q = torch.stack(((codes & 0xF).to(torch.int8) - 8, (codes >> 4).to(torch.int8) - 8), dim=-1)
+        codes = q.reshape(codes.shape[0], -1)
+    elif codes.dtype != torch.int8:
+        raise ValueError(f"quantised delta codes must be int8 or uint8, got {codes.dtype}")
+    return codes.float() * scale.float()
+
+
 def _merge_trained(weights: Path, trained: Path) -> None:
-    """Rewrite `weights` (the backbone's) as the full model: prefixed backbone tensors, then ours, in float32."""
+    """Rewrite `weights` (the backbone's) as the full model: prefixed backbone tensors, then ours, in float32.
+
+    Ours replace the backbone's tensors, or, for a quantised delta (NAME + QDELTA / QSCALE), are added to them.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(trained, "pt") as f:
         prefix = (f.metadata() or {}).get("backbone_prefix", "")
     merged = {prefix + k: v for k, v in load_file(weights).items()}
-    merged.update(load_file(trained))
+    ours = load_file(trained)
+    for key in [k for k in ours if k.endswith(QDELTA)]:
+        name = key[: -len(QDELTA)]
+        if name not in merged or name + QSCALE not in ours:
+            raise ValueError(f"{trained}: {key} has no backbone tensor {name} or no {name + QSCALE}")
+        delta = dequantize_delta(ours.pop(key), ours.pop(name + QSCALE))
+        if delta.shape != merged[name].shape:
+            raise ValueError(f"{trained}: {key} gives shape {tuple(delta.shape)}, the backbone's {name} is "
+                             f"{tuple(merged[name].shape)}")
+        merged[name] = merged[name].float() + delta
+    merged.update(ours)
     weights.unlink()  # it may be a hard link to a cached backbone: write a new file, never through the link
     save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in merged.items()},
               str(weights), metadata={"format": "pt"})
