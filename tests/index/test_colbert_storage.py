@@ -16,6 +16,7 @@ from m3embed.index import Index
 from m3embed.index.footprint import measure_ram
 from m3embed.index.manifest import MANIFEST_NAME, ColbertStorage, read_manifest
 from m3embed.index.pooling import pool_tokens
+from tests.index.test_cli_index import m3embed, write_docs
 
 K, CANDIDATES = 10, 20
 OPTIONS = {
@@ -226,3 +227,19 @@ def test_info_reports_measured_bytes(make_index, corpus, tmp_path) -> None:
     assert info["disk_bytes_per_doc"] == round(info["disk_bytes"] / len(corpus.ids), 1)
     index.close()
     assert measure_ram(tmp_path / "idx") > 0
+
+
+def test_cli_build_options_and_info_measure(tmp_path, xlmr_ckpt) -> None:
+    docs, idx = tmp_path / "docs.jsonl", tmp_path / "idx"
+    write_docs(docs, 20)
+    run = m3embed("index", "build", idx, docs, "--model", xlmr_ckpt, "--colbert-quantization", "binary",
+                  "--colbert-originals", "disk", "--no-colbert-rescore", "--pool-factor", "2")
+    assert run.returncode == 0, run.stderr
+    assert read_manifest(idx).colbert_storage == ColbertStorage("binary", "disk", rescore=False, pool_factor=2)
+    run = m3embed("index", "info", idx, "--measure-ram")
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"colbert_storage\s+.*quantization=binary, originals=disk, rescore=False", run.stdout)
+    for key in ("colbert_disk_bytes_per_token", "disk_bytes_per_doc", "ram_bytes_per_token", "ram_bytes "):
+        assert key in run.stdout, run.stdout
+    run = m3embed("index", "build", tmp_path / "bad", docs, "--model", xlmr_ckpt, "--colbert-quantization", "int4")
+    assert run.returncode != 0 and "quantization must be one of none, int8, binary, got 'int4'" in run.stderr
