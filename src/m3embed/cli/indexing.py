@@ -261,7 +261,7 @@ def index_info(
     with open_index(index, collection=collection) as idx:
         info = idx.info()
     if measure_ram:  # after closing: the measuring process opens the index itself
-        ram = {"ram_bytes": measure(index, collection)}
+        ram = measure(index, collection)
         info.update(ram, **per_unit(ram, info["count"], info.get("colbert_tokens")))
     table = Table(show_header=False, title=Text(f"m3embed index: {index}"))
     for k, v in info.items():

@@ -7,7 +7,6 @@ in a fresh process), per document and per ColBERT token. Measured, never compute
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,39 +35,66 @@ def per_unit(sizes: dict[str, Any], count: int, tokens: int | None) -> dict[str,
     return out
 
 
-def resident_bytes() -> int:
-    """This process's resident set size (Linux /proc)."""
+def memory_status() -> dict[str, int]:
+    """This process's resident set and its peak, in bytes (Linux /proc/self/status: VmRSS, VmHWM)."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError) as e:
-        raise OSError(f"measuring RAM reads /proc/self/statm (Linux): {e}") from None
-    return pages * os.sysconf("SC_PAGE_SIZE")
+        text = Path("/proc/self/status").read_text()
+    except OSError as e:
+        raise OSError(f"measuring RAM reads /proc/self/status (Linux): {e}") from None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
 
 
-def measure_ram(location: str | Path, collection: str | None = None) -> int:
-    """Resident memory (bytes) that opening the index adds in a fresh Python process: RSS after
-    `Index.open` and a count, minus RSS before it with the engine's modules already imported. The index
-    must not be open elsewhere (its directory lock)."""
+def mapped_resident_bytes(under: Path) -> int:
+    """Resident bytes of this process's file mappings under a directory (/proc/self/smaps)."""
+    prefix, total, inside = str(under.resolve()), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line
+            inside = len(head) >= 6 and head[5].startswith(prefix)
+        elif inside and head and head[0] == "Rss:":
+            total += int(head[1]) * 1024
+    return total
+
+
+def measure_ram(location: str | Path, collection: str | None = None) -> dict[str, int]:
+    """What opening the index costs in RAM, measured in a fresh Python process (the index must not be open
+    elsewhere: its directory lock):
+
+    - `ram_bytes`: resident memory added by `Index.open` and a count, once the C allocator has returned
+      freed memory (glibc `malloc_trim`), over the process with the engines' modules imported;
+    - `ram_peak_bytes`: the peak while opening (Qdrant Edge replays its write-ahead log then);
+    - `wal_ram_bytes`: the part of `ram_bytes` that is the engine's write-ahead log mapped in (page cache
+      the system can reclaim), Qdrant Edge only.
+    """
     cmd = [sys.executable, "-m", "m3embed.index.footprint", str(location)] + ([collection] if collection else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"measuring the RAM of index {location} failed: {last}")
-    return int(json.loads(done.stdout.strip().splitlines()[-1])["ram_bytes"])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _main(argv: list[str]) -> None:
+    import ctypes
+    import ctypes.util
+
     import qdrant_client  # noqa: F401 (imported before the baseline: the engines' code is not the index)
     import qdrant_edge  # noqa: F401
 
     from m3embed.index import Index
     from m3embed.index.core import DEFAULT_COLLECTION
 
-    before = resident_bytes()
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    before = memory_status()
     with Index.open(argv[0], collection=argv[1] if len(argv) > 1 else DEFAULT_COLLECTION) as index:
         index.count()
-        grown = resident_bytes() - before
-    print(json.dumps({"ram_bytes": grown}))
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+        after = memory_status()
+        wal = mapped_resident_bytes(Path(argv[0]) / "shard" / "wal")
+    print(json.dumps({"ram_bytes": after["VmRSS"] - before["VmRSS"],
+                      "ram_peak_bytes": max(after["VmHWM"] - before["VmRSS"], 0), "wal_ram_bytes": wal}))
 
 
 if __name__ == "__main__":
