@@ -351,11 +351,12 @@ class Index:
 
     def info(self) -> dict[str, Any]:
         """Location, engine, model identity, stored modes, colbert storage and document count, and for an index
-        directory its measured size on disk (`m3embed.index.footprint.disk_footprint`)."""
+        directory its measured size on disk (`m3embed.index.footprint.disk_footprint`, after a flush)."""
         info = {"location": self.location, **self.manifest.to_json(), "count": self.count()}
         if self.directory is not None:
             from m3embed.index.footprint import disk_footprint
 
+            self.flush()  # the engine's files as they are, not as they were at the last flush
             with self._reading():
                 info.update(disk_footprint(self.directory, self.store.colbert_footprint(), info["count"]))
         return info
