@@ -4,7 +4,8 @@ bytes, measured on built indexes (issue 10). One function per part:
 - `--part quality`: the shipped model `minilm-m3` (bfloat16; passages cut at 256 tokens, queries at 512, as in
   docs/results.md) on the 6 classic sets and xquad/en (dev qrels). Each set is encoded once (cached in
   --cache); then every storage option x pool factor 1/2/3 gets its own Qdrant Edge index built from those
-  outputs (`Index.add_outputs`), searched with `colbert` and `all` (k 100, 100 dense + 100 sparse candidates),
+  outputs (`Index.add_outputs`), searched with `colbert` and `all` (k 10, 100 dense + 100 sparse candidates:
+  rescoring reads the originals of oversampling x 10 of the union),
   scored with pytrec_eval (nDCG@10), and measured: the colbert storage's allocated bytes on disk and the
   index's resident memory once opened, per ColBERT token.
 - `--part fidelity`: synthetic bge-m3-shaped documents (1024-d, `m3testkit.synthetic` as in
@@ -129,7 +130,7 @@ def encode_set(name: str, model: Any, cache: Path) -> tuple[Any, M3Output, M3Out
 def ndcg(index: Index, dataset: Any, queries: M3Output, mode: str) -> float:
     from m3embed.evaluate import evaluate_run
 
-    spec = index.prepare(k=100, mode=mode, weights=WEIGHTS)
+    spec = index.prepare(k=10, mode=mode, weights=WEIGHTS, candidates=100)
     hits = index.run(spec, queries)
     run = {q: {h.id: h.score for h in found} for q, found in zip(dataset.queries, hits)}
     return evaluate_run(dataset.qrels, run)["nDCG@10"]

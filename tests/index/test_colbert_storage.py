@@ -244,3 +244,18 @@ def test_cli_build_options_and_info_measure(tmp_path, xlmr_ckpt) -> None:
         assert key in run.stdout, run.stdout
     run = m3embed("index", "build", tmp_path / "bad", docs, "--model", xlmr_ckpt, "--colbert-quantization", "int4")
     assert run.returncode != 0 and "quantization must be one of none, int8, binary, got 'int4'" in run.stderr
+
+
+def test_rescoring_with_colbert_top_scores_its_hits_exactly(make_index, corpus, exact) -> None:
+    index = make_index("edge", colbert_storage=ColbertStorage("binary", oversampling=2.0))
+    index.add_outputs(corpus.ids, corpus.docs)
+    index.optimize()
+    for i in range(3):
+        hits = index.search(corpus.queries.select([i]), k=5, mode="all", candidates=CANDIDATES, colbert_top=15)[0]
+        allowed = set(exact.search(corpus.queries, i, "dense+sparse", 15, CANDIDATES)[0].tolist())
+        s = exact.per_mode(corpus.queries, i)
+        for h in hits:  # from the colbert_top best by dense+sparse, each scored with the exact formula
+            doc = corpus.ids.index(h.id)
+            assert doc in allowed
+            np.testing.assert_allclose(h.score, 0.4 * s["dense"][doc] + 0.2 * s["sparse"][doc]
+                                       + 0.4 * s["colbert"][doc], rtol=1e-4)
