@@ -11,15 +11,19 @@ bytes, measured on built indexes (issue 10). One function per part:
 - `--part fidelity`: synthetic bge-m3-shaped documents (1024-d, `m3testkit.synthetic` as in
   benchmarks/search.py): recall@10 of `all` against the exact float32 M3 formula over the whole corpus, per
   option, with the same byte measurements at bge-m3's width.
+- `--part ram`: RAM and disk per ColBERT token at the margin (`part_ram`), at 1024-d and at minilm-m3's 384-d.
 
 RAM is measured in a fresh process (`m3embed.index.footprint.measure_ram`) on a copy of the built index
 without its write-ahead log: Qdrant Edge 0.9 replays the whole log when it opens a shard, which peaks at ~25x
 the log's size (a passing cost of opening, the same for every option, reported separately by `index info
---measure-ram`). The ColBERT field's share is the index's resident memory minus that of a twin index
-without the colbert field (same documents), per stored ColBERT token.
+--measure-ram`). The quality and fidelity rows record the whole index's resident bytes and those of a twin
+index without the colbert field; on small corpora both are dominated by fixed costs (Qdrant Edge maps its
+appendable segments in 32 MB chunks), so the per-token RAM figures come from `--part ram`, which measures
+at the margin between two corpus sizes.
 
     python benchmarks/colbert_storage.py --part quality     # about 25 minutes on 2 busy cores
-    python benchmarks/colbert_storage.py --part fidelity    # about 10 minutes
+    python benchmarks/colbert_storage.py --part fidelity    # about 15 minutes
+    python benchmarks/colbert_storage.py --part ram         # about 15 minutes
 """
 
 from __future__ import annotations
@@ -213,6 +217,53 @@ def part_fidelity(args: argparse.Namespace) -> dict[str, Any]:
     return {"part": "fidelity", "docs": args.docs, "queries": args.queries, "rows": rows}
 
 
+# ---- ram ----
+
+
+def part_ram(args: argparse.Namespace) -> dict[str, Any]:
+    """Marginal bytes per ColBERT token: each option built at two corpus sizes (synthetic, at each width),
+    (bytes at the larger - bytes at the smaller) / (tokens at the larger - tokens at the smaller). What every
+    index has whatever its size (the engine's 32 MB file chunks, thread pools, the other fields' fixed parts)
+    cancels; what grows with the documents (their other fields too, measured by the twin without colbert)
+    remains."""
+    from m3testkit import synthetic
+
+    rows = []
+    sizes = (args.docs // 2, args.docs)
+    for dim in args.dims:
+        docs = synthetic.corpus(args.docs, dim=dim, seed=0)
+        ids = [f"d{i}" for i in range(len(docs))]
+        identity = {"fingerprint": f"synthetic-{dim}", "dim": dim}
+        with tempfile.TemporaryDirectory(prefix="colbert-ram-", dir=args.tmp) as tmp:
+            for option in [None, *args.options]:
+                got = []
+                for n in sizes:
+                    path = Path(tmp) / f"{option}-{n}".replace(" ", "_")
+                    index = build(path, docs.select(range(n)), ids[:n], None if option is None else OPTIONS[option],
+                                  identity)
+                    got.append(measure(index, path, time.perf_counter()))
+                    shutil.rmtree(path)
+                small, large = got
+                tokens = large.colbert_tokens - small.colbert_tokens
+                row = {"dim": dim, "option": option or "(dense+sparse only)", "docs": list(sizes),
+                       "ram_bytes": [small.ram_bytes, large.ram_bytes],
+                       "colbert_tokens": [small.colbert_tokens, large.colbert_tokens],
+                       "colbert_disk_bytes": [small.colbert_disk_bytes, large.colbert_disk_bytes],
+                       "ram_bytes_per_doc": round((large.ram_bytes - small.ram_bytes) / (sizes[1] - sizes[0]), 1)}
+                if tokens:
+                    row["index_ram_bytes_per_token"] = round((large.ram_bytes - small.ram_bytes) / tokens, 1)
+                    row["disk_bytes_per_token"] = round(
+                        (large.colbert_disk_bytes - small.colbert_disk_bytes) / tokens, 1)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    twin = {r["dim"]: r["ram_bytes_per_doc"] for r in rows if r["option"] == "(dense+sparse only)"}
+    for r in rows:  # the colbert field's share: what the index adds per document beyond the twin, per token
+        if "index_ram_bytes_per_token" in r:
+            per_doc_tokens = (r["colbert_tokens"][1] - r["colbert_tokens"][0]) / (sizes[1] - sizes[0])
+            r["colbert_ram_bytes_per_token"] = round((r["ram_bytes_per_doc"] - twin[r["dim"]]) / per_doc_tokens, 1)
+    return {"part": "ram", "sizes": list(sizes), "rows": rows}
+
+
 # ---- tables ----
 
 
@@ -223,8 +274,8 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
     base = {r["set"]: r for r in rows if r["option"] == "float16" and r["pool_factor"] == 1}
     largest = max(sets, key=lambda s: base[s]["colbert_tokens"] if s in base else 0)
     short = [s.split("/")[-1] for s in sets]
-    lines = ["| option | pool | mode | " + " | ".join(short) + " | mean | Δall mean | Δall worst | disk B/tok | "
-             f"RAM B/tok ({largest.split('/')[-1]}) |",
+    lines = ["| option | pool | mode | " + " | ".join(short) + " | mean | Δall mean | Δall worst | "
+             f"ColBERT disk B/tok ({largest.split('/')[-1]}) | index RAM MB ({largest.split('/')[-1]}) |",
              "|---|---|---|" + "---|" * (len(sets) + 5)]
     for (option, pool) in dict.fromkeys((r["option"], r["pool_factor"]) for r in rows):
         got = {r["set"]: r for r in rows if r["option"] == option and r["pool_factor"] == pool}
@@ -236,7 +287,7 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
                 cells += [f"{np.mean(loss):+.4f}", f"{min(loss):+.4f}"]
                 big = got.get(largest, {})
                 cells += [f"{big.get('disk_bytes_per_token', float('nan')):.0f}",
-                          f"{big.get('ram_bytes_per_token', float('nan')):.0f}"]
+                          f"{big.get('ram_bytes', float('nan')) / 1e6:.0f}"]
             else:
                 cells += ["", "", "", ""]
             lines.append(f"| {option} | {pool} | {mode} | " + " | ".join(cells) + " |")
@@ -252,9 +303,21 @@ def fidelity_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ram_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| width | option | RAM B/doc | index RAM B/token | ColBERT RAM B/token | ColBERT disk B/token |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dim']} | {r['option']} | {r['ram_bytes_per_doc']:.0f} | "
+                     f"{r.get('index_ram_bytes_per_token', float('nan')):.0f} | "
+                     f"{r.get('colbert_ram_bytes_per_token', float('nan')):.0f} | "
+                     f"{r.get('disk_bytes_per_token', float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
 PARTS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], Callable[[list], str]]] = {
     "quality": (part_quality, quality_table),
     "fidelity": (part_fidelity, fidelity_table),
+    "ram": (part_ram, ram_table),
 }
 
 
@@ -263,14 +326,19 @@ def main() -> None:
     parser.add_argument("--part", choices=list(PARTS), required=True)
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
-    parser.add_argument("--docs", type=int, default=1000, help="fidelity: synthetic documents")
+    parser.add_argument("--docs", type=int, default=1000, help="fidelity, ram: synthetic documents")
+    parser.add_argument("--dims", type=int, nargs="+", default=[1024, 384], help="ram: vector widths")
     parser.add_argument("--queries", type=int, default=50, help="fidelity: synthetic queries")
     parser.add_argument("--cache", type=Path, default=Path("runs/colbert_storage/encoded"),
                         help="quality: encoded sets (reused across runs)")
     parser.add_argument("--tmp", type=Path, default=None, help="where the indexes are built (default: $TMPDIR)")
     parser.add_argument("--out", type=Path, default=Path("runs/colbert_storage"))
+    parser.add_argument("--tables", type=Path, default=None, help="print the tables of an earlier run's JSON")
     args = parser.parse_args()
     run, table = PARTS[args.part]
+    if args.tables:
+        print(table(json.loads(args.tables.read_text())["rows"]))
+        return
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.part}.json"
