@@ -221,46 +221,41 @@ def part_fidelity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def part_ram(args: argparse.Namespace) -> dict[str, Any]:
-    """Marginal bytes per ColBERT token: each option built at two corpus sizes (synthetic, at each width),
-    (bytes at the larger - bytes at the smaller) / (tokens at the larger - tokens at the smaller). What every
-    index has whatever its size (the engine's 32 MB file chunks, thread pools, the other fields' fixed parts)
-    cancels; what grows with the documents (their other fields too, measured by the twin without colbert)
-    remains."""
+    """Bytes per ColBERT token at the margin. Each option is built at two corpus sizes (synthetic, at each
+    width) twice: with the documents' ColBERT rows, and as a twin whose documents keep one row each (same
+    option, so the same kind of segments). RAM per token = (growth of the index - growth of the twin) /
+    (growth in rows - growth in documents): what every index has whatever its size (the engine's 32 MB file
+    chunks, thread pools) and what the other fields and the per-document offsets take cancel."""
     from m3testkit import synthetic
 
     rows = []
     sizes = (args.docs // 2, args.docs)
     for dim in args.dims:
         docs = synthetic.corpus(args.docs, dim=dim, seed=0)
+        ones = M3Output(dense=docs.dense, sparse=docs.sparse, colbert=[c[:1] for c in docs.colbert],
+                        n_tokens=np.full(len(docs), 2))
         ids = [f"d{i}" for i in range(len(docs))]
         identity = {"fingerprint": f"synthetic-{dim}", "dim": dim}
         with tempfile.TemporaryDirectory(prefix="colbert-ram-", dir=args.tmp) as tmp:
-            for option in [None, *args.options]:
-                got = []
+            for option in args.options:
+                got: dict[str, list[Built]] = {"index": [], "twin": []}
                 for n in sizes:
-                    path = Path(tmp) / f"{option}-{n}".replace(" ", "_")
-                    index = build(path, docs.select(range(n)), ids[:n], None if option is None else OPTIONS[option],
-                                  identity)
-                    got.append(measure(index, path, time.perf_counter()))
-                    shutil.rmtree(path)
-                small, large = got
-                tokens = large.colbert_tokens - small.colbert_tokens
-                row = {"dim": dim, "option": option or "(dense+sparse only)", "docs": list(sizes),
-                       "ram_bytes": [small.ram_bytes, large.ram_bytes],
-                       "colbert_tokens": [small.colbert_tokens, large.colbert_tokens],
-                       "colbert_disk_bytes": [small.colbert_disk_bytes, large.colbert_disk_bytes],
-                       "ram_bytes_per_doc": round((large.ram_bytes - small.ram_bytes) / (sizes[1] - sizes[0]), 1)}
-                if tokens:
-                    row["index_ram_bytes_per_token"] = round((large.ram_bytes - small.ram_bytes) / tokens, 1)
-                    row["disk_bytes_per_token"] = round(
-                        (large.colbert_disk_bytes - small.colbert_disk_bytes) / tokens, 1)
+                    for kind, outputs in (("index", docs), ("twin", ones)):
+                        path = Path(tmp) / f"{option}-{kind}-{n}".replace(" ", "_")
+                        index = build(path, outputs.select(range(n)), ids[:n], OPTIONS[option], identity)
+                        got[kind].append(measure(index, path, time.perf_counter()))
+                        shutil.rmtree(path)
+                grow = {kind: (b[1].ram_bytes - b[0].ram_bytes, b[1].colbert_tokens - b[0].colbert_tokens,
+                               b[1].colbert_disk_bytes - b[0].colbert_disk_bytes) for kind, b in got.items()}
+                rows_added = grow["index"][1] - grow["twin"][1]
+                row = {"dim": dim, "option": option, "docs": list(sizes),
+                       **{f"{kind}_{field}": [getattr(b, field) for b in built] for kind, built in got.items()
+                          for field in ("ram_bytes", "colbert_tokens", "colbert_disk_bytes")},
+                       "index_ram_bytes_per_doc": round(grow["index"][0] / (sizes[1] - sizes[0]), 1),
+                       "colbert_ram_bytes_per_token": round((grow["index"][0] - grow["twin"][0]) / rows_added, 1),
+                       "colbert_disk_bytes_per_token": round((grow["index"][2] - grow["twin"][2]) / rows_added, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    twin = {r["dim"]: r["ram_bytes_per_doc"] for r in rows if r["option"] == "(dense+sparse only)"}
-    for r in rows:  # the colbert field's share: what the index adds per document beyond the twin, per token
-        if "index_ram_bytes_per_token" in r:
-            per_doc_tokens = (r["colbert_tokens"][1] - r["colbert_tokens"][0]) / (sizes[1] - sizes[0])
-            r["colbert_ram_bytes_per_token"] = round((r["ram_bytes_per_doc"] - twin[r["dim"]]) / per_doc_tokens, 1)
     return {"part": "ram", "sizes": list(sizes), "rows": rows}
 
 
@@ -304,13 +299,11 @@ def fidelity_table(rows: list[dict[str, Any]]) -> str:
 
 
 def ram_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| width | option | RAM B/doc | index RAM B/token | ColBERT RAM B/token | ColBERT disk B/token |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| width | option | index RAM B/doc | ColBERT RAM B/token | ColBERT disk B/token |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dim']} | {r['option']} | {r['ram_bytes_per_doc']:.0f} | "
-                     f"{r.get('index_ram_bytes_per_token', float('nan')):.0f} | "
-                     f"{r.get('colbert_ram_bytes_per_token', float('nan')):.0f} | "
-                     f"{r.get('disk_bytes_per_token', float('nan')):.0f} |")
+        lines.append(f"| {r['dim']} | {r['option']} | {r['index_ram_bytes_per_doc']:.0f} | "
+                     f"{r['colbert_ram_bytes_per_token']:.1f} | {r['colbert_disk_bytes_per_token']:.0f} |")
     return "\n".join(lines)
 
 
