@@ -112,14 +112,16 @@ def index_build(
     modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
     colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
     colbert_quantization: str | None = typer.Option(None, help="colbert vectors scored quantized: none, int8 "
-                                                    "or binary (default: see docs/results.md)"),
+                                                    "or binary [default: none]"),
     colbert_originals: str | None = typer.Option(None, help="where colbert's float vectors live: ram, disk "
-                                                 "(memory-mapped) or none"),
+                                                 "(memory-mapped) or none [default: ram]"),
     colbert_rescore: bool | None = typer.Option(None, "--colbert-rescore/--no-colbert-rescore",
-                                                help="quantized colbert: rescore the best hits with the originals"),
-    colbert_oversampling: float | None = typer.Option(None, help="quantized colbert: hits rescored = this x k"),
+                                                help="quantized colbert: rescore the best hits with the originals "
+                                                     "[default: on]"),
+    colbert_oversampling: float | None = typer.Option(None, help="quantized colbert: hits rescored = this x k "
+                                                      "[default: 4]"),
     pool_factor: int | None = typer.Option(None, help="colbert token pooling at ingest: n tokens become "
-                                           "ceil(n / pool_factor) (1 = off)"),
+                                           "ceil(n / pool_factor) [default: 1, off]"),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
     batch_size: int = BatchSizeOpt,
     max_length: int | None = typer.Option(None, help="truncate documents to this many tokens"),
