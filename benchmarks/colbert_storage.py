@@ -21,7 +21,7 @@ index without the colbert field; on small corpora both are dominated by fixed co
 appendable segments in 32 MB chunks), so the per-token RAM figures come from `--part ram`, which measures
 at the margin between two corpus sizes.
 
-    python benchmarks/colbert_storage.py --part quality     # about 25 minutes on 2 busy cores
+    python benchmarks/colbert_storage.py --part quality     # about an hour on 2 busy cores
     python benchmarks/colbert_storage.py --part fidelity    # about 15 minutes
     python benchmarks/colbert_storage.py --part ram         # about 15 minutes
 """
