@@ -1,7 +1,7 @@
 """Measured size of an index: bytes on disk (allocated blocks) and RAM (resident memory that opening it adds
 in a fresh process), per document and per ColBERT token. Measured, never computed from the vector sizes.
 
-`python -m m3embed.index.footprint DIR` prints the RAM measurement of one index as JSON.
+`python -m m3embed.index.ram_probe DIR` prints the RAM measurement of one index as JSON (`measure_ram` runs it).
 """
 
 from __future__ import annotations
@@ -67,35 +67,9 @@ def measure_ram(location: str | Path, collection: str | None = None) -> dict[str
     - `wal_ram_bytes`: the part of `ram_bytes` that is the engine's write-ahead log mapped in (page cache
       the system can reclaim), Qdrant Edge only.
     """
-    cmd = [sys.executable, "-m", "m3embed.index.footprint", str(location)] + ([collection] if collection else [])
+    cmd = [sys.executable, "-m", "m3embed.index.ram_probe", str(location)] + ([collection] if collection else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"measuring the RAM of index {location} failed: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _main(argv: list[str]) -> None:
-    import ctypes
-    import ctypes.util
-
-    import qdrant_client  # noqa: F401 (imported before the baseline: the engines' code is not the index)
-    import qdrant_edge  # noqa: F401
-
-    from m3embed.index import Index
-    from m3embed.index.core import DEFAULT_COLLECTION
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    before = memory_status()
-    with Index.open(argv[0], collection=argv[1] if len(argv) > 1 else DEFAULT_COLLECTION) as index:
-        index.count()
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-        after = memory_status()
-        wal = mapped_resident_bytes(Path(argv[0]) / "shard" / "wal")
-    print(json.dumps({"ram_bytes": after["VmRSS"] - before["VmRSS"],
-                      "ram_peak_bytes": max(after["VmHWM"] - before["VmRSS"], 0), "wal_ram_bytes": wal}))
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])
