@@ -111,6 +111,17 @@ def index_build(
                                       "(qdrant-client: a URL, or a local path)"),
     modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
     colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
+    colbert_quantization: str | None = typer.Option(None, help="colbert vectors scored quantized: none, int8 "
+                                                    "or binary [default: none]"),
+    colbert_originals: str | None = typer.Option(None, help="where colbert's float vectors live: ram, disk "
+                                                 "(memory-mapped) or none [default: ram]"),
+    colbert_rescore: bool | None = typer.Option(None, "--colbert-rescore/--no-colbert-rescore",
+                                                help="quantized colbert: rescore the best hits with the originals "
+                                                     "[default: on]"),
+    colbert_oversampling: float | None = typer.Option(None, help="quantized colbert: hits rescored = this x k "
+                                                      "[default: 4]"),
+    pool_factor: int | None = typer.Option(None, help="colbert token pooling at ingest: n tokens become "
+                                           "ceil(n / pool_factor) [default: 1, off]"),
     store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
     batch_size: int = BatchSizeOpt,
     max_length: int | None = typer.Option(None, help="truncate documents to this many tokens"),
@@ -137,8 +148,10 @@ def index_build(
     if options and engine != "qdrant" and not is_remote(index):
         raise ValueError("--shards, --replicas, --write-consistency and --on-disk apply to the qdrant engine "
                          "(a Qdrant URL, or --engine qdrant)")
-    create = {"engine": engine, "colbert_dtype": colbert_dtype, "store_text": store_text, "collection": collection,
-              "collection_options": options or None}
+    storage = _colbert_storage(colbert_quantization, colbert_originals, colbert_rescore, colbert_oversampling,
+                               pool_factor)
+    create = {"engine": engine, "colbert_dtype": colbert_dtype, "colbert_storage": storage, "store_text": store_text,
+              "collection": collection, "collection_options": options or None}
     if (input is None) == (encoded is None):
         raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
     if encoded is not None:
@@ -159,6 +172,18 @@ def index_build(
     m = _load(model, chosen or ("dense",), dtype, device)
     with open_index(index, m, create=True, modes=chosen or m.available_modes(), **create) as idx:
         _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length, total)
+
+
+def _colbert_storage(quantization: str | None, originals: str | None, rescore: bool | None,
+                     oversampling: float | None, pool_factor: int | None):
+    """The --colbert-* options over the default storage of new indexes; None when none is given."""
+    from dataclasses import replace
+
+    from m3embed.index.manifest import DEFAULT_COLBERT_STORAGE
+
+    given = {k: v for k, v in {"quantization": quantization, "originals": originals, "rescore": rescore,
+                               "oversampling": oversampling, "pool_factor": pool_factor}.items() if v is not None}
+    return replace(DEFAULT_COLBERT_STORAGE, **given) if given else None
 
 
 @index_app.command("add")
@@ -221,15 +246,33 @@ def index_delete(
 
 
 @index_app.command("info")
-def index_info(index: str = IndexArg, collection: str = CollectionOpt) -> None:
-    """Show what an index holds: engine, model, modes, sizes, document count."""
+def index_info(
+    index: str = IndexArg,
+    collection: str = CollectionOpt,
+    measure_ram: bool = typer.Option(False, "--measure-ram", help="also measure the RAM that opening the index "
+                                     "takes (a fresh process; an index directory)"),
+) -> None:
+    """Show what an index holds: engine, model, modes, colbert storage, document count, measured bytes."""
     from m3embed.index import open_index
+    from m3embed.index.core import is_remote
+    from m3embed.index.footprint import measure_ram as measure
+    from m3embed.index.footprint import per_unit
 
+    if measure_ram and is_remote(index):
+        raise ValueError("--measure-ram measures an index directory; a Qdrant server reports its own memory")
     with open_index(index, collection=collection) as idx:
-        table = Table(show_header=False, title=Text(f"m3embed index: {index}"))
-        for k, v in idx.info().items():
-            table.add_row(k, Text(", ".join(v) if isinstance(v, list) else str(v)))
-        out.print(table)
+        info = idx.info()
+    if measure_ram:  # after closing: the measuring process opens the index itself
+        ram = measure(index, collection)
+        info.update(ram, **per_unit(ram, info["count"], info.get("colbert_tokens")))
+    table = Table(show_header=False, title=Text(f"m3embed index: {index}"))
+    for k, v in info.items():
+        if isinstance(v, list):
+            v = ", ".join(v)
+        elif isinstance(v, dict):
+            v = ", ".join(f"{name}={value}" for name, value in v.items())
+        table.add_row(k, Text(str(v)))
+    out.print(table)
 
 
 @app.command()

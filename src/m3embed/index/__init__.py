@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from m3embed.index.core import DEFAULT_COLLECTION, Index, SearchSpec, is_remote
-from m3embed.index.manifest import MANIFEST_NAME, IndexBusyError, Manifest
+from m3embed.index.manifest import MANIFEST_NAME, ColbertStorage, IndexBusyError, Manifest
 from m3embed.index.store import DEFAULT_CANDIDATES, Store
 
-__all__ = ["DEFAULT_CANDIDATES", "Index", "IndexBusyError", "Manifest", "SearchSpec",
+__all__ = ["DEFAULT_CANDIDATES", "ColbertStorage", "Index", "IndexBusyError", "Manifest", "SearchSpec",
            "Store", "open_index"]
 
 

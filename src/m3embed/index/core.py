@@ -22,14 +22,17 @@ from m3embed import scoring
 from m3embed.diskspace import check_free
 from m3embed.documents import check_id, check_metadata
 from m3embed.index.manifest import (
+    DEFAULT_COLBERT_STORAGE,
     FINGERPRINT_VERSION,
     LOCK_NAME,
     MANIFEST_NAME,
+    ColbertStorage,
     DirectoryLock,
     Manifest,
     read_manifest,
     write_manifest,
 )
+from m3embed.index.pooling import pool_tokens
 from m3embed.index.store import (
     DEFAULT_CANDIDATES,
     Condition,
@@ -123,7 +126,8 @@ class Index:
     def create(cls, location: str | Path | Any, model: Any = None, *, fingerprint: str | None = None,
                model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
                dim: int | None = None, colbert_dim: int | None = None, colbert_dtype: str = "float16",
-               store_text: bool = True, collection: str = DEFAULT_COLLECTION,
+               colbert_storage: ColbertStorage | None = None, store_text: bool = True,
+               collection: str = DEFAULT_COLLECTION,
                client_options: Mapping[str, Any] | None = None,
                collection_options: Mapping[str, Any] | None = None) -> Index:
         """Create a new, empty index.
@@ -136,6 +140,9 @@ class Index:
             engine: "edge" (default for directories) or "qdrant" (always for URLs and ":memory:").
             modes: representations to store; drop "colbert" to save most of the space.
             colbert_dtype: "float16" (default, half the size) or "float32".
+            colbert_storage: quantization, originals, rescoring and token pooling of the colbert field
+                (default `m3embed.index.manifest.DEFAULT_COLBERT_STORAGE`); an engine that cannot apply them
+                refuses with a ValueError.
             store_text: keep document texts in the index.
             collection: collection name (qdrant engine).
             client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
@@ -154,9 +161,15 @@ class Index:
         if dim is None or fingerprint is None:
             raise ValueError("Index.create needs a model, or fingerprint= and dim= for precomputed outputs")
         engine = engine or ("qdrant" if is_remote(location) else "edge")
+        if colbert_storage is None:
+            colbert_storage = DEFAULT_COLBERT_STORAGE if "colbert" in modes else ColbertStorage()
+        elif "colbert" not in modes and colbert_storage != ColbertStorage():
+            raise ValueError(f"colbert_storage applies to the colbert field, but the index stores only "
+                             f"{', '.join(modes)}")
         manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
                             dim=dim, colbert_dim=colbert_dim or dim, colbert_dtype=colbert_dtype,
-                            store_text=store_text, fingerprint_version=fingerprint_version)
+                            store_text=store_text, fingerprint_version=fingerprint_version,
+                            colbert_storage=colbert_storage)
         if is_remote(location):
             if engine != "qdrant":
                 raise ValueError(f"{location!r} is a Qdrant location; use engine='qdrant' (edge needs a directory)")
@@ -337,8 +350,16 @@ class Index:
         return not self.missing([doc_id])
 
     def info(self) -> dict[str, Any]:
-        """Location, engine, model identity, stored modes and document count."""
-        return {"location": self.location, **self.manifest.to_json(), "count": self.count()}
+        """Location, engine, model identity, stored modes, colbert storage and document count, and for an index
+        directory its measured size on disk (`m3embed.index.footprint.disk_footprint`, after a flush)."""
+        info = {"location": self.location, **self.manifest.to_json(), "count": self.count()}
+        if self.directory is not None:
+            from m3embed.index.footprint import disk_footprint
+
+            self.flush()  # the engine's files as they are, not as they were at the last flush
+            with self._reading():
+                info.update(disk_footprint(self.directory, self.store.colbert_footprint(), info["count"]))
+        return info
 
     def prepare(self, k: int = 10, mode: str | None = None, weights: Sequence[float] | None = None,
                 candidates: int | None = None, filter: Mapping[str, Any] | None = None, with_text: bool = True,
@@ -435,7 +456,7 @@ class Index:
         (the HTTP service runs `rerank_hits` on its model worker)."""
         vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
         plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
-                             spec.hnsw_ef, spec.colbert_top) for q in vectors]
+                             spec.hnsw_ef, spec.colbert_top, self.manifest.colbert_storage) for q in vectors]
         with self._reading():
             results = self.store.search(plans, spec.conditions, spec.with_text or spec.reranker is not None)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
@@ -501,10 +522,12 @@ class Index:
             _check_dim("dense", dense.shape[1], m.dim)
         if "colbert" in m.modes:
             dtype = np.float16 if m.colbert_dtype == "float16" else np.float32
-            # round to the stored precision here so every engine (and a brute-force check) sees equal values
-            colbert = [np.asarray(c, dtype=dtype).astype(np.float32) for c in out.colbert]
-            for c in colbert:
-                _check_dim("colbert", c.shape[1], m.colbert_dim)
+            for c in out.colbert:
+                _check_dim("colbert", np.shape(c)[1], m.colbert_dim)
+            # pool, then round to the stored precision here so every engine (and a brute-force check) sees
+            # equal values
+            pool = m.colbert_storage.pool_factor
+            colbert = [pool_tokens(c, pool).astype(dtype).astype(np.float32) for c in out.colbert]
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
         return DocBatch(keys, payloads, dense, sparse, colbert)
 

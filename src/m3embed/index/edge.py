@@ -21,7 +21,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from m3embed.diskspace import DiskFullError, allocated_bytes, check_free, filesystem_type
-from m3embed.index.manifest import Manifest
+from m3embed.index.manifest import ColbertStorage, Manifest
 from m3embed.index.store import (
     Condition,
     DocBatch,
@@ -44,6 +44,11 @@ class EdgeStore(Store):
 
     Dense vectors get an HNSW graph (built by `optimize`), sparse vectors an inverted index, and colbert
     multivectors no graph at all (m=0): they only rescore candidates.
+
+    A quantized colbert field (`ColbertStorage.quantization`) keeps its quantized vectors in RAM and its
+    originals in RAM or memory-mapped on disk. Binary vectors are quantized as they are added; int8 ones when
+    `optimize` rebuilds a segment (before that they are scored from the originals), so a quantized index
+    optimizes every segment, however small.
     """
 
     thread_safe = True
@@ -58,14 +63,22 @@ class EdgeStore(Store):
         vectors: dict[str, qe.EdgeVectorParams] = {}
         if "dense" in manifest.modes:
             vectors["dense"] = qe.EdgeVectorParams(size=manifest.dim, distance=qe.Distance.Dot)
+        storage = manifest.colbert_storage
+        optimizers = None
         if "colbert" in manifest.modes:
+            if storage.originals == "none":
+                raise ValueError("colbert originals='none': Qdrant Edge keeps the original vectors of a quantized "
+                                 "field; use originals='disk' to keep them out of RAM")
             dtype = qe.VectorStorageDatatype.Float16 if manifest.colbert_dtype == "float16" else None
             vectors["colbert"] = qe.EdgeVectorParams(
                 size=manifest.colbert_dim, distance=qe.Distance.Dot, datatype=dtype,
+                on_disk=True if storage.originals == "disk" else None, quantization_config=_quantization(storage),
                 multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
                 hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
+            if storage.quantized:  # optimize quantizes every segment (threshold in KB of vectors)
+                optimizers = qe.EdgeOptimizersConfig(indexing_threshold=1)
         sparse = {"sparse": qe.EdgeSparseVectorParams()} if "sparse" in manifest.modes else None
-        config = qe.EdgeConfig(vectors=vectors or None, sparse_vectors=sparse)
+        config = qe.EdgeConfig(vectors=vectors or None, sparse_vectors=sparse, optimizers=optimizers)
         with _disk_errors(directory):
             return cls(qe.EdgeShard.create(str(directory / SHARD_DIR), config), manifest, directory)
 
@@ -164,6 +177,17 @@ class EdgeStore(Store):
         return qe.QueryRequest(limit=plan.limit, query=_formula(plan), filter=flt, with_payload=payload,
                                prefetches=[_prefetch(b, flt) for b in plan.branches])
 
+    def colbert_footprint(self) -> dict[str, int]:
+        """The colbert storage folders' allocated bytes (originals, quantized vectors, offsets), and the vectors
+        stored as each segment's storage header counts them (a u64 length, which also counts vectors of
+        replaced documents until `optimize` drops them)."""
+        if self.directory is None or "colbert" not in self.manifest.modes:
+            return {}
+        folders = list((self.directory / SHARD_DIR).glob("segments/*/vector_storage-colbert"))
+        tokens = sum(int.from_bytes((f / "vectors" / "status.dat").read_bytes()[:8], "little") for f in folders
+                     if (f / "vectors" / "status.dat").is_file())
+        return {"colbert_tokens": tokens, "colbert_disk_bytes": sum(allocated_bytes(f) for f in folders)}
+
 
 def _in_memory_fs(path: Path) -> bool:
     return filesystem_type(path) in ("tmpfs", "ramfs")
@@ -202,7 +226,7 @@ def _prefetch(node: Plan, flt: qe.Filter | None) -> qe.Prefetch:
         return qe.Prefetch(limit=node.limit, query=_formula(node), prefetches=inner)
     inner = [_prefetch(c, flt) for c in node.over]
     return qe.Prefetch(limit=node.limit, query=_nearest(node), prefetches=inner or None,
-                       filter=None if inner else flt, params=None if inner else _params(node))
+                       filter=None if inner else flt, params=_params(node))
 
 
 def _formula(plan: WeightedSum) -> qe.Formula:
@@ -220,7 +244,19 @@ def _nearest(node: Nearest) -> qe.Query:
 
 
 def _params(node: Nearest) -> qe.SearchParams | None:
-    return qe.SearchParams(hnsw_ef=node.ef) if node.ef else None
+    """HNSW ef of dense searches; which colbert vectors score (quantized, or the originals) where quantized."""
+    quantization = None
+    if node.quantized is not None:
+        quantization = qe.QuantizationSearchParams(ignore=not node.quantized, rescore=False)
+    return qe.SearchParams(hnsw_ef=node.ef, quantization=quantization) if node.ef or quantization else None
+
+
+def _quantization(storage: ColbertStorage) -> qe.ScalarQuantizationConfig | qe.BinaryQuantizationConfig | None:
+    if storage.quantization == "int8":
+        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, always_ram=True)
+    if storage.quantization == "binary":
+        return qe.BinaryQuantizationConfig(always_ram=True)
+    return None
 
 
 def _filter(conditions: Sequence[Condition]) -> qe.Filter | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ import portalocker
 
 from m3embed.modes import check_modes
 
-FORMAT_VERSION = 2  # 2: adds fingerprint_version
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: adds fingerprint_version; 3: adds colbert_storage
+READABLE_VERSIONS = (1, 2, 3)
 # how the model fingerprint is computed: 1 = config and head weights (m3embed before format 2), 2 = also every
 # encoder weight (`M3Model.fingerprint`); an index is checked with the scheme it was built with
 FINGERPRINT_VERSION = 2
@@ -21,6 +22,78 @@ MANIFEST_NAME = "m3embed-index.json"
 LOCK_NAME = ".m3embed.lock"
 ENGINES = ("edge", "qdrant")
 COLBERT_DTYPES = ("float32", "float16")
+COLBERT_QUANTIZATIONS = ("none", "int8", "binary")
+COLBERT_ORIGINALS = ("ram", "disk", "none")
+
+
+@dataclass(frozen=True)
+class ColbertStorage:
+    """How the ColBERT multivector field is stored and scored, chosen at index creation.
+
+    `ColbertStorage()` is the storage of indexes built before these options existed (float vectors in RAM,
+    no pooling); their manifests open with it.
+
+    Attributes:
+        quantization: "none" (the vectors in `Manifest.colbert_dtype`), "int8" (Qdrant scalar quantization:
+            one byte a dimension, min/max of the segment) or "binary" (Qdrant binary quantization: one bit a
+            dimension, the sign); quantized vectors are held in RAM.
+        originals: where the float vectors live: "ram", "disk" (memory-mapped, read when needed) or "none"
+            (not kept; no engine supports it yet, both refuse it).
+        rescore: with quantization, score the union with the quantized vectors, then rescore the best
+            `ceil(oversampling * k)` with the original vectors; False ranks by the quantized scores alone.
+        oversampling: how many times k hits rescoring reads the originals for (>= 1).
+        pool_factor: document-side token pooling at ingest (1 = off): each document's n token vectors become
+            ceil(n / pool_factor) normalised cluster means (Ward clustering, `m3embed.index.pooling`).
+    """
+
+    quantization: str = "none"
+    originals: str = "ram"
+    rescore: bool = True
+    oversampling: float = 4.0
+    pool_factor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.quantization not in COLBERT_QUANTIZATIONS:
+            raise ValueError(f"colbert quantization must be one of {', '.join(COLBERT_QUANTIZATIONS)}, "
+                             f"got {self.quantization!r}")
+        if self.originals not in COLBERT_ORIGINALS:
+            raise ValueError(f"colbert originals must be one of {', '.join(COLBERT_ORIGINALS)}, got {self.originals!r}")
+        if not isinstance(self.rescore, bool):
+            raise ValueError(f"colbert rescore must be true or false, got {self.rescore!r}")
+        if isinstance(self.pool_factor, bool) or not isinstance(self.pool_factor, int) or self.pool_factor < 1:
+            raise ValueError(f"colbert pool_factor must be an integer >= 1 (1 = no pooling), got {self.pool_factor!r}")
+        if (isinstance(self.oversampling, bool) or not isinstance(self.oversampling, (int, float))
+                or not math.isfinite(self.oversampling) or self.oversampling < 1):
+            raise ValueError(f"colbert oversampling must be a number >= 1, got {self.oversampling!r}")
+        if self.quantization == "none" and self.originals == "none":
+            raise ValueError("colbert originals='none' needs quantization int8 or binary: without it the originals "
+                             "are the only copy")
+        if self.quantization == "none" and not self.rescore:
+            raise ValueError("colbert rescore=False applies to quantized storage; set quantization int8 or binary")
+        if self.originals == "none" and self.rescore:
+            raise ValueError("colbert rescore needs the original vectors; keep them (originals 'ram' or 'disk') "
+                             "or set rescore=False")
+
+    @property
+    def quantized(self) -> bool:
+        """Whether search scores the ColBERT field with quantized vectors first."""
+        return self.quantization != "none"
+
+    def rescore_top(self, k: int) -> int:
+        """Hits whose quantized ColBERT score is replaced by the exact one, for k results."""
+        return max(k, math.ceil(self.oversampling * k))
+
+    @classmethod
+    def from_json(cls, d: Any) -> ColbertStorage:
+        if not isinstance(d, dict):
+            raise ValueError(f"colbert_storage must be an object, got {d!r}")  # noqa: TRY004 (a damaged file)
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"colbert_storage has unknown keys {unknown}")
+        return cls(**d)
+
+
+DEFAULT_COLBERT_STORAGE = ColbertStorage()  # what new indexes get unless told otherwise
 
 
 @dataclass
@@ -36,6 +109,8 @@ class Manifest:
         colbert_dtype: storage type of colbert vectors ("float16" halves their size).
         store_text: whether document texts are kept in the payload.
         fingerprint_version: the fingerprint scheme (FINGERPRINT_VERSION; 1 for indexes of format 1).
+        colbert_storage: quantization, originals, rescoring and pooling of the colbert field
+            (`ColbertStorage()`, float vectors in RAM, for indexes of formats 1 and 2).
     """
 
     engine: str
@@ -47,6 +122,7 @@ class Manifest:
     colbert_dtype: str = "float16"
     store_text: bool = True
     fingerprint_version: int = FINGERPRINT_VERSION
+    colbert_storage: ColbertStorage = field(default_factory=ColbertStorage)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -57,6 +133,8 @@ class Manifest:
             raise ValueError(f"colbert_dtype must be one of {COLBERT_DTYPES}, got {self.colbert_dtype!r}")
         if self.dim < 1 or self.colbert_dim < 1:
             raise ValueError(f"vector sizes must be positive, got dim={self.dim}, colbert_dim={self.colbert_dim}")
+        if not isinstance(self.colbert_storage, ColbertStorage):
+            raise TypeError(f"colbert_storage must be a ColbertStorage, got {type(self.colbert_storage).__name__}")
         if not self.fingerprint:
             raise ValueError("an index needs a model identity: pass model=... or fingerprint='some-label'")
 
@@ -77,6 +155,8 @@ class Manifest:
         if version == 1:  # written before fingerprints covered the encoder weights
             fields["fingerprint_version"] = 1
         try:
+            if "colbert_storage" in fields:
+                fields["colbert_storage"] = ColbertStorage.from_json(fields["colbert_storage"])
             return cls(**fields)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: damaged index manifest ({e}); rebuild the index") from e

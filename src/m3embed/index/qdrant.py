@@ -15,7 +15,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from m3embed.index.manifest import Manifest
+from m3embed.index.manifest import ColbertStorage, Manifest
 from m3embed.index.store import (
     Condition,
     DocBatch,
@@ -82,9 +82,8 @@ class QdrantStore(Store):
         self.collection = collection
         self.where = describe_client(client)
         self.owns_client = owns_client  # False for a client the caller passed in: left open on close()
-        opts = getattr(client, "init_options", {})
         # local mode: exact search (no HNSW parameters to send), plain Python/NumPy without locks
-        self.local = bool(opts.get("path")) or opts.get("location") == ":memory:"
+        self.local = is_local(client)
         self.thread_safe = not self.local
 
     @classmethod
@@ -99,6 +98,8 @@ class QdrantStore(Store):
         """
         options = dict(collection_options or {})
         on_disk = bool(options.pop("on_disk", False))
+        if "colbert" in manifest.modes:
+            _check_storage(manifest.colbert_storage, client)
         with server_errors(describe_client(client)):
             exists = client.collection_exists(collection)
         if exists:
@@ -109,11 +110,14 @@ class QdrantStore(Store):
             vectors["dense"] = models.VectorParams(size=manifest.dim, distance=models.Distance.DOT,
                                                    on_disk=on_disk or None)
         if "colbert" in manifest.modes:
+            storage = manifest.colbert_storage
             vectors["colbert"] = models.VectorParams(
                 size=manifest.colbert_dim, distance=models.Distance.DOT,
                 datatype=models.Datatype.FLOAT16 if manifest.colbert_dtype == "float16" else None,
                 multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
-                hnsw_config=models.HnswConfigDiff(m=0), on_disk=on_disk or None)  # rescoring only: no graph
+                quantization_config=_quantization(storage),
+                hnsw_config=models.HnswConfigDiff(m=0),  # rescoring only: no graph
+                on_disk=on_disk or storage.originals == "disk" or None)
         sparse = None
         if "sparse" in manifest.modes:
             sparse = {"sparse": models.SparseVectorParams(
@@ -198,13 +202,42 @@ class QdrantStore(Store):
                                    with_payload=payload)
 
 
+def is_local(client: Any) -> bool:
+    """Whether a client runs qdrant-client's local mode (a path or ":memory:") rather than a server."""
+    opts = getattr(client, "init_options", {}) or {}
+    return bool(opts.get("path")) or opts.get("location") == ":memory:"
+
+
+def _check_storage(storage: ColbertStorage, client: Any) -> None:
+    """Refuse colbert storage the target cannot apply: local mode holds float vectors in RAM and scores them
+    exactly (it ignores quantization and on-disk storage); no Qdrant drops a quantized field's originals."""
+    if storage.originals == "none":
+        raise ValueError("colbert originals='none': Qdrant keeps the original vectors of a quantized field; use "
+                         "originals='disk' to keep them out of RAM")
+    if is_local(client) and storage.quantized:
+        raise ValueError(f"colbert quantization={storage.quantization!r}: qdrant-client local mode (a path or "
+                         "':memory:') scores float vectors only; use the edge engine or a Qdrant server")
+    if is_local(client) and storage.originals == "disk":
+        raise ValueError("colbert originals='disk': qdrant-client local mode (a path or ':memory:') holds every "
+                         "vector in RAM; use the edge engine or a Qdrant server")
+
+
+def _quantization(storage: ColbertStorage) -> models.ScalarQuantization | models.BinaryQuantization | None:
+    if storage.quantization == "int8":
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8,
+                                                                                 always_ram=True))
+    if storage.quantization == "binary":
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    return None
+
+
 def _prefetch(node: Plan, flt: models.Filter | None, local: bool) -> models.Prefetch:
     if isinstance(node, WeightedSum):
         return models.Prefetch(query=_formula(node), limit=node.limit,
                                prefetch=[_prefetch(b, flt, local) for b in node.branches])
     inner = [_prefetch(c, flt, local) for c in node.over]
     return models.Prefetch(query=_vector(node), using=node.using, limit=node.limit, prefetch=inner or None,
-                           filter=None if inner else flt, params=None if inner else _params(node, local))
+                           filter=None if inner else flt, params=_params(node, local))
 
 
 def _formula(plan: WeightedSum) -> models.FormulaQuery:
@@ -222,8 +255,14 @@ def _vector(node: Nearest) -> list[float] | list[list[float]] | models.SparseVec
 
 
 def _params(node: Nearest, local: bool) -> models.SearchParams | None:
-    """HNSW ef for dense searches on a server; local mode searches exactly (and warns on any ef)."""
-    return models.SearchParams(hnsw_ef=node.ef) if node.ef and not local else None
+    """HNSW ef for dense searches on a server, and which colbert vectors score (quantized, or the originals)
+    where quantized; local mode searches exactly (and warns on any parameter)."""
+    if local:
+        return None
+    quantization = None
+    if node.quantized is not None:
+        quantization = models.QuantizationSearchParams(ignore=not node.quantized, rescore=False)
+    return models.SearchParams(hnsw_ef=node.ef, quantization=quantization) if node.ef or quantization else None
 
 
 def _filter(conditions: Sequence[Condition]) -> models.Filter | None:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from m3embed.index.manifest import ColbertStorage
 from m3embed.modes import CANDIDATE_ROUTES, scored
 from m3embed.types import SparseVector
 
@@ -104,6 +105,9 @@ class Nearest:
     limit: int
     over: tuple[Plan, ...] = ()
     ef: int | None = None  # HNSW ef for dense searches (None for sparse, colbert and rescoring)
+    # a quantized colbert field: True scores with the quantized vectors, False with the originals; None: the
+    # engine's default (fields without quantization)
+    quantized: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,10 @@ Plan = Nearest | WeightedSum
 
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
-                stored: Sequence[str], hnsw_ef: int | None = None, colbert_top: int | None = None) -> Plan:
+                stored: Sequence[str], hnsw_ef: int | None = None, colbert_top: int | None = None,
+                storage: ColbertStorage = ColbertStorage()) -> Plan:
     """The plan that returns exactly M3's ranking for `mode` (checked against `stored` by the caller, see
-    `m3embed.modes.check_search_mode`).
+    `m3embed.modes.check_search_mode`), or its quantized form for a quantized colbert field.
 
     Hybrid modes take candidates from dense and from sparse (`candidates` each, from the routes stored), then
     rescore their union with each mode in the formula; colbert on an index with neither route scores every
@@ -130,6 +135,12 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
 
     With `colbert_top` = R, the colbert and all modes score ColBERT only for the R best of the union by
     w_d·dense + w_s·sparse (ColBERT is the costly part); the others are ranked by that partial score.
+
+    With a quantized colbert field (`storage.quantization`), the colbert and all modes rank by the same formula
+    with ColBERT scored from the quantized vectors. Binary quantization scores a pair of vectors
+    Σ sign(q_i)·sign(d_i) (in [-h, h]), so its weight is also divided by the size h. With `storage.rescore`,
+    the best `storage.rescore_top(k)` of that ranking are scored again with the original vectors, which
+    give their final scores and order.
 
     Args:
         q: the query's vectors (those the mode needs must be set).
@@ -140,6 +151,7 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         stored: the modes the index holds.
         hnsw_ef: HNSW ef of dense searches (default max(4 x their limit, 256)).
         colbert_top: score ColBERT for this many candidates only (None: the whole union, exact M3).
+        storage: the index's colbert storage.
     """
     if k < 1 or candidates < 1:
         raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
@@ -147,31 +159,49 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
     if colbert_top is not None and colbert_top < k:
         raise ValueError(f"colbert_top ({colbert_top}) must be at least k ({k})")
+    parts = scored(mode)
+    wd, ws, wc = (float(w) for w in weights)
+    scale = {"dense": wd, "sparse": ws, "colbert": 1.0 if mode == "colbert" else wc}
+    if "colbert" in parts:
+        scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
+    if "colbert" not in parts or not storage.quantized:
+        return _plan(q, mode, k, candidates, scale, stored, hnsw_ef, colbert_top)
+    if not storage.rescore:
+        return _plan(q, mode, k, candidates, scale, stored, hnsw_ef, colbert_top, quantized=storage.quantization)
+    top = storage.rescore_top(k) if colbert_top is None else min(storage.rescore_top(k), colbert_top)
+    first = _plan(q, mode, top, candidates, scale, stored, hnsw_ef, colbert_top, quantized=storage.quantization)
+    return WeightedSum(tuple(scale[m] for m in parts),
+                       tuple(Nearest(m, _query_vector(q, m), top, over=(first,),
+                                     quantized=False if m == "colbert" else None) for m in parts), k)
+
+
+def _plan(q: QueryVectors, mode: str, k: int, candidates: int, scale: dict[str, float], stored: Sequence[str],
+          hnsw_ef: int | None, colbert_top: int | None, quantized: str | None = None) -> WeightedSum | Nearest:
+    """`plan_search`'s ranking, its colbert branches scored from the `quantized` vectors when set."""
 
     def leaf(m: str, limit: int) -> Nearest:
         ef = (hnsw_ef or max(4 * limit, MIN_HNSW_EF)) if m == "dense" else None
         return Nearest(m, _query_vector(q, m), limit, ef=ef)
 
+    def node(m: str, limit: int, over: tuple[Plan, ...] = ()) -> Nearest:
+        flag = True if m == "colbert" and quantized else None
+        return Nearest(m, _query_vector(q, m), limit, over=over, quantized=flag)
+
     if mode in CANDIDATE_ROUTES:
         return leaf(mode, k)
+    scale = dict(scale)
+    if quantized == "binary":
+        scale["colbert"] /= _query_vector(q, "colbert").shape[1]
     routes = tuple(leaf(m, candidates) for m in CANDIDATE_ROUTES if m in stored)
     union = candidates * len(routes)
     parts = scored(mode)
-    wd, ws, wc = (float(w) for w in weights)
-    scale = {"dense": wd, "sparse": ws, "colbert": wc}
-    if mode == "colbert":
-        scale["colbert"] = 1.0
-    if "colbert" in parts:
-        scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
-    if not routes:  # colbert alone: an exact MaxSim over every stored document
-        return WeightedSum((scale["colbert"],), (Nearest("colbert", _query_vector(q, "colbert"), k),), k)
+    if not routes:  # colbert alone: a MaxSim over every stored document
+        return WeightedSum((scale["colbert"],), (node("colbert", k),), k)
     if colbert_top is None or "colbert" not in parts:
-        branches = tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in parts)
-        return WeightedSum(tuple(scale[m] for m in parts), branches, k)
+        return WeightedSum(tuple(scale[m] for m in parts), tuple(node(m, union, routes) for m in parts), k)
     base = tuple(r.using for r in routes)  # rank the union by w_d·dense + w_s·sparse, keep the best colbert_top
-    first = WeightedSum((wd, ws) if len(base) == 2 else (scale[base[0]],),
-                        tuple(Nearest(m, _query_vector(q, m), union, over=routes) for m in base), colbert_top)
-    colbert = Nearest("colbert", _query_vector(q, "colbert"), colbert_top, over=(first,))
+    first = WeightedSum(tuple(scale[m] for m in base), tuple(node(m, union, routes) for m in base), colbert_top)
+    colbert = node("colbert", colbert_top, (first,))
     if mode == "colbert":
         return WeightedSum((scale["colbert"],), (colbert,), k)
     return WeightedSum((1.0, scale["colbert"]), (first, colbert), k)
@@ -300,6 +330,11 @@ class Store(ABC):
 
     def optimize(self) -> None:  # noqa: B027 (an optional hook: engines that index as they go need none)
         """Build search structures now (HNSW graphs) rather than search unindexed segments."""
+
+    def colbert_footprint(self) -> dict[str, int]:
+        """Measured size of the colbert field where the engine can tell it apart cheaply: "colbert_tokens"
+        (vectors stored) and "colbert_disk_bytes" (allocated bytes of its files); {} otherwise."""
+        return {}
 
     @abstractmethod
     def close(self) -> None:
