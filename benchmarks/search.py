@@ -21,8 +21,8 @@ Each size also times the `dense`, `sparse` and `dense+sparse` queries sent strai
 same index and queries): the ratio is what m3embed adds around the engine.
 
 `--part ingest` compares ColBERT ingest (vectors given) through `Index.add_outputs` with the previous conversion
-(`.tolist()` per point) and with the engine alone (points built beforehand, `EdgeShard.update` timed), in
-interleaved rounds on fresh indexes.
+(`.tolist()` per point) and with the engine alone (points built beforehand, `EdgeShard.update` timed; also on a
+shard without write-ahead log, flushed per batch), in interleaved rounds on fresh indexes.
 
     python benchmarks/search.py                  # 10k documents (about 5 minutes on 2 cores)
     python benchmarks/search.py --sizes 100000 --colbert-queries 40    # about 10 minutes
@@ -388,9 +388,33 @@ def ingest_part(args: argparse.Namespace, workdir: Path) -> str:
         index.flush()
         return n / (time.perf_counter() - t)
 
+    def engine_no_wal(index: Index) -> float:
+        """The engine alone on a shard without a write-ahead log, flushed after every batch (the only way such
+        a shard makes a batch durable): what `wal_enabled=False` would buy."""
+        path = workdir / "no-wal"
+        colbert = qe.EdgeVectorParams(size=1024, distance=qe.Distance.Dot, datatype=qe.VectorStorageDatatype.Float16,
+                                      multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                                      hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
+        config = qe.EdgeConfig(vectors={"dense": qe.EdgeVectorParams(size=1024, distance=qe.Distance.Dot),
+                                        "colbert": colbert},
+                               sparse_vectors={"sparse": qe.EdgeSparseVectorParams()}, wal_enabled=False)
+        shard = qe.EdgeShard.create(str(path), config)
+        ids = [f"d{j}" for j in range(n)]
+        prepared = [list_points(index._batch(ids[a : a + batch], docs.select(np.arange(a, min(n, a + batch))),
+                                             None, None)) for a in range(0, n, batch)]
+        t = time.perf_counter()
+        for points in prepared:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.flush()
+        rate = n / (time.perf_counter() - t)
+        shard.close()
+        shutil.rmtree(path)
+        return rate
+
     for r in range(args.rounds):
         print(f"round {r + 1}", flush=True)
-        order = [("m3embed (memoryview)", m3embed), ("previous (.tolist())", lists), ("engine alone", engine_alone)]
+        order = [("m3embed (memoryview)", m3embed), ("previous (.tolist())", lists), ("engine alone", engine_alone),
+                 ("engine alone, no WAL, flush per batch", engine_no_wal)]
         for name, load in order if r % 2 == 0 else order[::-1]:
             timed(name, load)
     med = {k: float(np.median(v)) for k, v in rates.items()}
