@@ -6,6 +6,11 @@ used before (`.tolist()` per point), written into a second shard: both must hold
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import qdrant_edge as qe
@@ -78,3 +83,45 @@ def test_edge_and_qdrant_store_identical_vectors(make_index, corpus) -> None:
         np.testing.assert_array_equal(a[doc_id].colbert, b[doc_id].colbert)
         np.testing.assert_array_equal(a[doc_id].sparse.ids, b[doc_id].sparse.ids)
         np.testing.assert_array_equal(a[doc_id].sparse.weights, b[doc_id].sparse.weights)
+
+
+WRITER = """
+import sys, time
+import numpy as np
+from m3embed.index import Index
+from m3testkit import synthetic
+docs = synthetic.corpus(400, dim=32, vocab=3000, n_ids=20, tokens=(3, 10), topics=8, seed=0)
+index = Index.create(sys.argv[1], fingerprint="synthetic-test", dim=32)
+for start in range(0, 400, 20):
+    index.add_outputs([f"doc-{i}" for i in range(start, start + 20)], docs.select(range(start, start + 20)))
+    print("ACK", start + 20, flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_sigkill_keeps_every_acknowledged_vector_exactly(tmp_path: Path, corpus) -> None:
+    """Batches written through the memoryview path and acknowledged survive SIGKILL (the write-ahead log is
+    replayed on open) with the very vectors given; the run resumes with the rest."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "idx")], stdout=subprocess.PIPE,
+                            text=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    acked = 0
+    for line in proc.stdout:
+        acked = int(line.split()[1])
+        if acked >= 60:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with Index.open(tmp_path / "idx") as index:
+        ids = corpus.ids[:acked]
+        assert index.missing(ids) == []
+        stored = index.store.vectors(ids)
+        for i, doc_id in enumerate(ids):
+            np.testing.assert_array_equal(stored[doc_id].dense, corpus.docs.dense[i])
+            np.testing.assert_array_equal(stored[doc_id].colbert,
+                                          corpus.docs.colbert[i].astype(np.float16).astype(np.float32))
+            np.testing.assert_array_equal(stored[doc_id].sparse.weights, corpus.docs.sparse_vector(i).weights)
+        rest = [i for i in range(len(corpus.ids)) if corpus.ids[i] in set(index.missing(corpus.ids))]
+        index.add_outputs([corpus.ids[i] for i in rest], corpus.docs.select(rest))
+        assert index.count() == len(corpus.ids)
