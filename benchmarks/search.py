@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at
 from m3embed.index import Index
 from m3embed.index.core import _query_vectors
 from m3embed.index.edge import EdgeStore
-from m3embed.index.store import DocBatch, plan_search, point_id
+from m3embed.index.store import DocBatch, StoredHit, plan_search, point_id
 from m3embed.types import M3Output
 from m3testkit import synthetic
 
@@ -236,6 +236,37 @@ def raw_vs_index(index: Index, q: M3Output, mode: str, nq: int) -> tuple[dict, d
     return out[0], out[1]
 
 
+def stage_profile(index: Index, q: M3Output, mode: str, nq: int) -> dict[str, float]:
+    """Median µs per query of each step `Index.search` takes (as `Index.first_stage` runs them), timed apart:
+    where the time around the engine goes. "engine, id payload only" is the same request reading only the id."""
+    store = index.store
+    steps: dict[str, list[float]] = {}
+    keys = qe.PayloadSelector.Include(["id", "meta"])
+    slim = qe.PayloadSelector.Include(["id"])
+    for i in range(nq):
+        one = q.select([i])
+        t0 = time.perf_counter()
+        spec = index.prepare(k=10, mode=mode, with_text=False)
+        t1 = time.perf_counter()
+        v = list(_query_vectors(one, index.manifest.colbert_dtype, spec.query_modes))
+        t2 = time.perf_counter()
+        plan = plan_search(v[0], spec.mode, spec.k, spec.candidates, spec.weights, index.manifest.modes)
+        t3 = time.perf_counter()
+        request = store._request(plan, None, keys)
+        t4 = time.perf_counter()
+        points = store.shard.query(request)
+        t5 = time.perf_counter()
+        [StoredHit(float(p.score), p.payload or {}) for p in points]
+        t6 = time.perf_counter()
+        store.shard.query(store._request(plan, None, slim))
+        t7 = time.perf_counter()
+        for name, dt in (("prepare (checks)", t1 - t0), ("query vectors", t2 - t1), ("plan", t3 - t2),
+                         ("engine request objects", t4 - t3), ("engine query (id, meta)", t5 - t4),
+                         ("hits", t6 - t5), ("engine query (id only) + its request", t7 - t6)):
+            steps.setdefault(name, []).append(dt)
+    return {k: float(np.median(v)) * 1e6 for k, v in steps.items()}
+
+
 def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     print(f"\n== {n:,} documents ==", flush=True)
     t0 = time.perf_counter()
@@ -289,6 +320,9 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         edge["raw_engine"][mode] = ours["p50_ms"] / raw["p50_ms"]
         print(f"{mode}: Index.search p50 {ours['p50_ms']:.2f} ms, raw engine query {raw['p50_ms']:.2f} ms: "
               f"{edge['raw_engine'][mode]:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
+    edge["stages_us"] = stage_profile(index, q, "dense+sparse", args.queries)
+    print("dense+sparse, median µs per step: " + ", ".join(f"{k} {v:,.0f}" for k, v in edge["stages_us"].items()),
+          flush=True)
     for c in args.sweep:
         edge["modes"][f"all (k={c})"] = latency_and_recall(index, q, "all", nq_col, truth["all"], candidates=c)
     for r in args.colbert_top:
