@@ -62,6 +62,26 @@ def _proc_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) * 1024
 
 
+def mapped_rss(root: Path) -> dict[str, int]:
+    """Resident bytes of this process's file mappings under `root`, by part of the index (/proc/self/smaps):
+    the write-ahead log, each vector storage, the rest of the index files."""
+    parts: dict[str, int] = {}
+    where = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+                path = head[5] if len(head) >= 6 else ""
+                where = None
+                if path.startswith(str(root)):
+                    rel = path[len(str(root)):]
+                    where = ("wal" if "/wal/" in rel else
+                             next((seg for seg in rel.split("/") if seg.startswith("vector_storage-")), "other index"))
+            elif where is not None and head and head[0] == "Rss:":
+                parts[where] = parts.get(where, 0) + int(head[1]) * 1024
+    return parts
+
+
 def scale_child(args: argparse.Namespace) -> None:
     """In a fresh process: open the index, time `all` (and `dense+sparse`) queries, report memory as JSON."""
     queries, _ = M3Output.load(args.child_queries)
@@ -84,6 +104,7 @@ def scale_child(args: argparse.Namespace) -> None:
         ms = np.array(times) * 1e3
         out[mode] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "queries": n}
     out["rss_after"] = _proc_kb("VmRSS")
+    out["mapped"] = mapped_rss(Path(args.child_index).resolve())
     out["hwm"] = _proc_kb("VmHWM")
     out["load"] = os.getloadavg()[0]
     index.close()
@@ -201,19 +222,25 @@ def scale_model(results: list[dict]) -> dict:
     return fit
 
 
+def _mapped(r: dict, part: str) -> str:
+    return "—" if "mapped" not in r else f"{r['mapped'].get(part, 0) / 2**30:.2f}"
+
+
 def scale_report(results: list[dict], model: dict) -> str:
     head = ("docs", "ColBERT tokens", "storage", "`all` p50 ms", "`all` p99 ms", "`dense+sparse` p50 ms",
-            "RSS after open GiB", "RSS after queries GiB", "peak RSS GiB", "disk GiB",
+            "RSS after open GiB", "RSS after queries GiB", "of it ColBERT files GiB", "of it WAL GiB", "peak RSS GiB",
+            "disk GiB",
             "peak disk while optimizing GiB", "index RAM B/token", "disk B/token", "ingest docs/s", "optimize s",
             "load")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['docs']:,} | not reached: {r['skipped']} |" + " |" * 14)
+            lines.append(f"| {r['docs']:,} | not reached: {r['skipped']} |" + " |" * (len(head) - 2))
             continue
         lines.append(
             f"| {r['docs']:,} | {r['tokens']:,} | {r['storage']} | {r['all']['p50_ms']:.1f} | {r['all']['p99_ms']:.1f} "
             f"| {r['dense+sparse']['p50_ms']:.1f} | {r['rss_open'] / 2**30:.2f} | {r['rss_after'] / 2**30:.2f} | "
+            f"{_mapped(r, 'vector_storage-colbert')} | {_mapped(r, 'wal')} | "
             f"{r['hwm'] / 2**30:.2f} | {r['disk_bytes'] / 2**30:.2f} | {r['disk_peak_bytes'] / 2**30:.2f} | "
             f"{(r['rss_after'] - r['rss_before']) / r['tokens']:.0f} | {r['disk_bytes'] / r['tokens']:.0f} | "
             f"{r['ingest_docs_s']:,.0f} | "
