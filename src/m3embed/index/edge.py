@@ -93,8 +93,8 @@ class EdgeStore(Store):
 
     def upsert(self, batch: DocBatch) -> None:
         """One update operation for the batch; vectors reach the engine as float32 memoryviews, which the binding
-        reads as the float sequences it takes, without the Python float lists `.tolist()` makes (measured: the
-        lists cost more than the engine's own write of the vectors; benchmarks/search.py --part ingest)."""
+        reads as the float sequences it takes, without the Python float lists `.tolist()` makes (those cost about
+        as much as the engine's own write: benchmarks/search.py --part ingest, docs/results.md)."""
         points = []
         for i, doc_id in enumerate(batch.ids):
             vector: dict[str, Any] = {}
