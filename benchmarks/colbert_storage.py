@@ -6,7 +6,8 @@ document), optimized at each size. Each size is measured in a fresh child proces
 runs the queries (its VmRSS after opening and after the queries, its VmHWM), so the parent's corpus arrays do
 not count. Disk is the index directory's allocated bytes; the peak during `optimize` (which writes the optimized
 copies before dropping the old segments) is polled. A size whose projected disk use (measured bytes per
-document x size x 2 for the optimize copy) exceeds --max-disk-gb is skipped and reported as not reached.
+document x (size + the documents added since the last size, which optimize copies)) exceeds --max-disk-gb is
+skipped and reported as not reached; a watchdog stops the run if the work directory grows past the budget.
 
     python benchmarks/colbert_storage.py --part scale --storage float16 --sizes 10000 30000 100000 \\
         --plot docs/colbert_scale.png --out scale.json
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,19 @@ def _measure(directory: Path, queries: M3Output, workdir: Path) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def _watch_disk(workdir: Path, limit: float, stop: threading.Event) -> None:
+    """Past `limit` bytes under workdir, remove it and end the process (a size too large for the budget)."""
+    while not stop.wait(2.0):
+        try:
+            used = allocated_bytes(workdir)
+        except FileNotFoundError:
+            continue
+        if used > limit:
+            print(f"disk budget exceeded ({used / 1e9:.1f} GB > {limit / 1e9:.0f} GB): stopping", flush=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+            os._exit(3)
+
+
 def _optimize_with_peak(index: Index, directory: Path) -> tuple[float, int]:
     """Run optimize while polling the directory's allocated bytes; (seconds, peak bytes)."""
     peak = [allocated_bytes(directory)]
@@ -156,13 +171,16 @@ def scale_part(args: argparse.Namespace) -> list[dict]:
     docs = synthetic.corpus(sizes[-1], colbert=False, seed=0)  # dense + sparse of the largest size (ColBERT on demand)
     rows_per_doc = docs.n_tokens - 1
     results: list[dict] = []
+    stop = threading.Event()
+    threading.Thread(target=_watch_disk, args=(workdir, args.max_disk_gb * 1e9, stop), daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     try:
         index = Index.create(directory, fingerprint="synthetic-bge-m3", dim=1024, **scale_storage(args.storage))
         have = 0
         for n in sizes:
             if have:
                 per_doc = results[-1]["disk_bytes"] / have
-                need = per_doc * n + per_doc * n  # the index, plus the copy optimize writes
+                need = per_doc * n + per_doc * (n - have) * args.copy_factor  # + what optimize copies
                 if need > args.max_disk_gb * 1e9 or need > shutil.disk_usage(workdir).free * 0.9:
                     print(f"{n:,}: not reached: needs ~{need / 1e9:.0f} GB of disk at {per_doc / 1e3:.0f} kB/document "
                           f"(budget {args.max_disk_gb} GB)", flush=True)
@@ -193,6 +211,9 @@ def scale_part(args: argparse.Namespace) -> list[dict]:
             row = {"docs": n, "tokens": tokens, "storage": args.storage, "ingest_docs_s": ingest,
                    "optimize_s": build_s, "disk_bytes": disk, "disk_peak_bytes": peak, **child}
             results.append(row)
+            if args.out:  # after every size: a run stopped later keeps what it measured
+                partial = args.out.with_suffix(f".{args.storage}.partial.json")
+                partial.write_text(json.dumps(results, indent=2))
             print(f"{n:,} docs ({tokens:,} tokens): all p50 {child['all']['p50_ms']:.1f} ms p99 "
                   f"{child['all']['p99_ms']:.1f} ms; dense+sparse p50 {child['dense+sparse']['p50_ms']:.1f} ms; "
                   f"RSS {child['rss_after'] / 2**30:.2f} GiB (peak {child['hwm'] / 2**30:.2f}); disk "
@@ -201,6 +222,7 @@ def scale_part(args: argparse.Namespace) -> list[dict]:
             if n != sizes[-1]:
                 index = Index.open(directory)
     finally:
+        stop.set()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 
@@ -291,7 +313,10 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=100, help="queries timed per size and mode")
     p.add_argument("--batch", type=int, default=500, help="documents per upsert")
     p.add_argument("--flush-docs", type=int, default=5000, help="documents between flushes while growing")
-    p.add_argument("--max-disk-gb", type=float, default=25.0, help="skip sizes projected to need more disk")
+    p.add_argument("--max-disk-gb", type=float, default=25.0,
+                   help="skip sizes projected to need more disk; stop when the work directory grows past it")
+    p.add_argument("--copy-factor", type=float, default=1.0,
+                   help="projected optimize copy, in multiples of the documents added since the last size")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of latency and memory against size")
     p.add_argument("--child-index", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-queries", type=Path, help=argparse.SUPPRESS)
