@@ -77,6 +77,8 @@ def mapped_rss(root: Path) -> dict[str, int]:
                     rel = path[len(str(root)):]
                     where = ("wal" if "/wal/" in rel else
                              next((seg for seg in rel.split("/") if seg.startswith("vector_storage-")), "other index"))
+                    if where == "vector_storage-colbert":  # the quantized copy apart from the originals
+                        where += " quantized" if rel.rsplit("/", 1)[-1].startswith("quantized") else " originals"
             elif where is not None and head and head[0] == "Rss:":
                 parts[where] = parts.get(where, 0) + int(head[1]) * 1024
     return parts
@@ -262,6 +264,15 @@ def _trimmed(r: dict) -> str:
     return f"{r['rss_trimmed'] / 2**30:.2f} ({r['anon_trimmed'] / 2**30:.2f} + {r['file_trimmed'] / 2**30:.2f})"
 
 
+def _colbert_mapped(r: dict) -> str:
+    """Resident ColBERT files: all of them, and (newer runs) the quantized copy and the originals apart."""
+    m = r.get("mapped", {})
+    if "vector_storage-colbert" in m:
+        return _mapped(r, "vector_storage-colbert")
+    q, o = m.get("vector_storage-colbert quantized", 0), m.get("vector_storage-colbert originals", 0)
+    return f"{(q + o) / 2**30:.2f} (quantized {q / 2**30:.2f}, originals {o / 2**30:.2f})"
+
+
 def _mapped(r: dict, part: str) -> str:
     return "—" if "mapped" not in r else f"{r['mapped'].get(part, 0) / 2**30:.2f}"
 
@@ -281,7 +292,7 @@ def scale_report(results: list[dict], model: dict) -> str:
         lines.append(
             f"| {r['docs']:,} | {r['tokens']:,} | {r['storage']} | {r['all']['p50_ms']:.1f} | {r['all']['p99_ms']:.1f} "
             f"| {r['dense+sparse']['p50_ms']:.1f} | {r['rss_open'] / 2**30:.2f} | {r['rss_after'] / 2**30:.2f} | "
-            f"{_mapped(r, 'vector_storage-colbert')} | {_mapped(r, 'wal')} | {_trimmed(r)} | "
+            f"{_colbert_mapped(r)} | {_mapped(r, 'wal')} | {_trimmed(r)} | "
             f"{r['hwm'] / 2**30:.2f} | {r['disk_bytes'] / 2**30:.2f} | {r['disk_peak_bytes'] / 2**30:.2f} | "
             f"{(r['rss_after'] - r['rss_before']) / r['tokens']:.0f} | {r['disk_bytes'] / r['tokens']:.0f} | "
             f"{r['ingest_docs_s']:,.0f} | "
