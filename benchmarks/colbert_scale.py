@@ -250,7 +250,8 @@ def scale_model(results: list[dict]) -> dict:
     n = np.array([r["docs"] for r in done], dtype=np.float64)
     fit = {}
     trimmed = all("rss_trimmed" in r for r in done)
-    for key, values in ((f"index RSS{'' if trimmed else ' (untrimmed)'}", [_index_ram(r) for r in done]),
+    ram = [(r["rss_trimmed"] if trimmed else r["rss_after"]) - r["rss_before"] for r in done]  # one kind only
+    for key, values in ((f"index RSS{'' if trimmed else ' (untrimmed)'}", ram),
                         ("disk_bytes", [r["disk_bytes"] for r in done]),
                         ("all_p50_ms", [r["all"]["p50_ms"] for r in done]),
                         ("dense+sparse_p50_ms", [r["dense+sparse"]["p50_ms"] for r in done])):
@@ -328,7 +329,12 @@ def scale_plot(runs: dict[str, list[dict]], path: Path) -> None:
         n = [r["docs"] for r in done]
         lat.plot(n, [r["all"]["p50_ms"] for r in done], "o-", label=f"{name} all p50")
         lat.plot(n, [r["all"]["p99_ms"] for r in done], "o--", label=f"{name} all p99")
-        mem.plot(n, [(r["rss_after"] - r["rss_before"]) / 2**30 for r in done], "o-", label=f"{name} index RSS")
+        mem.plot(n, [(r["rss_after"] - r["rss_before"]) / 2**30 for r in done], "o-",
+                 label=f"{name} index RSS after queries (WAL replay heap included)")
+        trimmed = [r for r in done if "rss_trimmed" in r]
+        if trimmed:
+            mem.plot([r["docs"] for r in trimmed], [(r["rss_trimmed"] - r["rss_before"]) / 2**30 for r in trimmed],
+                     "^:", label=f"{name} index RSS after malloc_trim")
         mem.plot(n, [r["disk_bytes"] / 2**30 for r in done], "s--", label=f"{name} disk")
     for ax, title, unit in ((lat, "`all` latency (k=10, 100 candidates per route)", "ms"),
                             (mem, "memory", "GiB")):
