@@ -12,6 +12,8 @@ bytes, measured on built indexes (issue 10). One function per part:
   benchmarks/search.py): recall@10 of `all` against the exact float32 M3 formula over the whole corpus, per
   option, with the same byte measurements at bge-m3's width.
 - `--part ram`: RAM and disk per ColBERT token at the margin (`part_ram`), at 1024-d and at minilm-m3's 384-d.
+- `--part scale`: `all` latency, resident memory and disk against corpus size (`colbert_scale.part_scale`,
+  in benchmarks/colbert_scale.py, which also runs alone).
 
 RAM is measured in a fresh process (`m3embed.index.footprint.measure_ram`) on a copy of the built index
 without its write-ahead log: Qdrant Edge 0.9 replays the whole log when it opens a shard, which peaks at ~25x
@@ -24,6 +26,8 @@ at the margin between two corpus sizes.
     python benchmarks/colbert_storage.py --part quality     # about an hour on 2 busy cores
     python benchmarks/colbert_storage.py --part fidelity    # about 15 minutes
     python benchmarks/colbert_storage.py --part ram         # about 15 minutes
+    python benchmarks/colbert_storage.py --part scale --storages float16 binary-disk --sizes 10000 30000 \\
+        --plot docs/colbert_scale.png
 """
 
 from __future__ import annotations
@@ -44,12 +48,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 
+from colbert_scale import add_scale_args, part_scale, scale_child, scale_table  # benchmarks/ is on sys.path
+
 from m3embed.index import Index
 from m3embed.index.footprint import measure_ram
 from m3embed.index.manifest import ColbertStorage
 from m3embed.types import M3Output
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 SETS = {**{f"classic/{name}": "qrels.tsv" for name in ("adi", "cacm", "cranfield", "lisa", "medline", "time")},
         "xquad/en": "qrels.dev.tsv"}
 OPTIONS = {  # name: storage (pool factor set per run)
@@ -311,6 +317,7 @@ PARTS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], Callable[
     "quality": (part_quality, quality_table),
     "fidelity": (part_fidelity, fidelity_table),
     "ram": (part_ram, ram_table),
+    "scale": (part_scale, scale_table),
 }
 
 
@@ -327,7 +334,11 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None, help="where the indexes are built (default: $TMPDIR)")
     parser.add_argument("--out", type=Path, default=Path("runs/colbert_storage"))
     parser.add_argument("--tables", type=Path, default=None, help="print the tables of an earlier run's JSON")
+    add_scale_args(parser)
     args = parser.parse_args()
+    if args.child_index:  # a measuring child of --part scale
+        scale_child(args)
+        return
     run, table = PARTS[args.part]
     if args.tables:
         print(table(json.loads(args.tables.read_text())["rows"]))

@@ -16,8 +16,17 @@ index stores ColBERT rows only for the documents the ColBERT-mode queries can re
 exact dense and sparse top 1.5 x k); other documents never enter a rescoring for those queries, so those
 queries get the results and do the work a full index would. Dense and sparse vectors are always complete.
 
+Each size also times the `dense`, `sparse` and `dense+sparse` queries sent straight to the Qdrant Edge shard
+(the QueryRequest `Index.search` builds, run by `EdgeShard.query`, interleaved with `Index.search` on the
+same index and queries): the ratio is what m3embed adds around the engine.
+
+`--part ingest` compares ColBERT ingest (vectors given) through `Index.add_outputs` with the previous conversion
+(`.tolist()` per point) and with the engine alone (points built beforehand, `EdgeShard.update` timed; also on a
+shard without write-ahead log, flushed per batch), in interleaved rounds on fresh indexes.
+
     python benchmarks/search.py                  # 10k documents (about 5 minutes on 2 cores)
     python benchmarks/search.py --sizes 100000 --colbert-queries 40    # about 10 minutes
+    python benchmarks/search.py --part ingest --ingest-docs 2000 --rounds 3
 """
 
 from __future__ import annotations
@@ -32,11 +41,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import qdrant_edge as qe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 
 from m3embed.index import Index
-from m3embed.index.store import DocBatch
+from m3embed.index.core import _query_vectors
+from m3embed.index.edge import EdgeStore
+from m3embed.index.store import DocBatch, StoredHit, plan_search, point_id
 from m3embed.types import M3Output
 from m3testkit import synthetic
 
@@ -185,6 +197,76 @@ def latency_and_recall(index: Index, q: M3Output, mode: str, nq: int, truth: lis
     return {"p50_ms": p50, "p99_ms": p99, "recall@10": float(np.mean(rec)) if rec else None, "queries": nq}
 
 
+def raw_vs_index(index: Index, q: M3Output, mode: str, nq: int) -> tuple[dict, dict]:
+    """p50/p99 of `Index.search` and of the same QueryRequest sent straight to the shard, interleaved query by
+    query (which of the two runs first alternates), on the same index."""
+    store = index.store
+    if not isinstance(store, EdgeStore):
+        raise TypeError("the raw engine baseline runs on Qdrant Edge")
+    spec = index.prepare(k=10, mode=mode, with_text=False)
+    payload = qe.PayloadSelector.Include(["id", "meta"])
+    requests = []
+    for i in range(nq):
+        v = next(_query_vectors(q.select([i]), index.manifest.colbert_dtype))
+        plan = plan_search(v, spec.mode, spec.k, spec.candidates, spec.weights, index.manifest.modes)
+        requests.append(store._request(plan, None, payload))
+    ours, raw = [], []
+
+    def run_ours(i: int) -> None:
+        one = q.select([i])
+        t = time.perf_counter()
+        index.search(one, k=10, mode=mode, with_text=False)
+        ours.append(time.perf_counter() - t)
+
+    def run_raw(i: int) -> None:
+        t = time.perf_counter()
+        store.shard.query(requests[i])  # what EdgeStore.search sends for one query
+        raw.append(time.perf_counter() - t)
+
+    for i in range(min(5, nq)):  # warm up
+        run_ours(i), run_raw(i)
+    ours.clear(), raw.clear()
+    for i in range(nq):
+        first, second = (run_ours, run_raw) if i % 2 else (run_raw, run_ours)
+        first(i), second(i)
+    out = []
+    for times in (ours, raw):
+        p50, p99 = percentiles(times)
+        out.append({"p50_ms": p50, "p99_ms": p99, "recall@10": None, "queries": nq})
+    return out[0], out[1]
+
+
+def stage_profile(index: Index, q: M3Output, mode: str, nq: int) -> dict[str, float]:
+    """Median µs per query of each step `Index.search` takes (as `Index.first_stage` runs them), timed apart:
+    where the time around the engine goes. "engine, id payload only" is the same request reading only the id."""
+    store = index.store
+    steps: dict[str, list[float]] = {}
+    keys = qe.PayloadSelector.Include(["id", "meta"])
+    slim = qe.PayloadSelector.Include(["id"])
+    for i in range(nq):
+        one = q.select([i])
+        t0 = time.perf_counter()
+        spec = index.prepare(k=10, mode=mode, with_text=False)
+        t1 = time.perf_counter()
+        v = list(_query_vectors(one, index.manifest.colbert_dtype, spec.query_modes))
+        t2 = time.perf_counter()
+        plan = plan_search(v[0], spec.mode, spec.k, spec.candidates, spec.weights, index.manifest.modes)
+        t3 = time.perf_counter()
+        request = store._request(plan, None, keys)
+        t4 = time.perf_counter()
+        points = store.shard.query(request)
+        t5 = time.perf_counter()
+        [StoredHit(float(p.score), p.payload or {}) for p in points]
+        t6 = time.perf_counter()
+        store.shard.query(store._request(plan, None, slim))
+        t7 = time.perf_counter()
+        for name, dt in (("prepare (checks)", t1 - t0), ("query vectors", t2 - t1), ("plan", t3 - t2),
+                         ("engine request objects", t4 - t3), ("engine query (id, meta)", t5 - t4),
+                         ("hits", t6 - t5), ("engine query (id only) + its request", t7 - t6)):
+            steps.setdefault(name, []).append(dt)
+    return {k: float(np.median(v)) * 1e6 for k, v in steps.items()}
+
+
 def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     print(f"\n== {n:,} documents ==", flush=True)
     t0 = time.perf_counter()
@@ -230,6 +312,17 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     for mode in MODES:
         nq = nq_col if mode in COLBERT_MODES else args.queries
         edge["modes"][mode] = latency_and_recall(index, q, mode, nq, truth.get(mode))
+    edge["raw_engine"] = {}
+    for mode in ("dense", "sparse", "dense+sparse"):
+        ours, raw = raw_vs_index(index, q, mode, args.queries)
+        edge["modes"][f"{mode} (interleaved with raw)"] = ours
+        edge["modes"][f"{mode} (raw engine query)"] = raw
+        edge["raw_engine"][mode] = ours["p50_ms"] / raw["p50_ms"]
+        print(f"{mode}: Index.search p50 {ours['p50_ms']:.2f} ms, raw engine query {raw['p50_ms']:.2f} ms: "
+              f"{edge['raw_engine'][mode]:.2f}x (load {os.getloadavg()[0]:.1f})", flush=True)
+    edge["stages_us"] = stage_profile(index, q, "dense+sparse", args.queries)
+    print("dense+sparse, median µs per step: " + ", ".join(f"{k} {v:,.0f}" for k, v in edge["stages_us"].items()),
+          flush=True)
     for c in args.sweep:
         edge["modes"][f"all (k={c})"] = latency_and_recall(index, q, "all", nq_col, truth["all"], candidates=c)
     for r in args.colbert_top:
@@ -270,6 +363,102 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     return result
 
 
+class ListEdgeStore(EdgeStore):
+    """The peer: Qdrant Edge fed Python lists (`.tolist()` per point), as m3embed did before memoryviews."""
+
+    def upsert(self, batch: DocBatch) -> None:
+        self.shard.update(qe.UpdateOperation.upsert_points(list_points(batch)))
+
+
+def list_points(batch: DocBatch) -> list[qe.Point]:
+    points = []
+    dense = None if batch.dense is None else batch.dense.tolist()
+    for i, doc_id in enumerate(batch.ids):
+        vector: dict = {"dense": dense[i]} if dense is not None else {}
+        if batch.sparse is not None:
+            vector["sparse"] = qe.SparseVector(batch.sparse[i].ids.tolist(), batch.sparse[i].weights.tolist())
+        if batch.colbert is not None:
+            vector["colbert"] = batch.colbert[i].tolist()
+        points.append(qe.Point(point_id(doc_id), vector, batch.payloads[i]))
+    return points
+
+
+def ingest_part(args: argparse.Namespace, workdir: Path) -> str:
+    """ColBERT ingest (vectors given, bge-m3 shapes) through `Index.add_outputs`, against the previous list
+    conversion and the engine alone, in interleaved rounds; each run on a fresh index, flushed at the end."""
+    n, batch = args.ingest_docs, args.batch
+    docs = synthetic.corpus(n, seed=0)
+    rows = sum(len(c) for c in docs.colbert)
+    print(f"{n:,} documents, {rows / n:.0f} ColBERT rows per document, {batch} per upsert", flush=True)
+    rates: dict[str, list[float]] = {}
+
+    def fresh(name: str) -> Index:
+        return Index.create(workdir / name, fingerprint="synthetic-bge-m3", dim=1024)
+
+    def timed(name: str, load: object) -> None:
+        index = fresh(name)
+        try:
+            rate = load(index)
+        finally:
+            index.close()
+            shutil.rmtree(workdir / name)
+        rates.setdefault(name, []).append(rate)
+        print(f"  {name}: {rate:,.0f} docs/s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+    def m3embed(index: Index) -> float:
+        return ingest_rate(index, docs, np.arange(n), batch, colbert=dict(enumerate(docs.colbert)))
+
+    def lists(index: Index) -> float:
+        index.store.__class__ = ListEdgeStore
+        return m3embed(index)
+
+    def engine_alone(index: Index) -> float:
+        ids = [f"d{j}" for j in range(n)]
+        prepared = [list_points(index._batch(ids[a : a + batch], docs.select(np.arange(a, min(n, a + batch))),
+                                             None, None)) for a in range(0, n, batch)]
+        t = time.perf_counter()
+        for points in prepared:
+            index.store.shard.update(qe.UpdateOperation.upsert_points(points))
+        index.flush()
+        return n / (time.perf_counter() - t)
+
+    def engine_no_wal(index: Index) -> float:
+        """The engine alone on a shard without a write-ahead log, flushed after every batch (the only way such
+        a shard makes a batch durable): what `wal_enabled=False` would buy."""
+        path = workdir / "no-wal"
+        colbert = qe.EdgeVectorParams(size=1024, distance=qe.Distance.Dot, datatype=qe.VectorStorageDatatype.Float16,
+                                      multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                                      hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000))
+        config = qe.EdgeConfig(vectors={"dense": qe.EdgeVectorParams(size=1024, distance=qe.Distance.Dot),
+                                        "colbert": colbert},
+                               sparse_vectors={"sparse": qe.EdgeSparseVectorParams()}, wal_enabled=False)
+        shard = qe.EdgeShard.create(str(path), config)
+        ids = [f"d{j}" for j in range(n)]
+        prepared = [list_points(index._batch(ids[a : a + batch], docs.select(np.arange(a, min(n, a + batch))),
+                                             None, None)) for a in range(0, n, batch)]
+        t = time.perf_counter()
+        for points in prepared:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.flush()
+        rate = n / (time.perf_counter() - t)
+        shard.close()
+        shutil.rmtree(path)
+        return rate
+
+    for r in range(args.rounds):
+        print(f"round {r + 1}", flush=True)
+        order = [("m3embed (memoryview)", m3embed), ("previous (.tolist())", lists), ("engine alone", engine_alone),
+                 ("engine alone, no WAL, flush per batch", engine_no_wal)]
+        for name, load in order if r % 2 == 0 else order[::-1]:
+            timed(name, load)
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    base = med["m3embed (memoryview)"]
+    lines = ["| path | docs/s (median) | rounds | vs m3embed |", "|---|---|---|---|"]
+    for k, v in med.items():
+        lines.append(f"| {k} | {v:,.0f} | {', '.join(f'{x:,.0f}' for x in rates[k])} | {v / base:.2f}x |")
+    return "\n".join(lines)
+
+
 def report(results: list[dict]) -> str:
     lines = ["| docs | engine | mode | p50 ms | p99 ms | recall@10 | queries |", "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -291,6 +480,10 @@ def report(results: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=("search", "ingest"), default="search",
+                   help="search: the per-size run; ingest: ColBERT ingest against the previous path and the engine")
+    p.add_argument("--ingest-docs", type=int, default=2000, help="documents per round of --part ingest")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --part ingest")
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000], help="corpus sizes (add 100000 for the full run)")
     p.add_argument("--queries", type=int, default=200, help="queries for dense / sparse / dense+sparse")
     p.add_argument("--colbert-docs", type=int, default=10_000, help="largest corpus stored with every ColBERT row")
@@ -309,6 +502,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="m3bench-", dir=args.workdir))
     print(f"{os.cpu_count()} CPUs; indexes in {workdir}", flush=True)
     t = time.perf_counter()
+    if args.part == "ingest":
+        try:
+            print("\n" + ingest_part(args, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\ntotal {time.perf_counter() - t:.0f} s")
+        return
     try:
         results = [run_size(n, args, workdir) for n in args.sizes]
     finally:

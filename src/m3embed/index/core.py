@@ -454,7 +454,9 @@ class Index:
     def first_stage(self, spec: SearchSpec, outputs: M3Output) -> list[list[Hit]]:
         """The hits before any cross-encoder: `spec.first_k` per query, with their texts when a reranker follows
         (the HTTP service runs `rerank_hits` on its model worker)."""
-        vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype))
+        # explain scores every representation the query has; a plain search converts only those its plan uses
+        needed = None if spec.explain else spec.query_modes
+        vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype, needed))
         plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
                              spec.hnsw_ef, spec.colbert_top, self.manifest.colbert_storage) for q in vectors]
         with self._reading():
@@ -577,16 +579,21 @@ def rerank_hits(reranker: Any, queries: Sequence[str], hits: list[list[Hit]], k:
     return out
 
 
-def _query_vectors(out: M3Output, colbert_dtype: str) -> Iterator[QueryVectors]:
-    """Per-query vectors; ColBERT rows rounded to the stored precision, as Qdrant Edge rounds them itself
-    for float16 storage, so every engine (and a NumPy check) computes the same MaxSim."""
+def _query_vectors(out: M3Output, colbert_dtype: str, modes: Sequence[str] | None = None) -> Iterator[QueryVectors]:
+    """Per-query vectors of `modes` (default: every representation `out` holds); ColBERT rows rounded to the
+    stored precision, as Qdrant Edge rounds them itself for float16 storage, so every engine (and a NumPy check)
+    computes the same MaxSim."""
+    want = MODES if modes is None else modes
+    dense = out.dense if "dense" in want else None
+    sparse = out.sparse if "sparse" in want else None
+    colbert = out.colbert if "colbert" in want else None
     for i in range(len(out)):
-        colbert = None
-        if out.colbert is not None:
-            colbert = np.asarray(out.colbert[i], dtype=np.float16 if colbert_dtype == "float16" else np.float32)
-        yield QueryVectors(dense=None if out.dense is None else np.asarray(out.dense[i], dtype=np.float32),
-                           sparse=None if out.sparse is None else out.sparse_vector(i),
-                           colbert=None if colbert is None else colbert.astype(np.float32))
+        rows = None
+        if colbert is not None:
+            rows = np.asarray(colbert[i], dtype=np.float16 if colbert_dtype == "float16" else np.float32)
+        yield QueryVectors(dense=None if dense is None else np.asarray(dense[i], dtype=np.float32),
+                           sparse=None if sparse is None else out.sparse_vector(i),
+                           colbert=None if rows is None else rows.astype(np.float32))
 
 
 def _batch_bytes(batch: DocBatch) -> int:

@@ -105,16 +105,19 @@ class EdgeStore(Store):
     # ---- writes ----
 
     def upsert(self, batch: DocBatch) -> None:
+        """One update operation for the batch; vectors reach the engine as float32 memoryviews, which the binding
+        reads as the float sequences it takes, without the Python float lists `.tolist()` makes (those cost about
+        as much as the engine's own write: benchmarks/search.py --part ingest, docs/results.md)."""
         points = []
-        dense = None if batch.dense is None else batch.dense.tolist()  # one conversion for the whole batch
         for i, doc_id in enumerate(batch.ids):
             vector: dict[str, Any] = {}
-            if dense is not None:
-                vector["dense"] = dense[i]
+            if batch.dense is not None:
+                vector["dense"] = _floats(batch.dense[i])
             if batch.sparse is not None:
-                vector["sparse"] = qe.SparseVector(batch.sparse[i].ids.tolist(), batch.sparse[i].weights.tolist())
+                sv = batch.sparse[i]
+                vector["sparse"] = qe.SparseVector(_ints(sv.ids), _floats(sv.weights))
             if batch.colbert is not None:
-                vector["colbert"] = batch.colbert[i].tolist()
+                vector["colbert"] = [_floats(row) for row in batch.colbert[i]]  # (n_tok, h): one view per row
             points.append(qe.Point(point_id(doc_id), vector, batch.payloads[i]))
         with _disk_errors(self.directory):
             self.shard.update(qe.UpdateOperation.upsert_points(points))
@@ -171,11 +174,12 @@ class EdgeStore(Store):
         return [[StoredHit(float(p.score), p.payload or {}) for p in points] for points in results]
 
     def _request(self, plan: Plan, flt: qe.Filter | None, payload: qe.PayloadSelector) -> qe.QueryRequest:
+        queries: dict[tuple[int, str], qe.Query] = {}  # a plan names each query vector several times: convert once
         if isinstance(plan, Nearest):
-            return qe.QueryRequest(limit=plan.limit, query=_nearest(plan), filter=flt, params=_params(plan),
-                                   with_payload=payload)
+            return qe.QueryRequest(limit=plan.limit, query=_nearest(plan, queries), filter=flt,
+                                   params=_params(plan), with_payload=payload)
         return qe.QueryRequest(limit=plan.limit, query=_formula(plan), filter=flt, with_payload=payload,
-                               prefetches=[_prefetch(b, flt) for b in plan.branches])
+                               prefetches=[_prefetch(b, flt, queries) for b in plan.branches])
 
     def colbert_footprint(self) -> dict[str, int]:
         """The colbert storage folders' allocated bytes (originals, quantized vectors, offsets), and the vectors
@@ -187,6 +191,15 @@ class EdgeStore(Store):
         tokens = sum(int.from_bytes((f / "vectors" / "status.dat").read_bytes()[:8], "little") for f in folders
                      if (f / "vectors" / "status.dat").is_file())
         return {"colbert_tokens": tokens, "colbert_disk_bytes": sum(allocated_bytes(f) for f in folders)}
+
+
+def _floats(v: np.ndarray) -> memoryview:
+    """A 1-d float32 view the binding reads as a float sequence (exactly the values `.tolist()` would give)."""
+    return memoryview(np.ascontiguousarray(v, dtype=np.float32))
+
+
+def _ints(v: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(v))
 
 
 def _in_memory_fs(path: Path) -> bool:
@@ -220,12 +233,12 @@ def _disk_errors(directory: Path | None) -> Iterator[None]:
         raise
 
 
-def _prefetch(node: Plan, flt: qe.Filter | None) -> qe.Prefetch:
+def _prefetch(node: Plan, flt: qe.Filter | None, queries: dict[tuple[int, str], qe.Query]) -> qe.Prefetch:
     if isinstance(node, WeightedSum):
-        inner = [_prefetch(b, flt) for b in node.branches]
+        inner = [_prefetch(b, flt, queries) for b in node.branches]
         return qe.Prefetch(limit=node.limit, query=_formula(node), prefetches=inner)
-    inner = [_prefetch(c, flt) for c in node.over]
-    return qe.Prefetch(limit=node.limit, query=_nearest(node), prefetches=inner or None,
+    inner = [_prefetch(c, flt, queries) for c in node.over]
+    return qe.Prefetch(limit=node.limit, query=_nearest(node, queries), prefetches=inner or None,
                        filter=None if inner else flt, params=_params(node))
 
 
@@ -236,11 +249,20 @@ def _formula(plan: WeightedSum) -> qe.Formula:
     return qe.Formula(qe.Expression.Sum(terms), defaults={f"$score[{i}]": 0.0 for i in range(len(terms))})
 
 
-def _nearest(node: Nearest) -> qe.Query:
-    v = node.vector
-    if isinstance(v, SparseVector):
-        return qe.Query.Nearest(qe.SparseVector(v.ids.tolist(), v.weights.tolist()), using=node.using)
-    return qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=node.using)
+def _nearest(node: Nearest, queries: dict[tuple[int, str], qe.Query]) -> qe.Query:
+    """The engine's query for `node`'s vector, converted once per request (`queries` keys: vector id, name)."""
+    key = (id(node.vector), node.using)
+    query = queries.get(key)
+    if query is None:
+        v = node.vector
+        if isinstance(v, SparseVector):
+            vector: Any = qe.SparseVector(_ints(v.ids), _floats(v.weights))
+        elif np.ndim(v) == 2:  # colbert rows
+            vector = [_floats(row) for row in np.asarray(v, dtype=np.float32)]
+        else:
+            vector = _floats(v)
+        query = queries[key] = qe.Query.Nearest(vector, using=node.using)
+    return query
 
 
 def _params(node: Nearest) -> qe.SearchParams | None:
