@@ -120,8 +120,7 @@ def storage_for(name: str, pool: int) -> ColbertStorage:
 
 def encode_set(name: str, model: Any, cache: Path) -> tuple[Any, M3Output, M3Output]:
     """The dataset and its encoded corpus and queries, from the cache when there."""
-    from m3embed.evaluate import EVAL_MAX_LENGTH, load_dataset
-    from m3embed.tokenize import resolve_max_length
+    from m3embed.evaluate import load_dataset
 
     dataset = load_dataset(DATA / name, qrels=SETS[name])
     path = cache / (name.replace("/", "_") + ".pkl")
@@ -129,9 +128,8 @@ def encode_set(name: str, model: Any, cache: Path) -> tuple[Any, M3Output, M3Out
         docs, queries = pickle.loads(path.read_bytes())
         return dataset, docs, queries
     modes = ("dense", "sparse", "colbert")
-    q_len = resolve_max_length(None, model.max_length, EVAL_MAX_LENGTH)
     docs = model.encode_corpus(dataset.doc_texts, modes=modes, max_length=256)
-    queries = model.encode_queries(list(dataset.queries.values()), modes=modes, max_length=q_len)
+    queries = model.encode_queries(list(dataset.queries.values()), modes=modes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps((docs, queries)))
     return dataset, docs, queries

@@ -207,7 +207,7 @@ def raw_vs_index(index: Index, q: M3Output, mode: str, nq: int) -> tuple[dict, d
     payload = qe.PayloadSelector.Include(["id", "meta"])
     requests = []
     for i in range(nq):
-        v = next(_query_vectors(q.select([i]), index.manifest.colbert_dtype))
+        v = next(_query_vectors(q.select([i]), index.manifest.colbert_storage.dtype))
         plan = plan_search(v, spec.mode, spec.k, spec.candidates, spec.weights, index.manifest.modes)
         requests.append(store._request(plan, None, payload))
     ours, raw = [], []
@@ -248,7 +248,7 @@ def stage_profile(index: Index, q: M3Output, mode: str, nq: int) -> dict[str, fl
         t0 = time.perf_counter()
         spec = index.prepare(k=10, mode=mode, with_text=False)
         t1 = time.perf_counter()
-        v = list(_query_vectors(one, index.manifest.colbert_dtype, spec.query_modes))
+        v = list(_query_vectors(one, index.manifest.colbert_storage.dtype, spec.query_modes))
         t2 = time.perf_counter()
         plan = plan_search(v[0], spec.mode, spec.k, spec.candidates, spec.weights, index.manifest.modes)
         t3 = time.perf_counter()

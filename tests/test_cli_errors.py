@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from m3embed.cli import main
-from m3embed.corpus import iter_jsonl, read_records
+from m3embed.cli.indexing import parse_where
+from m3embed.corpus import iter_jsonl, read_ids, read_records
 from m3embed.index import Index
-from m3embed.index.ingest import read_ids
 from m3embed.model import M3Model
 
 
@@ -137,3 +137,12 @@ def test_progress_goes_to_stderr_and_saving_shows_no_bars(xlmr_ckpt: Path, tmp_p
     model.save_pretrained(tmp_path / "saved")
     out, err = capfd.readouterr()
     assert "Writing model shards" not in out + err and "it/s" not in out + err
+
+
+def test_parse_where() -> None:
+    assert parse_where(["lang=en", 'tag=["a","b"]', "year>=2000", "year<2010", "n=3", "ok=true"]) == {
+        "lang": "en", "tag": ["a", "b"], "year": {"gte": 2000.0, "lt": 2010.0}, "n": 3, "ok": True}
+    assert parse_where(["title = a b "]) == {"title": "a b"}
+    for bad, message in [(["lang"], "use field=value"), (["x>=soon"], ">= needs a number"), (["=1"], "use field")]:
+        with pytest.raises(ValueError, match=message):
+            parse_where(bad)

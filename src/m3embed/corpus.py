@@ -1,4 +1,8 @@
-"""Reading documents from jsonl, txt or parquet files, streamed, with errors that name file and line."""
+"""Reading documents from jsonl, txt or parquet files, streamed, with errors that name file and line.
+
+A record is checked as it is read (`m3embed.documents`: its id and metadata), so a bad one is named by file
+and line before anything encodes or stores it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m3embed.documents import check_id
+from m3embed.documents import check_id, check_metadata
 
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
 
@@ -60,6 +64,39 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def count_records(path: str | Path) -> int | None:
+    """Records in a jsonl / txt / parquet file without parsing them (None for unknown formats)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if suffix in (".jsonl", ".json", ".txt"):
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    return None
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Ids from a file: one per line, or jsonl objects with an "id" field."""
+    ids = []
+    for lineno, line in iter_lines(path):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError(f"{path}:{lineno}: a JSON line needs an 'id' field")
+            line = check_id(row["id"], f"{path}:{lineno}")
+        ids.append(line)
+    return ids
+
+
 def iter_lines(path: str | Path, *, offset: int = 0, first_line: int = 1,
                max_lines: int | None = None) -> Iterator[tuple[int, str]]:
     """(line number, text) of each line of a UTF-8 file (a BOM at the start is dropped); a byte sequence that
@@ -101,7 +138,7 @@ def iter_jsonl(path: str | Path, *, offset: int = 0, first_line: int = 1,
 
 def make_record(row: dict, where: str, default_id: str, text_field: str, id_field: str,
                 title_field: str | None) -> Record:
-    """One row of a jsonl or parquet input as a Record; `where` (file:line) names it in errors."""
+    """One row of a jsonl or parquet input as a checked Record; `where` (file:line) names it in errors."""
     if text_field not in row:
         raise ValueError(f"{where}: missing field {text_field!r} (fields: {', '.join(map(str, row)) or 'none'})")
     text = row[text_field]
@@ -114,7 +151,7 @@ def make_record(row: dict, where: str, default_id: str, text_field: str, id_fiel
         doc_id = check_id(row.get(id_field, default_id))
     except ValueError as e:
         raise ValueError(f"{where}: field {id_field!r}: {e}") from None
-    meta = {k: v for k, v in row.items() if k not in (text_field, id_field)}
+    meta = check_metadata({k: v for k, v in row.items() if k not in (text_field, id_field)}, doc_id, where)
     return Record(doc_id, text, meta, where)
 
 

@@ -23,7 +23,8 @@ Two default weight triples (dense, sparse, colbert), used alike by Python, the C
 - `SCORE_WEIGHTS` (1, 1, 1), FlagEmbedding's `compute_score` default: `compute_score`, `m3embed score`,
   `/v1/score`. Its hybrid scores are divided by the sum of the weights used, as FlagEmbedding does.
 
-This module imports nothing from the package: every other module may use it.
+This module imports only `m3embed.errors`: every other module may use it. Its checks raise `ParamError`
+naming the parameter ("mode", "weights").
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from m3embed.errors import ParamError
+
 MODES = ("dense", "sparse", "colbert")  # the representations, in canonical order
 SEARCH_MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
 CANDIDATE_ROUTES = ("dense", "sparse")  # searched over the whole index; hybrid modes rescore their union
 SEARCH_WEIGHTS = (0.4, 0.2, 0.4)  # BGE-M3 README: dense 0.4, sparse 0.2, colbert 0.4
 SCORE_WEIGHTS = (1.0, 1.0, 1.0)  # FlagEmbedding BGEM3FlagModel.compute_score's default
 DEFAULT_RERANK_TOP = 100  # first-stage hits a cross-encoder reranker rescores, unless told otherwise
+# a text's role selects the model's prompt for it (e5: "query: " / "passage: "); the index and search know their
+# roles, while `m3embed encode --input-type` and the `input_type` of /v1/embeddings and /v1/encode default to
+# this: None, the text as given, so both shells give one text the same vectors
+DEFAULT_ROLE: str | None = None
 
 _SCORED = {"dense": ("dense",), "sparse": ("sparse",), "colbert": ("colbert",),
            "dense+sparse": ("dense", "sparse"), "all": MODES}
@@ -63,7 +70,7 @@ def check_modes(modes: Sequence[str] | str) -> tuple[str, ...]:
 def scored(mode: str) -> tuple[str, ...]:
     """The representations whose scores make up search mode `mode`'s ranking score."""
     if mode not in _SCORED:
-        raise ValueError(f"unknown search mode {mode!r}; choose from {', '.join(SEARCH_MODES)}")
+        raise ParamError(f"unknown search mode {mode!r}; choose from {', '.join(SEARCH_MODES)}", param="mode")
     return _SCORED[mode]
 
 
@@ -71,8 +78,8 @@ def check_search_mode(mode: str, stored: Sequence[str]) -> str:
     """Return `mode` if the stored representations can serve it; otherwise raise a ValueError saying why."""
     missing = [m for m in scored(mode) if m not in stored]
     if missing:
-        raise ValueError(f"search mode {mode!r} needs {', '.join(missing)}, but this index stores only "
-                         f"{', '.join(stored)}; pick another mode or rebuild the index with those modes")
+        raise ParamError(f"search mode {mode!r} needs {', '.join(missing)}, but this index stores only "
+                         f"{', '.join(stored)}; pick another mode or rebuild the index with those modes", param="mode")
     return mode
 
 
@@ -121,22 +128,24 @@ def index_representations(search_modes: Iterable[str]) -> tuple[str, ...]:
 
 def check_weights(weights: Sequence[float], *, name: str = "weights", normalized: bool = False
                   ) -> tuple[float, float, float]:
-    """Three finite numbers (dense, sparse, colbert) as floats; a ValueError naming the problem otherwise.
+    """Three finite numbers (dense, sparse, colbert) as floats; a ParamError naming the problem otherwise.
 
     With `normalized` (hybrids divided by their weight sum, as compute_score does) the weights must also be
     >= 0 with dense + sparse > 0.
     """
+    param = name.lstrip("-")
     try:
         values = tuple(float(w) for w in weights)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be three numbers (dense, sparse, colbert), got {weights!r}") from None
+        raise ParamError(f"{name} must be three numbers (dense, sparse, colbert), got {weights!r}",
+                         param=param) from None
     if len(values) != 3:
-        raise ValueError(f"{name} must be (dense, sparse, colbert), got {len(values)} values")
+        raise ParamError(f"{name} must be (dense, sparse, colbert), got {len(values)} values", param=param)
     if not all(math.isfinite(w) for w in values):
-        raise ValueError(f"{name} must be finite numbers, got {list(values)}")
+        raise ParamError(f"{name} must be finite numbers, got {list(values)}", param=param)
     if normalized and (min(values) < 0 or values[0] + values[1] <= 0):
-        raise ValueError(f"{name} {list(values)} must be >= 0 with dense + sparse > 0 (the hybrid scores are "
-                         "divided by their weight sum)")
+        raise ParamError(f"{name} {list(values)} must be >= 0 with dense + sparse > 0 (the hybrid scores are "
+                         "divided by their weight sum)", param=param)
     return values  # type: ignore[return-value]
 
 
@@ -145,6 +154,6 @@ def parse_weights(text: str, *, name: str = "--weights") -> tuple[float, float, 
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"{name} must be three numbers (dense,sparse,colbert) like 0.4,0.2,0.4, "
-                         f"got {text!r}") from None
+        raise ParamError(f"{name} must be three numbers (dense,sparse,colbert) like 0.4,0.2,0.4, "
+                         f"got {text!r}", param=name.lstrip("-")) from None
     return check_weights(values, name=name)

@@ -79,6 +79,19 @@ def test_load_equals_an_index_built_from_texts(tmp_path: Path, job, model: M3Mod
             assert (again.added, again.skipped) == (0, 120)
 
 
+def test_a_repeated_id_keeps_its_last_row_across_batches(tmp_path: Path, xlmr_ckpt: Path, model: M3Model) -> None:
+    """The commit loop is ingest's (it used to be a copy that let the first copy win across batches)."""
+    docs = tmp_path / "docs.jsonl"
+    rows = [("a", "the first copy"), ("b", "a bee"), ("c", "the sea"), ("a", "the last copy")]
+    docs.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows))
+    encode_without_ray(docs, tmp_path / "encoded", str(xlmr_ckpt), rows_per_part=32)
+    with open_for_encoded(tmp_path / "idx", tmp_path / "encoded") as index:
+        stats = load_encoded(index, tmp_path / "encoded", batch_size=2)  # the copies of "a" in two batches
+        assert (stats.added, stats.duplicates, index.count()) == (4, 1, 3)
+        index.attach(model)
+        assert index.search("the last copy", k=1, mode="dense")[0].text == "the last copy"
+
+
 def test_a_shard_from_another_model_is_refused(tmp_path: Path, job, model: M3Model, bert_ckpt: Path) -> None:
     _, encoded = job
     other = M3Encoder(str(bert_ckpt), MODES)

@@ -157,8 +157,9 @@ def test_manifest_keeps_the_options_and_old_manifests_open_as_built(make_index, 
     storage = ColbertStorage("int8", originals="disk", oversampling=3.0, pool_factor=2)
     make_index("edge", name="new", colbert_storage=storage).close()
     data = json.loads((tmp_path / "new" / MANIFEST_NAME).read_text())
-    assert data["format_version"] == 3 and data["colbert_storage"] == {
-        "quantization": "int8", "originals": "disk", "rescore": True, "oversampling": 3.0, "pool_factor": 2}
+    assert data["format_version"] == 4 and data["colbert_storage"] == {
+        "quantization": "int8", "originals": "disk", "rescore": True, "oversampling": 3.0, "pool_factor": 2,
+        "dtype": "float16"} and "colbert_dtype" not in data
     with Index.open(tmp_path / "new") as index:
         assert index.manifest.colbert_storage == storage
         assert index.info()["colbert_storage"]["quantization"] == "int8"
@@ -171,6 +172,22 @@ def test_manifest_keeps_the_options_and_old_manifests_open_as_built(make_index, 
     del data["colbert_storage"]
     path.write_text(json.dumps({**data, "format_version": 2}))
     assert read_manifest(tmp_path / "old").colbert_storage == ColbertStorage()
+    with Index.open(tmp_path / "old") as index:
+        assert index.search(corpus.queries, k=5, mode="all") == before
+
+
+def test_a_format_3_manifest_keeps_its_colbert_dtype(make_index, corpus, tmp_path) -> None:
+    """Up to format 3 colbert_dtype stood beside colbert_storage; such an index opens with that precision."""
+    index = make_index("edge", name="old", colbert_storage=ColbertStorage("int8", dtype="float32"))
+    index.add_outputs(corpus.ids, corpus.docs)
+    before = index.search(corpus.queries, k=5, mode="all")
+    index.close()
+    path = tmp_path / "old" / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    storage = data.pop("colbert_storage")
+    path.write_text(json.dumps({**data, "format_version": 3, "colbert_dtype": storage.pop("dtype"),
+                                "colbert_storage": storage}))
+    assert read_manifest(tmp_path / "old").colbert_storage == ColbertStorage("int8", dtype="float32")
     with Index.open(tmp_path / "old") as index:
         assert index.search(corpus.queries, k=5, mode="all") == before
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from m3embed.index import ColbertStorage
 from m3embed.index.store import DEFAULT_CANDIDATES
 from m3embed.modes import SEARCH_MODES
 
 
 @pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])
 def test_edge_and_qdrant_agree(make_index, corpus, colbert_dtype: str) -> None:
-    indexes = [make_index(engine, name=engine, colbert_dtype=colbert_dtype) for engine in ("edge", "qdrant-memory")]
+    storage = ColbertStorage(dtype=colbert_dtype)
+    indexes = [make_index(engine, name=engine, colbert_storage=storage) for engine in ("edge", "qdrant-memory")]
     for index in indexes:
         index.add_outputs(corpus.ids, corpus.docs, metadata=corpus.meta)
     for mode in SEARCH_MODES:
@@ -25,11 +27,13 @@ def test_edge_and_qdrant_agree(make_index, corpus, colbert_dtype: str) -> None:
 
 
 def test_default_candidates_recall_exhaustive_m3(make_index, corpus, exact) -> None:
-    """The default candidate k (100 per route) finds the exhaustive M3 top-10 (every document rescored)."""
+    """The default candidates per route find the exhaustive M3 top-10 (every document rescored), while leaving
+    most of the corpus unscored."""
     index = make_index("edge")
     index.add_outputs(corpus.ids, corpus.docs)
     hits = index.search(corpus.queries, k=10, mode="all")
-    assert DEFAULT_CANDIDATES == 100
+    assert hits == index.search(corpus.queries, k=10, mode="all", candidates=DEFAULT_CANDIDATES)  # the default
+    assert 2 * DEFAULT_CANDIDATES < len(corpus.ids)  # the union of both routes is not the whole corpus
     found = 0
     for i, got in enumerate(hits):
         want, _ = exact.search(corpus.queries, i, "all", 10, candidates=len(corpus.ids))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3embed.corpus import read_records
-from m3embed.index import Index, open_index
-from m3embed.index.ingest import count_records, ingest
+from m3embed.corpus import count_records, read_records
+from m3embed.index import ColbertStorage, Index, open_index
+from m3embed.index.ingest import ingest
 from m3embed.model import M3Model
 from m3testkit.checkpoints import sample_texts
 
@@ -79,7 +79,7 @@ def test_ingest_parquet_and_repeated_ids(tmp_path: Path, model: M3Model) -> None
 def test_text_search_scores_match_the_model(tmp_path: Path, model: M3Model) -> None:
     texts = sample_texts(40, seed=7)
     queries = ["The cat reads a book", texts[5][:20]]
-    with Index.create(tmp_path / "idx", model, colbert_dtype="float32") as index:
+    with Index.create(tmp_path / "idx", model, colbert_storage=ColbertStorage(dtype="float32")) as index:
         index.add([f"d{i}" for i in range(40)], texts, metadata=[{"n": i} for i in range(40)])
         hits = index.search(queries, k=40, mode="all", candidates=40)
     d = model.encode_corpus(texts, modes=("dense", "sparse", "colbert"))

@@ -10,7 +10,7 @@ import pytest
 
 from m3embed import scoring
 from m3embed.corpus import read_records
-from m3embed.index import Index
+from m3embed.index import ColbertStorage, Index
 from m3embed.model import M3Model
 from m3embed.modes import SEARCH_WEIGHTS
 
@@ -25,7 +25,7 @@ def recall_at_10(tmp_path: Path, model: M3Model, dataset: str, n_queries: int, n
         queries = [json.loads(line)["text"] for line in f][:n_queries]
     docs = model.encode_corpus([r.text for r in records], modes=MODES)
     q = model.encode_queries(queries, modes=MODES)
-    with Index.create(tmp_path / "idx", model, colbert_dtype="float32") as index:
+    with Index.create(tmp_path / "idx", model, colbert_storage=ColbertStorage(dtype="float32")) as index:
         index.add_outputs([r.id for r in records], docs)
         hits = index.search(q, k=10, mode="all")  # default weights and candidate k
     position = {r.id: j for j, r in enumerate(records)}

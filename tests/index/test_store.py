@@ -13,7 +13,6 @@ from m3embed.index.store import (
     QueryVectors,
     WeightedSum,
     parse_filter,
-    parse_where,
     plan_search,
     point_id,
 )
@@ -86,12 +85,3 @@ def test_parse_filter() -> None:
                          ({"": 1}, "non-empty"), ("lang=en", "must be a dict")]:
         with pytest.raises((ValueError, TypeError), match=message):
             parse_filter(bad)
-
-
-def test_parse_where() -> None:
-    assert parse_where(["lang=en", 'tag=["a","b"]', "year>=2000", "year<2010", "n=3", "ok=true"]) == {
-        "lang": "en", "tag": ["a", "b"], "year": {"gte": 2000.0, "lt": 2010.0}, "n": 3, "ok": True}
-    assert parse_where(["title = a b "]) == {"title": "a b"}
-    for bad, message in [(["lang"], "use field=value"), (["x>=soon"], ">= needs a number"), (["=1"], "use field")]:
-        with pytest.raises(ValueError, match=message):
-            parse_where(bad)

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
-from m3embed.index import Index
+from m3embed.index import ColbertStorage, Index
 from m3embed.index.store import point_id
 
 
 def _list_points(index: Index, ids: list[str], docs) -> list[qe.Point]:
     """The previous conversion, kept as the reference."""
-    batch = index._batch(ids, docs, None, None)
+    keys, metas = index._checked(ids, None, None, docs)
+    batch = index._batch(keys, docs, None, metas)
     dense = batch.dense.tolist()
     return [qe.Point(point_id(doc_id), {"dense": dense[i],
                                        "sparse": qe.SparseVector(batch.sparse[i].ids.tolist(),
@@ -41,8 +42,8 @@ def _stored(index: Index, ids: list[str]) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])
 def test_edge_stores_the_vectors_the_list_conversion_stored(make_index, corpus, colbert_dtype: str) -> None:
-    ours = make_index("edge", name="ours", colbert_dtype=colbert_dtype)
-    ref = make_index("edge", name="ref", colbert_dtype=colbert_dtype)
+    ours = make_index("edge", name="ours", colbert_storage=ColbertStorage(dtype=colbert_dtype))
+    ref = make_index("edge", name="ref", colbert_storage=ColbertStorage(dtype=colbert_dtype))
     ids = corpus.ids[:60]
     docs = corpus.docs.select(range(60))
     ours.add_outputs(ids, docs)

@@ -1,27 +1,28 @@
 """Bulk load: stream encoded shards (`m3embed.shards`) into an index, without encoding again.
 
-Like `ingest`, a load is resumable: each batch skips the ids the index already holds and is committed before
-the next, so a killed load run again adds only what is missing. A shard encoded by another model than the
-index's is refused before anything of it is written.
+It runs ingestion's commit loop (`ingest.commit_batches`): each batch skips the ids the index already holds
+and is committed before the next, so a killed load run again adds only what is missing; a repeated id keeps
+its last row. A shard encoded by another model than the index's is refused before anything of it is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from m3embed import shards
 from m3embed.index import open_index
-from m3embed.index.core import DEFAULT_COLLECTION, Index, is_remote
-from m3embed.index.ingest import IngestStats
+from m3embed.index.core import Index
+from m3embed.index.directory import DEFAULT_COLLECTION, is_remote
+from m3embed.index.ingest import Batch, IngestStats, commit_batches
+from m3embed.index.manifest import ColbertStorage
 
 
 def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_existing: bool = True,
                  flush_every: float = 10.0, on_commit: Callable[[IngestStats], None] | None = None) -> IngestStats:
-    """Upsert the documents of encoded shards into `index`, batch by batch.
+    """Upsert the documents of encoded shards into `index`, batch by batch (`ingest.commit_batches`).
 
     Args:
         index: an open Index (no model needed).
@@ -36,30 +37,18 @@ def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_
     encoded = shards.open_encoded(path)
     for file in encoded.files:  # every shard is checked before the first is loaded
         check_shard(index, file)
-    stats = IngestStats()
-    flushed = time.monotonic()
-    for file in encoded.files:
-        for rows in shards.iter_shard(file, batch_size):
-            latest = {doc_id: i for i, doc_id in enumerate(rows.ids)}  # a repeated id keeps its last row
-            keep = list(latest)
-            if skip_existing:
-                missing = set(index.missing(keep))
-                keep = [i for i in keep if i in missing]
-            if keep:
-                idx = [latest[i] for i in keep]
-                index.add_outputs(keep, rows.outputs.select(idx), texts=_texts(rows, idx),
-                                  metadata=[rows.metadata[i] for i in idx])
-            if time.monotonic() - flushed > flush_every:
-                index.flush()
-                flushed = time.monotonic()
-            stats.seen += len(rows.ids)
-            stats.added += len(keep)
-            stats.skipped += len(latest) - len(keep)
-            stats.batches += 1
-            if on_commit:
-                on_commit(stats)
-    index.flush()
-    return stats
+
+    def batches() -> Iterator[Batch]:
+        for file in encoded.files:
+            for rows in shards.iter_shard(file, batch_size):
+                def write(idx: list[int], rows: shards.EncodedRows = rows) -> None:
+                    index.add_outputs([rows.ids[i] for i in idx], rows.outputs.select(idx), texts=_texts(rows, idx),
+                                      metadata=[rows.metadata[i] for i in idx])
+
+                yield rows.ids, write
+
+    return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
+                          on_commit=on_commit)
 
 
 def check_shard(index: Index, path: Path) -> None:
@@ -80,19 +69,23 @@ def check_shard(index: Index, path: Path) -> None:
 
 
 def open_for_encoded(location: str | Path | Any, path: str | Path, *, modes: Sequence[str] | None = None,
-                     **create_options: Any) -> Index:
+                     engine: str | None = None, colbert_storage: ColbertStorage | None = None,
+                     store_text: bool | None = None, collection: str = DEFAULT_COLLECTION,
+                     client_options: Mapping[str, Any] | None = None,
+                     collection_options: Mapping[str, Any] | None = None) -> Index:
     """Open the index at `location`, or create it for the shards of a finished encode job: their model (name
-    and fingerprint), modes and vector size.
+    and fingerprint), modes (default: every representation the shards hold) and vector size.
 
-    `create_options` are those of `open_index` (engine, colbert_dtype, store_text, collection, client_options,
-    collection_options); `modes` defaults to every representation the shards hold.
+    The other arguments are those of `open_index` (None: `Index.create`'s default).
     """
     summary = shards.open_encoded(path).summary
     if summary is None or summary.get("fingerprint") is None:
         raise ValueError(f"{path} is not a finished encode job with documents; an index is created from a job "
                          "directory (its _SUCCESS.json names the model)")
     return open_index(location, create=True, fingerprint=summary["fingerprint"], model_name=summary["model"],
-                      dim=summary["dim"], modes=tuple(modes or summary["modes"]), **create_options)
+                      dim=summary["dim"], modes=tuple(modes or summary["modes"]), engine=engine,
+                      colbert_storage=colbert_storage, store_text=store_text, collection=collection,
+                      client_options=client_options, collection_options=collection_options)
 
 
 def load_encoded_ray(location: str, path: str | Path, *, collection: str = DEFAULT_COLLECTION,

@@ -1,37 +1,27 @@
 """`Index`: documents with dense, sparse and ColBERT vectors in one engine, searched with M3's hybrid score.
 
-Longer than 400 lines for one reason: it is one class whose create / open / add / search / delete share the
-manifest, the directory lock and the write lock; the search plan (`store.py`), the engines (`edge.py`,
-`qdrant.py`), ingestion (`ingest.py`), bulk loads (`bulk.py`) and document checks (`m3embed.documents`) are
-already elsewhere.
+Where an index lives (create, open, lock, undo a failed creation) is `directory.py`; the search plan
+`store.py`; the engines `edge.py` and `qdrant.py`; streams of documents `ingest.py` and `bulk.py`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
 from m3embed import scoring
 from m3embed.diskspace import check_free
 from m3embed.documents import check_id, check_metadata
-from m3embed.index.manifest import (
-    DEFAULT_COLBERT_STORAGE,
-    FINGERPRINT_VERSION,
-    LOCK_NAME,
-    MANIFEST_NAME,
-    ColbertStorage,
-    DirectoryLock,
-    Manifest,
-    read_manifest,
-    write_manifest,
-)
+from m3embed.errors import ParamError
+from m3embed.index import directory
+from m3embed.index.directory import DEFAULT_COLLECTION, is_remote
+from m3embed.index.manifest import FINGERPRINT_VERSION, ColbertStorage, DirectoryLock, Manifest
 from m3embed.index.pooling import pool_tokens
 from m3embed.index.store import (
     DEFAULT_CANDIDATES,
@@ -54,20 +44,11 @@ from m3embed.modes import (
 )
 from m3embed.types import Hit, M3Output
 
-DEFAULT_COLLECTION = "m3embed"
-
-
-def is_remote(location: Any) -> bool:
-    """True for a Qdrant server URL, ":memory:" or a QdrantClient: places without an index directory."""
-    if isinstance(location, (str, Path)):
-        s = str(location)
-        return s == ":memory:" or s.startswith(("http://", "https://"))
-    return True
-
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """A checked search request, independent of the queries: what `Index.prepare` returns.
+    """A checked search request, independent of the queries: what `Index.prepare` returns, trusted from there on.
 
     Attributes:
         mode: the search mode (resolved from the index's default when not given).
@@ -88,7 +69,7 @@ class SearchSpec:
     hnsw_ef: int | None
     colbert_top: int | None
     reranker: Any = None
-    rerank_top: int | None = None
+    rerank_top: int | None = None  # set when there is a reranker
 
     @property
     def first_k(self) -> int:
@@ -117,7 +98,7 @@ class Index:
         self._lock = lock
         # an index directory (free space is checked before writes); None for a server or ":memory:"
         self.directory: Path | None = None if lock is None else lock.path.parent
-        self._write = threading.RLock()
+        self._write_lock = threading.RLock()
         self._closed = False
 
     # ---- create / open / close ----
@@ -125,12 +106,11 @@ class Index:
     @classmethod
     def create(cls, location: str | Path | Any, model: Any = None, *, fingerprint: str | None = None,
                model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
-               dim: int | None = None, colbert_dim: int | None = None, colbert_dtype: str = "float16",
-               colbert_storage: ColbertStorage | None = None, store_text: bool = True,
-               collection: str = DEFAULT_COLLECTION,
-               client_options: Mapping[str, Any] | None = None,
+               dim: int | None = None, colbert_dim: int | None = None,
+               colbert_storage: ColbertStorage = ColbertStorage(), store_text: bool = True,
+               collection: str = DEFAULT_COLLECTION, client_options: Mapping[str, Any] | None = None,
                collection_options: Mapping[str, Any] | None = None) -> Index:
-        """Create a new, empty index.
+        """Create a new, empty index (`m3embed.index.directory`: a failed creation leaves nothing behind).
 
         Args:
             location: a directory (new or empty), a Qdrant URL, ":memory:", or a QdrantClient.
@@ -139,10 +119,8 @@ class Index:
                 given (for precomputed outputs); colbert_dim defaults to dim.
             engine: "edge" (default for directories) or "qdrant" (always for URLs and ":memory:").
             modes: representations to store; drop "colbert" to save most of the space.
-            colbert_dtype: "float16" (default, half the size) or "float32".
-            colbert_storage: quantization, originals, rescoring and token pooling of the colbert field
-                (default `m3embed.index.manifest.DEFAULT_COLBERT_STORAGE`); an engine that cannot apply them
-                refuses with a ValueError.
+            colbert_storage: precision, quantization, originals, rescoring and token pooling of the colbert
+                field (default float16 vectors in RAM); an engine that cannot apply them refuses with a ValueError.
             store_text: keep document texts in the index.
             collection: collection name (qdrant engine).
             client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
@@ -160,82 +138,23 @@ class Index:
                                  f"modes={model.available_modes()!r}")
         if dim is None or fingerprint is None:
             raise ValueError("Index.create needs a model, or fingerprint= and dim= for precomputed outputs")
-        engine = engine or ("qdrant" if is_remote(location) else "edge")
-        if colbert_storage is None:
-            colbert_storage = DEFAULT_COLBERT_STORAGE if "colbert" in modes else ColbertStorage()
-        elif "colbert" not in modes and colbert_storage != ColbertStorage():
+        if "colbert" not in modes and colbert_storage != ColbertStorage():
             raise ValueError(f"colbert_storage applies to the colbert field, but the index stores only "
                              f"{', '.join(modes)}")
-        manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
-                            dim=dim, colbert_dim=colbert_dim or dim, colbert_dtype=colbert_dtype,
-                            store_text=store_text, fingerprint_version=fingerprint_version,
-                            colbert_storage=colbert_storage)
-        if is_remote(location):
-            if engine != "qdrant":
-                raise ValueError(f"{location!r} is a Qdrant location; use engine='qdrant' (edge needs a directory)")
-            from m3embed.index.qdrant import QdrantStore
-
-            client = _client(location, client_options)
-            try:
-                store = QdrantStore.create(client, collection, manifest, collection_options,
-                                           owns_client=client is not location)
-            except BaseException:
-                if client is not location:
-                    client.close()
-                raise
-            return cls(store, manifest, _describe(location), model)
-        directory = Path(location)
-        _check_new_directory(directory)
-        check_free(directory, 0, "creating an index")
-        before = set(directory.iterdir()) if directory.exists() else None
-        created = _topmost_missing(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = DirectoryLock(directory)
-        lock.acquire()
-        try:
-            store = _create_dir_store(directory, manifest, collection, collection_options)
-            try:
-                write_manifest(directory, manifest)  # last: a manifest means a complete index
-            except BaseException:
-                store.close()
-                raise
-        except BaseException:
-            lock.release()
-            _remove_created(directory, created, before)
-            raise
-        return cls(store, manifest, str(directory), model, lock)
+        manifest = Manifest(engine=engine or ("qdrant" if is_remote(location) else "edge"),
+                            model_name=model_name or "", fingerprint=fingerprint, modes=modes, dim=dim,
+                            colbert_dim=colbert_dim or dim, store_text=store_text,
+                            fingerprint_version=fingerprint_version, colbert_storage=colbert_storage)
+        place = directory.create(location, manifest, collection=collection, client_options=client_options,
+                                 collection_options=collection_options)
+        return cls(place.store, manifest, place.location, model, place.lock)
 
     @classmethod
     def open(cls, location: str | Path | Any, model: Any = None, *, collection: str = DEFAULT_COLLECTION,
              client_options: Mapping[str, Any] | None = None) -> Index:
         """Open an existing index; with a model, refuse it unless it is the model the index was built with."""
-        if is_remote(location):
-            from m3embed.index.qdrant import QdrantStore
-
-            client = _client(location, client_options)
-            store = QdrantStore(client, collection, owns_client=client is not location)
-            try:
-                data = store.read_manifest()
-            except BaseException:
-                store.close()
-                raise
-            if data is None:
-                store.close()
-                raise FileNotFoundError(f"no m3embed index in collection {collection!r} at {_describe(location)}; "
-                                        "create it with Index.create or `m3embed index build`")
-            manifest = Manifest.from_json(data, f"{_describe(location)} collection {collection!r}")
-            index = cls(store, manifest, _describe(location))
-        else:
-            directory = Path(location)
-            manifest = read_manifest(directory)
-            lock = DirectoryLock(directory)
-            lock.acquire()
-            try:
-                store = _load_dir_store(directory, manifest, collection)
-            except BaseException:
-                lock.release()
-                raise
-            index = cls(store, manifest, str(directory), lock=lock)
+        place = directory.open(location, collection=collection, client_options=client_options)
+        index = cls(place.store, place.manifest, place.location, lock=place.lock)
         if model is not None:
             try:
                 index.attach(model)
@@ -251,7 +170,7 @@ class Index:
 
     def close(self) -> None:
         """Flush and release the engine and the directory lock (idempotent)."""
-        with self._write:
+        with self._write_lock:
             if self._closed:
                 return
             self._closed = True
@@ -274,20 +193,18 @@ class Index:
             *, batch_size: int = 256, max_length: int | None = None) -> int:
         """Encode texts with the index's model and upsert them by id, `batch_size` at a time; returns the number
         written. `max_length` truncates the texts (default: the model's passage_max_length). Streams of
-        documents go through `m3embed.index.ingest.ingest`, which calls this per batch."""
+        documents go through `m3embed.index.ingest.ingest`, which calls this per batch.
+
+        The documents are checked first (see `add_outputs`), so a bad one is refused before any encoding.
+        """
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
         model = self.require_model("add texts")
-        for i, doc_id in enumerate(ids):  # refuse bad documents before spending time encoding them
-            try:
-                check_metadata(None if metadata is None else metadata[i], check_id(doc_id))
-            except ValueError as e:
-                raise ValueError(f"document at position {i}: {e}") from None
+        keys, metas = self._checked(ids, texts, metadata)
         for start in range(0, len(texts), batch_size):
             chunk = slice(start, start + batch_size)
             out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes, max_length=max_length)
-            self.add_outputs(ids[chunk], out, texts=texts[chunk],
-                             metadata=None if metadata is None else metadata[chunk])
+            self._write(self._batch(keys[chunk], out, texts[chunk], metas[chunk]))
         return len(texts)
 
     def add_outputs(self, ids: Sequence[str | int], outputs: M3Output, texts: Sequence[str] | None = None,
@@ -298,18 +215,15 @@ class Index:
         with a ValueError naming it, before anything is written. A repeated id keeps its last document. On an
         index directory, free space for the batch is checked too (`m3embed.diskspace.DiskFullError`).
         """
-        batch = self._batch(ids, outputs, texts, metadata)
-        with self._write:
-            self._check_open()
-            if self.directory is not None:
-                check_free(self.directory, _batch_bytes(batch), f"writing {len(batch)} documents")
-            self.store.upsert(batch)
+        keys, metas = self._checked(ids, texts, metadata, outputs)
+        batch = self._batch(keys, outputs, texts, metas)
+        self._write(batch)
         return len(batch)
 
     def delete(self, ids: Sequence[str | int]) -> None:
         """Remove documents by id; unknown ids are ignored."""
         ids = [check_id(i) for i in ids]
-        with self._write:
+        with self._write_lock:
             self._check_open()
             if self.directory is not None:
                 check_free(self.directory, 1024 * len(ids), f"deleting {len(ids)} documents")
@@ -317,7 +231,7 @@ class Index:
 
     def flush(self) -> None:
         """Make every add and delete so far durable."""
-        with self._write:
+        with self._write_lock:
             self._check_open()
             self.store.flush()
 
@@ -328,7 +242,7 @@ class Index:
         to twice its size meanwhile, so it first checks for that much free space and raises
         `m3embed.diskspace.DiskFullError` otherwise (nothing is lost then).
         """
-        with self._write:
+        with self._write_lock:
             self._check_open()
             self.store.optimize()
 
@@ -361,41 +275,56 @@ class Index:
                 info.update(disk_footprint(self.directory, self.store.colbert_footprint(), info["count"]))
         return info
 
-    def prepare(self, k: int = 10, mode: str | None = None, weights: Sequence[float] | None = None,
+    def prepare(self, *, k: int = 10, mode: str | None = None, weights: Sequence[float] | None = None,
                 candidates: int | None = None, filter: Mapping[str, Any] | None = None, with_text: bool = True,
                 explain: bool = False, hnsw_ef: int | None = None, colbert_top: int | None = None,
                 reranker: Any = None, rerank_top: int | None = None) -> SearchSpec:
-        """Check a search request against this index once (the arguments are those of `search`).
+        """Check a search request against this index, once: the SearchSpec that `encode_queries`, `run` and
+        `first_stage` take as it is (the arguments are those of `search`).
 
-        Shells that encode queries themselves (the HTTP service, eval) call this first to learn the
-        representations to encode (`spec.query_modes`), then `run(spec, outputs, queries)`.
+        Raises `m3embed.errors.ParamError` naming the parameter at fault.
         """
         mode = check_search_mode(mode or default_search_mode(self.manifest.modes), self.manifest.modes)
         weights = check_weights(SEARCH_WEIGHTS if weights is None else weights)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        if candidates is not None and candidates < 1:
-            raise ValueError(f"candidates must be at least 1, got {candidates}")
-        if hnsw_ef is not None and hnsw_ef < 1:
-            raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
+        for name, value in (("k", k), ("candidates", candidates), ("hnsw_ef", hnsw_ef)):
+            if value is not None and value < 1:
+                raise ParamError(f"{name} must be at least 1, got {value}", param=name)
         if reranker is None and rerank_top is not None:
-            raise ValueError(f"rerank_top={rerank_top} needs a reranker (a cross-encoder, m3embed.rerank.Reranker)")
-        first_k = k
+            raise ParamError(f"rerank_top={rerank_top} needs a reranker (a cross-encoder, m3embed.rerank.Reranker)",
+                             param="rerank_top")
         if reranker is not None:
             if not self.manifest.store_text:
-                raise ValueError(f"index {self.location} keeps no document texts (built with store_text=False), "
-                                 "and a cross-encoder reranker reads them; rebuild it with store_text=True")
-            first_k = max(k, DEFAULT_RERANK_TOP) if rerank_top is None else rerank_top
-            if first_k < k:
-                raise ValueError(f"rerank_top ({first_k}) must be at least k ({k})")
+                raise ParamError(f"index {self.location} keeps no document texts (built with store_text=False), "
+                                 "and a cross-encoder reranker reads them; rebuild it with store_text=True",
+                                 param="reranker")
+            rerank_top = max(k, DEFAULT_RERANK_TOP) if rerank_top is None else rerank_top
+            if rerank_top < k:
+                raise ParamError(f"rerank_top ({rerank_top}) must be at least k ({k})", param="rerank_top")
+        first_k = k if reranker is None else rerank_top
         if colbert_top is not None and colbert_top < first_k:
             what = f"rerank_top ({first_k}), the hits the first stage returns" if reranker is not None else f"k ({k})"
-            raise ValueError(f"colbert_top ({colbert_top}) must be at least {what}")
+            raise ParamError(f"colbert_top ({colbert_top}) must be at least {what}", param="colbert_top")
         return SearchSpec(mode=mode, query_modes=query_representations(mode, self.manifest.modes), k=k,
                           weights=weights, candidates=max(candidates or DEFAULT_CANDIDATES, first_k),
                           conditions=tuple(parse_filter(filter)), with_text=with_text and self.manifest.store_text,
                           explain=explain, hnsw_ef=hnsw_ef, colbert_top=colbert_top, reranker=reranker,
-                          rerank_top=first_k if reranker is not None else None)
+                          rerank_top=rerank_top)
+
+    def encode_queries(self, specs: SearchSpec | Sequence[SearchSpec], texts: Sequence[str],
+                       encode: Callable[[list[str], tuple[str, ...]], T] | None = None) -> M3Output | T:
+        """Query texts encoded as the search needs them: the one query-encoding path of m3embed (`search`, the
+        CLI, the HTTP service and eval all come here).
+
+        The representations are those of `specs` (one spec, or several to encode once for all of them), the
+        prompt and truncation the model's `encode_queries`. `encode(texts, modes)` stands in for the model's
+        `encode_queries` and its result is returned as it is (the HTTP service passes its batcher, and awaits).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
+        wanted = {m for spec in ([specs] if isinstance(specs, SearchSpec) else specs) for m in spec.query_modes}
+        encode = encode or self.require_model("search with texts").encode_queries
+        return encode(texts, tuple(m for m in MODES if m in wanted))
 
     def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str | None = None,
                weights: Sequence[float] | None = None, candidates: int | None = None,
@@ -425,19 +354,13 @@ class Index:
                 mode's name and the logit under "rerank". Needs texts: query texts, and an index that stores them.
             rerank_top: hits of the first stage the reranker rescores (default max(k, 100)).
         """
-        spec = self.prepare(k, mode, weights, candidates, filter, with_text, explain, hnsw_ef, colbert_top,
-                            reranker, rerank_top)
-        single = isinstance(query, str)
-        texts = None
+        spec = self.prepare(k=k, mode=mode, weights=weights, candidates=candidates, filter=filter,
+                            with_text=with_text, explain=explain, hnsw_ef=hnsw_ef, colbert_top=colbert_top,
+                            reranker=reranker, rerank_top=rerank_top)
         if isinstance(query, M3Output):
-            outputs = query
-        else:
-            texts = [query] if single else query
-            if not texts or not all(isinstance(t, str) for t in texts):
-                raise TypeError("query must be a text, a non-empty list of texts, or an M3Output")
-            outputs = self.require_model("search with texts").encode_queries(list(texts), modes=spec.query_modes)
-        hits = self.run(spec, outputs, texts)
-        return hits[0] if single else hits
+            return self.run(spec, query)
+        hits = self.run(spec, self.encode_queries(spec, query), [query] if isinstance(query, str) else query)
+        return hits[0] if isinstance(query, str) else hits
 
     def run(self, spec: SearchSpec, outputs: M3Output, queries: Sequence[str] | None = None) -> list[list[Hit]]:
         """Search with a prepared spec and encoded queries (holding at least `spec.query_modes`); a list per query.
@@ -456,7 +379,7 @@ class Index:
         (the HTTP service runs `rerank_hits` on its model worker)."""
         # explain scores every representation the query has; a plain search converts only those its plan uses
         needed = None if spec.explain else spec.query_modes
-        vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype, needed))
+        vectors = list(_query_vectors(outputs, self.manifest.colbert_storage.dtype, needed))
         plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
                              spec.hnsw_ef, spec.colbert_top, self.manifest.colbert_storage) for q in vectors]
         with self._reading():
@@ -485,53 +408,67 @@ class Index:
             out.append(h._replace(scores=scores))
         return out
 
-    def _batch(self, ids: Sequence[str | int], out: M3Output, texts: Sequence[str] | None,
-               metadata: Sequence[Mapping[str, Any]] | None) -> DocBatch:
+    def _checked(self, ids: Sequence[str | int], texts: Sequence[str] | None,
+                 metadata: Sequence[Mapping[str, Any]] | None, outputs: M3Output | None = None
+                 ) -> tuple[list[str], list[dict[str, Any]]]:
+        """The ids as stored and the metadata as JSON (`m3embed.documents`): the index's one check of the
+        documents it is given; a ValueError naming the first bad one."""
         n = len(ids)
-        if len(out) != n or (texts is not None and len(texts) != n) or (metadata is not None and len(metadata) != n):
-            raise ValueError(f"{n} ids, {len(out)} outputs, {'-' if texts is None else len(texts)} texts and "
+        sizes = [len(x) for x in (outputs, texts, metadata) if x is not None]
+        if any(size != n for size in sizes):
+            raise ValueError(f"{n} ids, {'-' if outputs is None else len(outputs)} outputs, "
+                             f"{'-' if texts is None else len(texts)} texts and "
                              f"{'-' if metadata is None else len(metadata)} metadata entries: give one of each "
                              "per document")
+        keys, metas = [], []
+        for i, doc_id in enumerate(ids):
+            try:
+                keys.append(check_id(doc_id))
+                metas.append(check_metadata(None if metadata is None else metadata[i], keys[-1]))
+            except ValueError as e:
+                raise ValueError(f"document at position {i}: {e}") from None
+            if self.manifest.store_text and texts is not None and not isinstance(texts[i], str):
+                raise ValueError(f"document {keys[-1]!r}: text must be a string, got {type(texts[i]).__name__}")
+        return keys, metas
+
+    def _batch(self, keys: list[str], out: M3Output, texts: Sequence[str] | None,
+               metas: list[dict[str, Any]]) -> DocBatch:
+        """Checked documents (`_checked`) and their outputs as the engines store them; a repeated id keeps its
+        last document."""
         m = self.manifest
         for mode in m.modes:
             if getattr(out, mode) is None:
                 raise ValueError(f"the outputs lack {mode!r}, which this index stores; encode with "
                                  f"modes={m.modes!r}")
-        keys = []
-        for i, doc_id in enumerate(ids):
-            try:
-                keys.append(check_id(doc_id))
-            except ValueError as e:
-                raise ValueError(f"document at position {i}: {e}") from None
         last = {key: i for i, key in enumerate(keys)}  # a repeated id keeps its last document
-        if len(last) < n:
+        if len(last) < len(keys):
             rows = sorted(last.values())
-            keys, out = [keys[i] for i in rows], out.select(rows)
+            keys, out, metas = [keys[i] for i in rows], out.select(rows), [metas[i] for i in rows]
             texts = None if texts is None else [texts[i] for i in rows]
-            metadata = None if metadata is None else [metadata[i] for i in rows]
-        payloads = []
-        for i, doc_id in enumerate(keys):
-            meta = check_metadata(None if metadata is None else metadata[i], doc_id)
-            payload: dict[str, Any] = {"id": doc_id, "meta": meta}
-            if m.store_text and texts is not None:
-                if not isinstance(texts[i], str):
-                    raise ValueError(f"document {doc_id!r}: text must be a string, got {type(texts[i]).__name__}")
-                payload["text"] = texts[i]
-            payloads.append(payload)
+        keep_text = m.store_text and texts is not None
+        payloads = [{"id": key, "meta": metas[i], **({"text": texts[i]} if keep_text else {})}
+                    for i, key in enumerate(keys)]
         dense = colbert = None
         if "dense" in m.modes:
             dense = np.asarray(out.dense, dtype=np.float32)
             _check_dim("dense", dense.shape[1], m.dim)
         if "colbert" in m.modes:
-            dtype = np.float16 if m.colbert_dtype == "float16" else np.float32
             for c in out.colbert:
                 _check_dim("colbert", np.shape(c)[1], m.colbert_dim)
             # pool, then round to the stored precision here so every engine (and a brute-force check) sees
             # equal values
-            pool = m.colbert_storage.pool_factor
-            colbert = [pool_tokens(c, pool).astype(dtype).astype(np.float32) for c in out.colbert]
+            storage = m.colbert_storage
+            colbert = [pool_tokens(c, storage.pool_factor).astype(storage.numpy_dtype).astype(np.float32)
+                       for c in out.colbert]
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
         return DocBatch(keys, payloads, dense, sparse, colbert)
+
+    def _write(self, batch: DocBatch) -> None:
+        with self._write_lock:
+            self._check_open()
+            if self.directory is not None:
+                check_free(self.directory, _batch_bytes(batch), f"writing {len(batch)} documents")
+            self.store.upsert(batch)
 
     def require_model(self, action: str) -> Any:
         """The attached model, or a clear error saying which model `action` needs."""
@@ -547,7 +484,7 @@ class Index:
     def _reading(self) -> Any:
         """Searches need no lock on a thread-safe engine; otherwise they wait for the writer."""
         self._check_open()
-        return _NoLock() if self.store.thread_safe else self._write
+        return _NoLock() if self.store.thread_safe else self._write_lock
 
 
 class _NoLock:
@@ -570,12 +507,12 @@ def rerank_hits(reranker: Any, queries: Sequence[str], hits: list[list[Hit]], k:
             if h.text is None:
                 raise ValueError(f"document {h.id!r} has no stored text, which the reranker reads; add documents "
                                  "with their texts")
-    ranked = reranker.rank(list(queries), [[h.text for h in found] for found in hits], top_n=k)
+    ranked = reranker.rank(list(queries), [[h.text for h in found] for found in hits])
     out = []
     for found, order in zip(hits, ranked):
         out.append([found[i]._replace(score=s, text=found[i].text if with_text else None,
                                       scores={**(found[i].scores or {mode: found[i].score}), "rerank": s})
-                    for i, s in order])
+                    for i, s in order[:k]])
     return out
 
 
@@ -607,87 +544,7 @@ def _batch_bytes(batch: DocBatch) -> int:
     return 2 * size
 
 
-def _topmost_missing(directory: Path) -> Path | None:
-    """The outermost of `directory` and its ancestors that does not exist yet (None if it exists)."""
-    top = None
-    p = directory.absolute()
-    while not p.exists():
-        top, p = p, p.parent
-    return top
-
-
-def _remove_created(directory: Path, created: Path | None, before: set[Path] | None) -> None:
-    """Undo a failed creation: remove the directories it made, or what it added to an existing empty one."""
-    try:
-        if created is not None:
-            shutil.rmtree(created)
-        elif before is not None:
-            for p in set(directory.iterdir()) - before:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    except OSError:  # best effort: the creation error is the one to report
-        pass
-
-
 def _check_dim(mode: str, got: int, want: int) -> None:
     if got != want:
         raise ValueError(f"{mode} vectors have size {got}, but the index holds size {want}; use the model the "
                          "index was built with")
-
-
-def _check_new_directory(directory: Path) -> None:
-    if directory.exists():
-        if not directory.is_dir():
-            raise NotADirectoryError(f"{directory} is a file; give a directory for the new index")
-        if (directory / MANIFEST_NAME).exists():
-            raise ValueError(f"{directory} already holds an index; open it (Index.open / open_index) "
-                                  "or choose another directory")
-        if any(p.name != LOCK_NAME for p in directory.iterdir()):
-            raise ValueError(f"{directory} is not empty and holds no index; choose a new or empty directory")
-
-
-def _create_dir_store(directory: Path, manifest: Manifest, collection: str,
-                      collection_options: Mapping[str, Any] | None) -> Store:
-    if manifest.engine == "edge":
-        from m3embed.index.edge import EdgeStore
-
-        return EdgeStore.create(directory, manifest)
-    from m3embed.index.qdrant import QdrantStore
-
-    client = _client(str(directory / "qdrant"), None, path=True)
-    try:
-        return QdrantStore.create(client, collection, manifest, collection_options)
-    except BaseException:
-        client.close()
-        raise
-
-
-def _load_dir_store(directory: Path, manifest: Manifest, collection: str) -> Store:
-    if manifest.engine == "edge":
-        from m3embed.index.edge import EdgeStore
-
-        return EdgeStore.load(directory, manifest)
-    from m3embed.index.qdrant import QdrantStore
-
-    if not (directory / "qdrant").is_dir():
-        raise ValueError(f"index {directory} is damaged: its qdrant folder is missing; rebuild the index")
-    store = QdrantStore(_client(str(directory / "qdrant"), None, path=True), collection)
-    if store.read_manifest() is None:
-        store.close()
-        raise ValueError(f"index {directory} is damaged: collection {collection!r} is missing; rebuild the index")
-    return store
-
-
-def _client(location: Any, options: Mapping[str, Any] | None, path: bool = False) -> Any:
-    from qdrant_client import QdrantClient
-
-    if not isinstance(location, (str, Path)):
-        return location  # a QdrantClient the caller built
-    if path:
-        return QdrantClient(path=str(location), **dict(options or {}))
-    if str(location) == ":memory:":
-        return QdrantClient(location=":memory:", **dict(options or {}))
-    return QdrantClient(url=str(location), **dict(options or {}))
-
-
-def _describe(location: Any) -> str:
-    return str(location) if isinstance(location, (str, Path)) else type(location).__name__

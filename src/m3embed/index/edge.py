@@ -69,7 +69,7 @@ class EdgeStore(Store):
             if storage.originals == "none":
                 raise ValueError("colbert originals='none': Qdrant Edge keeps the original vectors of a quantized "
                                  "field; use originals='disk' to keep them out of RAM")
-            dtype = qe.VectorStorageDatatype.Float16 if manifest.colbert_dtype == "float16" else None
+            dtype = qe.VectorStorageDatatype.Float16 if storage.dtype == "float16" else None
             vectors["colbert"] = qe.EdgeVectorParams(
                 size=manifest.colbert_dim, distance=qe.Distance.Dot, datatype=dtype,
                 on_disk=True if storage.originals == "disk" else None, quantization_config=_quantization(storage),

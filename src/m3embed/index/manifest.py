@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import portalocker
 
 from m3embed.modes import check_modes
 
-FORMAT_VERSION = 3  # 2: adds fingerprint_version; 3: adds colbert_storage
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2: adds fingerprint_version; 3: adds colbert_storage; 4: colbert_dtype moves into it
+READABLE_VERSIONS = (1, 2, 3, 4)
 # how the model fingerprint is computed: 1 = config and head weights (m3embed before format 2), 2 = also every
 # encoder weight (`M3Model.fingerprint`); an index is checked with the scheme it was built with
 FINGERPRINT_VERSION = 2
@@ -30,11 +31,11 @@ COLBERT_ORIGINALS = ("ram", "disk", "none")
 class ColbertStorage:
     """How the ColBERT multivector field is stored and scored, chosen at index creation.
 
-    `ColbertStorage()` is the storage of indexes built before these options existed (float vectors in RAM,
-    no pooling); their manifests open with it.
+    `ColbertStorage()` is what new indexes get unless told otherwise, and the storage of indexes built before
+    these options existed (float16 vectors in RAM, no pooling); their manifests open with it.
 
     Attributes:
-        quantization: "none" (the vectors in `Manifest.colbert_dtype`), "int8" (Qdrant scalar quantization:
+        quantization: "none" (the vectors in `dtype`), "int8" (Qdrant scalar quantization:
             one byte a dimension, min/max of the segment) or "binary" (Qdrant binary quantization: one bit a
             dimension, the sign); quantized vectors are held in RAM.
         originals: where the float vectors live: "ram", "disk" (memory-mapped, read when needed) or "none"
@@ -44,6 +45,7 @@ class ColbertStorage:
         oversampling: how many times k hits rescoring reads the originals for (>= 1).
         pool_factor: document-side token pooling at ingest (1 = off): each document's n token vectors become
             ceil(n / pool_factor) normalised cluster means (Ward clustering, `m3embed.index.pooling`).
+        dtype: precision of the float vectors: "float16" (half the size) or "float32".
     """
 
     quantization: str = "none"
@@ -51,8 +53,11 @@ class ColbertStorage:
     rescore: bool = True
     oversampling: float = 4.0
     pool_factor: int = 1
+    dtype: str = "float16"
 
     def __post_init__(self) -> None:
+        if self.dtype not in COLBERT_DTYPES:
+            raise ValueError(f"colbert dtype must be one of {', '.join(COLBERT_DTYPES)}, got {self.dtype!r}")
         if self.quantization not in COLBERT_QUANTIZATIONS:
             raise ValueError(f"colbert quantization must be one of {', '.join(COLBERT_QUANTIZATIONS)}, "
                              f"got {self.quantization!r}")
@@ -79,6 +84,11 @@ class ColbertStorage:
         """Whether search scores the ColBERT field with quantized vectors first."""
         return self.quantization != "none"
 
+    @property
+    def numpy_dtype(self) -> type[np.floating]:
+        """The NumPy type of the stored float vectors."""
+        return np.float16 if self.dtype == "float16" else np.float32
+
     def rescore_top(self, k: int) -> int:
         """Hits whose quantized ColBERT score is replaced by the exact one, for k results."""
         return max(k, math.ceil(self.oversampling * k))
@@ -93,9 +103,6 @@ class ColbertStorage:
         return cls(**d)
 
 
-DEFAULT_COLBERT_STORAGE = ColbertStorage()  # what new indexes get unless told otherwise
-
-
 @dataclass
 class Manifest:
     """What an index is: written once at creation, checked at every open.
@@ -106,11 +113,10 @@ class Manifest:
         fingerprint: the model's fingerprint; adding or searching with another model is refused.
         modes: the representations stored, in canonical order.
         dim: dense vector size; colbert_dim: colbert vector size.
-        colbert_dtype: storage type of colbert vectors ("float16" halves their size).
         store_text: whether document texts are kept in the payload.
         fingerprint_version: the fingerprint scheme (FINGERPRINT_VERSION; 1 for indexes of format 1).
-        colbert_storage: quantization, originals, rescoring and pooling of the colbert field
-            (`ColbertStorage()`, float vectors in RAM, for indexes of formats 1 and 2).
+        colbert_storage: precision, quantization, originals, rescoring and pooling of the colbert field
+            (`ColbertStorage()` for indexes of formats 1 and 2; their `colbert_dtype` is its dtype up to format 3).
     """
 
     engine: str
@@ -119,7 +125,6 @@ class Manifest:
     modes: tuple[str, ...]
     dim: int
     colbert_dim: int
-    colbert_dtype: str = "float16"
     store_text: bool = True
     fingerprint_version: int = FINGERPRINT_VERSION
     colbert_storage: ColbertStorage = field(default_factory=ColbertStorage)
@@ -129,8 +134,6 @@ class Manifest:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         self.modes = check_modes(self.modes)
-        if self.colbert_dtype not in COLBERT_DTYPES:
-            raise ValueError(f"colbert_dtype must be one of {COLBERT_DTYPES}, got {self.colbert_dtype!r}")
         if self.dim < 1 or self.colbert_dim < 1:
             raise ValueError(f"vector sizes must be positive, got dim={self.dim}, colbert_dim={self.colbert_dim}")
         if not isinstance(self.colbert_storage, ColbertStorage):
@@ -155,8 +158,10 @@ class Manifest:
         if version == 1:  # written before fingerprints covered the encoder weights
             fields["fingerprint_version"] = 1
         try:
-            if "colbert_storage" in fields:
-                fields["colbert_storage"] = ColbertStorage.from_json(fields["colbert_storage"])
+            storage = fields.get("colbert_storage", {})
+            if version < 4 and "colbert_dtype" in d and isinstance(storage, dict):  # beside the storage until 3
+                storage = {**storage, "dtype": d["colbert_dtype"]}
+            fields["colbert_storage"] = ColbertStorage.from_json(storage)
             return cls(**fields)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: damaged index manifest ({e}); rebuild the index") from e

@@ -113,7 +113,7 @@ class QdrantStore(Store):
             storage = manifest.colbert_storage
             vectors["colbert"] = models.VectorParams(
                 size=manifest.colbert_dim, distance=models.Distance.DOT,
-                datatype=models.Datatype.FLOAT16 if manifest.colbert_dtype == "float16" else None,
+                datatype=models.Datatype.FLOAT16 if storage.dtype == "float16" else None,
                 multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
                 quantization_config=_quantization(storage),
                 hnsw_config=models.HnswConfigDiff(m=0),  # rescoring only: no graph

@@ -19,7 +19,8 @@ def main(argv: list[str]) -> None:
     import qdrant_client  # noqa: F401 (imported before the baseline: the engines' code is not the index)
     import qdrant_edge  # noqa: F401
 
-    from m3embed.index.core import DEFAULT_COLLECTION, Index
+    from m3embed.index.core import Index
+    from m3embed.index.directory import DEFAULT_COLLECTION
 
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     before = memory_status()

@@ -8,8 +8,6 @@ Search is described once, here, as a plan (`Nearest` leaves, rescoring `Nearest`
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -18,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from m3embed.errors import ParamError
 from m3embed.index.manifest import ColbertStorage
 from m3embed.modes import CANDIDATE_ROUTES, scored
 from m3embed.types import SparseVector
@@ -125,8 +124,10 @@ Plan = Nearest | WeightedSum
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
                 stored: Sequence[str], hnsw_ef: int | None = None, colbert_top: int | None = None,
                 storage: ColbertStorage = ColbertStorage()) -> Plan:
-    """The plan that returns exactly M3's ranking for `mode` (checked against `stored` by the caller, see
-    `m3embed.modes.check_search_mode`), or its quantized form for a quantized colbert field.
+    """The plan that returns exactly M3's ranking for `mode`, or its quantized form for a quantized colbert field.
+
+    The arguments are trusted: `Index.prepare` has checked them (`mode` against `stored`, the sizes >= 1,
+    `colbert_top` >= k).
 
     Hybrid modes take candidates from dense and from sparse (`candidates` each, from the routes stored), then
     rescore their union with each mode in the formula; colbert on an index with neither route scores every
@@ -153,12 +154,6 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         colbert_top: score ColBERT for this many candidates only (None: the whole union, exact M3).
         storage: the index's colbert storage.
     """
-    if k < 1 or candidates < 1:
-        raise ValueError(f"k ({k}) and candidates ({candidates}) must be at least 1")
-    if hnsw_ef is not None and hnsw_ef < 1:
-        raise ValueError(f"hnsw_ef must be at least 1, got {hnsw_ef}")
-    if colbert_top is not None and colbert_top < k:
-        raise ValueError(f"colbert_top ({colbert_top}) must be at least k ({k})")
     parts = scored(mode)
     wd, ws, wc = (float(w) for w in weights)
     scale = {"dense": wd, "sparse": ws, "colbert": 1.0 if mode == "colbert" else wc}
@@ -233,59 +228,35 @@ def parse_filter(spec: Mapping[str, Any] | None) -> list[Condition]:
 
     A scalar (str, int, bool) matches equal values, a list matches any of its values, and a dict with
     keys among gt/gte/lt/lte is a numeric range. Keys name metadata fields ("a.b" reaches nested ones).
+    Anything else is a ParamError (param "filter").
     """
     if not spec:
         return []
     if not isinstance(spec, Mapping):
-        raise TypeError(f"filter must be a dict of metadata field -> value, got {type(spec).__name__}")
+        raise ParamError(f"filter must be a dict of metadata field -> value, got {type(spec).__name__}",
+                         param="filter")
     out = []
     for key, value in spec.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"filter keys must be non-empty metadata field names, got {key!r}")
+            raise ParamError(f"filter keys must be non-empty metadata field names, got {key!r}", param="filter")
         if isinstance(value, Mapping):
             bad = [op for op in value if op not in RANGE_OPS]
             if bad or not value:
-                raise ValueError(f"filter on {key!r}: range keys must be among {RANGE_OPS}, got {list(value)}")
+                raise ParamError(f"filter on {key!r}: range keys must be among {RANGE_OPS}, got {list(value)}",
+                                 param="filter")
             out.append(Condition(key, "range", {op: float(v) for op, v in value.items()}))
         elif isinstance(value, (list, tuple, set)):
             values = list(value)
             if not values or len({type(v) for v in values}) != 1 or not isinstance(values[0], (str, int)):
-                raise ValueError(f"filter on {key!r}: a list must hold values of one type, str or int")
+                raise ParamError(f"filter on {key!r}: a list must hold values of one type, str or int",
+                                 param="filter")
             out.append(Condition(key, "any", values))
         elif isinstance(value, (str, int, bool)):
             out.append(Condition(key, "match", value))
         else:
-            raise TypeError(f"filter on {key!r}: expected str, int, bool, list or range dict, "
-                            f"got {type(value).__name__}")
+            raise ParamError(f"filter on {key!r}: expected str, int, bool, list or range dict, "
+                             f"got {type(value).__name__}", param="filter")
     return out
-
-
-_WHERE = re.compile(r"\s*([^=<>\s]+)\s*(>=|<=|>|<|=)\s*(.*?)\s*")
-_WHERE_OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
-
-
-def parse_where(exprs: Sequence[str]) -> dict[str, Any]:
-    """`lang=en`, `tag=["a","b"]` (any of), `year>=2000`, `n<5` into a filter dict for `parse_filter`.
-
-    The value of `=` is read as JSON when it parses (numbers, lists, true), else as a bare string.
-    """
-    spec: dict[str, Any] = {}
-    for expr in exprs:
-        m = _WHERE.fullmatch(expr)
-        if not m or not m.group(3):
-            raise ValueError(f"--where {expr!r}: use field=value, field=[v1,v2], field>=number (or >, <, <=)")
-        key, op, raw = m.groups()
-        if op == "=":
-            try:
-                spec[key] = json.loads(raw)
-            except json.JSONDecodeError:
-                spec[key] = raw  # a bare word is a string
-            continue
-        try:
-            spec.setdefault(key, {})[_WHERE_OPS[op]] = float(raw)
-        except (ValueError, TypeError):
-            raise ValueError(f"--where {expr!r}: {op} needs a number") from None
-    return spec
 
 
 # ---- the interface ----
