@@ -13,7 +13,7 @@ from m3embed.server.batching import Batcher, BatcherClosedError, BatchRecord, Qu
 
 
 def _batcher(model, records: list[BatchRecord], **kwargs) -> Batcher:
-    def encode(texts, modes):
+    def encode(texts, modes, role):
         return model.encode(texts, modes=modes, progress=False)
 
     return Batcher(encode, on_batch=records.append, **kwargs)
@@ -91,7 +91,7 @@ def test_a_failing_request_does_not_fail_the_others(m3_model, texts):
 
 def test_calls_run_alone_and_in_order(m3_model, texts):
     order: list[str] = []
-    b = Batcher(lambda t, m: m3_model.encode(t, modes=m), on_batch=lambda r: order.append(f"encode{r.requests}"))
+    b = Batcher(lambda t, m, r: m3_model.encode(t, modes=m), on_batch=lambda r: order.append(f"encode{r.requests}"))
     f1 = b.submit_encode(texts[:1], ("dense",), tokens=10)
     f2 = b.submit_encode(texts[1:2], ("dense",), tokens=10)
     call = b.submit_call(lambda: order.append("call") or 42)
@@ -175,7 +175,7 @@ class _Recorder:
         self.gate_call = gate_call
         self.in_gate, self.release = threading.Event(), threading.Event()
 
-    def __call__(self, texts: list[str], modes: tuple[str, ...]):
+    def __call__(self, texts: list[str], modes: tuple[str, ...], role: str | None):
         from m3embed.types import M3Output
 
         self.calls.append(list(texts))
@@ -270,7 +270,7 @@ def test_shutdown_deadline_fails_what_is_left():
 
 
 def test_running_call_finishes_at_the_deadline():
-    b = Batcher(lambda t, m: None)
+    b = Batcher(lambda t, m, r: None)
     started, release = threading.Event(), threading.Event()
     b.start()
     running = b.submit_call(lambda: (started.set(), release.wait(30))[1] and "written")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -9,12 +11,16 @@ import pytest
 from .conftest import MODEL_NAME
 
 
-def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+def _error(r: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
+    """The error body, checked: its status, its code, and with `field` the request field it names (the part of
+    `param` before any "." or "[": "input" for "input[1]" or for "input.list[str][1]")."""
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["message"] and err["type"]
     if code is not None:
         assert err["code"] == code, err
+    if field is not None:
+        assert err["param"] is not None and re.split(r"[.\[]", err["param"])[0] == field, err
     return err
 
 
@@ -40,8 +46,7 @@ def test_limits_name_the_limit(strict):
     err = _error(strict.post("/v1/encode", content=b'{"input": "' + b"y" * 5000 + b'"}',
                              headers={"content-type": "application/json"}), 413, "max_body_bytes")
     assert "4096" in err["message"]
-    long_text = " ".join(["word"] * 60)  # > 32 tokens, < 200 characters... not quite: keep under max_chars
-    long_text = long_text[:199]
+    long_text = " ".join(["word"] * 60)[:199]  # > 32 tokens, under the 200 characters of max_chars
     err = _error(strict.post("/v1/encode", json={"input": [long_text], "truncate": False}), 422, "max_length")
     assert "32" in err["message"] and err["param"] == "input[0]"
     ok = strict.post("/v1/encode", json={"input": [long_text]})  # truncated by default
@@ -88,29 +93,30 @@ def test_api_key_from_environment(monkeypatch, xlmr_ckpt):
     assert ctx.params["host"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("body, status, code", [
-    (b"{not json", 400, "invalid_json"),
-    (b'{"input": "x", "model": "tiny-m3"', 400, "invalid_json"),
-    (b"", 422, None),
-    (b"[1, 2]", 422, None),
-    (b'"just a string"', 422, None),
-    (b'{"model": "tiny-m3"}', 422, None),
-    (b'{"input": "x"}', 422, None),
-    (b'{"input": null, "model": "tiny-m3"}', 422, None),
-    (b'{"input": [], "model": "tiny-m3"}', 422, "empty_input"),
-    (b'{"input": [1, 2, 3], "model": "tiny-m3"}', 422, "token_input_unsupported"),
-    (b'{"input": [[1, 2]], "model": "tiny-m3"}', 422, "token_input_unsupported"),
-    (b'{"input": ["a", 3], "model": "tiny-m3"}', 422, None),
-    (b'{"input": "x", "model": "tiny-m3", "encoding_format": "int8"}', 422, None),
-    (b'{"input": "x", "model": "tiny-m3", "dimensions": 7}', 422, "dimensions"),
-    (b'{"input": "x", "model": "other"}', 404, "model_not_found"),
-    (b'{"input": [1e999], "model": "tiny-m3"}', 422, None),
-    (b'{"input": ["ok", "a\\ud800"], "model": "tiny-m3"}', 422, "invalid_text"),  # valid JSON, not text
+@pytest.mark.parametrize("body, status, code, field", [
+    (b"{not json", 400, "invalid_json", None),
+    (b'{"input": "x", "model": "tiny-m3"', 400, "invalid_json", None),
+    (b"", 422, "invalid_request", "body"),
+    (b"[1, 2]", 422, "invalid_request", "body"),
+    (b'"just a string"', 422, "invalid_request", "body"),
+    (b'{"model": "tiny-m3"}', 422, "invalid_request", "input"),
+    (b'{"input": "x"}', 422, "invalid_request", "model"),
+    (b'{"input": null, "model": "tiny-m3"}', 422, "invalid_request", "input"),
+    (b'{"input": [], "model": "tiny-m3"}', 422, "empty_input", "input"),
+    (b'{"input": [1, 2, 3], "model": "tiny-m3"}', 422, "token_input_unsupported", "input"),
+    (b'{"input": [[1, 2]], "model": "tiny-m3"}', 422, "token_input_unsupported", "input"),
+    (b'{"input": ["a", 3], "model": "tiny-m3"}', 422, "invalid_request", "input"),
+    (b'{"input": "x", "model": "tiny-m3", "encoding_format": "int8"}', 422, "invalid_request", "encoding_format"),
+    (b'{"input": "x", "model": "tiny-m3", "input_type": "doc"}', 422, "invalid_request", "input_type"),
+    (b'{"input": "x", "model": "tiny-m3", "dimensions": 7}', 422, "dimensions", "dimensions"),
+    (b'{"input": "x", "model": "other"}', 404, "model_not_found", "model"),
+    (b'{"input": [1e999], "model": "tiny-m3"}', 422, "invalid_request", "input"),
+    (b'{"input": ["ok", "a\\ud800"], "model": "tiny-m3"}', 422, "invalid_text", "input"),  # valid JSON, not text
 ])
-def test_bad_embeddings_bodies(shared_server, body, status, code):
+def test_bad_embeddings_bodies(shared_server, body, status, code, field):
     r = httpx.post(f"{shared_server.url}/v1/embeddings", content=body,
                    headers={"content-type": "application/json"}, timeout=30)
-    _error(r, status, code)
+    _error(r, status, code, field)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -126,23 +132,23 @@ def test_token_ids_are_refused_with_the_way_out(shared_server):
     assert "tiktoken" in _error(r, 422, "token_input_unsupported")["message"]
 
 
-@pytest.mark.parametrize("path, body, status, code", [
-    ("/v1/encode", {"input": "x", "modes": []}, 422, None),
-    ("/v1/encode", {"input": "x", "modes": ["lexical"]}, 422, None),
-    ("/v1/encode", {"input": "x", "model": "nope"}, 404, "model_not_found"),
-    ("/v1/encode", {"input": "x", "truncate": "maybe"}, 422, None),
-    ("/v1/score", {"pairs": []}, 422, None),
-    ("/v1/score", {"pairs": [["only one"]]}, 422, None),
-    ("/v1/score", {"pairs": [["q", "p"]], "weights": [1, 1]}, 422, None),
-    ("/v1/score", {"pairs": [["q", "p"]], "weights": [0, 0, 1]}, 422, "weights"),
-    ("/v1/score", {"pairs": [["q", "p"]], "weights": [-1, 1, 1]}, 422, "weights"),
+@pytest.mark.parametrize("path, body, status, code, field", [
+    ("/v1/encode", {"input": "x", "modes": []}, 422, "invalid_request", "modes"),
+    ("/v1/encode", {"input": "x", "modes": ["lexical"]}, 422, "invalid_request", "modes"),
+    ("/v1/encode", {"input": "x", "model": "nope"}, 404, "model_not_found", "model"),
+    ("/v1/encode", {"input": "x", "truncate": "maybe"}, 422, "invalid_request", "truncate"),
+    ("/v1/score", {"pairs": []}, 422, "invalid_request", "pairs"),
+    ("/v1/score", {"pairs": [["only one"]]}, 422, "invalid_request", "pairs"),
+    ("/v1/score", {"pairs": [["q", "p"]], "weights": [1, 1]}, 422, "invalid_request", "weights"),
+    ("/v1/score", {"pairs": [["q", "p"]], "weights": [0, 0, 1]}, 422, "weights", "weights"),
+    ("/v1/score", {"pairs": [["q", "p"]], "weights": [-1, 1, 1]}, 422, "weights", "weights"),
 
-    ("/v1/search", {"query": "x"}, 404, "no_index"),
-    ("/v1/documents", {"documents": [{"id": "a", "text": "x"}]}, 404, "no_index"),
-    ("/v1/nothing", {}, 404, None),
+    ("/v1/search", {"query": "x"}, 404, "no_index", None),
+    ("/v1/documents", {"documents": [{"id": "a", "text": "x"}]}, 404, "no_index", None),
+    ("/v1/nothing", {}, 404, None, None),
 ])
-def test_bad_requests_other_routes(shared_server, path, body, status, code):
-    _error(httpx.post(f"{shared_server.url}{path}", json=body, timeout=30), status, code)
+def test_bad_requests_other_routes(shared_server, path, body, status, code, field):
+    _error(httpx.post(f"{shared_server.url}{path}", json=body, timeout=30), status, code, field)
 
 
 @pytest.mark.parametrize("weights", [b"[NaN, 1, 1]", b"[1e999, 1, 1]", b"[1, Infinity, 1]"])

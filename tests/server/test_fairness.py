@@ -35,12 +35,12 @@ class _GatedModel:
         self.in_first, self.release = threading.Event(), threading.Event()
         batcher._encode = self
 
-    def __call__(self, texts, modes):
+    def __call__(self, texts, modes, role):
         self.calls.append(list(texts))
         if len(self.calls) == 1:
             self.in_first.set()
             assert self.release.wait(30), "the test never released the model"
-        return self.real(texts, modes)
+        return self.real(texts, modes, role)
 
 
 def _send_raw(url: str, body: dict) -> socket.socket:

@@ -63,10 +63,22 @@ def test_upsert_search_delete(indexed, m3_model):
     assert top.id == "d4" and top.text == "replaced text" and top.metadata == {"v": 2}
 
 
+def test_a_repeated_id_keeps_its_last_copy(indexed):
+    """One duplicate policy everywhere: a request holding an id twice stores its last copy, as `index build`
+    (tests/index/test_documents.py) and `Index.add_outputs` do (it used to be a 422 here)."""
+    _, index, c = indexed
+    docs = [{"id": "a", "text": "the first copy"}, {"id": "b", "text": "another document"},
+            {"id": "a", "text": "the last copy", "metadata": {"v": 2}}]
+    r = c.post("/v1/documents", json={"documents": docs})
+    assert r.status_code == 200, r.text
+    assert (r.json()["upserted"], r.json()["ids"], r.json()["count"]) == (2, ["a", "b"], 2)
+    hit = index.search("the last copy", k=1, mode="dense")[0]
+    assert (hit.id, hit.text, hit.metadata) == ("a", "the last copy", {"v": 2})
+
+
 def test_index_request_errors(indexed):
     _, _, c = indexed
     for body, code in [
-        ({"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, "duplicate_id"),
         ({"documents": []}, "empty_input"),
         ({"documents": [{"id": "a", "text": "x", "extra": 1}]}, "invalid_request"),
         ({"documents": [{"id": "a", "text": "x"}], "model": "other"}, "model_not_found"),

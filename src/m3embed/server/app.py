@@ -1,14 +1,11 @@
 """The FastAPI app: OpenAI-compatible embeddings, every M3 output, M3 scores, a cross-encoder reranker and the
 index, over HTTP.
 
-Every model call goes through one `Batcher` worker thread, so concurrent requests share forward passes and the
-model is never used by two threads at once. Large requests are split into chunks that take turns with other
-requests, and a request whose client disconnects is cancelled (its remaining chunks are dropped). Index writes
-run on the same worker, in arrival order, so shutdown (which drains the worker) never leaves one half done.
-
-Longer than 400 lines because every route closes over one `_Service` (model worker, limits, index, reranker)
-built in `create_app`; each route is a few lines over it, and batching, errors, schemas and metrics have
-modules of their own.
+Every route is a few lines over one `Service` (`service.py`: model worker, limits, index, reranker). Every model
+call goes through its `Batcher` worker thread, so concurrent requests share forward passes and the model is never
+used by two threads at once. Large requests are split into chunks that take turns with other requests, and a
+request whose client disconnects is cancelled (its remaining chunks are dropped). Index writes run on the same
+worker, in arrival order, so shutdown (which drains the worker) never leaves one half done.
 
 Shutdown is bounded by `ServerSettings.graceful_timeout`: run the app with `Server`, and from SIGTERM on new
 requests get a 503 (code "shutting_down") while the requests in flight go on; when the timeout is up, the worker
@@ -19,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -34,206 +29,18 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.diskspace import DiskFullError
-from m3embed.documents import check_id, check_metadata
+from m3embed.documents import check_id
+from m3embed.errors import ParamError
 from m3embed.index.core import rerank_hits
-from m3embed.modes import MODES, check_weights
+from m3embed.modes import MODES
 from m3embed.server import schemas as s
-from m3embed.server.batching import Batcher, BatcherClosedError
 from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
 from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
-from m3embed.tokenize import resolve_max_length
-from m3embed.types import M3Output
+from m3embed.server.service import ServerSettings, Service
 
 if TYPE_CHECKING:
     from m3embed.model import M3Model
     from m3embed.rerank import Reranker
-
-
-@dataclass
-class ServerSettings:
-    """What `m3embed serve` configures; the defaults suit one CPU or GPU replica."""
-
-    model_name: str | None = None  # the name clients pass as `model`; None: the name the model was loaded by
-    reranker_name: str | None = None  # the `model` of /v1/rerank; None: the name the reranker was loaded by
-    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
-    max_items: int = 2048  # texts (or pairs, or documents) per request, as OpenAI allows
-    max_chars: int = 100_000  # characters per text, checked before tokenising
-    max_body_bytes: int = 32 * 2**20
-    max_length: int | None = None  # tokens per text (truncation length); None: the model's own limit
-    batching: bool = True  # False: one request per model call (the baseline)
-    # padded tokens per model call: larger requests split, queued ones merged; None: 1024 on CPU (a chunk of
-    # ~0.1-0.3 s, which kept small clients' p99 within ~2-3x beside a 2,048-text request in benchmarks/serve.py
-    # --case mixed, where 16384 gave 4-22x) and 16384 on GPU
-    max_batch_tokens: int | None = None
-    max_wait_ms: float = 0.0  # extra wait for more requests; 0: merge what queued while the model was busy
-    max_queue: int = 4096  # requests waiting for the model beyond which the server answers 503
-    batch_tokens: int | None = None  # padded tokens per forward pass inside encode; None: encode's default
-    graceful_timeout: float = 30.0  # on shutdown: seconds queued and in-flight requests get before a 503
-
-
-_INLINE_CHARS = 20_000  # requests up to this size are tokenised on the event loop, larger ones on a thread
-
-
-class _Tokens:
-    """Token counting and id → string for request handlers, on a private tokenizer copy.
-
-    The worker's tokenizer changes its truncation state on every call, which races with other threads; this
-    copy is only ever read, so handler threads share it safely.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = copy.deepcopy(tokenizer)
-        self.backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if self.backend is not None:
-            self.backend.no_truncation()
-            self.backend.no_padding()
-
-    def count(self, texts: list[str]) -> list[int]:
-        """Tokens per text, special tokens included, before truncation."""
-        if not texts:
-            return []
-        if self.backend is not None:
-            return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=True)]
-        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        return [len(x) for x in ids]
-
-    def strings(self, ids: np.ndarray) -> list[str]:
-        """Each id as the model's `convert_id_to_token` writes it (one decoded token)."""
-        return [self.tokenizer.decode([int(i)]) for i in ids]
-
-
-class _Service:
-    """The request-independent state of the routes: model, reranker, worker, limits, index."""
-
-    def __init__(self, model: M3Model, index: Any, settings: ServerSettings, metrics: ServerMetrics,
-                 reranker: Reranker | None = None) -> None:
-        self.model, self.index, self.settings, self.metrics = model, index, settings, metrics
-        self.name = settings.model_name or getattr(model, "name", "") or "m3embed"
-        self.reranker = reranker
-        self.reranker_name = None if reranker is None else settings.reranker_name or reranker.name or "reranker"
-        self.rerank_tokens = None if reranker is None else _Tokens(reranker.tokenizer)
-        self.max_length = resolve_max_length(settings.max_length, model.max_length)
-        self.modes = tuple(model.available_modes())
-        self.tokens = _Tokens(model.tokenizer)
-        budget = settings.max_batch_tokens or (16_384 if model.device.type == "cuda" else 1_024)
-        self.batcher = Batcher(self._encode, max_batch_tokens=budget,
-                               max_wait_s=settings.max_wait_ms / 1000, enabled=settings.batching,
-                               max_queue=settings.max_queue, on_batch=metrics.on_batch)
-
-    def _encode(self, texts: list[str], modes: tuple[str, ...]) -> M3Output:  # worker thread only
-        return self.model.encode(texts, modes=modes, max_length=self.max_length,
-                                 batch_tokens=self.settings.batch_tokens, progress=False)
-
-    # ---- request checks ----
-
-    def check_open(self) -> None:
-        """New requests get a 503 once shutdown has begun (those already in flight go on until the deadline)."""
-        if self.batcher.shutting_down or self.batcher.closed:
-            raise BatcherClosedError("the server is shutting down; retry on another replica or later")
-
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.name:
-            raise ApiError(404, f"model {name!r} is not served here; this server serves {self.name!r}",
-                           code="model_not_found", param="model")
-
-    def check_modes(self, modes: Sequence[str]) -> tuple[str, ...]:
-        missing = [m for m in modes if m not in self.modes]
-        if missing:
-            raise ApiError(422, f"this model has no {' or '.join(missing)} head; available modes: "
-                                f"{', '.join(self.modes)}", code="mode_unavailable", param="modes")
-        return tuple(m for m in MODES if m in modes)
-
-    def texts(self, value: Any, param: str = "input") -> list[str]:
-        """The input as a list of texts, within the item and character limits."""
-        if isinstance(value, str):
-            texts = [value]
-        elif isinstance(value, list) and all(isinstance(t, str) for t in value):
-            texts = value
-        else:
-            # OpenAI clients that pre-tokenise (tiktoken) send ids of another vocabulary: they cannot be read here
-            raise ApiError(422, f"{param} holds token ids; this server takes text (ids from an OpenAI client are "
-                                "tiktoken ids, not this model's): send a string or a list of strings, e.g. "
-                                "LangChain's OpenAIEmbeddings(check_embedding_ctx_length=False)",
-                           code="token_input_unsupported", param=param)
-        self.check_count(len(texts), param)
-        self.check_chars(texts, param)
-        return texts
-
-    def check_count(self, n: int, param: str) -> None:
-        if n == 0:
-            raise ApiError(422, f"{param} is empty; send at least one item", code="empty_input", param=param)
-        if n > self.settings.max_items:
-            raise ApiError(413, f"{param} has {n} items; the limit is {self.settings.max_items} per request "
-                                "(--max-items); split the request", code="max_items", param=param)
-
-    def check_chars(self, texts: Sequence[str], param: str) -> None:
-        limit = self.settings.max_chars
-        for i, t in enumerate(texts):
-            if len(t) > limit:
-                raise ApiError(413, f"{param}[{i}] has {len(t)} characters; the limit is {limit} per text "
-                                    "(--max-chars); split the text", code="max_chars", param=f"{param}[{i}]")
-            if not t.isascii():
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") parses as JSON but is no text
-                    raise ApiError(422, f"{param}[{i}] is not valid Unicode ({e.reason} at character {e.start}); "
-                                        "send UTF-8 text", code="invalid_text", param=f"{param}[{i}]") from None
-
-    async def count(self, texts: list[str], *, truncate: bool = True, param: str = "input") -> list[int]:
-        """Token counts after truncation; with truncate=False an over-long text is a 422."""
-        if sum(len(t) for t in texts) <= _INLINE_CHARS:  # well under a millisecond: skip the thread hop
-            counts = self.tokens.count(texts)
-        else:
-            counts = await anyio.to_thread.run_sync(self.tokens.count, texts)
-        if not truncate:
-            for i, n in enumerate(counts):
-                if n > self.max_length:
-                    raise ApiError(422, f"{param}[{i}] has {n} tokens; this server's max length is "
-                                        f"{self.max_length} (--max-length); shorten it or send truncate=true",
-                                   code="max_length", param=f"{param}[{i}]")
-        return [min(n, self.max_length) for n in counts]
-
-    async def encode(self, texts: list[str], modes: tuple[str, ...], route: str, *, truncate: bool = True,
-                     param: str = "input", role: str | None = None) -> tuple[M3Output, s.Usage]:
-        """Encode through the batcher; `role` ("query" / "passage") prepends the model's prompt for it."""
-        if role is not None:
-            texts = self.model.with_prefix(texts, role)
-        counts = await self.count(texts, truncate=truncate, param=param)
-        out = await self.batcher.encode(texts, modes, tokens=counts)
-        return out, self.usage(int(out.n_tokens.sum()), route)
-
-    def usage(self, tokens: int, route: str) -> s.Usage:
-        self.metrics.tokens.labels(route).inc(tokens)
-        return s.Usage(prompt_tokens=tokens, total_tokens=tokens)
-
-    def need_reranker(self, name: str | None = None) -> Reranker:
-        """The served cross-encoder (a 404 when none is loaded, or when `name` is not its name)."""
-        if self.reranker is None:
-            raise ApiError(404, "no reranker is loaded on this server; start it with --reranker NAME",
-                           code="no_reranker")
-        if name is not None and name != self.reranker_name:
-            raise ApiError(404, f"reranker {name!r} is not served here; this server serves {self.reranker_name!r}",
-                           code="model_not_found", param="model")
-        return self.reranker
-
-    async def pair_tokens(self, query: str, documents: list[str]) -> int:
-        """Tokens of the (query, document) pairs the reranker scores, special tokens included, after its cuts."""
-        texts = [query, *documents]
-        if sum(len(t) for t in texts) <= _INLINE_CHARS:
-            counts = self.rerank_tokens.count(texts)
-        else:
-            counts = await anyio.to_thread.run_sync(self.rerank_tokens.count, texts)
-        cross = self.reranker
-        single = cross.tokenizer.num_special_tokens_to_add(pair=False)
-        max_length, query_max_length = cross.lengths()
-        q = min(counts[0] - single, query_max_length)
-        return sum(min(q + n - single + cross.pair_specials, max_length) for n in counts[1:])
-
-    def need_index(self) -> Any:
-        if self.index is None:
-            raise ApiError(404, "no index is attached to this server; start it with --index DIR",
-                           code="no_index")
-        return self.index
 
 
 def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
@@ -318,7 +125,7 @@ class Server(uvicorn.Server):
     """
 
     def __init__(self, app: FastAPI, **config: Any) -> None:
-        self.service: _Service = app.state.service
+        self.service: Service = app.state.service
         timeout = self.service.settings.graceful_timeout + _REPLY_MARGIN_S
         super().__init__(uvicorn.Config(app, timeout_graceful_shutdown=timeout, **config))
 
@@ -335,9 +142,9 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
     the index and closes it after the server has stopped.
     """
     settings = settings or ServerSettings()
-    holder: dict[str, _Service] = {}
+    holder: dict[str, Service] = {}
     metrics = ServerMetrics(queued=lambda: holder["svc"].batcher.queued if "svc" in holder else 0)
-    svc = holder["svc"] = _Service(model, index, settings, metrics, reranker)
+    svc = holder["svc"] = Service(model, index, settings, metrics, reranker)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -397,7 +204,7 @@ def _auth(api_key: str | None):
     return check
 
 
-def _encode_routes(api: APIRouter, svc: _Service) -> None:
+def _encode_routes(api: APIRouter, svc: Service) -> None:
     @api.get("/models", response_model=s.ModelList, tags=["embeddings"])
     async def models() -> Response:
         """The served model, and the reranker when one is loaded (OpenAI's model list)."""
@@ -413,7 +220,7 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
                                 f"{svc.model.hidden_size} dimensions (omit the field)", code="dimensions",
                            param="dimensions")
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.input_type)
+        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.role)
         data = [s.Embedding(index=i, embedding=_vector(v, req.encoding_format)) for i, v in enumerate(out.dense)]
         return _json(s.EmbeddingResponse(data=data, model=svc.name, usage=usage))
 
@@ -423,7 +230,7 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
         svc.check_model(req.model)
         modes = svc.check_modes(req.modes)
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.input_type)
+        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.role)
         fmt, data = req.encoding_format, []
         for i in range(len(texts)):
             item = s.EncodedText(index=i, n_tokens=int(out.n_tokens[i]))
@@ -447,14 +254,13 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
         texts = [t for pair in req.pairs for t in pair]
         svc.check_chars(texts, "pairs")
         counts = await svc.count(texts, param="pairs")
-        pairs, n = list(req.pairs), svc.max_length
-        try:
-            weights = check_weights(req.weights, normalized=True)
-        except ValueError as e:
-            raise ApiError(422, str(e), code="weights", param="weights") from None
-        scores = await svc.batcher.call(lambda: svc.model.compute_score(
-            pairs, weights=weights, query_max_length=n, passage_max_length=n,
-            batch_tokens=svc.settings.batch_tokens, progress=False))
+        pairs, n = list(req.pairs), svc.settings.max_length
+        try:  # compute_score checks the weights (`m3embed.modes.check_weights`)
+            scores = await svc.batcher.call(lambda: svc.model.compute_score(
+                pairs, weights=req.weights, query_max_length=n, passage_max_length=n,
+                batch_tokens=svc.settings.batch_tokens, progress=False))
+        except ParamError as e:
+            raise ApiError(422, str(e), code=e.param, param=e.param) from None
         scores = {k: [float(x) for x in v] for k, v in scores.items()}
         return _json(s.ScoreResponse(model=svc.name, scores=scores, usage=svc.usage(sum(counts), "/v1/score")))
 
@@ -475,7 +281,7 @@ def _encode_routes(api: APIRouter, svc: _Service) -> None:
         return _json(s.RerankResponse(model=svc.reranker_name, results=results, usage=svc.usage(tokens, "/v1/rerank")))
 
 
-def _index_routes(api: APIRouter, svc: _Service) -> None:
+def _index_routes(api: APIRouter, svc: Service) -> None:
     """/v1/search, /v1/documents, /v1/index: answered 404 (code no_index) when no index is attached.
 
     Texts are encoded through the batcher (merged with other requests); writes then run on the model worker,
@@ -494,23 +300,13 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
 
     @api.post("/documents", response_model=s.UpsertResponse, tags=["index"])
     async def upsert(req: s.UpsertRequest) -> Response:
-        """Encode documents and insert them, replacing documents with the same id."""
+        """Encode documents and insert them, replacing documents with the same id; an id sent twice keeps its
+        last copy, as everywhere in m3embed. Ids and metadata were checked with the request (`schemas.Document`)."""
         index = svc.need_index()
         svc.check_model(req.model)
         docs = req.documents
         svc.check_count(len(docs), "documents")
-        ids = [str(d.id) for d in docs]
-        metadata = []
-        for i, d in enumerate(docs):  # the index's own check, answered as a 422 before any encoding
-            try:
-                metadata.append(check_metadata(d.metadata, ids[i]))
-            except ValueError as e:
-                raise ApiError(422, str(e), code="invalid_metadata", param=f"documents[{i}].metadata") from None
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise ApiError(422, f"document id {dup!r} appears more than once; send each id once per request",
-                           code="duplicate_id", param="documents")
-        texts = [d.text for d in docs]
+        ids, texts, metadata = [str(d.id) for d in docs], [d.text for d in docs], [d.metadata for d in docs]
         svc.check_chars(texts, "documents")
         modes = tuple(index.manifest.modes)
         out, usage = await svc.encode(texts, modes, "/v1/documents", param="documents", role="passage")
@@ -518,7 +314,8 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
             count = await svc.batcher.call(lambda: (index.add_outputs(ids, out, texts, metadata), index.count())[1])
         except DiskFullError as e:
             raise ApiError(507, str(e), code="disk_full") from None
-        return _json(s.UpsertResponse(upserted=len(ids), ids=ids, count=count, usage=usage))
+        written = list(dict.fromkeys(ids))
+        return _json(s.UpsertResponse(upserted=len(written), ids=written, count=count, usage=usage))
 
     @api.delete("/documents/{doc_id:path}", response_model=s.DeleteResponse, tags=["index"])
     async def delete(doc_id: str) -> Response:
@@ -556,13 +353,11 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
             spec = index.prepare(k=req.k, mode=req.mode, weights=req.weights, candidates=req.candidates,
                                  filter=req.filter, with_text=req.with_text, explain=req.explain, reranker=cross,
                                  rerank_top=None if req.rerank is None else req.rerank.top)
-        except (ValueError, TypeError) as e:
-            text = str(e)
-            param = ("filter" if req.filter and "filter" in text else "weights" if "weights" in text
-                     else "rerank" if "rerank" in text else "mode")
-            raise ApiError(422, text, code="invalid_search", param=param) from None
+        except ParamError as e:  # the library's parameter, as this request names it
+            raise ApiError(422, str(e), code="invalid_search", param=_SEARCH_FIELDS.get(e.param, e.param)) from None
         queries = svc.texts(req.query, "query")
-        out, usage = await svc.encode(queries, spec.query_modes, "/v1/search", param="query", role="query")
+        out, usage = await index.encode_queries(spec, queries, encode=lambda texts, modes: svc.encode(
+            texts, modes, "/v1/search", param="query", role="query"))
         found = await anyio.to_thread.run_sync(lambda: index.first_stage(spec, out))
         if cross is not None:
             found = await svc.batcher.call(lambda: rerank_hits(cross, queries, found, spec.k, spec.mode,
@@ -570,6 +365,9 @@ def _index_routes(api: APIRouter, svc: _Service) -> None:
         results = [[s.Hit(id=h.id, score=h.score, text=h.text, metadata=h.metadata, scores=h.scores)
                     for h in hits] for hits in found]
         return _json(s.SearchResponse(model=svc.name, results=results, usage=usage))
+
+
+_SEARCH_FIELDS = {"rerank_top": "rerank", "reranker": "rerank"}  # Index.prepare's names of SearchRequest fields
 
 
 def _version() -> str:

@@ -4,8 +4,9 @@ Sizes are padded tokens, texts × the longest text's tokens, as a forward pass p
 one (so a chunk of 400-token texts does not take in short queries that would be padded to 400 tokens). An
 encode request is split, at submit time, into chunks of consecutive texts of at most `max_batch_tokens` padded
 tokens (a longer text is a chunk of its own). Requests wait in one queue. For each model call the worker walks
-the queue from the front and takes the next chunk of each request that still fits in `max_batch_tokens`
-(stopping at a call job), runs ONE encode over them with the union of the requested modes, and sends the
+the queue from the front and takes the next chunk of each request of the first one's role (query, passage or
+none: one model method each) that still fits in `max_batch_tokens` (stopping at a call job), runs ONE encode
+over them with the union of the requested modes, and sends the
 requests that have chunks left to the back of the queue. So requests take turns chunk by chunk (round-robin):
 a small request queued behind a 2,048-text one waits for about one chunk, not for the whole request, and
 small requests queued together still share one model call. Each request's chunk outputs are joined in input
@@ -49,7 +50,7 @@ class BatcherClosedError(RuntimeError):
 
 
 class EncodeFn(Protocol):
-    def __call__(self, texts: list[str], modes: tuple[str, ...]) -> M3Output: ...
+    def __call__(self, texts: list[str], modes: tuple[str, ...], role: str | None) -> M3Output: ...
 
 
 @dataclass
@@ -83,6 +84,7 @@ class _Job:
 class _EncodeJob(_Job):
     texts: list[str]
     modes: tuple[str, ...]
+    role: str | None  # "query", "passage" or None: requests of one role share a model call
     chunks: deque[_Chunk]  # the chunks not yet handed to the model
     n_chunks: int
     parts: list[M3Output] = field(default_factory=list)  # outputs of the chunks done so far, in order
@@ -109,7 +111,7 @@ class Batcher:
     """Owns a worker thread that runs every model call; splits large requests and merges small ones.
 
     Args:
-        encode: runs one model encode of texts with the given modes (called on the worker thread only).
+        encode: runs one model encode of texts with the given modes, for a role (called on the worker thread only).
         max_batch_tokens: padded tokens (texts × longest text) per model call: requests are split into chunks
             of at most this size, and chunks of queued requests are merged while they fit.
         max_wait_s: how long the worker waits for more jobs once it has one (0: take only what is queued).
@@ -161,8 +163,9 @@ class Batcher:
         """No new jobs are taken (after `close`, or once the shutdown deadline has passed)."""
         return self._closed
 
-    def submit_encode(self, texts: list[str], modes: tuple[str, ...], tokens: int | Sequence[int]) -> Future:
-        """Queue texts for encoding; the future resolves to their M3Output (input order).
+    def submit_encode(self, texts: list[str], modes: tuple[str, ...], tokens: int | Sequence[int],
+                      role: str | None = None) -> Future:
+        """Queue texts of one `role` for encoding; the future resolves to their M3Output (input order).
 
         `tokens` is each text's token count (or their total, taken as spread evenly); it decides the chunks.
         Cancelling the future drops the chunks not yet encoded.
@@ -174,15 +177,16 @@ class Batcher:
         if len(tokens) != len(texts):
             raise ValueError(f"{len(tokens)} token counts for {len(texts)} texts")
         chunks = split_chunks([max(int(n), 1) for n in tokens], self.max_batch_tokens)
-        return self._put(_EncodeJob(texts, tuple(modes), deque(chunks), len(chunks)))
+        return self._put(_EncodeJob(texts, tuple(modes), role, deque(chunks), len(chunks)))
 
     def submit_call(self, fn: Callable[[], T]) -> Future:
         """Queue `fn()` to run alone on the worker thread, after the calls (and chunks) queued before it."""
         return self._put(_CallJob(fn))
 
-    async def encode(self, texts: list[str], modes: tuple[str, ...], tokens: int | Sequence[int]) -> M3Output:
+    async def encode(self, texts: list[str], modes: tuple[str, ...], tokens: int | Sequence[int],
+                     role: str | None = None) -> M3Output:
         """`submit_encode`, awaited; cancelling the awaiting task drops the request's remaining chunks."""
-        return await asyncio.wrap_future(self.submit_encode(texts, modes, tokens))
+        return await asyncio.wrap_future(self.submit_encode(texts, modes, tokens, role))
 
     async def call(self, fn: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self.submit_call(fn))
@@ -310,7 +314,7 @@ class Batcher:
                 break
             chunk = job.chunks[0]
             size = _padded(texts + chunk.end - chunk.start, max(longest, chunk.longest))
-            if batch and size > self.max_batch_tokens:
+            if batch and (size > self.max_batch_tokens or job.role != batch[0][0].role):
                 continue  # does not fit this call; it keeps its place for the next one
             batch.append((job, job.chunks.popleft()))
             texts, longest = texts + chunk.end - chunk.start, max(longest, chunk.longest)
@@ -378,7 +382,7 @@ class Batcher:
         texts = [t for job, chunk in batch for t in job.texts[chunk.start:chunk.end]]
         modes = tuple(m for m in MODES if any(m in job.modes for job, _ in batch))
         t0 = time.perf_counter()
-        out = self._encode(texts, modes)
+        out = self._encode(texts, modes, batch[0][0].role)
         if self._on_batch is not None:
             self._on_batch(BatchRecord(len(batch), len(texts), sum(chunk.tokens for _, chunk in batch),
                                        time.perf_counter() - t0))

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.server.batching import BatcherClosedError, QueueFullError
+from m3embed.server.schemas import FIELD_CODES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def install_handlers(app: FastAPI) -> None:
             where = bad_json.get("ctx", {}).get("error", "")
             return error_response(400, f"request body is not valid JSON ({where}); send a JSON object",
                                   code="invalid_json")
-        return error_response(422, "; ".join(_describe(err) for err in errors[:5]), code="invalid_request",
+        code = errors[0]["type"] if errors and errors[0]["type"] in FIELD_CODES else "invalid_request"
+        return error_response(422, "; ".join(_describe(err) for err in errors[:5]), code=code,
                               param=_loc(errors[0]) if errors else None)
 
     @app.exception_handler(StarletteHTTPException)

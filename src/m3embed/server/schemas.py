@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
-from m3embed.documents import check_id
-from m3embed.modes import DEFAULT_RERANK_TOP, MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
+from m3embed.documents import check_id, check_metadata
+from m3embed.modes import DEFAULT_RERANK_TOP, DEFAULT_ROLE, MODES, SCORE_WEIGHTS, SEARCH_MODES, SEARCH_WEIGHTS
 
 Mode = Literal[MODES]
 EncodingFormat = Literal["float", "base64"]
 InputType = Literal["query", "passage"]
-INPUT_TYPE_HELP = ("query or passage: prepend the model's prompt for that role (e5 models: 'query: ' / 'passage: '; "
-                   "no effect on models without prompts); omitted: the text as sent")
+INPUT_TYPE_HELP = ("the text's role, query or passage: prepend the model's prompt for it (e5 models: 'query: ' / "
+                   "'passage: '; no effect on models without prompts); omitted: the text as sent")
+# request checks answered with their own error code (the rest are "invalid_request")
+FIELD_CODES = ("invalid_id", "invalid_metadata")
 # OpenAI also accepts token ids (a list of ints, or a list of such lists); we name that case in a clear 422
 TextInput = str | list[str] | list[int] | list[list[int]]
 
@@ -51,7 +54,7 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(description="the served model name (see GET /v1/models)")
     encoding_format: EncodingFormat = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, description="must equal the model's hidden size if given")
-    input_type: InputType | None = Field(None, description=INPUT_TYPE_HELP)
+    role: InputType | None = Field(DEFAULT_ROLE, alias="input_type", description=INPUT_TYPE_HELP)
     user: str | None = Field(None, description="accepted for compatibility; unused")
 
 
@@ -92,7 +95,7 @@ class EncodeRequest(BaseModel):
     )
     return_tokens: bool = Field(False, description="add the token string of each sparse index")
     truncate: bool = Field(True, description="false: reject texts longer than the server's max length")
-    input_type: InputType | None = Field(None, description=INPUT_TYPE_HELP)
+    role: InputType | None = Field(DEFAULT_ROLE, alias="input_type", description=INPUT_TYPE_HELP)
 
 
 class Sparse(BaseModel):
@@ -180,7 +183,8 @@ class Document(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | int = Field(description="your id: a non-empty string or an integer (kept as a string, so 7 and "
-                                      "\"7\" are one document); upserting an existing id replaces it")
+                                      "\"7\" are one document); upserting an existing id replaces it, and an id "
+                                      "sent twice keeps its last copy")
     text: str
     metadata: dict[str, Any] | None = Field(
         None, description="stored with the document; search can filter on it. JSON values only: finite numbers, "
@@ -189,8 +193,20 @@ class Document(BaseModel):
     @field_validator("id", mode="before")
     @classmethod
     def _check_id(cls, value: Any) -> Any:
-        check_id(value)  # before pydantic's coercion, which would turn true into 1
+        try:
+            check_id(value)  # before pydantic's coercion, which would turn true into 1
+        except ValueError as e:
+            raise PydanticCustomError("invalid_id", str(e)) from None
         return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any]:
+        doc_id = info.data.get("id")  # absent when the id failed its own check
+        try:
+            return check_metadata(value, None if doc_id is None else str(doc_id))
+        except ValueError as e:
+            raise PydanticCustomError("invalid_metadata", str(e)) from None
 
 
 class UpsertRequest(BaseModel):
