@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 
 from m3embed.checkpoint import default_model
+from m3embed.index.directory import DEFAULT_COLLECTION
 from m3embed.modes import SEARCH_WEIGHTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,22 +31,36 @@ def _load(model: str, modes, dtype: str = "float32", device: str | None = None):
     return M3Model.from_pretrained(model, modes=modes, dtype=dtype, device=device)
 
 
-def _load_reranker(name: str, dtype: str = "float32", device: str | None = None, max_length: int | None = None):
-    """A cross-encoder whose pairs are cut at `max_length` tokens by default (None: 512 capped at its limit)."""
+def _load_reranker(name: str, dtype: str = "float32", device: str | None = None,
+                   pair_max_length: int | None = None):
+    """A cross-encoder whose pairs are cut at `pair_max_length` tokens by default (None: its own default)."""
     from m3embed.rerank import Reranker
     from m3embed.tokenize import resolve_max_length
 
     cross = Reranker.from_pretrained(name, dtype=dtype, device=device)
-    cross.pair_max_length = resolve_max_length(max_length, cross.max_length, cross.pair_max_length,
-                                               "--rerank-max-length")
+    cross.pair_max_length = resolve_max_length(pair_max_length, cross.max_length, cross.pair_max_length,
+                                               "--pair-max-length")
     return cross
 
 
-RerankMaxLengthOpt = typer.Option(None, help="pair tokens the reranker reads (default 512, capped at its limit)")
+PairMaxLengthOpt = typer.Option(None, "--pair-max-length", "--rerank-max-length",
+                                help="pair tokens the reranker reads (default 512, capped at its limit)")
 
 
 IndexArg = typer.Argument(..., help="index directory, Qdrant URL (http://host:6333)")
-CollectionOpt = typer.Option("m3embed", help="collection name (qdrant engine)")
+CollectionOpt = typer.Option(DEFAULT_COLLECTION, help="collection name (qdrant engine)")
+
+
+def _commit_report(log_commits: bool):
+    """With --log-commits, a line on stdout per durable batch (for scripts that watch progress); else None."""
+    if not log_commits:
+        return None
+
+    def report(stats) -> None:
+        typer.echo(f"committed {stats.seen} records ({stats.added} added, {stats.skipped} already stored)")
+        sys.stdout.flush()
+
+    return report
 
 
 def _index_model(index, model: str | None, dtype: str, device: str | None):

@@ -20,7 +20,7 @@ from m3embed.cli._common import (
     console,
     out,
 )
-from m3embed.modes import SCORE_WEIGHTS
+from m3embed.modes import DEFAULT_ROLE, SCORE_WEIGHTS
 
 
 @app.command()
@@ -34,8 +34,9 @@ def encode(
     max_length: int | None = typer.Option(None, help="truncate to this many tokens (default: model limit)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass"),
     mcls: bool = typer.Option(False, help="multiple-CLS dense pooling for long texts"),
-    input_type: str = typer.Option("passage", help="passage or query: prepend the model's prompt for that role "
-                                   "(e5: 'passage: ' / 'query: '; none for models without prompts); none: as is"),
+    role: str = typer.Option(DEFAULT_ROLE or "none", "--input-type",
+                             help="passage or query: prepend the model's prompt for that role (e5: 'passage: ' / "
+                             "'query: '; nothing for models without prompts); none: the text as given"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
     ray: bool = typer.Option(False, "--ray", help="encode on Ray into Parquet shards; INPUT: jsonl/parquet file, "
@@ -45,7 +46,8 @@ def encode(
     actors: int = typer.Option(1, help="--ray: encoding actors (e.g. one per GPU)"),
     cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs each actor reserves"),
     gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs each actor reserves"),
-    rows_per_shard: int = typer.Option(10_000, help="--ray: documents per Parquet shard"),
+    rows_per_part: int = typer.Option(10_000, "--rows-per-part", "--rows-per-shard",
+                                      help="--ray: documents per part (one Parquet shard each)"),
 ) -> None:
     """Encode a file of texts into dense / sparse / colbert arrays (or, with --ray, into Parquet shards)."""
     from m3embed.corpus import read_records
@@ -55,36 +57,36 @@ def encode(
     chosen = check_modes(modes)
     if ray:
         _encode_on_ray(input, output, model, chosen, text_field, id_field, max_length, batch_tokens, mcls, dtype,
-                       device, ray_address, actors, cpus_per_actor, gpus_per_actor, rows_per_shard)
+                       device, ray_address, actors, cpus_per_actor, gpus_per_actor, rows_per_part)
         return
     if output.exists() and not output.is_dir():  # checked now, not after the encoding
         raise NotADirectoryError(f"--out {output} is a file; give a directory for the outputs")
     records = list(read_records(input, text_field=text_field, id_field=id_field))
     m = _load(model, chosen, dtype, device)
     encoders = {"passage": m.encode_corpus, "query": m.encode_queries, "none": m.encode}
-    if input_type not in encoders:
-        raise ValueError(f"--input-type must be one of {', '.join(encoders)}, got {input_type!r}")
+    if role not in encoders:
+        raise ValueError(f"--input-type must be one of {', '.join(encoders)}, got {role!r}")
     if "dense" in chosen:  # the part known before encoding; M3Output.save checks the whole size
         check_free(output, len(records) * m.hidden_size * 4, f"the dense outputs of {len(records)} texts",
                    reserve=FILE_RESERVE)
-    result = encoders[input_type]([r.text for r in records], modes=chosen, max_length=max_length,
+    result = encoders[role]([r.text for r in records], modes=chosen, max_length=max_length,
                                   batch_tokens=batch_tokens, mcls=mcls, progress=None if len(records) < 1000 else True)
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
                 "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype,
-                "input_type": input_type})
+                "input_type": role})
     console.print(f"encoded {len(records)} texts ({', '.join(chosen)}) into {escape(str(output))}")
 
 
 def _encode_on_ray(input: Path, output: Path, model: str, modes: tuple[str, ...], text_field: str, id_field: str,
                    max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str, device: str | None,
                    address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
-                   rows_per_shard: int) -> None:
+                   rows_per_part: int) -> None:
     from m3embed.ray_data import encode_job
 
     if mcls:
         raise ValueError("--mcls is not available with --ray")
     result = encode_job(input, output, model, modes, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
-                        gpus_per_actor=gpus_per_actor, rows_per_part=rows_per_shard, dtype=dtype,
+                        gpus_per_actor=gpus_per_actor, rows_per_part=rows_per_part, dtype=dtype,
                         max_length=max_length, device=device, batch_tokens=batch_tokens, text_field=text_field,
                         id_field=id_field, progress=True)
     console.print(f"{escape(str(output))}: {result.written} shards written ({result.documents} documents, "
@@ -130,7 +132,8 @@ def rerank(
     model: str = typer.Option(default_reranker() or ..., "--model", "-m",
                               help="cross-encoder: dir, shipped name or hub id (e.g. BAAI/bge-reranker-v2-m3)"),
     normalize: bool = typer.Option(False, help="sigmoid of the logits, scores in (0, 1)"),
-    max_length: int | None = typer.Option(None, help="pair tokens (default 512, capped at the model's limit)"),
+    pair_max_length: int | None = typer.Option(None, "--pair-max-length", "--max-length",
+                                               help="pair tokens (default 512, capped at the model's limit)"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
@@ -141,7 +144,7 @@ def rerank(
 
     if (pairs is None) == (query is None) or (query is not None and not passage):
         raise ValueError("give a pairs file, or --query with one or more --passage")
-    cross = _load_reranker(model, dtype, device, max_length)
+    cross = _load_reranker(model, dtype, device, pair_max_length)
     if pairs is not None:
         items = read_pairs(pairs)
         scores = cross.compute_score(items, normalize=normalize)

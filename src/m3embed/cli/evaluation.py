@@ -10,7 +10,7 @@ from rich.markup import escape
 from m3embed.cli._common import (
     DeviceOpt,
     DtypeOpt,
-    RerankMaxLengthOpt,
+    PairMaxLengthOpt,
     SearchWeightsOpt,
     _load,
     _load_reranker,
@@ -37,10 +37,10 @@ def eval_command(
     weights: str = SearchWeightsOpt,
     candidates: int | None = typer.Option(None, help="dense and sparse candidates rescored by hybrid modes "
                                              "(default: max(k, 100))"),
-    query_max_length: int | None = typer.Option(None, help="query truncation in tokens (default 512 capped at "
-                                                  "the model's limit; a larger value than the limit is an error)"),
-    passage_max_length: int | None = typer.Option(None, help="passage truncation in tokens (default 512 capped at "
-                                                    "the model's limit)"),
+    query_max_length: int | None = typer.Option(None, help="query truncation in tokens (default: the model's "
+                                                  "query_max_length; a value above its limit is an error)"),
+    passage_max_length: int | None = typer.Option(None, help="passage truncation in tokens (default: the model's "
+                                                    "passage_max_length)"),
     bm25: bool = typer.Option(True, "--bm25/--no-bm25", help="include the BM25 baseline"),
     k1: float = typer.Option(0.9, help="BM25 k1"),
     b: float = typer.Option(0.4, help="BM25 b"),
@@ -53,7 +53,7 @@ def eval_command(
     reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id): adds a "
                                                    "<mode>+rerank row per mode"),
     rerank_top: int = typer.Option(DEFAULT_RERANK_TOP, help="documents of each mode's run the --reranker rescores"),
-    rerank_max_length: int | None = RerankMaxLengthOpt,
+    pair_max_length: int | None = PairMaxLengthOpt,
 ) -> None:
     """Evaluate M3 modes and BM25 on a dataset: nDCG@10, Recall@100, MRR@10 as JSON, Markdown and a PNG chart."""
     from m3embed import evaluate as ev
@@ -70,7 +70,7 @@ def eval_command(
     settings = ev.M3Settings(modes=chosen or (() if m is None else servable(m.available_modes())), weights=w,
                              candidates=candidates, query_max_length=query_max_length,
                              passage_max_length=passage_max_length, index_dir=index, rerank_top=rerank_top)
-    cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
+    cross = _load_reranker(reranker, dtype, device, pair_max_length) if reranker else None
     result = ev.evaluate_dataset(data, m, k=k, m3=settings, bm25=ev.BM25Config(k1, b, stopwords) if bm25 else None,
                                  batch_size=batch_size, progress=progress, reranker=cross)
     paths = ev.write_report(result, out_dir or Path(f"eval-{data.name.replace('/', '_')}"))

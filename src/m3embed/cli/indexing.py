@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import sys
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -16,8 +19,9 @@ from m3embed.cli._common import (
     DtypeOpt,
     IndexArg,
     ModelOpt,
-    RerankMaxLengthOpt,
+    PairMaxLengthOpt,
     SearchWeightsOpt,
+    _commit_report,
     _index_model,
     _load,
     _load_reranker,
@@ -25,43 +29,11 @@ from m3embed.cli._common import (
     console,
     out,
 )
+from m3embed.index.manifest import ColbertStorage
 from m3embed.modes import SEARCH_MODES
 
 index_app = typer.Typer(no_args_is_help=True, help="Build and manage M3 indexes (Qdrant Edge on disk, or Qdrant).")
 app.add_typer(index_app, name="index")
-
-
-def _check_input(input: Path, text_field: str, id_field: str, title_field: str) -> int:
-    """Read and validate every record of the input before anything is loaded or written; the record count."""
-    from m3embed.corpus import read_records
-    from m3embed.index.ingest import check_records
-
-    return check_records(read_records(input, text_field=text_field, id_field=id_field,
-                                      title_field=title_field or None))
-
-
-def _ingest(index, input: Path, batch_size: int, text_field: str, id_field: str, title_field: str,
-            skip_existing: bool, log_commits: bool, max_length: int | None = None, total: int | None = None) -> None:
-    from m3embed.corpus import read_records
-    from m3embed.diskspace import DiskFullError
-    from m3embed.index.ingest import ingest
-
-    def report(stats) -> None:
-        if log_commits:  # one line per durable batch, for scripts that watch progress
-            typer.echo(f"committed {stats.seen} records ({stats.added} added, {stats.skipped} already stored)")
-            sys.stdout.flush()
-
-    records = read_records(input, text_field=text_field, id_field=id_field, title_field=title_field or None)
-    stats = ingest(index, records, batch_size=batch_size, skip_existing=skip_existing, total=total,
-                   progress=not log_commits, on_commit=report, max_length=max_length)
-    try:
-        index.optimize()
-    except DiskFullError as e:
-        raise DiskFullError(f"{index.location}: {stats.added} documents added ({index.count()} stored), but {e}",
-                            e.filename) from None
-    dups = f"; {stats.duplicates} repeated ids (the last copy kept)" if stats.duplicates else ""
-    console.print(f"{escape(index.location)}: {stats.added} added, {stats.skipped} already stored; "
-                  f"{index.count()} documents{dups}", highlight=False)
 
 
 BatchSizeOpt = typer.Option(64, help="documents encoded (or loaded) and committed together")
@@ -69,33 +41,28 @@ TextFieldOpt = typer.Option("text", help="field holding the text")
 IdFieldOpt = typer.Option("id", help="field holding the document id")
 TitleFieldOpt = typer.Option("title", help="field prepended to the text when present ('' for none)")
 LogCommitsOpt = typer.Option(False, help="print a line per committed batch instead of a progress bar")
-
-
 EncodedOpt = typer.Option(None, "--encoded", help="load shards of `m3embed encode --ray` (a job directory or a "
                           "shard) instead of encoding INPUT")
+RayOpt = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard")
+RayAddressOpt = typer.Option(None, help="--ray: cluster to join (default: the running one, else a new local one)")
 
 
-def _load_encoded(index, encoded: Path, batch_size: int, skip_existing: bool, log_commits: bool) -> None:
-    from m3embed.index.bulk import load_encoded
+def _source(input: Path | None, encoded: Path | None, text_field: str, id_field: str, title_field: str):
+    from m3embed.index.build import Source
 
-    def report(stats) -> None:
-        if log_commits:  # one line per durable batch, for scripts that watch progress
-            typer.echo(f"committed {stats.seen} records ({stats.added} added, {stats.skipped} already stored)")
-            sys.stdout.flush()
-
-    stats = load_encoded(index, encoded, batch_size=batch_size, skip_existing=skip_existing, on_commit=report)
-    index.optimize()
-    console.print(f"{escape(index.location)}: {stats.added} loaded, {stats.skipped} already stored; "
-                  f"{index.count()} documents", highlight=False)
+    if (input is None) == (encoded is None):
+        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
+    return Source(encoded or input, encoded=encoded is not None, text_field=text_field, id_field=id_field,
+                  title_field=title_field or None)
 
 
-def _load_encoded_on_ray(index: str, encoded: Path, collection: str, batch_size: int, skip_existing: bool,
-                         address: str | None) -> None:
-    from m3embed.index.bulk import load_encoded_ray
-
-    stats = load_encoded_ray(index, encoded, collection=collection, batch_size=batch_size,
-                             skip_existing=skip_existing, address=address)
-    console.print(f"{escape(index)}: {stats.added} loaded, {stats.skipped} already stored", highlight=False)
+def _print_added(added, source) -> None:
+    verb = "loaded" if source.encoded else "added"
+    stats = added.stats
+    dups = f"; {stats.duplicates} repeated ids (the last copy kept)" if stats.duplicates else ""
+    count = "" if added.count is None else f"; {added.count} documents"
+    console.print(f"{escape(added.location)}: {stats.added} {verb}, {stats.skipped} already stored{count}{dups}",
+                  highlight=False)
 
 
 @index_app.command("build")
@@ -103,14 +70,14 @@ def index_build(
     index: str = IndexArg,
     input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
     encoded: Path | None = EncodedOpt,
-    ray: bool = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard"),
-    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (default: the running one, else "
-                                           "a new local one)"),
+    ray: bool = RayOpt,
+    ray_address: str | None = RayAddressOpt,
     model: str = ModelOpt,
     engine: str | None = typer.Option(None, help="edge (embedded, on disk; the default for a directory) or qdrant "
                                       "(qdrant-client: a URL, or a local path)"),
     modes: str | None = typer.Option(None, help="representations to store (default: all the model has)"),
-    colbert_dtype: str = typer.Option("float16", help="colbert storage: float16 or float32"),
+    colbert_dtype: str | None = typer.Option(None, help=f"colbert storage: float16 or float32 [default: "
+                                             f"{ColbertStorage().dtype}]"),
     colbert_quantization: str | None = typer.Option(None, help="colbert vectors scored quantized: none, int8 "
                                                     "or binary [default: none]"),
     colbert_originals: str | None = typer.Option(None, help="where colbert's float vectors live: ram, disk "
@@ -130,60 +97,43 @@ def index_build(
     title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
     log_commits: bool = LogCommitsOpt,
-    shards: int | None = typer.Option(None, help="Qdrant server: shards of the new collection"),
-    replicas: int | None = typer.Option(None, help="Qdrant server: copies of each shard (>= 2 on a cluster)"),
-    write_consistency: int | None = typer.Option(None, help="Qdrant server: replicas that must confirm a write"),
+    shard_number: int | None = typer.Option(None, "--shard-number", "--shards",
+                                            help="Qdrant server: shards of the new collection"),
+    replication_factor: int | None = typer.Option(None, "--replication-factor", "--replicas",
+                                                  help="Qdrant server: copies of each shard (>= 2 on a cluster)"),
+    write_consistency_factor: int | None = typer.Option(None, "--write-consistency-factor", "--write-consistency",
+                                                        help="Qdrant server: replicas that must confirm a write"),
     on_disk: bool = typer.Option(False, help="Qdrant: keep vectors and payloads on disk (memory-mapped)"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
 ) -> None:
     """Create an index (or resume one built with the same model) and add a file of documents or encoded shards."""
-    from m3embed.index import open_index
-    from m3embed.index.core import is_remote
+    from m3embed.index.build import build
+    from m3embed.index.directory import is_remote
     from m3embed.modes import check_modes
 
-    options = {k: v for k, v in {"shard_number": shards, "replication_factor": replicas,
-                                 "write_consistency_factor": write_consistency, "on_disk": on_disk or None}.items()
-               if v is not None}
+    source = _source(input, encoded, text_field, id_field, title_field)
+    # the create_collection arguments, under their Qdrant names
+    options = {name: value for name, value in (("shard_number", shard_number),
+                                               ("replication_factor", replication_factor),
+                                               ("write_consistency_factor", write_consistency_factor),
+                                               ("on_disk", on_disk or None)) if value is not None}
     if options and engine != "qdrant" and not is_remote(index):
-        raise ValueError("--shards, --replicas, --write-consistency and --on-disk apply to the qdrant engine "
-                         "(a Qdrant URL, or --engine qdrant)")
-    storage = _colbert_storage(colbert_quantization, colbert_originals, colbert_rescore, colbert_oversampling,
-                               pool_factor)
-    create = {"engine": engine, "colbert_dtype": colbert_dtype, "colbert_storage": storage, "store_text": store_text,
-              "collection": collection, "collection_options": options or None}
-    if (input is None) == (encoded is None):
-        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
-    if encoded is not None:
-        from m3embed.index.bulk import open_for_encoded
-
-        with open_for_encoded(index, encoded, modes=check_modes(modes) if modes else None, **create) as idx:
-            if not ray:
-                _load_encoded(idx, encoded, batch_size, True, log_commits)
-                return
-        _load_encoded_on_ray(index, encoded, collection, batch_size, True, ray_address)
-        return
-    if ray:
-        raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
+        raise ValueError("--shard-number, --replication-factor, --write-consistency-factor and --on-disk apply to "
+                         "the qdrant engine (a Qdrant URL, or --engine qdrant)")
+    storage = {name: value for name, value in (("dtype", colbert_dtype), ("quantization", colbert_quantization),
+                                               ("originals", colbert_originals), ("rescore", colbert_rescore),
+                                               ("oversampling", colbert_oversampling),
+                                               ("pool_factor", pool_factor)) if value is not None}
     if Path(model).exists():
         model = str(Path(model).resolve())  # the index records it: later searches reload it from anywhere
-    chosen = check_modes(modes) if modes else None
-    total = _check_input(input, text_field, id_field, title_field)  # a bad record stops us before any write
-    m = _load(model, chosen or ("dense",), dtype, device)
-    with open_index(index, m, create=True, modes=chosen or m.available_modes(), **create) as idx:
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, True, log_commits, max_length, total)
-
-
-def _colbert_storage(quantization: str | None, originals: str | None, rescore: bool | None,
-                     oversampling: float | None, pool_factor: int | None):
-    """The --colbert-* options over the default storage of new indexes; None when none is given."""
-    from dataclasses import replace
-
-    from m3embed.index.manifest import DEFAULT_COLBERT_STORAGE
-
-    given = {k: v for k, v in {"quantization": quantization, "originals": originals, "rescore": rescore,
-                               "oversampling": oversampling, "pool_factor": pool_factor}.items() if v is not None}
-    return replace(DEFAULT_COLBERT_STORAGE, **given) if given else None
+    added = build(index, source, load_model=lambda chosen: _load(model, chosen or ("dense",), dtype, device),
+                  modes=check_modes(modes) if modes else None, engine=engine,
+                  colbert_storage=ColbertStorage(**storage) if storage else None, store_text=store_text,
+                  collection=collection, collection_options=options or None, batch_size=batch_size,
+                  max_length=max_length, ray=ray, ray_address=ray_address, progress=not log_commits,
+                  on_commit=_commit_report(log_commits))
+    _print_added(added, source)
 
 
 @index_app.command("add")
@@ -191,9 +141,8 @@ def index_add(
     index: str = IndexArg,
     input: Path | None = typer.Argument(None, help="documents: .jsonl, .txt or .parquet"),
     encoded: Path | None = EncodedOpt,
-    ray: bool = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one Ray task per shard"),
-    ray_address: str | None = typer.Option(None, help="--ray: cluster to join (default: the running one, else "
-                                           "a new local one)"),
+    ray: bool = RayOpt,
+    ray_address: str | None = RayAddressOpt,
     model: str | None = typer.Option(None, "--model", "-m", help="default: the model the index records"),
     replace: bool = typer.Option(False, help="re-encode and replace documents whose id is already stored"),
     batch_size: int = BatchSizeOpt,
@@ -206,22 +155,13 @@ def index_add(
     device: str | None = DeviceOpt,
 ) -> None:
     """Add documents, or encoded shards, to an existing index (upsert by id)."""
-    from m3embed.index import open_index
+    from m3embed.index.build import add
 
-    if (input is None) == (encoded is None):
-        raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
-    if ray:
-        if encoded is None:
-            raise ValueError("--ray loads --encoded shards; encode documents on Ray with `m3embed encode --ray`")
-        _load_encoded_on_ray(index, encoded, collection, batch_size, not replace, ray_address)
-        return
-    total = None if input is None else _check_input(input, text_field, id_field, title_field)  # before any write
-    with open_index(index, collection=collection) as idx:
-        if encoded is not None:
-            _load_encoded(idx, encoded, batch_size, not replace, log_commits)
-            return
-        _index_model(idx, model, dtype, device)
-        _ingest(idx, input, batch_size, text_field, id_field, title_field, not replace, log_commits, total=total)
+    source = _source(input, encoded, text_field, id_field, title_field)
+    added = add(index, source, load_model=lambda idx: _index_model(idx, model, dtype, device), collection=collection,
+                replace=replace, batch_size=batch_size, ray=ray, ray_address=ray_address,
+                progress=not log_commits, on_commit=_commit_report(log_commits))
+    _print_added(added, source)
 
 
 @index_app.command("delete")
@@ -232,8 +172,8 @@ def index_delete(
     collection: str = CollectionOpt,
 ) -> None:
     """Delete documents by id."""
+    from m3embed.corpus import read_ids
     from m3embed.index import open_index
-    from m3embed.index.ingest import read_ids
 
     chosen = list(ids or []) + (read_ids(ids_file) if ids_file else [])
     if not chosen:
@@ -254,7 +194,7 @@ def index_info(
 ) -> None:
     """Show what an index holds: engine, model, modes, colbert storage, document count, measured bytes."""
     from m3embed.index import open_index
-    from m3embed.index.core import is_remote
+    from m3embed.index.directory import is_remote
     from m3embed.index.footprint import measure_ram as measure
     from m3embed.index.footprint import per_unit
 
@@ -290,7 +230,7 @@ def search(
     reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) that rescores the "
                                                    "best --rerank-top hits from their stored texts"),
     rerank_top: int | None = typer.Option(None, help="hits the --reranker rescores (default max(k, 100))"),
-    rerank_max_length: int | None = RerankMaxLengthOpt,
+    pair_max_length: int | None = PairMaxLengthOpt,
     where: list[str] = typer.Option([], "--where", "-w", help="metadata filter: lang=en, year>=2000 (repeat)"),
     explain: bool = typer.Option(False, help="show each mode's score"),
     json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
@@ -300,19 +240,17 @@ def search(
     device: str | None = DeviceOpt,
 ) -> None:
     """Search an index with M3's modes (default: the dense+sparse+colbert hybrid)."""
-    import json
-
     from m3embed.index import open_index
-    from m3embed.index.store import parse_where
     from m3embed.modes import parse_weights
 
     with open_index(index, collection=collection) as idx:
-        cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
+        cross = _load_reranker(reranker, dtype, device, pair_max_length) if reranker else None
+        # checked before the model loads: a bad option costs no loading time
         spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
                            colbert_top=colbert_top, filter=parse_where(where), explain=explain, reranker=cross,
                            rerank_top=rerank_top)
         _index_model(idx, model, dtype, device)
-        results = idx.run(spec, idx.model.encode_queries(list(query), modes=spec.query_modes), list(query))
+        results = idx.run(spec, idx.encode_queries(spec, query), query)
     for q, hits in zip(query, results):
         if json_out:
             for rank, h in enumerate(hits, 1):
@@ -328,3 +266,31 @@ def search(
             table.add_row(str(rank), Text(h.id), f"{h.score:.4f}", *per,
                           Text(text[:80] + ("…" if len(text) > 80 else "")))
         out.print(table)
+
+
+_WHERE = re.compile(r"\s*([^=<>\s]+)\s*(>=|<=|>|<|=)\s*(.*?)\s*")
+_WHERE_OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+
+
+def parse_where(exprs: Sequence[str]) -> dict[str, Any]:
+    """`lang=en`, `tag=["a","b"]` (any of), `year>=2000`, `n<5` into a filter dict for `parse_filter`.
+
+    The value of `=` is read as JSON when it parses (numbers, lists, true), else as a bare string.
+    """
+    spec: dict[str, Any] = {}
+    for expr in exprs:
+        m = _WHERE.fullmatch(expr)
+        if not m or not m.group(3):
+            raise ValueError(f"--where {expr!r}: use field=value, field=[v1,v2], field>=number (or >, <, <=)")
+        key, op, raw = m.groups()
+        if op == "=":
+            try:
+                spec[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                spec[key] = raw  # a bare word is a string
+            continue
+        try:
+            spec.setdefault(key, {})[_WHERE_OPS[op]] = float(raw)
+        except (ValueError, TypeError):
+            raise ValueError(f"--where {expr!r}: {op} needs a number") from None
+    return spec

@@ -12,7 +12,7 @@ from m3embed.cli._common import (
     DEFAULT_MODEL,
     DeviceOpt,
     DtypeOpt,
-    RerankMaxLengthOpt,
+    PairMaxLengthOpt,
     _index_model,
     _load,
     _load_reranker,
@@ -21,23 +21,28 @@ from m3embed.cli._common import (
 )
 
 
+def _mib(value: float) -> int:
+    return int(value * 2**20)
+
+
 @app.command()
-def serve(
+def serve(  # the options named as ServerSettings fields fill it
     model: str | None = typer.Option(None, "--model", "-m", help="checkpoint dir, shipped name or hub id (default: "
                                      f"the model --index records, else {DEFAULT_MODEL})"),
     index: Path | None = typer.Option(None, help="index directory to serve /v1/search and /v1/documents"),
     reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) to serve /v1/rerank "
                                                    "and /v1/search's rerank; clients name it by this value"),
-    rerank_max_length: int | None = RerankMaxLengthOpt,
+    pair_max_length: int | None = PairMaxLengthOpt,
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     api_key: str | None = typer.Option(None, envvar="M3EMBED_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1/* and /metrics"),
-    served_model_name: str | None = typer.Option(None, help="name clients pass as `model` (default: --model)"),
+    model_name: str | None = typer.Option(None, "--served-model-name",
+                                          help="name clients pass as `model` (default: --model)"),
     max_length: int | None = typer.Option(None, help="tokens per text, longer ones truncated (default: model limit)"),
     max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
     max_chars: int = typer.Option(100_000, help="characters per text"),
-    max_body_mb: float = typer.Option(32.0, help="request body limit in MiB"),
+    max_body_bytes: float = typer.Option(32.0, "--max-body-mb", callback=_mib, help="request body limit in MiB"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
     max_batch_tokens: int | None = typer.Option(
         None, help="padded tokens (texts x longest) per model call; larger requests are split into chunks of this "
@@ -53,8 +58,10 @@ def serve(
     device: str | None = DeviceOpt,
 ) -> None:
     """Serve the model (and an index) over HTTP: OpenAI-compatible /v1/embeddings plus all of M3."""
+    options = dict(locals())  # the parameters above, before any other local name exists
     import os
     import signal
+    from dataclasses import fields
 
     require("uvicorn", "serve")  # also when m3embed.server was imported before (its own check ran then)
     from m3embed.server import Server, ServerSettings, create_app
@@ -76,22 +83,18 @@ def serve(
         torch.set_num_threads(threads)
     try:  # the model the index records unless --model says otherwise (another model is refused)
         m = _index_model(idx, model, dtype, device) if idx else _load(model or DEFAULT_MODEL, ("dense",), dtype, device)
-        cross = _load_reranker(reranker, dtype, device, rerank_max_length) if reranker else None
+        cross = _load_reranker(reranker, dtype, device, pair_max_length) if reranker else None
     except BaseException:
         if idx is not None:
             idx.close()
         raise
-    settings = ServerSettings(
-        model_name=served_model_name or m.name, api_key=api_key or None, max_items=max_items, max_chars=max_chars,
-        max_body_bytes=int(max_body_mb * 2**20), max_length=max_length, batching=batching,
-        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_tokens=batch_tokens,
-        graceful_timeout=graceful_timeout)
+    settings = ServerSettings(**{f.name: options[f.name] for f in fields(ServerSettings) if f.name in options})
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the previous handler: make
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
     try:
         web = create_app(m, idx, settings, cross)
-        console.print(f"serving {settings.model_name} ({', '.join(m.available_modes())}"
+        console.print(f"serving {settings.model_name or m.name} ({', '.join(m.available_modes())}"
                       f"{'; index ' + str(index) if idx is not None else ''}"
                       f"{'; reranker ' + reranker if cross is not None else ''}) on http://{host}:{port}"
                       f"{' with an API key' if settings.api_key else ''}", markup=False)
