@@ -16,7 +16,6 @@ from m3embed.evaluate.data import Dataset, Qrels, Run, Searcher, load_corpus, lo
 from m3embed.evaluate.metrics import METRICS, MRR_DEPTH, evaluate_run, mean_metrics, per_query_metrics, truncate_run
 from m3embed.evaluate.report import console_table, markdown_table, plot_bars, write_report
 from m3embed.evaluate.runs import (
-    EVAL_MAX_LENGTH,
     RERANK_SUFFIX,
     EvalResult,
     M3Settings,
@@ -31,7 +30,7 @@ from m3embed.evaluate.runs import (
 )
 
 __all__ = [
-    "BM25_NAME", "EVAL_MAX_LENGTH", "EXTRA_MODULES", "METRICS", "MRR_DEPTH", "BM25Config", "Dataset", "EvalResult",
+    "BM25_NAME", "EXTRA_MODULES", "METRICS", "MRR_DEPTH", "BM25Config", "Dataset", "EvalResult",
     "M3Settings", "Qrels", "Run", "Searcher", "bm25_searcher", "bm25_tokens", "console_table", "eval_index",
     "evaluate_dataset", "evaluate_run", "evaluate_runs", "evaluate_systems", "fill_index", "index_runs",
     "load_corpus", "load_dataset", "load_qrels", "load_queries", "markdown_table", "mean_metrics",

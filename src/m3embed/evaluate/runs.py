@@ -2,11 +2,13 @@
 
 `evaluate_dataset` is the whole evaluation of one dataset: the BM25 baseline, then the model's corpus encoded
 into an index (a temporary Qdrant Edge one unless `index_dir` is given) and searched with every mode; with a
-cross-encoder, each mode's best documents reranked (`<mode>+rerank`).
+cross-encoder, each mode's best documents reranked (`<mode>+rerank`). Queries are encoded and reranked as a
+search does (`Index.encode_queries`, `m3embed.index.core.rerank_hits`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -20,12 +22,12 @@ from m3embed._optional import require
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher
 from m3embed.evaluate.data import Dataset, Run, Searcher
 from m3embed.evaluate.metrics import mean_metrics, per_query_metrics, truncate_run
-from m3embed.modes import DEFAULT_RERANK_TOP, MODES, SEARCH_MODES, check_search_mode, index_representations
+from m3embed.modes import DEFAULT_RERANK_TOP, SEARCH_MODES, check_search_mode, index_representations
 from m3embed.tokenize import resolve_max_length
+from m3embed.types import Hit
 
 logger = logging.getLogger(__name__)
 
-EVAL_MAX_LENGTH = 512  # FlagEmbedding's evaluation default for queries and passages
 RERANK_SUFFIX = "+rerank"  # the system name of a mode's run reranked by a cross-encoder
 
 
@@ -147,14 +149,15 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
                ) -> tuple[dict[str, Run], dict[str, float]]:
     """Search the index with every mode, encoding each batch of queries once for all modes.
 
-    `progress` shows a bar on stderr counting queries encoded and searched.
+    `max_length` truncates the queries (default: the model's query_max_length); `progress` shows a bar on
+    stderr counting queries encoded and searched.
 
     Returns:
         `{mode: run}` and seconds per step: `encode queries` plus one entry per mode (engine time only).
     """
     specs = {mode: index.prepare(k=k, mode=mode, weights=weights, candidates=candidates, with_text=False)
              for mode in modes}
-    query_modes = tuple(sorted({r for spec in specs.values() for r in spec.query_modes}, key=MODES.index))
+    encode = functools.partial(model.encode_queries, max_length=max_length)
     ids, texts = list(queries), list(queries.values())
     runs: dict[str, Run] = {mode: {} for mode in modes}
     seconds = {"encode queries": 0.0, **{mode: 0.0 for mode in modes}}
@@ -162,7 +165,7 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
         for start in range(0, len(ids), batch_size):
             batch_ids = ids[start : start + batch_size]
             tick = time.perf_counter()
-            out = model.encode_queries(texts[start : start + batch_size], modes=query_modes, max_length=max_length)
+            out = index.encode_queries(list(specs.values()), texts[start : start + batch_size], encode=encode)
             seconds["encode queries"] += time.perf_counter() - tick
             for mode in modes:
                 tick = time.perf_counter()
@@ -176,21 +179,23 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
 
 def rerank_run(reranker: Any, queries: Mapping[str, str], run: Run, doc_texts: Mapping[str, str], top: int, *,
                batch_size: int = 256, progress: bool = False) -> Run:
-    """Each query's `top` best documents of `run` (trec_eval order) rescored by a cross-encoder from their texts.
+    """Each query's `top` best documents of `run` (trec_eval order) rescored by a cross-encoder from their texts,
+    as a search reranks its hits (`rerank_hits`).
 
     Documents of the run below `top` keep their order under the reranked ones. The pairs of `batch_size` queries
     are scored together (`Reranker.rank`).
     """
+    from m3embed.index.core import rerank_hits
+
     cut = truncate_run(run, top)
     out: Run = {}
     ids = [q for q in queries if q in run]
     with _progress(progress, f"rerank top {top}", len(ids)) as advance:
         for start in range(0, len(ids), batch_size):
             batch = ids[start : start + batch_size]
-            docs = [list(cut[q]) for q in batch]
-            ranked = reranker.rank([queries[q] for q in batch], [[doc_texts[d] for d in ds] for ds in docs])
-            for q, ds, order in zip(batch, docs, ranked):
-                scores = {ds[i]: s for i, s in order}
+            first = [[Hit(d, s, doc_texts[d], {}, None) for d, s in cut[q].items()] for q in batch]
+            for q, hits in zip(batch, rerank_hits(reranker, [queries[q] for q in batch], first, top, "run")):
+                scores = {h.id: h.score for h in hits}
                 floor = min(scores.values(), default=0.0) - 1.0
                 rest = [d for d in truncate_run({q: run[q]}, len(run[q]))[q] if d not in scores]
                 out[q] = {**scores, **{d: floor - i for i, d in enumerate(rest)}}
@@ -230,8 +235,8 @@ class M3Settings:
         weights: (dense, sparse, colbert) for the hybrid modes; None = `m3embed.modes.SEARCH_WEIGHTS`.
         candidates: dense and sparse candidates per query whose union hybrid/colbert modes rescore;
             None = max(k, the index default of 100).
-        query_max_length / passage_max_length: truncation in tokens; None = EVAL_MAX_LENGTH (512, FlagEmbedding's
-            default) capped at the model's position limit; an explicit value above that limit is an error.
+        query_max_length / passage_max_length: truncation in tokens; None = the model's own (`M3Model.
+            query_max_length` / `passage_max_length`); an explicit value above its position limit is an error.
         index_dir: an index directory to use (created when absent, filled with missing documents);
             None = a temporary Qdrant Edge index, deleted afterwards.
         rerank_top: documents of each mode's run a cross-encoder reranks, when one is given.
@@ -287,8 +292,8 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
             seconds[BM25_NAME] = time.perf_counter() - tick
         settings["bm25"] = bm25.describe()
     if model is not None:
-        q_len, p_len = (resolve_max_length(n, model.max_length, EVAL_MAX_LENGTH)
-                        for n in (m3.query_max_length, m3.passage_max_length))
+        q_len = resolve_max_length(m3.query_max_length, model.max_length, model.query_max_length)
+        p_len = resolve_max_length(m3.passage_max_length, model.max_length, model.passage_max_length)
         with eval_index(model, m3.modes, m3.index_dir) as index:
             tick = time.perf_counter()
             added = fill_index(index, model, dataset.doc_ids, dataset.doc_texts, max_length=p_len,
