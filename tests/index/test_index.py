@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from m3embed.errors import ParamError
 from m3embed.index import Index
 from m3embed.modes import SEARCH_MODES
 from m3embed.types import M3Output
@@ -22,6 +23,25 @@ def test_search_equals_brute_force(filled: Index, corpus, exact, mode: str) -> N
         want, scores = exact.search(corpus.queries, i, mode, k, cands)
         assert _ids(hits) == [corpus.ids[j] for j in want], f"query {i}"
         np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
+
+
+def test_prepare_checks_once_and_names_the_parameter(make_index) -> None:
+    """Search arguments are checked by `prepare` alone (the plan trusts its spec); each refusal is a ParamError
+    carrying the parameter, which the HTTP service reports as the request field."""
+    index = make_index("edge")
+    for options, param, message in [
+        ({"k": 0}, "k", "k must be at least 1, got 0"),
+        ({"candidates": 0}, "candidates", "candidates must be at least 1"),
+        ({"hnsw_ef": 0}, "hnsw_ef", "hnsw_ef must be at least 1"),
+        ({"mode": "bm25"}, "mode", "unknown search mode 'bm25'"),
+        ({"weights": (1, 1)}, "weights", r"weights must be \(dense, sparse, colbert\)"),
+        ({"filter": {"a": 1.5}}, "filter", "got float"),
+        ({"k": 5, "colbert_top": 3}, "colbert_top", r"colbert_top \(3\) must be at least k \(5\)"),
+        ({"rerank_top": 20}, "rerank_top", "rerank_top=20 needs a reranker"),
+    ]:
+        with pytest.raises(ParamError, match=message) as info:
+            index.prepare(**options)
+        assert info.value.param == param, options
 
 
 def test_colbert_only_index_scans_every_document(make_index, corpus, exact, engine) -> None:

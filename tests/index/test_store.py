@@ -65,8 +65,6 @@ def test_hybrid_variants() -> None:
     assert [b.using for b in col.branches] == ["colbert"] and col.weights == pytest.approx((1 / 8,))
     only_dense = plan_search(Q, "colbert", 5, 20, (0.4, 0.2, 0.4), ("dense", "colbert"))
     assert [c.using for c in only_dense.branches[0].over] == ["dense"]  # candidates from what is stored
-    with pytest.raises(ValueError, match="at least 1"):
-        plan_search(Q, "all", 0, 20, (0.4, 0.2, 0.4), MODES)
     with pytest.raises(ValueError, match="no colbert representation"):
         plan_search(QueryVectors(dense=Q.dense, sparse=Q.sparse), "all", 5, 20, (0.4, 0.2, 0.4), MODES)
 

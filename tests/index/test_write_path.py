@@ -105,7 +105,7 @@ def test_sigkill_keeps_every_acknowledged_vector_exactly(tmp_path: Path, corpus)
     replayed on open) with the very vectors given; the run resumes with the rest."""
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "idx")], stdout=subprocess.PIPE,
-                            text=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                            text=True, cwd=root, env={"PYTHONPATH": f"{root / 'src'}:{root}", "PATH": "/usr/bin:/bin"})
     acked = 0
     for line in proc.stdout:
         acked = int(line.split()[1])
