@@ -149,3 +149,25 @@ def test_cli_info_shows_and_encode_applies_the_prompts(prompted_ckpt, tmp_path, 
     result = runner.invoke(app, ["encode", str(tmp_path / "t.txt"), "-o", str(tmp_path / "x"), "-m",
                                  str(prompted_ckpt), "--input-type", "doc"])
     assert isinstance(result.exception, ValueError) and "--input-type must be one of" in str(result.exception)
+
+
+def test_both_shells_default_to_the_text_as_given(prompted_ckpt, tmp_path):
+    """One role default (`m3embed.modes.DEFAULT_ROLE`, none): `m3embed encode` and /v1/embeddings give one text
+    the same vector unless told its role (the CLI used to prepend the passage prompt, HTTP nothing)."""
+    from m3embed.modes import DEFAULT_ROLE
+    from m3embed.types import M3Output
+
+    assert DEFAULT_ROLE is None
+    (tmp_path / "t.txt").write_text("one text\n")
+    result = CliRunner().invoke(app, ["encode", str(tmp_path / "t.txt"), "-o", str(tmp_path / "out"), "-m",
+                                      str(prompted_ckpt)])
+    assert result.exit_code == 0, result.output
+    cli = M3Output.load(tmp_path / "out")[0].dense[0]
+    model = M3Model.from_pretrained(prompted_ckpt, device="cpu")
+    server = LiveServer(create_app(model, None, ServerSettings(model_name="m"))).start()
+    try:
+        body = httpx.post(f"{server.url}/v1/embeddings", json={"model": "m", "input": "one text"}, timeout=30).json()
+    finally:
+        server.stop()
+    np.testing.assert_allclose(body["data"][0]["embedding"], cli, atol=1e-6)
+    np.testing.assert_allclose(cli, model.encode(["one text"]).dense[0], atol=1e-6)
