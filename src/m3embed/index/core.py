@@ -46,6 +46,7 @@ from m3embed.types import Hit, M3Output
 
 T = TypeVar("T")
 
+
 @dataclass(frozen=True)
 class SearchSpec:
     """A checked search request, independent of the queries: what `Index.prepare` returns, trusted from there on.
