@@ -126,7 +126,8 @@ class Index:
     def create(cls, location: str | Path | Any, model: Any = None, *, fingerprint: str | None = None,
                model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
                dim: int | None = None, colbert_dim: int | None = None, colbert_dtype: str = "float16",
-               colbert_storage: ColbertStorage | None = None, store_text: bool = True,
+               colbert_storage: ColbertStorage | None = None, colbert_store: str | None = None,
+               store_text: bool = True,
                collection: str = DEFAULT_COLLECTION,
                client_options: Mapping[str, Any] | None = None,
                collection_options: Mapping[str, Any] | None = None) -> Index:
@@ -143,6 +144,9 @@ class Index:
             colbert_storage: quantization, originals, rescoring and token pooling of the colbert field
                 (default `m3embed.index.manifest.DEFAULT_COLBERT_STORAGE`); an engine that cannot apply them
                 refuses with a ValueError.
+            colbert_store: where the ColBERT rows live: "tokens" (m3embed's token store, the default on Qdrant
+                Edge when dense or sparse is stored too) or "engine" (the engine's multivector field: always on
+                Qdrant servers).
             store_text: keep document texts in the index.
             collection: collection name (qdrant engine).
             client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
@@ -169,7 +173,8 @@ class Index:
         manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
                             dim=dim, colbert_dim=colbert_dim or dim, colbert_dtype=colbert_dtype,
                             store_text=store_text, fingerprint_version=fingerprint_version,
-                            colbert_storage=colbert_storage)
+                            colbert_storage=colbert_storage,
+                            colbert_store=colbert_store or _colbert_store(engine, modes))
         if is_remote(location):
             if engine != "qdrant":
                 raise ValueError(f"{location!r} is a Qdrant location; use engine='qdrant' (edge needs a directory)")
@@ -457,8 +462,9 @@ class Index:
         # explain scores every representation the query has; a plain search converts only those its plan uses
         needed = None if spec.explain else spec.query_modes
         vectors = list(_query_vectors(outputs, self.manifest.colbert_dtype, needed))
-        plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
-                             spec.hnsw_ef, spec.colbert_top, self.manifest.colbert_storage) for q in vectors]
+        m = self.manifest
+        plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, m.modes, spec.hnsw_ef,
+                             spec.colbert_top, m.colbert_storage, tokens=m.colbert_store == "tokens") for q in vectors]
         with self._reading():
             results = self.store.search(plans, spec.conditions, spec.with_text or spec.reranker is not None)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
@@ -594,6 +600,12 @@ def _query_vectors(out: M3Output, colbert_dtype: str, modes: Sequence[str] | Non
         yield QueryVectors(dense=None if dense is None else np.asarray(dense[i], dtype=np.float32),
                            sparse=None if sparse is None else out.sparse_vector(i),
                            colbert=None if rows is None else rows.astype(np.float32))
+
+
+def _colbert_store(engine: str, modes: Sequence[str]) -> str:
+    """Where a new index keeps its ColBERT rows: the token store on Qdrant Edge, beside dense or sparse vectors
+    (an Edge shard needs one vector of its own); the engine's multivector field otherwise."""
+    return "tokens" if engine == "edge" and set(modes) & {"dense", "sparse"} else "engine"
 
 
 def _batch_bytes(batch: DocBatch) -> int:

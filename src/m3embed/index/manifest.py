@@ -13,8 +13,8 @@ import portalocker
 
 from m3embed.modes import check_modes
 
-FORMAT_VERSION = 3  # 2: adds fingerprint_version; 3: adds colbert_storage
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2: adds fingerprint_version; 3: adds colbert_storage; 4: adds colbert_store
+READABLE_VERSIONS = (1, 2, 3, 4)
 # how the model fingerprint is computed: 1 = config and head weights (m3embed before format 2), 2 = also every
 # encoder weight (`M3Model.fingerprint`); an index is checked with the scheme it was built with
 FINGERPRINT_VERSION = 2
@@ -24,6 +24,10 @@ ENGINES = ("edge", "qdrant")
 COLBERT_DTYPES = ("float32", "float16")
 COLBERT_QUANTIZATIONS = ("none", "int8", "binary")
 COLBERT_ORIGINALS = ("ram", "disk", "none")
+# where the ColBERT rows live: "tokens", m3embed's token store in the index directory (`m3embed.index.tokens`,
+# every Qdrant Edge index of format 4); "engine", the engine's multivector field (Qdrant servers and clusters,
+# qdrant-client local mode, and indexes of formats 1-3)
+COLBERT_STORES = ("tokens", "engine")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class ColbertStorage:
         """Whether search scores the ColBERT field with quantized vectors first."""
         return self.quantization != "none"
 
+
     def rescore_top(self, k: int) -> int:
         """Hits whose quantized ColBERT score is replaced by the exact one, for k results."""
         return max(k, math.ceil(self.oversampling * k))
@@ -111,6 +116,7 @@ class Manifest:
         fingerprint_version: the fingerprint scheme (FINGERPRINT_VERSION; 1 for indexes of format 1).
         colbert_storage: quantization, originals, rescoring and pooling of the colbert field
             (`ColbertStorage()`, float vectors in RAM, for indexes of formats 1 and 2).
+        colbert_store: where the colbert rows live, one of `COLBERT_STORES` ("engine" for formats 1-3).
     """
 
     engine: str
@@ -123,6 +129,7 @@ class Manifest:
     store_text: bool = True
     fingerprint_version: int = FINGERPRINT_VERSION
     colbert_storage: ColbertStorage = field(default_factory=ColbertStorage)
+    colbert_store: str = "engine"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -135,6 +142,11 @@ class Manifest:
             raise ValueError(f"vector sizes must be positive, got dim={self.dim}, colbert_dim={self.colbert_dim}")
         if not isinstance(self.colbert_storage, ColbertStorage):
             raise TypeError(f"colbert_storage must be a ColbertStorage, got {type(self.colbert_storage).__name__}")
+        if self.colbert_store not in COLBERT_STORES:
+            raise ValueError(f"colbert_store must be one of {', '.join(COLBERT_STORES)}, got {self.colbert_store!r}")
+        if self.colbert_store == "tokens" and (self.engine != "edge" or not set(self.modes) & {"dense", "sparse"}):
+            raise ValueError("the ColBERT token store needs engine 'edge' and dense or sparse vectors beside "
+                             "colbert; use colbert_store='engine'")
         if not self.fingerprint:
             raise ValueError("an index needs a model identity: pass model=... or fingerprint='some-label'")
 
@@ -160,6 +172,12 @@ class Manifest:
             return cls(**fields)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: damaged index manifest ({e}); rebuild the index") from e
+
+    @property
+    def colbert_encoding(self) -> str:
+        """The token store's code for the colbert rows (`m3embed.index.maxsim.ENCODINGS`)."""
+        q = self.colbert_storage.quantization
+        return self.colbert_dtype if q == "none" else q
 
     def check_model(self, model: Any, location: str) -> None:
         """Refuse a model whose fingerprint differs from the one the index was built with (computed with the
