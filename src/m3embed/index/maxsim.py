@@ -7,13 +7,15 @@ A token row x (unit norm, `dim` values) is stored as a fixed-width code in one o
 | float32  | the floats                             | x                       | 4 * dim (4,096)            |
 | float16  | the halves                             | x rounded to float16    | 2 * dim (2,048)            |
 | int8     | round(x / s), s = max abs(x) / 127     | s * code                | dim + 4 (1,028)            |
-| binary   | one bit per dimension, 1 where x > 0   | s * (±1), s = mean abs(x) | dim / 8 + 4 (132)        |
+| binary   | one bit per dimension, 1 where x > 0   | s * (±1), s = |x|² / Σ|x_i| | dim / 8 + 4 (132)      |
 
 `maxsim` scores one query against many documents in one call of the compiled kernel (`_maxsim.c`): each
 document's tokens are decoded once, in cache, and dotted with every query row; nothing is decoded into memory.
 The query stays in higher precision than the documents (asymmetric scoring): float32 against float codes,
 int16 against int8 codes and int8 against bits, using q·(±1) = 2·(sum of q over the set bits) − sum(q).
-`decode_tokens` gives the float rows a code stands for, so a NumPy reference computes the same scores.
+`decode_tokens` gives the float rows a code stands for, so a NumPy reference computes the same scores. The
+binary scale makes a code's dot with its own row exact (x·x̂ = |x|²): MaxSim is decided by the document tokens
+closest to a query row, and their scores stay on the float scale that the hybrid weights expect.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def encode_tokens(x: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]
         scale = np.abs(x).max(axis=1) / 127
         safe = np.where(scale > 0, scale, 1)[:, None]
         return np.clip(np.rint(x / safe), -127, 127).astype(np.int8).view(np.uint8), scale.astype(np.float32)
-    return np.packbits(x > 0, axis=1), np.abs(x).mean(axis=1).astype(np.float32)
+    l1 = np.abs(x).sum(axis=1)
+    scale = np.divide((x * x).sum(axis=1), l1, out=np.zeros_like(l1), where=l1 > 0)
+    return np.packbits(x > 0, axis=1), scale.astype(np.float32)
 
 
 def decode_tokens(codes: np.ndarray, scales: np.ndarray, encoding: str, dim: int) -> np.ndarray:
