@@ -136,8 +136,7 @@ def test_search_equals_numpy_over_the_union(tmp_path: Path, data, encoding: str,
 
         def colbert(enc: str, rows: np.ndarray, q: np.ndarray = q) -> np.ndarray:
             qc = encode_query(q, enc)
-            return np.array([(qc.values() @ decode_tokens(*encode_tokens(docs.colbert[d].astype(np.float16)
-                                                                          .astype(np.float32), enc), enc, DIM).T)
+            return np.array([(qc.values() @ decode_tokens(*encode_tokens(docs.colbert[d], enc), enc, DIM).T)
                              .max(axis=1).mean() for d in rows])
 
         w = (0.0, 0.0, 1.0) if mode == "colbert" else (0.4, 0.2, 0.4)

@@ -533,9 +533,11 @@ class Index:
             for c in out.colbert:
                 _check_dim("colbert", np.shape(c)[1], m.colbert_dim)
             # pool, then round to the stored precision here so every engine (and a brute-force check) sees
-            # equal values
+            # equal values; the token store encodes the rows itself (`m3embed.index.maxsim.encode_tokens`)
             pool = m.colbert_storage.pool_factor
-            colbert = [pool_tokens(c, pool).astype(dtype).astype(np.float32) for c in out.colbert]
+            colbert = [pool_tokens(c, pool) for c in out.colbert]
+            if m.colbert_store == "engine":
+                colbert = [c.astype(dtype).astype(np.float32) for c in colbert]
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
         return DocBatch(keys, payloads, dense, sparse, colbert)
 

@@ -221,7 +221,8 @@ class EdgeStore(Store):
         """One search per route; the union's missing dense / sparse scores from searches restricted to those
         ids; ColBERT from the token store; the k best by the weighted sum, their payloads fetched last."""
         queries: dict[tuple[int, str], qe.Query] = {}
-        head = qe.PayloadSelector.Include(["id", ROW_KEY])
+        colbert_weighted = bool(plan.weights[2])
+        head = qe.PayloadSelector.Include([ROW_KEY]) if colbert_weighted else False  # rows only where scored
         if plan.routes:
             found = self._query([qe.QueryRequest(limit=r.limit, query=_nearest(r, queries), filter=flt,
                                                  params=_params(r), with_payload=head) for r in plan.routes])
@@ -229,12 +230,17 @@ class EdgeStore(Store):
             found = [[_Scanned(p) for p in self._scan(flt, ["id", ROW_KEY])]]
         at: dict[Any, int] = {}
         pids, rows = [], []
+        found_at = []  # per route, the union position of each point it found (the binding makes ids anew per read)
         for points in found:
+            where = []
             for p in points:
-                if p.id not in at:
-                    at[p.id] = len(pids)
-                    pids.append(p.id)
-                    rows.append(p.payload.get(ROW_KEY, -1))
+                pid = p.id
+                if pid not in at:
+                    at[pid] = len(pids)
+                    pids.append(pid)
+                    rows.append(p.payload.get(ROW_KEY, -1) if colbert_weighted else -1)
+                where.append(at[pid])
+            found_at.append(where)
         if not pids:
             return []
         weight = dict(zip(("dense", "sparse", "colbert"), plan.weights))
@@ -242,11 +248,11 @@ class EdgeStore(Store):
         ranking = plan.colbert_top is not None and len(pids) > plan.colbert_top
         total, base = np.zeros(len(pids)), np.zeros(len(pids))
         scores, fills = [], []
-        for route, points in zip(plan.routes, found):
+        for route, points, where in zip(plan.routes, found, found_at):
             if not (weight[route.using] or ranking and first[route.using]):
                 continue
             score = np.full(len(pids), np.nan)
-            score[[at[p.id] for p in points]] = [p.score for p in points]
+            score[where] = [p.score for p in points]
             scores.append((route.using, score))
             missing = np.flatnonzero(np.isnan(score))
             if len(missing):
