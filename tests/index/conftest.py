@@ -37,7 +37,8 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_index(tmp_path: Path) -> Callable[..., Index]:
-    """`make_index(engine, **create_options)`: a new empty index on that engine, closed after the test."""
+    """`make_index(engine, **create_options)`: a new empty index on that engine, closed after the test
+    ("edge-engine": Qdrant Edge with ColBERT in its multivector field, as indexes of format <= 3 keep it)."""
     made: list[Index] = []
 
     def _make(engine: str, name: str = "idx", **options) -> Index:
@@ -45,6 +46,8 @@ def make_index(tmp_path: Path) -> Callable[..., Index]:
         options.setdefault("dim", DIM)
         if engine == "qdrant-memory":
             index = Index.create(":memory:", engine="qdrant", **options)
+        elif engine == "edge-engine":
+            index = Index.create(tmp_path / name, engine="edge", colbert_store="engine", **options)
         else:
             index = Index.create(tmp_path / name, engine=engine.split("-")[0], **options)
         made.append(index)

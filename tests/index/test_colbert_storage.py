@@ -1,6 +1,6 @@
-"""ColBERT storage options (quantization, originals, rescoring, token pooling): search equals a NumPy
-computation of the same quantized formula, the manifest keeps the options, and engines refuse what they
-cannot apply."""
+"""ColBERT storage options (quantization, originals, rescoring, token pooling) in the engines' multivector
+fields: search equals a NumPy computation of Qdrant's quantized formula, the manifest keeps the options, and
+engines refuse what they cannot apply. The token store's encodings: tests/index/test_tokens.py."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def check_hits(storage: ColbertStorage, hits, ids: list[str], union, quantized, 
 @pytest.mark.parametrize("mode", ["colbert", "all"])
 def test_search_equals_numpy_quantized_formula(make_index, corpus, exact, name: str, mode: str) -> None:
     storage = OPTIONS[name]
-    index = make_index("edge", colbert_storage=storage)
+    index = make_index("edge-engine", colbert_storage=storage)
     index.add_outputs(corpus.ids, corpus.docs)
     index.optimize()
     stored = [pool_tokens(c, storage.pool_factor).astype(np.float16).astype(np.float32)
@@ -157,35 +157,39 @@ def test_manifest_keeps_the_options_and_old_manifests_open_as_built(make_index, 
     storage = ColbertStorage("int8", originals="disk", oversampling=3.0, pool_factor=2)
     make_index("edge", name="new", colbert_storage=storage).close()
     data = json.loads((tmp_path / "new" / MANIFEST_NAME).read_text())
-    assert data["format_version"] == 4 and data["colbert_storage"] == {
+    assert data["format_version"] == 5 and data["colbert_store"] == "tokens" and data["colbert_storage"] == {
         "quantization": "int8", "originals": "disk", "rescore": True, "oversampling": 3.0, "pool_factor": 2,
         "dtype": "float16"} and "colbert_dtype" not in data
     with Index.open(tmp_path / "new") as index:
         assert index.manifest.colbert_storage == storage
         assert index.info()["colbert_storage"]["quantization"] == "int8"
-    old = make_index("edge", name="old")
+    old = make_index("edge-engine", name="old")
     old.add_outputs(corpus.ids, corpus.docs)
     before = old.search(corpus.queries, k=5, mode="all")
     old.close()
     path = tmp_path / "old" / MANIFEST_NAME
     data = json.loads(path.read_text())
-    del data["colbert_storage"]
+    del data["colbert_storage"], data["colbert_store"]
     path.write_text(json.dumps({**data, "format_version": 2}))
     assert read_manifest(tmp_path / "old").colbert_storage == ColbertStorage()
+    assert read_manifest(tmp_path / "old").colbert_store == "engine"
     with Index.open(tmp_path / "old") as index:
         assert index.search(corpus.queries, k=5, mode="all") == before
 
 
-def test_a_format_3_manifest_keeps_its_colbert_dtype(make_index, corpus, tmp_path) -> None:
-    """Up to format 3 colbert_dtype stood beside colbert_storage; such an index opens with that precision."""
-    index = make_index("edge", name="old", colbert_storage=ColbertStorage("int8", dtype="float32"))
+@pytest.mark.parametrize("version", [3, 4])
+def test_an_older_manifest_keeps_its_colbert_dtype(make_index, corpus, tmp_path, version: int) -> None:
+    """Up to format 4 colbert_dtype stood beside colbert_storage; such an index opens with that precision."""
+    index = make_index("edge-engine", name="old", colbert_storage=ColbertStorage("int8", dtype="float32"))
     index.add_outputs(corpus.ids, corpus.docs)
     before = index.search(corpus.queries, k=5, mode="all")
     index.close()
     path = tmp_path / "old" / MANIFEST_NAME
     data = json.loads(path.read_text())
     storage = data.pop("colbert_storage")
-    path.write_text(json.dumps({**data, "format_version": 3, "colbert_dtype": storage.pop("dtype"),
+    if version == 3:  # before the token store: ColBERT in the engine's field
+        del data["colbert_store"]
+    path.write_text(json.dumps({**data, "format_version": version, "colbert_dtype": storage.pop("dtype"),
                                 "colbert_storage": storage}))
     assert read_manifest(tmp_path / "old").colbert_storage == ColbertStorage("int8", dtype="float32")
     with Index.open(tmp_path / "old") as index:
@@ -209,7 +213,8 @@ def test_bad_options_are_refused_by_name(options: dict, message: str) -> None:
 
 
 @pytest.mark.parametrize(("engine", "storage", "message"), [
-    ("edge", ColbertStorage("binary", originals="none", rescore=False), "Qdrant Edge keeps the original vectors"),
+    ("edge-engine", ColbertStorage("binary", originals="none", rescore=False),
+     "Qdrant Edge keeps the original vectors"),
     ("qdrant-memory", ColbertStorage("binary", originals="none", rescore=False), "Qdrant keeps the original"),
     ("qdrant-memory", ColbertStorage("int8"), "local mode (a path or ':memory:') scores float vectors only"),
     ("qdrant-path", ColbertStorage("binary"), "local mode (a path or ':memory:') scores float vectors only"),

@@ -42,8 +42,8 @@ def _stored(index: Index, ids: list[str]) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])
 def test_edge_stores_the_vectors_the_list_conversion_stored(make_index, corpus, colbert_dtype: str) -> None:
-    ours = make_index("edge", name="ours", colbert_storage=ColbertStorage(dtype=colbert_dtype))
-    ref = make_index("edge", name="ref", colbert_storage=ColbertStorage(dtype=colbert_dtype))
+    ours = make_index("edge-engine", name="ours", colbert_storage=ColbertStorage(dtype=colbert_dtype))
+    ref = make_index("edge-engine", name="ref", colbert_storage=ColbertStorage(dtype=colbert_dtype))
     ids = corpus.ids[:60]
     docs = corpus.docs.select(range(60))
     ours.add_outputs(ids, docs)

@@ -41,7 +41,8 @@ def __getattr__(name: str) -> Any:
 def open_index(location: str | Path | Any, model: Any = None, *, create: bool = False,
                collection: str = DEFAULT_COLLECTION, client_options: Mapping[str, Any] | None = None,
                engine: str | None = None, modes: Sequence[str] | str | None = None,
-               colbert_storage: ColbertStorage | None = None, store_text: bool | None = None,
+               colbert_storage: ColbertStorage | None = None, colbert_store: str | None = None,
+               store_text: bool | None = None,
                collection_options: Mapping[str, Any] | None = None, fingerprint: str | None = None,
                model_name: str | None = None, dim: int | None = None, colbert_dim: int | None = None) -> Index:
     """Open the index at a directory, a Qdrant URL or ":memory:"; create it first if asked.
@@ -53,12 +54,13 @@ def open_index(location: str | Path | Any, model: Any = None, *, create: bool = 
         create: create the index when it does not exist yet.
         collection: the collection name on Qdrant.
         client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
-        engine, modes, colbert_storage, store_text, collection_options, fingerprint, model_name, dim,
-            colbert_dim: how to create it (see `Index.create`; None: its default); only with create=True.
+        engine, modes, colbert_storage, colbert_store, store_text, collection_options, fingerprint, model_name,
+            dim, colbert_dim: how to create it (see `Index.create`; None: its default); only with create=True.
     """
     from m3embed.index.core import Index
 
-    options = {"engine": engine, "modes": modes, "colbert_storage": colbert_storage, "store_text": store_text,
+    options = {"engine": engine, "modes": modes, "colbert_storage": colbert_storage, "colbert_store": colbert_store,
+               "store_text": store_text,
                "collection_options": collection_options, "fingerprint": fingerprint, "model_name": model_name,
                "dim": dim, "colbert_dim": colbert_dim}
     given = {name: value for name, value in options.items() if value is not None}

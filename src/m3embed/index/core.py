@@ -108,7 +108,8 @@ class Index:
     def create(cls, location: str | Path | Any, model: Any = None, *, fingerprint: str | None = None,
                model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
                dim: int | None = None, colbert_dim: int | None = None,
-               colbert_storage: ColbertStorage = ColbertStorage(), store_text: bool = True,
+               colbert_storage: ColbertStorage = ColbertStorage(), colbert_store: str | None = None,
+               store_text: bool = True,
                collection: str = DEFAULT_COLLECTION, client_options: Mapping[str, Any] | None = None,
                collection_options: Mapping[str, Any] | None = None) -> Index:
         """Create a new, empty index (`m3embed.index.directory`: a failed creation leaves nothing behind).
@@ -122,6 +123,9 @@ class Index:
             modes: representations to store; drop "colbert" to save most of the space.
             colbert_storage: precision, quantization, originals, rescoring and token pooling of the colbert
                 field (default float16 vectors in RAM); an engine that cannot apply them refuses with a ValueError.
+            colbert_store: where the ColBERT rows live: "tokens" (m3embed's token store, the default on Qdrant
+                Edge when dense or sparse is stored too) or "engine" (the engine's multivector field: always on
+                Qdrant servers).
             store_text: keep document texts in the index.
             collection: collection name (qdrant engine).
             client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
@@ -142,10 +146,11 @@ class Index:
         if "colbert" not in modes and colbert_storage != ColbertStorage():
             raise ValueError(f"colbert_storage applies to the colbert field, but the index stores only "
                              f"{', '.join(modes)}")
-        manifest = Manifest(engine=engine or ("qdrant" if is_remote(location) else "edge"),
-                            model_name=model_name or "", fingerprint=fingerprint, modes=modes, dim=dim,
-                            colbert_dim=colbert_dim or dim, store_text=store_text,
-                            fingerprint_version=fingerprint_version, colbert_storage=colbert_storage)
+        engine = engine or ("qdrant" if is_remote(location) else "edge")
+        manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
+                            dim=dim, colbert_dim=colbert_dim or dim, store_text=store_text,
+                            fingerprint_version=fingerprint_version, colbert_storage=colbert_storage,
+                            colbert_store=colbert_store or _colbert_store(engine, modes))
         place = directory.create(location, manifest, collection=collection, client_options=client_options,
                                  collection_options=collection_options)
         return cls(place.store, manifest, place.location, model, place.lock)
@@ -380,9 +385,10 @@ class Index:
         (the HTTP service runs `rerank_hits` on its model worker)."""
         # explain scores every representation the query has; a plain search converts only those its plan uses
         needed = None if spec.explain else spec.query_modes
-        vectors = list(_query_vectors(outputs, self.manifest.colbert_storage.dtype, needed))
-        plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, self.manifest.modes,
-                             spec.hnsw_ef, spec.colbert_top, self.manifest.colbert_storage) for q in vectors]
+        m = self.manifest
+        vectors = list(_query_vectors(outputs, m.colbert_storage.dtype, needed))
+        plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, m.modes, spec.hnsw_ef,
+                             spec.colbert_top, m.colbert_storage, tokens=m.colbert_store == "tokens") for q in vectors]
         with self._reading():
             results = self.store.search(plans, spec.conditions, spec.with_text or spec.reranker is not None)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),
@@ -457,10 +463,11 @@ class Index:
             for c in out.colbert:
                 _check_dim("colbert", np.shape(c)[1], m.colbert_dim)
             # pool, then round to the stored precision here so every engine (and a brute-force check) sees
-            # equal values
+            # equal values; the token store encodes the rows itself (`m3embed.index.maxsim.encode_tokens`)
             storage = m.colbert_storage
-            colbert = [pool_tokens(c, storage.pool_factor).astype(storage.numpy_dtype).astype(np.float32)
-                       for c in out.colbert]
+            colbert = [pool_tokens(c, storage.pool_factor) for c in out.colbert]
+            if m.colbert_store == "engine":
+                colbert = [c.astype(storage.numpy_dtype).astype(np.float32) for c in colbert]
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
         return DocBatch(keys, payloads, dense, sparse, colbert)
 
@@ -532,6 +539,12 @@ def _query_vectors(out: M3Output, colbert_dtype: str, modes: Sequence[str] | Non
         yield QueryVectors(dense=None if dense is None else np.asarray(dense[i], dtype=np.float32),
                            sparse=None if sparse is None else out.sparse_vector(i),
                            colbert=None if rows is None else rows.astype(np.float32))
+
+
+def _colbert_store(engine: str, modes: Sequence[str]) -> str:
+    """Where a new index keeps its ColBERT rows: the token store on Qdrant Edge, beside dense or sparse vectors
+    (an Edge shard needs one vector of its own); the engine's multivector field otherwise."""
+    return "tokens" if engine == "edge" and set(modes) & {"dense", "sparse"} else "engine"
 
 
 def _batch_bytes(batch: DocBatch) -> int:

@@ -22,9 +22,11 @@ import qdrant_edge as qe
 
 from m3embed.diskspace import DiskFullError, allocated_bytes, check_free, filesystem_type
 from m3embed.index.manifest import ColbertStorage, Manifest
+from m3embed.index.maxsim import encode_query
 from m3embed.index.store import (
     Condition,
     DocBatch,
+    Hybrid,
     Nearest,
     Plan,
     Store,
@@ -34,16 +36,22 @@ from m3embed.index.store import (
     point_id,
     stored_vectors,
 )
+from m3embed.index.tokens import ROW_KEY, TokenStore
 from m3embed.types import SparseVector
 
 SHARD_DIR = "shard"
+TOKENS_DIR = "colbert"  # the token store (`m3embed.index.tokens`)
 
 
 class EdgeStore(Store):
     """Points in one Qdrant Edge shard at `<index dir>/shard`.
 
-    Dense vectors get an HNSW graph (built by `optimize`), sparse vectors an inverted index, and colbert
-    multivectors no graph at all (m=0): they only rescore candidates.
+    Dense vectors get an HNSW graph (built by `optimize`), sparse vectors an inverted index. ColBERT rows live
+    in the index's token store (`Manifest.colbert_store` "tokens", `m3embed.index.tokens`): each point's payload
+    names its row, and a `Hybrid` plan runs one search per route, scores the missing dense / sparse scores of the
+    union exactly (a search restricted to those ids) and the ColBERT scores with the MaxSim kernel. Indexes
+    built before the token store (format <= 3) keep ColBERT as a multivector field with no graph (m=0) and run
+    the engine's prefetch plans, as they were built.
 
     A quantized colbert field (`ColbertStorage.quantization`) keeps its quantized vectors in RAM and its
     originals in RAM or memory-mapped on disk. Binary vectors are quantized as they are added; int8 ones when
@@ -53,10 +61,12 @@ class EdgeStore(Store):
 
     thread_safe = True
 
-    def __init__(self, shard: qe.EdgeShard, manifest: Manifest, directory: Path | None = None) -> None:
+    def __init__(self, shard: qe.EdgeShard, manifest: Manifest, directory: Path | None = None,
+                 tokens: TokenStore | None = None) -> None:
         self.shard = shard
         self.manifest = manifest
         self.directory = directory
+        self.tokens = tokens
 
     @classmethod
     def create(cls, directory: Path, manifest: Manifest) -> EdgeStore:
@@ -65,7 +75,8 @@ class EdgeStore(Store):
             vectors["dense"] = qe.EdgeVectorParams(size=manifest.dim, distance=qe.Distance.Dot)
         storage = manifest.colbert_storage
         optimizers = None
-        if "colbert" in manifest.modes:
+        in_tokens = "colbert" in manifest.modes and manifest.colbert_store == "tokens"
+        if "colbert" in manifest.modes and not in_tokens:
             if storage.originals == "none":
                 raise ValueError("colbert originals='none': Qdrant Edge keeps the original vectors of a quantized "
                                  "field; use originals='disk' to keep them out of RAM")
@@ -80,7 +91,10 @@ class EdgeStore(Store):
         sparse = {"sparse": qe.EdgeSparseVectorParams()} if "sparse" in manifest.modes else None
         config = qe.EdgeConfig(vectors=vectors or None, sparse_vectors=sparse, optimizers=optimizers)
         with _disk_errors(directory):
-            return cls(qe.EdgeShard.create(str(directory / SHARD_DIR), config), manifest, directory)
+            tokens = TokenStore.create(directory / TOKENS_DIR, manifest.colbert_encoding, manifest.colbert_dim,
+                                       storage.originals != "none") if in_tokens else None
+            shard = qe.EdgeShard.create(str(directory / SHARD_DIR), config)
+        return cls(shard, manifest, directory, tokens)
 
     @classmethod
     def load(cls, directory: Path, manifest: Manifest) -> EdgeStore:
@@ -100,7 +114,16 @@ class EdgeStore(Store):
         except Exception as e:  # the binding raises a bare Exception with the engine's message
             raise ValueError(f"index {directory}: the Qdrant Edge shard could not be opened ({e}); the "
                              "directory is damaged or in use; rebuild the index if it persists") from e
-        return cls(shard, manifest, directory)
+        try:
+            tokens = None
+            if "colbert" in manifest.modes and manifest.colbert_store == "tokens":
+                storage = manifest.colbert_storage
+                tokens = TokenStore.open(directory / TOKENS_DIR, manifest.colbert_encoding, manifest.colbert_dim,
+                                         storage.originals != "none")
+        except BaseException:
+            shard.close()
+            raise
+        return cls(shard, manifest, directory, tokens)
 
     # ---- writes ----
 
@@ -108,6 +131,11 @@ class EdgeStore(Store):
         """One update operation for the batch; vectors reach the engine as float32 memoryviews, which the binding
         reads as the float sequences it takes, without the Python float lists `.tolist()` makes (those cost about
         as much as the engine's own write: benchmarks/search.py --part ingest, docs/results.md)."""
+        payloads = batch.payloads
+        in_engine = batch.colbert if self.tokens is None else None
+        if self.tokens is not None and batch.colbert is not None:
+            rows = self.tokens.append(batch.colbert)  # durable before the points that name them
+            payloads = [{**p, ROW_KEY: int(r)} for p, r in zip(payloads, rows)]
         points = []
         for i, doc_id in enumerate(batch.ids):
             vector: dict[str, Any] = {}
@@ -116,9 +144,9 @@ class EdgeStore(Store):
             if batch.sparse is not None:
                 sv = batch.sparse[i]
                 vector["sparse"] = qe.SparseVector(_ints(sv.ids), _floats(sv.weights))
-            if batch.colbert is not None:
-                vector["colbert"] = [_floats(row) for row in batch.colbert[i]]  # (n_tok, h): one view per row
-            points.append(qe.Point(point_id(doc_id), vector, batch.payloads[i]))
+            if in_engine is not None:
+                vector["colbert"] = [_floats(row) for row in in_engine[i]]  # (n_tok, h): one view per row
+            points.append(qe.Point(point_id(doc_id), vector, payloads[i]))
         with _disk_errors(self.directory):
             self.shard.update(qe.UpdateOperation.upsert_points(points))
 
@@ -141,9 +169,15 @@ class EdgeStore(Store):
                        hint="the documents are stored and searchable, only not optimized")
         with _disk_errors(self.directory):
             self.shard.optimize()
+            if self.tokens is not None:
+                live = [r.payload[ROW_KEY] for r in self._scan(None, [ROW_KEY])]
+                if len(live) < self.tokens.stored_rows:  # rows of replaced or deleted documents
+                    self.tokens.compact(live)
 
     def close(self) -> None:
         self.shard.close()
+        if self.tokens is not None:
+            self.tokens.close()
 
     # ---- reads ----
 
@@ -158,20 +192,107 @@ class EdgeStore(Store):
         return self.shard.count(qe.CountRequest(exact=True, filter=_filter(conditions)))
 
     def vectors(self, ids: Sequence[str]) -> dict[str, StoredVectors]:
-        records = self.shard.retrieve(list(map(point_id, ids)), with_payload=qe.PayloadSelector.Include(["id"]),
-                                      with_vector=True)
-        return {r.payload["id"]: stored_vectors(r.vector or {}) for r in records}
+        records = self.shard.retrieve(list(map(point_id, ids)),
+                                      with_payload=qe.PayloadSelector.Include(["id", ROW_KEY]), with_vector=True)
+        out = {}
+        for r in records:
+            named = dict(r.vector or {})
+            if self.tokens is not None and ROW_KEY in r.payload:
+                named["colbert"] = self.tokens.tokens(r.payload[ROW_KEY])
+            out[r.payload["id"]] = stored_vectors(named)
+        return out
 
     def search(self, plans: Sequence[Plan], conditions: Sequence[Condition], with_text: bool
                ) -> list[list[StoredHit]]:
         flt = _filter(conditions)
         keys = ["id", "meta"] + (["text"] if with_text else [])
-        requests = [self._request(p, flt, qe.PayloadSelector.Include(keys)) for p in plans]
-        if len(requests) == 1:
-            results = [self.shard.query(requests[0])]
-        else:
-            results = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        if any(isinstance(p, Hybrid) for p in plans):
+            return [self._hybrid(p, flt, keys) if isinstance(p, Hybrid) else self.search([p], conditions, with_text)[0]
+                    for p in plans]
+        results = self._query([self._request(p, flt, qe.PayloadSelector.Include(keys)) for p in plans])
         return [[StoredHit(float(p.score), p.payload or {}) for p in points] for points in results]
+
+    def _query(self, requests: list[qe.QueryRequest]) -> list[list[Any]]:
+        if len(requests) == 1:
+            return [self.shard.query(requests[0])]
+        return self.shard.query_batch(qe.QueryBatchRequest(requests))
+
+    def _hybrid(self, plan: Hybrid, flt: qe.Filter | None, keys: list[str]) -> list[StoredHit]:
+        """One search per route; the union's missing dense / sparse scores from searches restricted to those
+        ids; ColBERT from the token store; the k best by the weighted sum, their payloads fetched last."""
+        queries: dict[tuple[int, str], qe.Query] = {}
+        colbert_weighted = bool(plan.weights[2])
+        head = qe.PayloadSelector.Include([ROW_KEY]) if colbert_weighted else False  # rows only where scored
+        if plan.routes:
+            found = self._query([qe.QueryRequest(limit=r.limit, query=_nearest(r, queries), filter=flt,
+                                                 params=_params(r), with_payload=head) for r in plan.routes])
+        else:  # no candidate route: every stored document
+            found = [[_Scanned(p) for p in self._scan(flt, ["id", ROW_KEY])]]
+        at: dict[Any, int] = {}
+        pids, rows = [], []
+        found_at = []  # per route, the union position of each point it found (the binding makes ids anew per read)
+        for points in found:
+            where = []
+            for p in points:
+                pid = p.id
+                if pid not in at:
+                    at[pid] = len(pids)
+                    pids.append(pid)
+                    rows.append(p.payload.get(ROW_KEY, -1) if colbert_weighted else -1)
+                where.append(at[pid])
+            found_at.append(where)
+        if not pids:
+            return []
+        weight = dict(zip(("dense", "sparse", "colbert"), plan.weights))
+        first = dict(zip(("dense", "sparse"), plan.first))
+        ranking = plan.colbert_top is not None and len(pids) > plan.colbert_top
+        total, base = np.zeros(len(pids)), np.zeros(len(pids))
+        scores, fills = [], []
+        for route, points, where in zip(plan.routes, found, found_at):
+            if not (weight[route.using] or ranking and first[route.using]):
+                continue
+            score = np.full(len(pids), np.nan)
+            score[where] = [p.score for p in points]
+            scores.append((route.using, score))
+            missing = np.flatnonzero(np.isnan(score))
+            if len(missing):
+                fills.append((score, missing, qe.QueryRequest(
+                    limit=len(missing), query=_nearest(route, queries), params=qe.SearchParams(exact=True),
+                    filter=qe.Filter(must=[qe.HasIdCondition({pids[i] for i in missing})]), with_payload=False)))
+        for (score, missing, _), points in zip(fills, self._query([f[2] for f in fills]) if fills else []):
+            score[missing] = 0.0  # a document the sparse search does not return shares no id with the query
+            score[[at[p.id] for p in points]] = [p.score for p in points]
+        for using, score in scores:
+            total += weight[using] * score
+            base += first[using] * score
+        cand = np.arange(len(pids))
+        if weight["colbert"]:
+            if ranking:
+                cand = _best(base, plan.colbert_top)
+            rows_c = np.asarray(rows, dtype=np.int64)[cand]
+            n_q = len(plan.colbert)
+            colbert = self.tokens.score(encode_query(plan.colbert, self.tokens.encoding), rows_c) / n_q
+            total = total[cand] + weight["colbert"] * colbert
+            if plan.rescore is not None:
+                top = _best(total, plan.rescore)
+                exact = self.tokens.score(encode_query(plan.colbert, "float16"), rows_c[top], originals=True) / n_q
+                total, cand = total[top] - weight["colbert"] * (colbert[top] - exact), cand[top]
+        order = _best(total, plan.limit)
+        chosen = [pids[cand[i]] for i in order]
+        records = {r.id: r.payload for r in self.shard.retrieve(chosen, with_payload=qe.PayloadSelector.Include(keys),
+                                                                  with_vector=False)}
+        return [StoredHit(float(total[i]), records.get(pid) or {}) for i, pid in zip(order, chosen)]
+
+    def _scan(self, flt: qe.Filter | None, keys: list[str]) -> Iterator[Any]:
+        """Every stored point matching the filter, with these payload keys, in pages."""
+        offset = None
+        while True:
+            records, offset = self.shard.scroll(qe.ScrollRequest(
+                limit=4096, offset=offset, filter=flt, with_payload=qe.PayloadSelector.Include(keys),
+                with_vector=False))
+            yield from records
+            if offset is None:
+                return
 
     def _request(self, plan: Plan, flt: qe.Filter | None, payload: qe.PayloadSelector) -> qe.QueryRequest:
         queries: dict[tuple[int, str], qe.Query] = {}  # a plan names each query vector several times: convert once
@@ -184,13 +305,30 @@ class EdgeStore(Store):
     def colbert_footprint(self) -> dict[str, int]:
         """The colbert storage folders' allocated bytes (originals, quantized vectors, offsets), and the vectors
         stored as each segment's storage header counts them (a u64 length, which also counts vectors of
-        replaced documents until `optimize` drops them)."""
+        replaced documents until `optimize` drops them); the token store's own figures for its indexes."""
         if self.directory is None or "colbert" not in self.manifest.modes:
             return {}
+        if self.tokens is not None:
+            return self.tokens.footprint()
         folders = list((self.directory / SHARD_DIR).glob("segments/*/vector_storage-colbert"))
         tokens = sum(int.from_bytes((f / "vectors" / "status.dat").read_bytes()[:8], "little") for f in folders
                      if (f / "vectors" / "status.dat").is_file())
         return {"colbert_tokens": tokens, "colbert_disk_bytes": sum(allocated_bytes(f) for f in folders)}
+
+
+class _Scanned:
+    """A scrolled record where a route's scored point is expected (the colbert scan scores no route)."""
+
+    def __init__(self, record: Any) -> None:
+        self.id, self.payload, self.score = record.id, record.payload, 0.0
+
+
+def _best(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties: the earlier index first)."""
+    if k < len(scores):
+        part = np.argpartition(-scores, k - 1)[:k]
+        return part[np.lexsort((part, -scores[part]))]
+    return np.lexsort((np.arange(len(scores)), -scores))
 
 
 def _floats(v: np.ndarray) -> memoryview:

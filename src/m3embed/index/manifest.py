@@ -14,8 +14,9 @@ import portalocker
 
 from m3embed.modes import check_modes
 
-FORMAT_VERSION = 4  # 2: adds fingerprint_version; 3: adds colbert_storage; 4: colbert_dtype moves into it
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5  # 2: adds fingerprint_version; 3: adds colbert_storage; 4: adds colbert_store; 5: colbert_dtype
+# moves into colbert_storage
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 # how the model fingerprint is computed: 1 = config and head weights (m3embed before format 2), 2 = also every
 # encoder weight (`M3Model.fingerprint`); an index is checked with the scheme it was built with
 FINGERPRINT_VERSION = 2
@@ -25,6 +26,10 @@ ENGINES = ("edge", "qdrant")
 COLBERT_DTYPES = ("float32", "float16")
 COLBERT_QUANTIZATIONS = ("none", "int8", "binary")
 COLBERT_ORIGINALS = ("ram", "disk", "none")
+# where the ColBERT rows live: "tokens", m3embed's token store in the index directory (`m3embed.index.tokens`,
+# every Qdrant Edge index of format 4); "engine", the engine's multivector field (Qdrant servers and clusters,
+# qdrant-client local mode, and indexes of formats 1-3)
+COLBERT_STORES = ("tokens", "engine")
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,8 @@ class Manifest:
         store_text: whether document texts are kept in the payload.
         fingerprint_version: the fingerprint scheme (FINGERPRINT_VERSION; 1 for indexes of format 1).
         colbert_storage: precision, quantization, originals, rescoring and pooling of the colbert field
-            (`ColbertStorage()` for indexes of formats 1 and 2; their `colbert_dtype` is its dtype up to format 3).
+            (`ColbertStorage()` for indexes of formats 1 and 2; their `colbert_dtype` is its dtype up to format 4).
+        colbert_store: where the colbert rows live, one of `COLBERT_STORES` ("engine" for formats 1-3).
     """
 
     engine: str
@@ -128,6 +134,7 @@ class Manifest:
     store_text: bool = True
     fingerprint_version: int = FINGERPRINT_VERSION
     colbert_storage: ColbertStorage = field(default_factory=ColbertStorage)
+    colbert_store: str = "engine"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -138,6 +145,11 @@ class Manifest:
             raise ValueError(f"vector sizes must be positive, got dim={self.dim}, colbert_dim={self.colbert_dim}")
         if not isinstance(self.colbert_storage, ColbertStorage):
             raise TypeError(f"colbert_storage must be a ColbertStorage, got {type(self.colbert_storage).__name__}")
+        if self.colbert_store not in COLBERT_STORES:
+            raise ValueError(f"colbert_store must be one of {', '.join(COLBERT_STORES)}, got {self.colbert_store!r}")
+        if self.colbert_store == "tokens" and (self.engine != "edge" or not set(self.modes) & {"dense", "sparse"}):
+            raise ValueError("the ColBERT token store needs engine 'edge' and dense or sparse vectors beside "
+                             "colbert; use colbert_store='engine'")
         if not self.fingerprint:
             raise ValueError("an index needs a model identity: pass model=... or fingerprint='some-label'")
 
@@ -159,12 +171,18 @@ class Manifest:
             fields["fingerprint_version"] = 1
         try:
             storage = fields.get("colbert_storage", {})
-            if version < 4 and "colbert_dtype" in d and isinstance(storage, dict):  # beside the storage until 3
+            if version < 5 and "colbert_dtype" in d and isinstance(storage, dict):  # beside the storage until 4
                 storage = {**storage, "dtype": d["colbert_dtype"]}
             fields["colbert_storage"] = ColbertStorage.from_json(storage)
             return cls(**fields)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: damaged index manifest ({e}); rebuild the index") from e
+
+    @property
+    def colbert_encoding(self) -> str:
+        """The token store's code for the colbert rows (`m3embed.index.maxsim.ENCODINGS`)."""
+        q = self.colbert_storage.quantization
+        return self.colbert_storage.dtype if q == "none" else q
 
     def check_model(self, model: Any, location: str) -> None:
         """Refuse a model whose fingerprint differs from the one the index was built with (computed with the

@@ -118,12 +118,41 @@ class WeightedSum:
     limit: int
 
 
-Plan = Nearest | WeightedSum
+@dataclass(frozen=True)
+class Hybrid:
+    """M3's ranking of the union of candidate searches, each candidate scored exactly, for an index whose
+    ColBERT rows live in the token store (`m3embed.index.tokens`).
+
+    Every candidate's score is w_d·dense + w_s·sparse + w_c·colbert (colbert = the mean over query rows of the
+    max similarity), computed from its own vectors whichever route found it; a mode whose weight is 0 is not
+    scored. With no routes, every stored document is a candidate (an exact colbert scan).
+
+    Attributes:
+        routes: one candidate search per route (dense, sparse leaves).
+        weights: (dense, sparse, colbert).
+        colbert: the query's ColBERT rows (n_q, h) when w_c is not 0.
+        limit: results to return.
+        colbert_top: score ColBERT only for this many of the union's best by `first` (None: all of them).
+        first: (dense, sparse) weights that rank the union for `colbert_top` (the search weights, also in colbert
+            mode, whose own ranking weighs only colbert).
+        rescore: with originals kept, score the best this many again from them (None: no rescoring).
+    """
+
+    routes: tuple[Nearest, ...]
+    weights: tuple[float, float, float]
+    colbert: np.ndarray | None = field(default=None, repr=False)
+    limit: int = 10
+    colbert_top: int | None = None
+    first: tuple[float, float] = (0.0, 0.0)
+    rescore: int | None = None
+
+
+Plan = Nearest | WeightedSum | Hybrid
 
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
                 stored: Sequence[str], hnsw_ef: int | None = None, colbert_top: int | None = None,
-                storage: ColbertStorage = ColbertStorage()) -> Plan:
+                storage: ColbertStorage = ColbertStorage(), tokens: bool = False) -> Plan:
     """The plan that returns exactly M3's ranking for `mode`, or its quantized form for a quantized colbert field.
 
     The arguments are trusted: `Index.prepare` has checked them (`mode` against `stored`, the sizes >= 1,
@@ -153,9 +182,13 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         hnsw_ef: HNSW ef of dense searches (default max(4 x their limit, 256)).
         colbert_top: score ColBERT for this many candidates only (None: the whole union, exact M3).
         storage: the index's colbert storage.
+        tokens: the index keeps its ColBERT rows in the token store: hybrid and colbert modes become one
+            `Hybrid` node (one search per route, exact fusion in the engine's store).
     """
     parts = scored(mode)
     wd, ws, wc = (float(w) for w in weights)
+    if tokens and mode not in CANDIDATE_ROUTES:
+        return _hybrid(q, mode, k, candidates, (wd, ws, wc), stored, hnsw_ef, colbert_top, storage)
     scale = {"dense": wd, "sparse": ws, "colbert": 1.0 if mode == "colbert" else wc}
     if "colbert" in parts:
         scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
@@ -200,6 +233,21 @@ def _plan(q: QueryVectors, mode: str, k: int, candidates: int, scale: dict[str, 
     if mode == "colbert":
         return WeightedSum((scale["colbert"],), (colbert,), k)
     return WeightedSum((1.0, scale["colbert"]), (first, colbert), k)
+
+
+def _hybrid(q: QueryVectors, mode: str, k: int, candidates: int, weights: tuple[float, float, float],
+            stored: Sequence[str], hnsw_ef: int | None, colbert_top: int | None, storage: ColbertStorage) -> Hybrid:
+    parts = scored(mode)
+    w = tuple(weight if m in parts else 0.0 for m, weight in zip(("dense", "sparse", "colbert"), weights))
+    if mode == "colbert":
+        w = (0.0, 0.0, 1.0)
+    routes = tuple(Nearest(m, _query_vector(q, m), candidates,
+                           ef=(hnsw_ef or max(4 * candidates, MIN_HNSW_EF)) if m == "dense" else None)
+                   for m in CANDIDATE_ROUTES if m in stored)
+    colbert = _query_vector(q, "colbert") if w[2] else None
+    keeps = storage.quantized and storage.rescore and storage.originals != "none"
+    rescore = storage.rescore_top(k) if "colbert" in parts and keeps else None
+    return Hybrid(routes, w, colbert, k, colbert_top, weights[:2], rescore)
 
 
 def _query_vector(q: QueryVectors, mode: str) -> np.ndarray | SparseVector:

@@ -1,0 +1,398 @@
+/* MaxSim of one query against candidate documents whose ColBERT token rows are stored as fixed-width codes.
+ *
+ * score[c] = sum over query rows i of max over the document's token rows t of dot(q_i, x_t), where x_t is the
+ * token decoded from its code:
+ *   float32: x_t = the stored floats; float16: x_t = the stored halves (the query is float32 for both);
+ *   int8:    x_t = scale_t * code_t (int8 per dimension), the query given as int16 q_i / qscale_i;
+ *   binary:  x_t = scale_t * sign_t (one bit per dimension, 1 = +1, np.packbits order), the query given as
+ *            int8 q_i / qscale_i, with dot(q_i, sign_t) = 2 * (sum of q_i over the set bits) - sum(q_i).
+ * Integer products are exact; the query is quantized once per search by the caller (m3embed/index/maxsim.py).
+ * Each token is decoded once into a small buffer and dotted with every query row. The AVX2 paths are chosen at
+ * run time (__builtin_cpu_supports); the portable loops give the same results (integers exactly, floats up to
+ * summation order). The GIL is released while scoring, so searches in several threads run in parallel.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define M3_X86 1
+#endif
+
+enum { ENC_FLOAT16 = 0, ENC_INT8 = 1, ENC_BINARY = 2, ENC_FLOAT32 = 3 };
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ---- portable kernels: dots of one decoded token with every query row ---- */
+
+static void dots_f32(const float *q, int nq, int dim, const float *x, float *out) {
+    for (int i = 0; i < nq; i++) {
+        const float *qi = q + (size_t)i * dim;
+        float s = 0.f;
+        for (int d = 0; d < dim; d++) s += qi[d] * x[d];
+        out[i] = s;
+    }
+}
+
+static void dots_i16(const int16_t *q, int nq, int dim, const int16_t *x, int32_t *out) {
+    for (int i = 0; i < nq; i++) {
+        const int16_t *qi = q + (size_t)i * dim;
+        int32_t s = 0;
+        for (int d = 0; d < dim; d++) s += (int32_t)qi[d] * x[d];
+        out[i] = s;
+    }
+}
+
+static void dots_bits(const int8_t *q, int nq, int dim, const uint8_t *x01, int32_t *out) {
+    for (int i = 0; i < nq; i++) {
+        const int8_t *qi = q + (size_t)i * dim;
+        int32_t s = 0;
+        for (int d = 0; d < dim; d++) s += x01[d] ? qi[d] : 0;
+        out[i] = s;
+    }
+}
+
+static void decode_f16(const uint16_t *code, int dim, float *x) {
+    for (int d = 0; d < dim; d++) x[d] = half_to_float(code[d]);
+}
+
+static void decode_bits(const uint8_t *code, int dim, uint8_t *x01) {
+    for (int d = 0; d < dim; d++) x01[d] = (code[d >> 3] >> (7 - (d & 7))) & 1;
+}
+
+#ifdef M3_X86
+/* ---- AVX2 kernels (dim a multiple of 32) ---- */
+
+__attribute__((target("avx2,fma,f16c"))) static void decode_f16_avx2(const uint16_t *code, int dim, float *x) {
+    for (int d = 0; d < dim; d += 8)
+        _mm256_storeu_ps(x + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(code + d))));
+}
+
+__attribute__((target("avx2,fma"))) static float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2"))) static int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+__attribute__((target("avx2,fma"))) static void dots_f32_avx2(const float *q, int nq, int dim, const float *x,
+                                                               float *out) {
+    int i = 0;
+    for (; i + 4 <= nq; i += 4) {
+        const float *q0 = q + (size_t)i * dim, *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int d = 0; d < dim; d += 8) {
+            __m256 xv = _mm256_loadu_ps(x + d);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + d), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + d), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + d), xv, a3);
+        }
+        out[i] = hsum_ps(a0), out[i + 1] = hsum_ps(a1), out[i + 2] = hsum_ps(a2), out[i + 3] = hsum_ps(a3);
+    }
+    for (; i < nq; i++) {
+        const float *qi = q + (size_t)i * dim;
+        __m256 a = _mm256_setzero_ps();
+        for (int d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(x + d), a);
+        out[i] = hsum_ps(a);
+    }
+}
+
+__attribute__((target("avx2"))) static void dots_i16_avx2(const int16_t *q, int nq, int dim, const int16_t *x,
+                                                           int32_t *out) {
+    int i = 0;
+    for (; i + 4 <= nq; i += 4) {
+        const int16_t *q0 = q + (size_t)i * dim, *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int d = 0; d < dim; d += 16) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x + d));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(q0 + d)), xv));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(q1 + d)), xv));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(q2 + d)), xv));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(q3 + d)), xv));
+        }
+        out[i] = hsum_epi32(a0), out[i + 1] = hsum_epi32(a1), out[i + 2] = hsum_epi32(a2);
+        out[i + 3] = hsum_epi32(a3);
+    }
+    for (; i < nq; i++) {
+        const int16_t *qi = q + (size_t)i * dim;
+        __m256i a = _mm256_setzero_si256();
+        for (int d = 0; d < dim; d += 16)
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(qi + d)),
+                                                      _mm256_loadu_si256((const __m256i *)(x + d))));
+        out[i] = hsum_epi32(a);
+    }
+}
+
+__attribute__((target("avx2"))) static void decode_i8_avx2(const int8_t *code, int dim, int16_t *x) {
+    for (int d = 0; d < dim; d += 16)
+        _mm256_storeu_si256((__m256i *)(x + d), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(code + d))));
+}
+
+/* 32 dimensions' bits (4 bytes, most significant bit first) -> 32 bytes of 0 / 1 */
+__attribute__((target("avx2"))) static void decode_bits_avx2(const uint8_t *code, int dim, uint8_t *x01) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_setr_epi8((char)0x80, 0x40, 0x20, 0x10, 8, 4, 2, 1, (char)0x80, 0x40, 0x20, 0x10,
+                                         8, 4, 2, 1, (char)0x80, 0x40, 0x20, 0x10, 8, 4, 2, 1, (char)0x80, 0x40,
+                                         0x20, 0x10, 8, 4, 2, 1);
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int d = 0; d < dim; d += 32) {
+        int32_t word;
+        memcpy(&word, code + d / 8, 4);
+        __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(word), spread);
+        v = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), one);
+        _mm256_storeu_si256((__m256i *)(x01 + d), v);
+    }
+}
+
+/* sum of q over the set bits: maddubs(0/1 bytes, int8 q) gives 16 int16 sums of 2 products (|.| <= 254); they
+ * are summed in int16 for at most 64 steps (|.| <= 16256) before widening to int32 */
+__attribute__((target("avx2"))) static void dots_bits_avx2(const int8_t *q, int nq, int dim, const uint8_t *x01,
+                                                            int32_t *out) {
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    int i = 0;
+    for (; i + 4 <= nq; i += 4) {
+        const int8_t *q0 = q + (size_t)i * dim, *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
+        __m256i w0 = _mm256_setzero_si256(), w1 = w0, w2 = w0, w3 = w0;
+        for (int start = 0; start < dim; start += 64 * 32) {
+            int stop = start + 64 * 32 < dim ? start + 64 * 32 : dim;
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            for (int d = start; d < stop; d += 32) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x01 + d));
+                a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(xv, _mm256_loadu_si256((const __m256i *)(q0 + d))));
+                a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(xv, _mm256_loadu_si256((const __m256i *)(q1 + d))));
+                a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(xv, _mm256_loadu_si256((const __m256i *)(q2 + d))));
+                a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(xv, _mm256_loadu_si256((const __m256i *)(q3 + d))));
+            }
+            w0 = _mm256_add_epi32(w0, _mm256_madd_epi16(a0, ones16));
+            w1 = _mm256_add_epi32(w1, _mm256_madd_epi16(a1, ones16));
+            w2 = _mm256_add_epi32(w2, _mm256_madd_epi16(a2, ones16));
+            w3 = _mm256_add_epi32(w3, _mm256_madd_epi16(a3, ones16));
+        }
+        out[i] = hsum_epi32(w0), out[i + 1] = hsum_epi32(w1), out[i + 2] = hsum_epi32(w2);
+        out[i + 3] = hsum_epi32(w3);
+    }
+    for (; i < nq; i++) {
+        const int8_t *qi = q + (size_t)i * dim;
+        __m256i w = _mm256_setzero_si256();
+        for (int start = 0; start < dim; start += 64 * 32) {
+            int stop = start + 64 * 32 < dim ? start + 64 * 32 : dim;
+            __m256i a = _mm256_setzero_si256();
+            for (int d = start; d < stop; d += 32)
+                a = _mm256_add_epi16(a, _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(x01 + d)),
+                                                             _mm256_loadu_si256((const __m256i *)(qi + d))));
+            w = _mm256_add_epi32(w, _mm256_madd_epi16(a, ones16));
+        }
+        out[i] = hsum_epi32(w);
+    }
+}
+#endif
+
+static int use_avx2(int dim) {
+#ifdef M3_X86
+    static int cpu = -1;
+    if (cpu < 0) {
+        __builtin_cpu_init();
+        cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cpu && dim % 32 == 0;
+#else
+    (void)dim;
+    return 0;
+#endif
+}
+
+/* ---- one query against many documents ---- */
+
+typedef struct {
+    int encoding, nq, dim, avx2;
+    const void *q;        /* float32 (float32, float16), int16 (int8) or int8 (binary), (nq, dim) */
+    const float *qscale;  /* (nq,) for the integer encodings */
+    const float *qsum;    /* (nq,) sum of the integer query row, binary */
+    const uint8_t *codes; /* token codes, code_bytes each */
+    const float *scales;  /* (tokens,) per-token scale, integer encodings */
+    size_t code_bytes;
+} Query;
+
+static void score_docs(const Query *Q, const int64_t *starts, const int64_t *counts, Py_ssize_t n, float *out,
+                       void *buf, float *best, int32_t *idots, float *fdots) {
+    int nq = Q->nq, dim = Q->dim;
+    for (Py_ssize_t c = 0; c < n; c++) {
+        for (int i = 0; i < nq; i++) best[i] = -FLT_MAX;
+        for (int64_t t = starts[c]; t < starts[c] + counts[c]; t++) {
+            const uint8_t *code = Q->codes + (size_t)t * Q->code_bytes;
+            if (Q->encoding == ENC_FLOAT32) {
+#ifdef M3_X86
+                if (Q->avx2)
+                    dots_f32_avx2((const float *)Q->q, nq, dim, (const float *)code, fdots);
+                else
+#endif
+                    dots_f32((const float *)Q->q, nq, dim, (const float *)code, fdots);
+                for (int i = 0; i < nq; i++) if (fdots[i] > best[i]) best[i] = fdots[i];
+                continue;
+            }
+            if (Q->encoding == ENC_FLOAT16) {
+#ifdef M3_X86
+                if (Q->avx2) {
+                    decode_f16_avx2((const uint16_t *)code, dim, (float *)buf);
+                    dots_f32_avx2((const float *)Q->q, nq, dim, (const float *)buf, fdots);
+                } else
+#endif
+                {
+                    decode_f16((const uint16_t *)code, dim, (float *)buf);
+                    dots_f32((const float *)Q->q, nq, dim, (const float *)buf, fdots);
+                }
+                for (int i = 0; i < nq; i++) if (fdots[i] > best[i]) best[i] = fdots[i];
+                continue;
+            }
+            if (Q->encoding == ENC_INT8) {
+#ifdef M3_X86
+                if (Q->avx2) {
+                    decode_i8_avx2((const int8_t *)code, dim, (int16_t *)buf);
+                    dots_i16_avx2((const int16_t *)Q->q, nq, dim, (const int16_t *)buf, idots);
+                } else
+#endif
+                {
+                    for (int d = 0; d < dim; d++) ((int16_t *)buf)[d] = ((const int8_t *)code)[d];
+                    dots_i16((const int16_t *)Q->q, nq, dim, (const int16_t *)buf, idots);
+                }
+                float s = Q->scales[t];
+                for (int i = 0; i < nq; i++) {
+                    float v = s * Q->qscale[i] * (float)idots[i];
+                    if (v > best[i]) best[i] = v;
+                }
+                continue;
+            }
+#ifdef M3_X86
+            if (Q->avx2) {
+                decode_bits_avx2(code, dim, (uint8_t *)buf);
+                dots_bits_avx2((const int8_t *)Q->q, nq, dim, (const uint8_t *)buf, idots);
+            } else
+#endif
+            {
+                decode_bits(code, dim, (uint8_t *)buf);
+                dots_bits((const int8_t *)Q->q, nq, dim, (const uint8_t *)buf, idots);
+            }
+            float s = Q->scales[t];
+            for (int i = 0; i < nq; i++) {
+                float v = s * Q->qscale[i] * (2.f * (float)idots[i] - Q->qsum[i]);
+                if (v > best[i]) best[i] = v;
+            }
+        }
+        float total = 0.f;
+        if (counts[c] > 0)
+            for (int i = 0; i < nq; i++) total += best[i];
+        out[c] = total;
+    }
+}
+
+static int need(Py_buffer *b, Py_ssize_t bytes, const char *what) {
+    if (b->len < bytes) {
+        PyErr_Format(PyExc_ValueError, "maxsim: %s holds %zd bytes, %zd needed", what, b->len, bytes);
+        return 0;
+    }
+    return 1;
+}
+
+/* maxsim(encoding, q, qscale, qsum, nq, dim, codes, scales, starts, counts, out) */
+static PyObject *maxsim(PyObject *self, PyObject *args) {
+    (void)self;
+    int encoding, nq, dim;
+    Py_buffer q, qscale, qsum, codes, scales, starts, counts, out;
+    if (!PyArg_ParseTuple(args, "iy*y*y*iiy*y*y*y*w*", &encoding, &q, &qscale, &qsum, &nq, &dim, &codes, &scales,
+                          &starts, &counts, &out))
+        return NULL;
+    PyObject *result = NULL;
+    void *buf = NULL;
+    float *best = NULL, *fdots = NULL;
+    int32_t *idots = NULL;
+    Py_ssize_t n = starts.len / 8;
+    int floats = encoding == ENC_FLOAT16 || encoding == ENC_FLOAT32;
+    size_t code_bytes = encoding == ENC_FLOAT32   ? 4 * (size_t)dim
+                        : encoding == ENC_FLOAT16 ? 2 * (size_t)dim
+                        : encoding == ENC_INT8    ? (size_t)dim
+                                                  : (size_t)dim / 8;
+    size_t q_item = floats ? 4 : encoding == ENC_INT8 ? 2 : 1;
+    if (encoding < ENC_FLOAT16 || encoding > ENC_FLOAT32 || nq < 1 || dim < 8 || dim % 8) {
+        PyErr_Format(PyExc_ValueError, "maxsim: bad encoding %d, nq %d or dim %d", encoding, nq, dim);
+        goto done;
+    }
+    if (!need(&q, (Py_ssize_t)(q_item * nq * dim), "the query") || !need(&counts, n * 8, "counts") ||
+        !need(&out, n * 4, "out") ||
+        (!floats && !need(&qscale, 4 * nq, "qscale")) ||
+        (encoding == ENC_BINARY && !need(&qsum, 4 * nq, "qsum")))
+        goto done;
+    const int64_t *st = (const int64_t *)starts.buf, *ct = (const int64_t *)counts.buf;
+    Py_ssize_t tokens = (Py_ssize_t)(codes.len / code_bytes);
+    for (Py_ssize_t c = 0; c < n; c++) {
+        if (st[c] < 0 || ct[c] < 0 || st[c] + ct[c] > tokens) {
+            PyErr_Format(PyExc_ValueError, "maxsim: document %zd's tokens [%lld, %lld) are outside the %zd stored",
+                         c, (long long)st[c], (long long)(st[c] + ct[c]), tokens);
+            goto done;
+        }
+    }
+    if (!floats && !need(&scales, 4 * tokens, "scales")) goto done;
+    buf = PyMem_RawMalloc(4 * (size_t)dim + 64);
+    best = PyMem_RawMalloc(4 * (size_t)nq);
+    fdots = PyMem_RawMalloc(4 * (size_t)nq);
+    idots = PyMem_RawMalloc(4 * (size_t)nq);
+    if (!buf || !best || !fdots || !idots) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Query Q = {encoding, nq, dim, use_avx2(dim), q.buf, (const float *)qscale.buf, (const float *)qsum.buf,
+               (const uint8_t *)codes.buf, (const float *)scales.buf, code_bytes};
+    Py_BEGIN_ALLOW_THREADS
+    score_docs(&Q, st, ct, n, (float *)out.buf, buf, best, idots, fdots);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_RawFree(buf), PyMem_RawFree(best), PyMem_RawFree(fdots), PyMem_RawFree(idots);
+    PyBuffer_Release(&q), PyBuffer_Release(&qscale), PyBuffer_Release(&qsum), PyBuffer_Release(&codes);
+    PyBuffer_Release(&scales), PyBuffer_Release(&starts), PyBuffer_Release(&counts), PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *simd(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyUnicode_FromString(use_avx2(32) ? "avx2" : "portable");
+}
+
+static PyMethodDef methods[] = {
+    {"maxsim", maxsim, METH_VARARGS, "Sum over query rows of the max dot with each document's decoded tokens."},
+    {"simd", simd, METH_NOARGS, "The instruction set the kernels use on this CPU."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_maxsim", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__maxsim(void) { return PyModule_Create(&module); }
