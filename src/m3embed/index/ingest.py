@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from m3embed._progress import Progress
 from m3embed.corpus import Record, iter_lines
 from m3embed.documents import check_id, check_metadata
 from m3embed.index.core import Index
@@ -63,8 +64,8 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     index.require_model("add texts")
     stats = IngestStats()
-    bar = _progress(progress, total)
-    task = bar.add_task("indexing", total=total) if bar else None
+    bar = Progress(progress, "indexing", total)
+    bar.start()
     flushed = time.monotonic()
     seen_ids: set[str] = set()  # ids of this run: a later copy replaces an earlier one, never skipped
     try:
@@ -87,14 +88,12 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
             stats.added += len(todo)
             stats.skipped += len(latest) - len(todo)
             stats.batches += 1
-            if bar:
-                bar.update(task, advance=len(chunk), description=f"indexing ({stats.skipped} already stored)")
+            bar.advance(len(chunk), label=f"indexing ({stats.skipped} already stored)")
             if on_commit:
                 on_commit(stats)
         index.flush()
     finally:
-        if bar:
-            bar.stop()
+        bar.stop()
     return stats
 
 
@@ -163,15 +162,3 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _progress(show: bool, total: int | None):
-    if not show:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True))
-    bar.start()
-    return bar
