@@ -9,11 +9,11 @@ unchanged, and a call that needs gradients, runs under autocast or off the CPU t
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class OneDNNLinear(nn.Linear):
@@ -30,9 +30,18 @@ class OneDNNLinear(nn.Linear):
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in _ONEDNN_DTYPES
+    return (x.device.type == "cpu" and x.dtype == weight.dtype
+            and x.dtype in _onednn_dtypes()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.is_autocast_enabled("cpu"))
+
+
+@cache
+def _onednn_dtypes() -> tuple[torch.dtype, ...]:
+    """float32, and bfloat16 where the CPU has native bfloat16 (AVX512-BF16 / AMX): without it oneDNN refuses to
+    create a bfloat16 linear primitive ("could not create a primitive descriptor"), so `F.linear` runs it."""
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
 
 
 def onednn_available() -> bool:
