@@ -134,7 +134,7 @@ def test_truncation_defaults_live_in_m3embed_json(copy_ckpt, xlmr_ckpt, tmp_path
     assert json.loads((plain.save_pretrained(tmp_path / "plain") / "m3embed.json").read_text())[
         "query_max_length"] is None  # the limit is stored as None: the default of whatever model reads it
     (path / "m3embed.json").write_text(json.dumps({**cfg, "passage_max_length": plain.max_length + 1}))
-    with pytest.raises(ValueError, match=f"passage_max_length={plain.max_length + 1} exceeds"):
+    with pytest.raises(ValueError, match=f"m3embed.json: passage_max_length={plain.max_length + 1} exceeds"):
         M3Model.from_pretrained(path, device="cpu")
     with pytest.raises(ValueError, match="query_max_length must be an int of at least 2"):
         checkpoint.M3Config(query_max_length=1)

@@ -107,8 +107,11 @@ class M3Model(nn.Module):
                 heads[mode] = nn.Linear(hidden, out_features)
             else:
                 heads[mode] = None
-        model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
-                    name=str(name_or_path), **options)
+        try:
+            model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
+                        name=str(name_or_path), **options)
+        except ValueError as e:  # a truncation default of m3embed.json beyond this model's positions
+            raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: {e}") from e
         use_onednn(model)
         model = model.to(device).eval()
         if int8:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from m3embed import shards
 from m3embed._optional import require
 from m3embed._progress import Progress
 from m3embed.modes import check_modes
+
+pa = require("pyarrow", "ray")
 
 DEFAULT_ROWS_PER_PART = 10_000  # documents per shard: the unit of resumption
 DEFAULT_BATCH_SIZE = 512  # documents per encode call inside a part (and per Parquet row group)
