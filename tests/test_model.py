@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from m3embed import checkpoint
 from m3embed.model import M3Model
 from m3testkit.checkpoints import sample_texts
 
@@ -109,3 +112,29 @@ def test_sparse_embedding_max_pools_and_drops_specials(model):
     emb = model.sparse_embedding(ids, w)
     assert emb[0, 7] == pytest.approx(0.4) and emb[0, 9] == pytest.approx(0.5)
     assert emb[0, [0, 1, 2, 3]].abs().sum() == 0
+
+
+def test_truncation_defaults_live_in_m3embed_json(copy_ckpt, xlmr_ckpt, tmp_path):
+    """query_max_length / passage_max_length: read from m3embed.json, used by encode_queries / encode_corpus,
+    overridden by an explicit max_length, saved again; absent, they are the model's limit (issue 22 item 7)."""
+    plain = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    assert plain.query_max_length == plain.passage_max_length == plain.max_length
+    path = copy_ckpt(xlmr_ckpt)
+    cfg = json.loads((path / "m3embed.json").read_text())
+    (path / "m3embed.json").write_text(json.dumps({**cfg, "query_max_length": 8, "passage_max_length": 12}))
+    model = M3Model.from_pretrained(path, device="cpu")
+    long = [" ".join(sample_texts(20))]
+    assert (model.query_max_length, model.passage_max_length) == (8, 12)
+    assert model.encode_queries(long).n_tokens.tolist() == [8]
+    assert model.encode_corpus(long).n_tokens.tolist() == [12]
+    assert model.encode_corpus(long, max_length=20).n_tokens.tolist() == [20]
+    assert model.encode(long).n_tokens.tolist() == [model.max_length]  # encode has no role: the limit
+    again = M3Model.from_pretrained(model.save_pretrained(tmp_path / "saved"), device="cpu")
+    assert (again.query_max_length, again.passage_max_length) == (8, 12)
+    assert json.loads((plain.save_pretrained(tmp_path / "plain") / "m3embed.json").read_text())[
+        "query_max_length"] is None  # the limit is stored as None: the default of whatever model reads it
+    (path / "m3embed.json").write_text(json.dumps({**cfg, "passage_max_length": plain.max_length + 1}))
+    with pytest.raises(ValueError, match=f"m3embed.json: passage_max_length={plain.max_length + 1} exceeds"):
+        M3Model.from_pretrained(path, device="cpu")
+    with pytest.raises(ValueError, match="query_max_length must be an int of at least 2"):
+        checkpoint.M3Config(query_max_length=1)

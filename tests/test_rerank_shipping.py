@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from m3embed import checkpoint
-from m3embed.checkpoint import QDELTA, QSCALE, dequantize_delta, quantize_delta
+from m3embed import sources
+from m3embed.sources import QDELTA, QSCALE, dequantize_delta, quantize_delta
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -52,9 +52,9 @@ def test_merge_adds_deltas_replaces_whole_tensors_and_keeps_the_rest(tmp_path):
     for name, delta, bits in (("m.w", dw, 4), ("m.v", dv, 8)):
         q = quantize_delta(delta, bits)
         ours[name + QDELTA], ours[name + QSCALE] = q[QDELTA], q[QSCALE]
-    save_file(ours, str(tmp_path / checkpoint.TRAINED_WEIGHTS), metadata={"format": "pt", "backbone_prefix": "m."})
+    save_file(ours, str(tmp_path / sources.TRAINED_WEIGHTS), metadata={"format": "pt", "backbone_prefix": "m."})
     expect_w = base["w"] + dequantize_delta(ours["m.w" + QDELTA], ours["m.w" + QSCALE])
-    checkpoint._merge_trained(tmp_path / "model.safetensors", tmp_path / checkpoint.TRAINED_WEIGHTS)
+    sources._merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)
     merged = load_file(tmp_path / "model.safetensors")
     assert set(merged) == {"m.w", "m.v", "m.b", "m.head"}
     assert all(v.dtype == torch.float32 for v in merged.values())
@@ -62,12 +62,12 @@ def test_merge_adds_deltas_replaces_whole_tensors_and_keeps_the_rest(tmp_path):
     torch.testing.assert_close(merged["m.w"], base["w"] + dw, rtol=0, atol=dw.abs().max().item() / 7)
     torch.testing.assert_close(merged["m.v"], base["v"] + dv, rtol=0, atol=dv.abs().max().item() / 127)
     assert torch.equal(merged["m.b"], torch.zeros(6)) and torch.equal(merged["m.head"], torch.ones(2, 3))
-    assert not (tmp_path / checkpoint.TRAINED_WEIGHTS).exists()
+    assert not (tmp_path / sources.TRAINED_WEIGHTS).exists()
 
 
 def test_merge_refuses_a_delta_without_its_backbone_tensor(tmp_path):
     save_file({"w": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
     q = quantize_delta(torch.ones(2, 2), 8)
-    save_file({"x" + QDELTA: q[QDELTA], "x" + QSCALE: q[QSCALE]}, str(tmp_path / checkpoint.TRAINED_WEIGHTS))
+    save_file({"x" + QDELTA: q[QDELTA], "x" + QSCALE: q[QSCALE]}, str(tmp_path / sources.TRAINED_WEIGHTS))
     with pytest.raises(ValueError, match="no backbone tensor x"):
-        checkpoint._merge_trained(tmp_path / "model.safetensors", tmp_path / checkpoint.TRAINED_WEIGHTS)
+        sources._merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)

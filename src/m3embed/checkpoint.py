@@ -1,4 +1,4 @@
-"""The BGE-M3 checkpoint directory: where it is, what it must hold, and our small config file.
+"""The BGE-M3 checkpoint directory: what it must hold, our small config file, and reading it into torch.
 
 Layout (BAAI/bge-m3 and every checkpoint fine-tuned from it):
     config.json                         Hugging Face encoder config (XLM-R or BERT)
@@ -6,25 +6,24 @@ Layout (BAAI/bge-m3 and every checkpoint fine-tuned from it):
     tokenizer files                     tokenizer.json, sentencepiece.bpe.model or vocab.txt
     colbert_linear.pt                   state dict of nn.Linear(hidden, hidden)
     sparse_linear.pt                    state dict of nn.Linear(hidden, 1)
-    m3embed.json                        ours, optional: {"pooling": "cls" | "mean", "query_prefix": str,
-                                        "passage_prefix": str}
+    m3embed.json                        ours, optional: `M3Config` (pooling, prompts, default truncation)
+
+Where a checkpoint directory comes from (shipped names, package backbones, the hub) is `m3embed.sources`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import os
-import shutil
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3embed import backbones
-
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 HEAD_FILES = {"colbert": "colbert_linear.pt", "sparse": "sparse_linear.pt"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -43,6 +42,10 @@ class M3Config:
     # e5 models are trained with "query: " and "passage: "; BGE-M3 uses none
     query_prefix: str = ""
     passage_prefix: str = ""
+    # default truncation (tokens, special tokens included) of encode_queries / encode_corpus; None: the model's
+    # position limit (bge-m3: 8192; BERT-size models: 512, FlagEmbedding's default)
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -50,192 +53,13 @@ class M3Config:
         for name in ("query_prefix", "passage_prefix"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
+        for name in ("query_max_length", "passage_max_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+                raise ValueError(f"{name} must be an int of at least 2 or None, got {value!r}")
 
     def save(self, directory: Path) -> None:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-
-SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and trained layers) of models trained by m3embed
-# a shipped model's trained tensors that replace or extend the backbone's (its metadata "backbone_prefix" maps
-# the backbone's names to the model's, e.g. "bert."); merged into model.safetensors when assembled
-TRAINED_WEIGHTS = "trained_weights.safetensors"
-
-
-def cache_dir() -> Path:
-    """m3embed's cache: $M3EMBED_CACHE, else ~/.cache/m3embed (assembled shipped models, converted backbones,
-    weight digests)."""
-    return backbones.cache_root()
-
-
-def shipped_models() -> dict[str, str]:
-    """Models available offline by name → the package backbone they are built on (a backbone maps to itself).
-
-    Shipped models (M3 heads, or a reranker's config.json) name their backbone in train_config.json ("model");
-    they are listed when it is installed.
-    """
-    have = backbones.installed()
-    models = {name: name for name in have}
-    for found in sorted(SHIPPED_DIR.glob("*/")):
-        if (found / CONFIG_FILE).is_file() or (found / "config.json").is_file():
-            base = _shipped_backbone(found)
-            if base in have:
-                models[found.name] = base
-    return models
-
-
-# the offline default, best first: the first one whose backbone package is installed
-DEFAULT_MODELS = ("minilm-m3", backbones.MINILM)
-
-
-def _shipped_backbone(directory: Path) -> str:
-    """The package backbone a shipped model is assembled on: its train_config.json "model", else MiniLM."""
-    config = directory / "train_config.json"
-    name = json.loads(config.read_text()).get("model") if config.is_file() else None
-    return name if name in backbones.PACKAGES else backbones.MINILM
-
-
-def default_model() -> str:
-    """The trained offline M3 model when its backbone is installed, else a dense-only backbone."""
-    shipped = shipped_models()
-    return next((name for name in DEFAULT_MODELS if name in shipped), backbones.MINILM)
-
-
-def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """A hard link where the filesystem allows, else a copy."""
-    if Path(src).is_dir():
-        shutil.copytree(src, dst, copy_function=_link_or_copy)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def default_reranker() -> str | None:
-    """The cross-encoder trained here when it ships with this install, else None."""
-    return "minilm-reranker" if "minilm-reranker" in shipped_models() else None
-
-
-def _assemble(heads_dir: Path, backbone: Path) -> Path:
-    """A checkpoint directory joining a package's backbone and what we ship (made once in the cache).
-
-    Our head files and config.json replace the backbone's; TRAINED_WEIGHTS is merged into its model.safetensors.
-    """
-    used = sorted(p for p in heads_dir.iterdir() if p.suffix in (".pt", ".json", ".safetensors"))
-    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in used))
-    digest.update(str(backbone).encode())  # a backbone converted anew (new package version) is a new directory
-    target = cache_dir() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
-    if (target / "m3embed.json").is_file():
-        return target
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    # a backbone converted into our cache (470 MB for e5) is hard-linked, not duplicated; package files and our
-    # heads are copied, so that nothing written into the cache can reach them
-    link = backbone.is_relative_to(backbones.cache_root())
-    for src in list(backbone.iterdir()) + used:
-        dst = tmp / src.name
-        if dst.exists() or dst.is_symlink():
-            dst.unlink() if not dst.is_dir() else shutil.rmtree(dst)
-        if link and src.parent == backbone:
-            _link_or_copy(src, dst)
-        else:
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    if (tmp / TRAINED_WEIGHTS).is_file():
-        _merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
-    os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
-    return target
-
-
-# a trained tensor may ship as a row-wise quantised delta over the backbone's: NAME + QDELTA holds the codes
-# (int8: one per value; uint8: two 4-bit codes per byte, even column in the low nibble, code = q + 8, q in
-# -7..7), NAME + QSCALE the float16 scale per row (delta ≈ q · scale); see `quantize_delta`
-QDELTA, QSCALE = ".qdelta", ".qscale"
-
-
-def quantize_delta(delta: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
-    """{QDELTA: codes, QSCALE: (rows, 1) float16 scales} of a 2-D delta, symmetric round-to-nearest per row
-    with 2**(bits-1) - 1 levels each side (bits 8 or 4; 4 needs an even column count)."""
-    import torch
-
-    if bits not in (4, 8) or delta.dim() != 2 or (bits == 4 and delta.shape[1] % 2):
-        raise ValueError(f"quantize_delta takes a 2-D tensor (even columns for 4 bits) and bits 4 or 8; got "
-                         f"shape {tuple(delta.shape)}, bits {bits}")
-    levels = 2 ** (bits - 1) - 1
-    delta = delta.float()
-    scale = (delta.abs().amax(dim=1, keepdim=True) / levels).to(torch.float16)
-    safe = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
-    q = torch.clamp(torch.round(delta / safe), -levels, levels).to(torch.int8)
-    if bits == 4:
-        codes = (q + 8).to(torch.uint8)
-        q = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    return {QDELTA: q.contiguous(), QSCALE: scale.contiguous()}
-
-
-def dequantize_delta(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The float32 delta of `quantize_delta`'s codes (int8, or uint8 packed 4-bit) and row scales."""
-    import torch
-
-    if codes.dtype == torch.uint8:
-        q = torch.stack(((codes & 0xF).to(torch.int8) - 8, (codes >> 4).to(torch.int8) - 8), dim=-1)
-        codes = q.reshape(codes.shape[0], -1)
-    elif codes.dtype != torch.int8:
-        raise ValueError(f"quantised delta codes must be int8 or uint8, got {codes.dtype}")
-    return codes.float() * scale.float()
-
-
-def _merge_trained(weights: Path, trained: Path) -> None:
-    """Rewrite `weights` (the backbone's) as the full model: prefixed backbone tensors, then ours, in float32.
-
-    Ours replace the backbone's tensors, or, for a quantised delta (NAME + QDELTA / QSCALE), are added to them.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(trained, "pt") as f:
-        prefix = (f.metadata() or {}).get("backbone_prefix", "")
-    merged = {prefix + k: v for k, v in load_file(weights).items()}
-    ours = load_file(trained)
-    for key in [k for k in ours if k.endswith(QDELTA)]:
-        name = key[: -len(QDELTA)]
-        if name not in merged or name + QSCALE not in ours:
-            raise ValueError(f"{trained}: {key} has no backbone tensor {name} or no {name + QSCALE}")
-        delta = dequantize_delta(ours.pop(key), ours.pop(name + QSCALE))
-        if delta.shape != merged[name].shape:
-            raise ValueError(f"{trained}: {key} gives shape {tuple(delta.shape)}, the backbone's {name} is "
-                             f"{tuple(merged[name].shape)}")
-        merged[name] = merged[name].float() + delta
-    merged.update(ours)
-    weights.unlink()  # it may be a hard link to a cached backbone: write a new file, never through the link
-    save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in merged.items()},
-              str(weights), metadata={"format": "pt"})
-    trained.unlink()
-
-
-def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local checkpoint directory for a shipped model name, a path, or a Hugging Face hub id."""
-    shipped = shipped_models()
-    name = str(name_or_path)
-    if name in shipped:
-        base = backbones.backbone_dir(shipped[name])
-        return base if name == shipped[name] else _assemble(SHIPPED_DIR / name, base)
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"{path} is a file; a checkpoint is a directory holding config.json")
-        return path
-    text = str(name_or_path)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):  # not an "owner/name" hub id
-        raise FileNotFoundError(f"checkpoint directory {text} does not exist")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, revision=revision,
-                                      ignore_patterns=["flax_model.msgpack", "rust_model.ot", "tf_model.h5", "onnx/*"]))
-    except Exception as e:  # the hub client raises many types; say what failed and how to fix it
-        raise FileNotFoundError(
-            f"{text} is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({type(e).__name__}: {e}); pass a local checkpoint directory instead"
-        ) from e
 
 
 def check_layout(directory: Path, modes: Sequence[str]) -> None:
@@ -300,7 +124,7 @@ def read_weights(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]
     """
     import torch
 
-    files = _weight_files(directory)
+    files = weight_files(directory)
     out: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":
@@ -313,7 +137,8 @@ def read_weights(directory: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]
     return out
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def weight_files(directory: Path) -> list[Path]:
+    """The files the encoder's weights are read from: one file, or the shards a sharded index lists."""
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (directory / single).is_file():
@@ -391,64 +216,62 @@ def save_head(head: torch.nn.Linear, path: Path) -> None:
     torch.save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, path)
 
 
-# ---- weight digests, cached by file identity ----
+# ---- loading into torch ----
 
-DIGEST_CACHE = "weight-digests.json"  # in cache_dir(): {key: digest}
-DIGEST_CACHE_ENTRIES = 512  # the oldest entries beyond this are dropped
-
-
-def weight_files(directory: Path) -> list[Path]:
-    """The files the encoder's weights are loaded from: config.json, every weight file present, and the shards
-    a sharded index lists."""
-    files = [directory / "config.json"] + [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
-    for index in [f for f in files if f.name.endswith(".index.json")]:
-        try:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
-            continue
-        files += [directory / name for name in sorted(shards)]
-    return files
+DTYPES = ("float32", "bfloat16", "float16")
+INT8 = "int8"  # int8 encoder linear layers over a float32 model (CPU only); see m3embed.quantize
 
 
-def weights_key(directory: Path, scheme: str) -> str | None:
-    """A key naming these exact weight files: real path, size, mtime (ns) and inode of each (None if one is
-    unreadable). Rewriting a file changes its mtime, so the key changes with any change of content."""
-    parts: list[object] = [scheme]
+def resolve_device_dtype(device: str | torch.device | None, dtype: torch.dtype | str
+                         ) -> tuple[torch.device, torch.dtype]:
+    """The device (None: cuda when available) and a checked dtype for loading a model on it.
+
+    float16 on CPU is an error; bfloat16 on a CPU without native bf16 matmul warns that it will be slow.
+    "int8" loads float32 weights (quantized afterwards, CPU only).
+    """
+    import torch
+
+    int8 = dtype == INT8
+    if not isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES and not int8:
+            raise ValueError(f"dtype must be one of {', '.join([*DTYPES, INT8])}, got {dtype!r}")
+        dtype = torch.float32 if int8 else getattr(torch, dtype)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int8 and device.type != "cpu":
+        raise ValueError(f"dtype='int8' runs on CPU only, got device={str(device)!r}; on a GPU use bfloat16")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): bfloat16 will be slower "
+                      "than float32", stacklevel=3)
+    return device, dtype
+
+
+def load_backbone(directory: Path, dtype: torch.dtype) -> nn.Module:
+    """The encoder without its pooler; float32 memory-maps the file, other dtypes convert while reading it."""
+    import torch
+    from transformers import MODEL_MAPPING, AutoConfig, AutoModel
+
+    with quiet_hf():  # the unused pooler weights are expected; don't report them
+        if dtype == torch.float32:
+            return AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
+        config = AutoConfig.from_pretrained(directory)
+        state = read_weights(directory, dtype)  # peak = the converted weights, not float32 + converted
+        return MODEL_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state, dtype=dtype,
+                                                           add_pooling_layer=False)
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Hugging Face's warnings and progress bars off (loading and saving report through m3embed instead)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        for f in weight_files(directory):
-            real = f.resolve()  # hub snapshots are links into a blob store
-            st = real.stat()
-            parts.append([str(real), st.st_size, st.st_mtime_ns, st.st_ino])
-    except OSError:
-        return None
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-def cached_digest(key: str) -> str | None:
-    """The digest stored under `key` in the digest cache, or None."""
-    try:
-        data = json.loads((cache_dir() / DIGEST_CACHE).read_text())
-    except (OSError, ValueError):
-        return None
-    value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def store_digest(key: str, digest: str) -> None:
-    """Remember a digest under `key` (best effort: an unwritable cache only costs recomputing it)."""
-    path = cache_dir() / DIGEST_CACHE
-    try:
-        try:
-            data = json.loads(path.read_text())
-            data = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            data = {}
-        data.pop(key, None)
-        data[key] = digest  # newest last
-        data = dict(list(data.items())[-DIGEST_CACHE_ENTRIES:])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=0) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

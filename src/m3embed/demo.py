@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from m3embed.checkpoint import default_model
 from m3embed.corpus import read_records
 from m3embed.index import open_index
 from m3embed.index.ingest import ingest
 from m3embed.model import M3Model
 from m3embed.modes import servable
+from m3embed.sources import default_model
 
 SAMPLE = Path(__file__).parent / "data" / "xquad_en_paragraphs.jsonl"
 ENGLISH_QUERIES = (

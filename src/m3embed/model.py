@@ -2,67 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3embed import checkpoint
+from m3embed import checkpoint, identity
 from m3embed.encode import encode
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
 from m3embed.onednn import use_onednn
 from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
+from m3embed.sources import resolve
 from m3embed.tokenize import check_pairs, check_texts, resolve_max_length
 from m3embed.types import M3Output
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-INT8 = "int8"  # int8 encoder linear layers over a float32 model (CPU only); see m3embed.quantize
-FINGERPRINT_VERSION = 2  # 1: config + heads (indexes of format 1); 2: also every encoder weight
-_DIGEST_SCHEME = "m3embed-weights-v1"  # how `tensors_digest` hashes; part of the digest cache key
-
-
-def resolve_device_dtype(device: str | torch.device | None, dtype: torch.dtype | str
-                         ) -> tuple[torch.device, torch.dtype]:
-    """The device (None: cuda when available) and a checked dtype for loading a model on it.
-
-    float16 on CPU is an error; bfloat16 on a CPU without native bf16 matmul warns that it will be slow.
-    "int8" loads float32 weights (quantized afterwards, CPU only).
-    """
-    int8 = dtype == INT8
-    if not isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES and not int8:
-            raise ValueError(f"dtype must be one of {', '.join([*DTYPES, INT8])}, got {dtype!r}")
-        dtype = torch.float32 if int8 else DTYPES[dtype]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if int8 and device.type != "cpu":
-        raise ValueError(f"dtype='int8' runs on CPU only, got device={str(device)!r}; on a GPU use bfloat16")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 is for GPUs; on CPU use dtype='bfloat16' (or float32)")
-    if dtype == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): bfloat16 will be slower "
-                      "than float32", stacklevel=3)
-    return device, dtype
-
-
-def _load_backbone(directory: Path, dtype: torch.dtype) -> nn.Module:
-    """The encoder without its pooler; float32 memory-maps the file, other dtypes convert while reading it."""
-    from transformers import MODEL_MAPPING, AutoConfig, AutoModel
-
-    if dtype == torch.float32:
-        return AutoModel.from_pretrained(directory, dtype=dtype, add_pooling_layer=False)
-    config = AutoConfig.from_pretrained(directory)
-    state = checkpoint.read_weights(directory, dtype)  # peak = the converted weights, not float32 + converted
-    return MODEL_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=state, dtype=dtype,
-                                                       add_pooling_layer=False)
 
 
 class M3Model(nn.Module):
@@ -72,11 +28,12 @@ class M3Model(nn.Module):
     `encode`, `encode_queries`, `encode_corpus` and `compute_score` are the inference API (numpy).
     """
 
-    fingerprint_version = FINGERPRINT_VERSION
+    fingerprint_version = identity.FINGERPRINT_VERSION
 
     def __init__(self, backbone: nn.Module, tokenizer, colbert_linear: nn.Linear | None,
                  sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "", query_prefix: str = "",
-                 passage_prefix: str = "") -> None:
+                 passage_prefix: str = "", query_max_length: int | None = None,
+                 passage_max_length: int | None = None) -> None:
         super().__init__()
         if pooling not in checkpoint.POOLINGS:
             raise ValueError(f"pooling must be one of {checkpoint.POOLINGS}, got {pooling!r}")
@@ -93,18 +50,17 @@ class M3Model(nn.Module):
         self.hidden_size: int = cfg.hidden_size
         self.vocab_size: int = cfg.vocab_size
         self.max_length: int = checkpoint.position_limit(cfg)
-        # default truncation of queries and passages (capped at max_length); an explicit max_length overrides
-        self.query_max_length: int = self.max_length
-        self.passage_max_length: int = self.max_length
+        # default truncation of encode_queries / encode_corpus (m3embed.json; None: max_length); an explicit
+        # max_length overrides them
+        self.query_max_length: int = resolve_max_length(query_max_length, self.max_length, name="query_max_length")
+        self.passage_max_length: int = resolve_max_length(passage_max_length, self.max_length,
+                                                          name="passage_max_length")
         # dropped from lexical weights, as FlagEmbedding does: cls, eos, pad and unk where the tokenizer has them
         self.special_ids: tuple[int, ...] = tuple(sorted({
             i for i in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                         tokenizer.unk_token_id) if i is not None
         }))
-        # where the encoder weights were loaded from (set by from_pretrained): (directory, key of the weight
-        # files when read, tensor versions just after)
-        self._weights_source: tuple[Path, str | None, tuple] | None = None
-        self._weights_memo: tuple[tuple, str] | None = None  # (tensor versions, digest)
+        self.encoder_digest = identity.EncoderDigest()  # told by from_pretrained which files it loaded
 
     # ---- loading and saving ----
 
@@ -129,38 +85,38 @@ class M3Model(nn.Module):
         from transformers import AutoTokenizer
 
         modes = check_modes(modes)
-        directory = checkpoint.resolve(name_or_path, revision)
+        directory = resolve(name_or_path, revision)
         checkpoint.check_layout(directory, () if new_heads else modes)
-        int8 = dtype == INT8
-        device, dtype = resolve_device_dtype(device, dtype)
+        int8 = dtype == checkpoint.INT8
+        device, dtype = checkpoint.resolve_device_dtype(device, dtype)
         config = checkpoint.read_config(directory)
-        prompts = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
-                   "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix}
-        checkpoint.M3Config(pooling=config.pooling, **prompts)  # checks the overrides
+        options = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
+                   "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix,
+                   "query_max_length": config.query_max_length, "passage_max_length": config.passage_max_length}
+        checkpoint.M3Config(pooling=config.pooling, **options)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        key = checkpoint.weights_key(directory, _DIGEST_SCHEME)  # the files as they are when read
-        with quiet_hf():  # the unused pooler weights are expected; don't report them
-            backbone = _load_backbone(directory, dtype)
+        key = identity.weights_key(directory)  # the files as they are when read
+        backbone = checkpoint.load_backbone(directory, dtype)
         hidden = backbone.config.hidden_size
         heads = {}
-        for mode, (file, out_features) in {"colbert": (checkpoint.HEAD_FILES["colbert"], hidden),
-                                          "sparse": (checkpoint.HEAD_FILES["sparse"], 1)}.items():
-            path = directory / file
+        for mode, out_features in (("colbert", hidden), ("sparse", 1)):
+            path = directory / checkpoint.HEAD_FILES[mode]
             if path.is_file():
                 heads[mode] = checkpoint.load_head(path, hidden, out_features)
             elif new_heads:
                 heads[mode] = nn.Linear(hidden, out_features)
             else:
                 heads[mode] = None
-        model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
-                    name=str(name_or_path), **prompts)
+        try:
+            model = cls(backbone, tokenizer, heads["colbert"], heads["sparse"], pooling=pooling or config.pooling,
+                        name=str(name_or_path), **options)
+        except ValueError as e:  # a truncation default of m3embed.json beyond this model's positions
+            raise ValueError(f"{directory / checkpoint.CONFIG_FILE}: {e}") from e
         use_onednn(model)
         model = model.to(device).eval()
         if int8:
             quantize_int8(backbone, lambda texts: model.encode(texts, max_length=min(128, model.max_length)))
-        if key is not None and key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
-            key = None  # the files changed while being read: hash what was loaded, cache nothing
-        model._weights_source = (directory, key, model._backbone_versions())
+        model.encoder_digest.loaded(model.backbone, directory, key)
         return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -170,97 +126,31 @@ class M3Model(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with quiet_hf():
+        with checkpoint.quiet_hf():
             self.backbone.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
             if head is not None:
                 checkpoint.save_head(head, directory / checkpoint.HEAD_FILES[mode])
-        checkpoint.M3Config(pooling=self.pooling, query_prefix=self.query_prefix,
-                            passage_prefix=self.passage_prefix).save(directory)
+        # the truncation defaults are stored only where they differ from the model's limit (None there)
+        lengths = {name: None if getattr(self, name) == self.max_length else getattr(self, name)
+                   for name in ("query_max_length", "passage_max_length")}
+        checkpoint.M3Config(pooling=self.pooling, query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
+                            **lengths).save(directory)
         return directory
 
     @property
     def fingerprint(self) -> str:
         """Identity of what shapes the outputs: 16 hex digits of sha256 over the encoder config, the pooling,
-        every encoder weight and the head weights (their float32 values by name, whatever the file format,
-        dtype or device).
-
-        The encoder's digest is computed once per weight files and cached by their path, size and mtime (see
-        `m3embed.checkpoint.weights_key`), so loading the same checkpoint again costs a few stat calls. A model
-        built in memory, or changed since it was loaded (training, a weight edited in place), is hashed from
-        its tensors instead, which gives the same digest as saving it and loading the saved copy.
-        """
-        digest = hashlib.sha256(self._config_json())
-        digest.update(self.pooling.encode())
-        if self.query_prefix or self.passage_prefix:  # prompts change the outputs; none keeps older fingerprints
-            digest.update(json.dumps([self.query_prefix, self.passage_prefix]).encode())
-        digest.update(b"encoder" + self._backbone_digest().encode())
-        for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
-            digest.update(mode.encode())
-            if head is not None:
-                digest.update(tensors_digest(head.state_dict()).encode())
-        return digest.hexdigest()[:16]
+        the prompts, every encoder weight and the head weights (`m3embed.identity`; the encoder's digest is
+        cached per weight files, so loading the same checkpoint again costs a few stat calls)."""
+        return identity.fingerprint(self)
 
     @property
     def legacy_fingerprint(self) -> str:
-        """The fingerprint of m3embed before FINGERPRINT_VERSION 2 (config, pooling and head weights only):
-        indexes of format 1 recorded it, and are still checked with it."""
-        digest = hashlib.sha256(self._config_json())
-        digest.update(self.pooling.encode())
-        for mode, head in (("colbert", self.colbert_linear), ("sparse", self.sparse_linear)):
-            digest.update(mode.encode())
-            if head is not None:
-                for t in (head.weight, head.bias):
-                    digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
-
-    def _config_json(self) -> bytes:
-        config = {k: v for k, v in self.backbone.config.to_dict().items()
-                  if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
-        return json.dumps(config, sort_keys=True, default=str).encode()
-
-    def _backbone_versions(self) -> tuple:
-        """Which tensors the encoder holds and how often each was changed in place (torch's version counter,
-        bumped by optimizer steps, load_state_dict and in-place edits; not by .to(device or dtype))."""
-        return tuple((name, id(t), _version(t)) for name, t in self.backbone.state_dict(keep_vars=True).items())
-
-    def _backbone_digest(self) -> str:
-        versions = self._backbone_versions()
-        if self._weights_memo is not None and self._weights_memo[0] == versions:
-            return self._weights_memo[1]
-        source = self._weights_source
-        if source is not None and source[2] == versions:  # unchanged since loaded from these files
-            digest = self._files_digest(source[0], source[1])
-        else:
-            digest = tensors_digest(self.backbone.state_dict())
-        self._weights_memo = (versions, digest)
-        return digest
-
-    def _files_digest(self, directory: Path, key: str | None) -> str:
-        """The encoder digest of the weight files loaded (named by `key`, taken when they were read): from the
-        cache, else from the float32 values."""
-        found = checkpoint.cached_digest(key) if key else None
-        if found:
-            return found
-        if all(t.dtype == torch.float32 for t in self.backbone.state_dict().values() if t.is_floating_point()):
-            digest = tensors_digest(self.backbone.state_dict())
-        elif key is not None and key == checkpoint.weights_key(directory, _DIGEST_SCHEME):
-            # loaded in a lower precision from files still as they were: hash their values as float32
-            from transformers import AutoModel
-
-            with quiet_hf():
-                full = AutoModel.from_pretrained(directory, dtype=torch.float32, add_pooling_layer=False)
-            if key != checkpoint.weights_key(directory, _DIGEST_SCHEME):
-                key = None
-            digest = tensors_digest(full.state_dict())
-            del full
-        else:  # the files changed since: only the loaded tensors are known (a lower precision's digest)
-            key = None
-            digest = tensors_digest(self.backbone.state_dict())
-        if key:
-            checkpoint.store_digest(key, digest)
-        return digest
+        """The fingerprint before FINGERPRINT_VERSION 2 (config, pooling and head weights only): indexes of
+        format 1 recorded it, and are still checked with it."""
+        return identity.legacy_fingerprint(self)
 
     @property
     def device(self) -> torch.device:
@@ -299,13 +189,22 @@ class M3Model(nn.Module):
             "colbert": (B, T-1, h) L2-normalised colbert_linear(H[:, 1:]), zero rows on padding.
         """
         self.check_heads(modes)
+        return self.infer(input_ids, attention_mask, modes, cls_positions)
+
+    def infer(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str],
+              cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`forward` for modes already checked (`check_heads`): what `m3embed.encode` runs per batch."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        return self.heads_forward(h, attention_mask, modes, cls_positions)
+        return self._heads(h, attention_mask, modes, cls_positions)
 
     def heads_forward(self, h: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str] = MODES,
                       cls_positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """`forward` from the backbone's last hidden states h (B, T, H) on: pooling and heads (same outputs)."""
         self.check_heads(modes)
+        return self._heads(h, attention_mask, modes, cls_positions)
+
+    def _heads(self, h: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str],
+               cls_positions: torch.Tensor | None) -> dict[str, torch.Tensor]:
         h = h.float()  # heads and pooling run in float32 whatever the backbone dtype
         mask = attention_mask.to(h.dtype)  # (B, T)
         out: dict[str, torch.Tensor] = {}
@@ -340,12 +239,17 @@ class M3Model(nn.Module):
     def encode(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                mcls: bool | int = False, progress: bool | None = None) -> M3Output:
-        """Encode texts into an M3Output (input order kept); the options are those of `m3embed.encode.encode`.
+        """Encode texts into an M3Output (input order kept), as they are (no prompt).
 
-        `max_length` defaults to the model's position limit; a larger explicit value is an error.
+        Args:
+            texts: a str or a sequence of str (anything else raises TypeError naming its index).
+            modes: representations, any of "dense", "sparse", "colbert" (a sequence or "dense,sparse").
+            max_length: truncation in tokens, specials included; default the model's position limit, and a
+                larger value is an error (`m3embed.tokenize.resolve_max_length`).
+            batch_tokens, max_batch_size, mcls, progress: see `m3embed.encode.encode`.
         """
-        return encode(self, texts, modes, max_length=max_length, batch_tokens=batch_tokens,
-                      max_batch_size=max_batch_size, mcls=mcls, progress=progress)
+        return self._encode(check_texts(texts), modes, max_length, None, batch_tokens, max_batch_size, mcls,
+                            progress)
 
     def with_prefix(self, texts: Sequence[str] | str, role: str) -> list[str]:
         """The texts with the model's prefix for `role` ("query" or "passage") prepended, checked as `encode` does."""
@@ -358,19 +262,23 @@ class M3Model(nn.Module):
                        max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                        mcls: bool | int = False, progress: bool | None = None) -> M3Output:
         """`encode` of `query_prefix + text`, truncating at `max_length`, by default `self.query_max_length`."""
-        return encode(self, self.with_prefix(texts, "query"), modes, batch_tokens=batch_tokens,
-                      max_batch_size=max_batch_size, mcls=mcls,
-                      max_length=resolve_max_length(max_length, self.max_length, self.query_max_length),
-                      progress=progress)
+        return self._encode(self.with_prefix(texts, "query"), modes, max_length, self.query_max_length,
+                            batch_tokens, max_batch_size, mcls, progress)
 
     def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                       max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                       mcls: bool | int = False, progress: bool | None = None) -> M3Output:
         """`encode` of `passage_prefix + text`, truncating at `max_length`, by default `self.passage_max_length`."""
-        return encode(self, self.with_prefix(texts, "passage"), modes, batch_tokens=batch_tokens,
-                      max_batch_size=max_batch_size, mcls=mcls,
-                      max_length=resolve_max_length(max_length, self.max_length, self.passage_max_length),
-                      progress=progress)
+        return self._encode(self.with_prefix(texts, "passage"), modes, max_length, self.passage_max_length,
+                            batch_tokens, max_batch_size, mcls, progress)
+
+    def _encode(self, texts: list[str], modes: Sequence[str] | str, max_length: int | None, default: int | None,
+                batch_tokens: int | None, max_batch_size: int, mcls: bool | int, progress: bool | None) -> M3Output:
+        """Check the modes and heads and resolve the length once, then run `m3embed.encode.encode`."""
+        modes = check_modes(modes)
+        self.check_heads(modes)
+        return encode(self, texts, modes, resolve_max_length(max_length, self.max_length, default),
+                      batch_tokens=batch_tokens, max_batch_size=max_batch_size, mcls=mcls, progress=progress)
 
     def compute_score(self, pairs: Sequence[tuple[str, str]], weights: Sequence[float] = SCORE_WEIGHTS, *,
                       query_max_length: int | None = None, passage_max_length: int | None = None,
@@ -393,41 +301,3 @@ class M3Model(nn.Module):
         if isinstance(weights, M3Output):
             return [self.convert_id_to_token(w) for w in weights.lexical_weights]
         return {self.tokenizer.decode([int(k)]): v for k, v in weights.items()}
-
-
-
-@contextlib.contextmanager
-def quiet_hf() -> Iterator[None]:
-    """Hugging Face's warnings and progress bars off (loading and saving report through m3embed instead)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _version(t: torch.Tensor) -> int | None:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
-        return None
-
-
-def tensors_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over a state dict: each tensor's name, shape and float32 values, in name order."""
-    digest = hashlib.sha256(_DIGEST_SCHEME.encode())
-    for name in sorted(state):
-        t = state[name].detach()
-        digest.update(f"{name}:{tuple(t.shape)};".encode())
-        if t.is_floating_point():
-            t = t.float()
-        arr = t.cpu().contiguous().numpy()
-        digest.update(str(arr.dtype).encode())
-        digest.update(arr.reshape(-1).view(np.uint8) if arr.size else b"")
-    return digest.hexdigest()

@@ -97,7 +97,7 @@ class EncodePool:
         """Encode texts on every worker; returns what `M3Model.encode` returns on one device, in input order.
 
         Args:
-            texts, modes, max_length, batch_tokens, max_batch_size: as `m3embed.encode.encode`; batch_tokens
+            texts, modes, max_length, batch_tokens, max_batch_size: as `M3Model.encode`; batch_tokens
                 defaults to the smallest of the workers' defaults.
             chunk_tokens: padded tokens per chunk handed to a worker; default: a quarter of each worker's share,
                 at most CHUNK_TOKENS.
@@ -119,11 +119,9 @@ class EncodePool:
         padded = [len(b) * int(lengths[b[0]]) for b in batches]  # the first text of a batch is its longest
         chunk_tokens = chunk_tokens or min(CHUNK_TOKENS, sum(padded) // (4 * len(self._procs)) + 1)
         chunks = _chunks(batches, padded, chunk_tokens)
-        options = {"modes": modes, "max_length": max_length, "batch_tokens": batch_tokens,
-                   "max_batch_size": max_batch_size}
         try:
             for c, idx in enumerate(chunks):
-                self._tasks.put((c, [texts[i] for i in idx], options))
+                self._tasks.put((c, [texts[i] for i in idx], modes, max_length, batch_tokens, max_batch_size))
             parts: list[M3Output | None] = [None] * len(chunks)
             for _ in chunks:
                 kind, rank, c, payload = self._next()
@@ -216,9 +214,9 @@ def _chunks(batches: list[np.ndarray], padded: list[int], chunk_tokens: int) -> 
 def _load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    from m3embed import checkpoint
+    from m3embed.sources import resolve
 
-    return AutoTokenizer.from_pretrained(checkpoint.resolve(model, None))
+    return AutoTokenizer.from_pretrained(resolve(model))
 
 
 def _worker(rank: int, model: str, device: str, dtype: str, modes: tuple[str, ...], threads: int,
@@ -238,8 +236,10 @@ def _worker(rank: int, model: str, device: str, dtype: str, modes: tuple[str, ..
     results.put(("ready", rank, None, {"fingerprint": m.fingerprint, "max_length": m.max_length,
                                        "batch_tokens": default_batch_tokens(m.device, m.hidden_size)}))
     while (task := tasks.get()) is not None:
-        c, texts, options = task
+        c, texts, modes, max_length, batch_tokens, max_batch_size = task
         try:
-            results.put(("done", rank, c, m.encode(texts, progress=False, **options)))
+            out = m.encode(texts, modes, max_length=max_length, batch_tokens=batch_tokens,
+                           max_batch_size=max_batch_size, progress=False)
+            results.put(("done", rank, c, out))
         except Exception:  # noqa: BLE001
             results.put(("error", rank, c, traceback.format_exc()))

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from m3embed import shards
 from m3embed._optional import require
+from m3embed._progress import Progress
 from m3embed.modes import check_modes
+
+pa = require("pyarrow", "ray")
 
 DEFAULT_ROWS_PER_PART = 10_000  # documents per shard: the unit of resumption
 DEFAULT_BATCH_SIZE = 512  # documents per encode call inside a part (and per Parquet row group)
@@ -86,13 +87,14 @@ class M3Encoder:
 class PartEncoder:
     """The job's actor: each input row names a part; read it, encode it, write its shard, report the counts."""
 
-    def __init__(self, out: str, spec_json: str, batch_size: int, **encoder: Any) -> None:
+    def __init__(self, out: str, spec_json: str, batch_size: int, *, device: str | None = None,
+                 batch_tokens: int | None = None, threads: int | None = None) -> None:
         spec = json.loads(spec_json)
         self.out = Path(out)
         self.fields = (spec["text_field"], spec["id_field"], spec["title_field"])
         self.batch_size = batch_size
         self.encoder = M3Encoder(spec["model"], spec["modes"], dtype=spec["dtype"], max_length=spec["max_length"],
-                                 **encoder)
+                                 device=device, batch_tokens=batch_tokens, threads=threads)
         self.schema = shards.output_schema(self.encoder.modes, self.encoder.model.hidden_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -187,44 +189,14 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
             fn_constructor_kwargs={"out": str(out.resolve()), "spec_json": json.dumps(spec.to_json()),
                                    "batch_size": batch_size, "device": device, "batch_tokens": batch_tokens,
                                    "threads": threads})
-        with _Progress(progress, len(todo), sum(p.rows for p in todo)) as bar:
+        rows = sum(p.rows for p in todo)
+        with Progress(progress, "encoding shards", len(todo), status=f"0/{rows:,} docs") as bar:
             for row in encoded.iter_rows():
                 documents += int(row["documents"])
                 first, last = min(first, float(row["started"])), max(last, float(row["finished"]))
                 cpu += float(row["cpu_seconds"])
-                bar.advance(int(row["documents"]), time.perf_counter() - start)
+                rate = documents / max(time.perf_counter() - start, 1e-9)
+                bar.advance(1, status=f"{documents:,}/{rows:,} docs, {rate:,.1f} docs/s")
     summary = shards.finish_job(out, spec)
     return JobResult(len(todo), len(parts) - len(todo), documents, time.perf_counter() - start,
                      max(0.0, last - first), cpu, summary)
-
-
-
-class _Progress:
-    """Shards written, documents and documents/s across the cluster (a rich bar on stderr), or nothing."""
-
-    def __init__(self, show: bool, shards_total: int, rows_total: int) -> None:
-        self.bar = None
-        if show:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("encoding shards"), MofNCompleteColumn(), BarColumn(),
-                                TextColumn("{task.fields[docs]:,}/{task.fields[rows]:,} docs, "
-                                           "{task.fields[rate]:,.1f} docs/s"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.bar.add_task("encode", total=shards_total, docs=0, rows=rows_total, rate=0.0)
-        self.docs = 0
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def advance(self, docs: int, elapsed: float) -> None:
-        self.docs += docs
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, docs=self.docs, rate=self.docs / max(elapsed, 1e-9))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from m3embed import checkpoint
-from m3embed.encode import AUTO_PROGRESS_TOKENS, default_batch_tokens, progress_bar
-from m3embed.model import quiet_hf, resolve_device_dtype
-from m3embed.tokenize import budget_batches, check_pairs, check_texts, pad, resolve_max_length, tokenize_pairs
+from m3embed.checkpoint import quiet_hf
+from m3embed.encode import default_batch_tokens, run_batches
+from m3embed.sources import resolve
+from m3embed.tokenize import check_pairs, check_texts, pad, resolve_max_length, tokenize_pairs
 
 RERANK_MAX_LENGTH = 512  # FlagReranker's default max_length (pair tokens, special tokens included)
 
@@ -63,9 +64,9 @@ class Reranker(nn.Module):
         """
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        directory = checkpoint.resolve(name_or_path, revision)
+        directory = resolve(name_or_path, revision)
         checkpoint.check_layout(directory, ())
-        device, dtype = resolve_device_dtype(device, dtype)
+        device, dtype = checkpoint.resolve_device_dtype(device, dtype)
         config = AutoConfig.from_pretrained(directory)
         archs = list(getattr(config, "architectures", None) or [])
         is_reranker = any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == 1
@@ -143,36 +144,36 @@ class Reranker(nn.Module):
         ids, types = tokenize_pairs(self.tokenizer, pairs, max_length, query_max_length)
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
         device = self.device
-        batches = budget_batches(lengths, batch_tokens or default_batch_tokens(device), max_batch_size)
         scores = np.zeros(len(pairs), dtype=np.float32)
-        show = progress if progress is not None else int(lengths.sum()) >= AUTO_PROGRESS_TOKENS
-        was_training = self.training
-        self.train(False)
-        with progress_bar(show, int(lengths.sum()), "reranking tokens") as bar:
-            for batch in batches:
-                input_ids, mask = pad([ids[i] for i in batch], self.tokenizer.pad_token_id)
-                type_ids = None if types is None else pad([types[i] for i in batch], 0)[0].to(device)
-                scores[batch] = self(input_ids.to(device), mask.to(device), type_ids).cpu().numpy()
-                if bar is not None:
-                    bar[0].advance(bar[1], int(lengths[batch].sum()))
-        self.train(was_training)
+
+        def step(batch: np.ndarray) -> None:
+            input_ids, mask = pad([ids[i] for i in batch], self.tokenizer.pad_token_id)
+            type_ids = None if types is None else pad([types[i] for i in batch], 0)[0].to(device)
+            scores[batch] = self(input_ids.to(device), mask.to(device), type_ids).cpu().numpy()
+
+        run_batches(self, lengths, batch_tokens or default_batch_tokens(device), max_batch_size, step,
+                    progress=progress, label="reranking tokens")
         if normalize:
             scores = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
         return [float(x) for x in scores]
 
     def rank(self, queries: Sequence[str], passages: Sequence[Sequence[str]], top_n: int | None = None,
-             normalize: bool = False, **options) -> list[list[tuple[int, float]]]:
+             normalize: bool = False, *, max_length: int | None = None, query_max_length: int | None = None,
+             batch_tokens: int | None = None, max_batch_size: int = 256,
+             progress: bool | None = None) -> list[list[tuple[int, float]]]:
         """For each query, its passages as (index in its list, score), best first (ties keep list order).
 
-        All pairs are scored in one `compute_score` call (shared batches); `options` are its keyword options.
-        `top_n` keeps that many per query (default all).
+        All pairs are scored in one `compute_score` call (shared batches), with its options; `top_n` keeps that
+        many per query (default all).
         """
         queries = check_texts(queries)
         if len(passages) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists; give one list per query")
         lists = [check_texts(list(p)) for p in passages]
-        scores = self.compute_score([(q, p) for q, ps in zip(queries, lists) for p in ps], normalize=normalize,
-                                    **options) if any(lists) else []
+        pairs = [(q, p) for q, ps in zip(queries, lists) for p in ps]
+        scores = self.compute_score(pairs, normalize=normalize, max_length=max_length,
+                                    query_max_length=query_max_length, batch_tokens=batch_tokens,
+                                    max_batch_size=max_batch_size, progress=progress) if pairs else []
         out, start = [], 0
         for ps in lists:
             mine = scores[start : start + len(ps)]

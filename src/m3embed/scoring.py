@@ -1,8 +1,10 @@
-"""BGE-M3 scores as pure NumPy functions: dense, lexical, ColBERT, and their weighted hybrid."""
+"""BGE-M3 scores as pure NumPy functions: dense, lexical, ColBERT, and their weighted hybrid (the training
+losses' batched torch forms are in `m3embed.train.losses`, which takes `dense_scores` from here)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from scipy import sparse as sp
@@ -10,9 +12,12 @@ from scipy import sparse as sp
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_weights
 from m3embed.types import M3Output, SparseVector
 
+ArrayT = TypeVar("ArrayT")  # np.ndarray or torch.Tensor
 
-def dense_scores(q: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """q (m, h), d (n, h) → (m, n) inner products."""
+
+def dense_scores(q: ArrayT, d: ArrayT) -> ArrayT:
+    """q (m, h), d (n, h) → (m, n) inner products; NumPy arrays, or torch tensors (differentiable, for the
+    training losses)."""
     return q @ d.T
 
 

@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from scipy import sparse as sp
 
+from m3embed._optional import require
 from m3embed.corpus import Record, iter_jsonl, make_record
 from m3embed.modes import MODES, check_modes
 from m3embed.types import M3Output
+
+pa = require("pyarrow", "parquet")
+pc = require("pyarrow.compute", "parquet")
+pq = require("pyarrow.parquet", "parquet")
 
 JOB_FILE = "_JOB.json"
 SUCCESS_FILE = "_SUCCESS.json"

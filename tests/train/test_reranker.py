@@ -18,8 +18,7 @@ from m3embed.cli import app
 from m3embed.rerank import Reranker
 from m3embed.tokenize import pad, tokenize_pairs
 from m3embed.train.config import RerankerTrainConfig
-from m3embed.train.losses import RerankerTrainingLoss, reranker_loss
-from m3embed.train.reranker import RerankerTrainer
+from m3embed.train.reranker import RerankerTrainer, RerankerTrainingLoss, reranker_loss
 from m3embed.train.trainer import LOG_FILE
 from m3testkit.checkpoints import sample_texts
 

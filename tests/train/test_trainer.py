@@ -14,16 +14,10 @@ from typer.testing import CliRunner
 
 from m3embed.cli import app
 from m3embed.model import M3Model
+from m3embed.train.checkpoints import MANIFEST_FILE, STATE_FILE, missing_checkpoint_files
 from m3embed.train.config import TrainConfig
 from m3embed.train.data import read_jsonl
-from m3embed.train.trainer import (
-    LOG_FILE,
-    MANIFEST_FILE,
-    STATE_FILE,
-    Trainer,
-    missing_checkpoint_files,
-    train,
-)
+from m3embed.train.trainer import LOG_FILE, Trainer, train
 from tests.train.conftest import SHARED_DATA
 
 

@@ -7,9 +7,9 @@ import sys
 import typer
 from rich.console import Console
 
-from m3embed.checkpoint import default_model
 from m3embed.index.directory import DEFAULT_COLLECTION
 from m3embed.modes import SEARCH_WEIGHTS
+from m3embed.sources import default_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="BGE-M3 end to end: encode, score, index, search, evaluate, train, serve.")

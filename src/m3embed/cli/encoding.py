@@ -9,7 +9,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from m3embed.checkpoint import default_reranker
 from m3embed.cli._common import (
     DeviceOpt,
     DtypeOpt,
@@ -21,6 +20,7 @@ from m3embed.cli._common import (
     out,
 )
 from m3embed.modes import DEFAULT_ROLE, SCORE_WEIGHTS
+from m3embed.sources import default_reranker
 
 
 @app.command()

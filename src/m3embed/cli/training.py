@@ -29,6 +29,13 @@ def _reranker_option(field: str, *flags: str, help: str) -> typer.models.OptionI
     return _train_option(field, *flags, help=help, config="RerankerTrainConfig")
 
 
+def _default_length(config: str, role: str) -> int:
+    """The default query or passage truncation of a config class (its DEFAULT_LENGTHS)."""
+    from m3embed.train import config as configs  # torch-free
+
+    return getattr(configs, config).DEFAULT_LENGTHS[("query", "passage").index(role)]
+
+
 @app.command("train")
 def train_command(  # every parameter is named as the TrainConfig field it sets
     train_data: list[Path] = typer.Argument(..., metavar="DATA",
@@ -42,9 +49,11 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
     pooling: str | None = _train_option("pooling", help="override dense pooling: cls or mean"),
     train_group_size: int = _train_option("train_group_size", help="passages per query: 1 positive + N-1 negatives"),
     query_max_length: int | None = _train_option(
-        "query_max_length", help="query truncation in tokens (default: 64, capped at the model's positions)"),
+        "query_max_length", help=f"query truncation in tokens (default: "
+        f"{_default_length('TrainConfig', 'query')}, capped at the model's positions)"),
     passage_max_length: int | None = _train_option(
-        "passage_max_length", help="passage truncation in tokens (default: 256, capped at the model's positions)"),
+        "passage_max_length", help=f"passage truncation in tokens (default: "
+        f"{_default_length('TrainConfig', 'passage')}, capped at the model's positions)"),
     per_device_batch_size: int = _train_option("per_device_batch_size", "--per-device-batch-size", "--batch-size",
                                                help="queries per process per step"),
     group_by_length: bool = _train_option("group_by_length", help="batches of similar length"),
@@ -113,9 +122,11 @@ def train_reranker_command(  # every parameter is named as the RerankerTrainConf
                                                 "(and the head); default: the whole model"),
     train_group_size: int = _reranker_option("train_group_size", help="pairs per query: 1 positive + N-1 negatives"),
     query_max_length: int | None = _reranker_option(
-        "query_max_length", help="query share of a pair in tokens (default 32; a pair holds query + passage)"),
+        "query_max_length", help=f"query share of a pair in tokens (default "
+        f"{_default_length('RerankerTrainConfig', 'query')}; a pair holds query + passage)"),
     passage_max_length: int | None = _reranker_option(
-        "passage_max_length", help="passage share of a pair in tokens (default 128)"),
+        "passage_max_length", help=f"passage share of a pair in tokens (default "
+        f"{_default_length('RerankerTrainConfig', 'passage')})"),
     per_device_batch_size: int = _reranker_option("per_device_batch_size", "--per-device-batch-size",
                                                   "--batch-size", help="queries per process per step"),
     group_by_length: bool = _reranker_option("group_by_length", help="batches of similar length"),

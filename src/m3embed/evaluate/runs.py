@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from m3embed._optional import require
+from m3embed._progress import Progress
 from m3embed.evaluate.bm25 import BM25_NAME, BM25Config, bm25_searcher
 from m3embed.evaluate.data import Dataset, Run, Searcher
 from m3embed.evaluate.metrics import mean_metrics, per_query_metrics, truncate_run
@@ -29,21 +30,6 @@ from m3embed.types import Hit
 logger = logging.getLogger(__name__)
 
 RERANK_SUFFIX = "+rerank"  # the system name of a mode's run reranked by a cross-encoder
-
-
-@contextmanager
-def _progress(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr; yields `advance(n)` (a no-op when `show` is False)."""
-    if not show:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.update(task, advance=n)
 
 
 def retrieve(searcher: Searcher, queries: Mapping[str, str], batch_size: int = 256, *,
@@ -117,9 +103,9 @@ def evaluate_systems(dataset: Dataset, searchers: Mapping[str, Searcher], k: int
     """
     runs, seconds = {}, {}
     for name, searcher in searchers.items():
-        with _progress(progress, f"{name} queries", len(dataset.queries)) as advance:
+        with Progress(progress, f"{name} queries", len(dataset.queries)) as bar:
             start = time.perf_counter()
-            runs[name] = retrieve(searcher, dataset.queries, batch_size=batch_size, on_batch=advance)
+            runs[name] = retrieve(searcher, dataset.queries, batch_size=batch_size, on_batch=bar.advance)
             seconds[name] = time.perf_counter() - start
     return evaluate_runs(dataset, runs, k, seconds, settings)
 
@@ -161,7 +147,7 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
     ids, texts = list(queries), list(queries.values())
     runs: dict[str, Run] = {mode: {} for mode in modes}
     seconds = {"encode queries": 0.0, **{mode: 0.0 for mode in modes}}
-    with _progress(progress, f"queries ({len(modes)} modes)", len(ids)) as advance:
+    with Progress(progress, f"queries ({len(modes)} modes)", len(ids)) as bar:
         for start in range(0, len(ids), batch_size):
             batch_ids = ids[start : start + batch_size]
             tick = time.perf_counter()
@@ -173,7 +159,7 @@ def index_runs(index: Any, model: Any, queries: Mapping[str, str], modes: Sequen
                 seconds[mode] += time.perf_counter() - tick
                 for query_id, found in zip(batch_ids, hits):
                     runs[mode][query_id] = {str(h.id): float(h.score) for h in found}
-            advance(len(batch_ids))
+            bar.advance(len(batch_ids))
     return runs, seconds
 
 
@@ -190,7 +176,7 @@ def rerank_run(reranker: Any, queries: Mapping[str, str], run: Run, doc_texts: M
     cut = truncate_run(run, top)
     out: Run = {}
     ids = [q for q in queries if q in run]
-    with _progress(progress, f"rerank top {top}", len(ids)) as advance:
+    with Progress(progress, f"rerank top {top}", len(ids)) as bar:
         for start in range(0, len(ids), batch_size):
             batch = ids[start : start + batch_size]
             first = [[Hit(d, s, doc_texts[d], {}, None) for d, s in cut[q].items()] for q in batch]
@@ -199,7 +185,7 @@ def rerank_run(reranker: Any, queries: Mapping[str, str], run: Run, doc_texts: M
                 floor = min(scores.values(), default=0.0) - 1.0
                 rest = [d for d in truncate_run({q: run[q]}, len(run[q]))[q] if d not in scores]
                 out[q] = {**scores, **{d: floor - i for i, d in enumerate(rest)}}
-            advance(len(batch))
+            bar.advance(len(batch))
     return out
 
 
@@ -286,9 +272,9 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         tick = time.perf_counter()
         search = bm25_searcher(dataset.doc_ids, dataset.doc_texts, k=k, config=bm25, progress=progress)
         settings["bm25 index s"] = round(time.perf_counter() - tick, 3)
-        with _progress(progress, f"{BM25_NAME} queries", len(dataset.queries)) as advance:
+        with Progress(progress, f"{BM25_NAME} queries", len(dataset.queries)) as bar:
             tick = time.perf_counter()  # the bar starts and stops outside the timed search
-            runs[BM25_NAME] = retrieve(search, dataset.queries, batch_size=batch_size, on_batch=advance)
+            runs[BM25_NAME] = retrieve(search, dataset.queries, batch_size=batch_size, on_batch=bar.advance)
             seconds[BM25_NAME] = time.perf_counter() - tick
         settings["bm25"] = bm25.describe()
     if model is not None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from m3embed._progress import Progress
 from m3embed.corpus import Record
 from m3embed.index.core import Index
 
@@ -109,21 +110,19 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
 
             yield [r.id for r in chunk], write
 
-    bar = _progress(progress, total)
-    task = bar.add_task("indexing", total=total) if bar else None
+    bar = Progress(progress, "indexing", total)
+    done = 0
 
     def committed(stats: IngestStats) -> None:
-        if bar:
-            bar.update(task, completed=stats.seen, description=f"indexing ({stats.skipped} already stored)")
+        nonlocal done
+        bar.advance(stats.seen - done, label=f"indexing ({stats.skipped} already stored)")
+        done = stats.seen
         if on_commit:
             on_commit(stats)
 
-    try:
+    with bar:
         return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
                               on_commit=committed)
-    finally:
-        if bar:
-            bar.stop()
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -135,15 +134,3 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _progress(show: bool, total: int | None):
-    if not show:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True))
-    bar.start()
-    return bar

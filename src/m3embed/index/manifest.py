@@ -12,14 +12,12 @@ from typing import Any
 import numpy as np
 import portalocker
 
+from m3embed.identity import FINGERPRINT_VERSION  # an index is checked with the scheme it was built with
 from m3embed.modes import check_modes
 
 FORMAT_VERSION = 5  # 2: adds fingerprint_version; 3: adds colbert_storage; 4: adds colbert_store; 5: colbert_dtype
 # moves into colbert_storage
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
-# how the model fingerprint is computed: 1 = config and head weights (m3embed before format 2), 2 = also every
-# encoder weight (`M3Model.fingerprint`); an index is checked with the scheme it was built with
-FINGERPRINT_VERSION = 2
 MANIFEST_NAME = "m3embed-index.json"
 LOCK_NAME = ".m3embed.lock"
 ENGINES = ("edge", "qdrant")

@@ -19,8 +19,6 @@ FREEZABLE = ("encoder", "sparse", "colbert")  # the parts whose weights `freeze`
 KD_LOSSES = ("m3_kd_loss", "kl_div")
 TEACHER_SCORE_USE = ("auto", "on", "off")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "constant")
-DEFAULT_QUERY_MAX_LENGTH = 64  # tokens; REFERENCE §Training
-DEFAULT_PASSAGE_MAX_LENGTH = 256  # tokens
 # fields renamed since: configs saved under the old names (train_config.json, checkpoints) still load
 RENAMED_FIELDS = {"query_max_len": "query_max_length", "passage_max_len": "passage_max_length"}
 
@@ -66,8 +64,8 @@ class RunConfig:
     logging_steps: int = 1  # a JSON line in output_dir/train_log.jsonl every N steps
     progress: bool = True  # rich progress bar on the main process
 
-    # default truncation (tokens) of queries and passages when the fields are None
-    DEFAULT_LENGTHS: ClassVar[tuple[int, int]] = (DEFAULT_QUERY_MAX_LENGTH, DEFAULT_PASSAGE_MAX_LENGTH)
+    # default truncation (tokens) of queries and passages when the fields are None; REFERENCE §Training
+    DEFAULT_LENGTHS: ClassVar[tuple[int, int]] = (64, 256)
 
     def __post_init__(self) -> None:
         self.output_dir = str(self.output_dir)

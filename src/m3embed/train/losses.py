@@ -1,7 +1,4 @@
-"""Training losses: BGE-M3's per-mode InfoNCE, ensemble, self- and teacher-score distillation; the reranker's.
-
-Longer than 400 lines: each loss of the M3 recipe and the reranker's is a short pure function, kept together
-with the one module that runs them so the recipe reads in one place.
+"""Training losses: BGE-M3's per-mode InfoNCE, ensemble, self- and teacher-score distillation.
 
 The math lives in pure functions on score tensors; `M3TrainingLoss` holds the model and its `LossConfig`,
 encodes a batch (in checkpointed sub-batches if asked) and calls them. Conventions, as in FlagEmbedding's M3 code:
@@ -25,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from m3embed.modes import MODES
+from m3embed.scoring import dense_scores  # q (B, h), p (N, h) -> (B, N), as at inference
 from m3embed.train import distributed
 from m3embed.train.config import LossConfig
 
@@ -33,11 +31,6 @@ LOSS_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}  # λ in L and L' (
 
 
 # ---- scores (raw, before the temperature) ----
-
-
-def dense_scores(q: Tensor, p: Tensor) -> Tensor:
-    """q (B, h), p (N, h) -> (B, N) inner products."""
-    return q @ p.T
 
 
 def sparse_scores(q: Tensor, p: Tensor) -> Tensor:
@@ -350,62 +343,6 @@ class M3TrainingLoss(nn.Module):
             self_distill=cfg.self_distill and step > cfg.self_distill_start_step,
             kd_loss=cfg.kd_loss,
         )
-
-
-# ---- the cross-encoder reranker (FlagEmbedding's reranker fine-tuning) ----
-
-
-def reranker_loss(logits: Tensor, teacher_probs: Tensor | None = None) -> M3LossOutput:
-    """FlagEmbedding's reranker loss on (B, G) group logits, positive at column 0.
-
-    "ce": cross-entropy against column 0; with teacher_probs (B, G) (softmax of the teacher scores), plus
-    "distill": the soft cross-entropy -mean_b Σ_j teacher[b, j] · log_softmax(logits)[b, j]. No temperature.
-    """
-    parts = {"ce": F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))}
-    if teacher_probs is not None:
-        parts["distill"] = soft_cross_entropy(logits, teacher_probs)
-    return M3LossOutput(sum(parts.values()), {k: v.detach() for k, v in parts.items()})
-
-
-class RerankerTrainingLoss(nn.Module):
-    """Holds a cross-encoder (`m3embed.rerank.Reranker`); `forward` scores a batch of B·G tokenised pairs,
-    group-major with each positive first, and returns `reranker_loss` of it.
-
-    Args:
-        model: the reranker (called as model(input_ids, attention_mask, token_type_ids) -> (n,) logits).
-        group_size: G, pairs per query.
-        sub_batch_size: pairs per checkpointed chunk (`run_sub_batches`); None = the whole batch at once.
-        bf16: run the model under bf16 autocast.
-    """
-
-    def __init__(self, model: nn.Module, group_size: int, sub_batch_size: int | None = None, bf16: bool = False
-                 ) -> None:
-        super().__init__()
-        self.model = model
-        self.group_size = group_size
-        self.sub_batch_size = sub_batch_size
-        self.bf16 = bf16
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
-                teacher_scores: Tensor | None = None) -> M3LossOutput:
-        """input_ids, attention_mask, token_type_ids (B·G, T); teacher_scores raw (B, G) or None."""
-        logits = self.logits(input_ids, attention_mask, token_type_ids).view(-1, self.group_size)  # (B, G)
-        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float(), dim=-1).detach()
-        return reranker_loss(logits, teacher)
-
-    def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        """(n,) float32 logits, sub-batched and checkpointed when configured."""
-        tensors = (input_ids, attention_mask) + (() if token_type_ids is None else (token_type_ids,))
-        size = self.sub_batch_size
-        if size is None or input_ids.shape[0] <= size:
-            return self._chunk(*tensors)
-        recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters())
-        chunks, inverse = run_sub_batches(self._chunk, tensors, size, recompute)
-        return torch.cat(chunks)[inverse]
-
-    def _chunk(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
-        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.model(ids, mask, types).float()
 
 
 def run_sub_batches(fn: Callable[..., Any], tensors: tuple[Tensor, ...], size: int, recompute: bool

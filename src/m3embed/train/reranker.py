@@ -2,7 +2,7 @@
 
 The data are the same jsonl lines as `m3embed train` ({query, pos, neg[, pos_scores, neg_scores]}); each query
 brings a group of 1 positive + G-1 negatives, and each group's G logits go through a cross-entropy with the
-positive as target (`m3embed.train.losses.reranker_loss`), plus a soft cross-entropy against the teacher scores
+positive as target (`reranker_loss`), plus a soft cross-entropy against the teacher scores
 when they are used. Pairs are cut as FlagEmbedding's training set cuts them: query at q + p/4 tokens, passage at
 p + q/2, the pair at q + p (only the passage is shortened). Batches, length grouping, sub-batches with gradient
 checkpointing, bf16, checkpoints and resume, DDP and the log are `m3embed.train.trainer.Trainer`'s.
@@ -16,13 +16,67 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from m3embed.train import distributed
 from m3embed.train.config import RerankerTrainConfig
 from m3embed.train.data import TrainBatch
-from m3embed.train.losses import M3LossOutput, RerankerTrainingLoss
+from m3embed.train.losses import M3LossOutput, run_sub_batches, soft_cross_entropy
 from m3embed.train.trainer import Trainer
+
+
+def reranker_loss(logits: Tensor, teacher_probs: Tensor | None = None) -> M3LossOutput:
+    """FlagEmbedding's reranker loss on (B, G) group logits, positive at column 0.
+
+    "ce": cross-entropy against column 0; with teacher_probs (B, G) (softmax of the teacher scores), plus
+    "distill": the soft cross-entropy -mean_b Σ_j teacher[b, j] · log_softmax(logits)[b, j]. No temperature.
+    """
+    parts = {"ce": F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))}
+    if teacher_probs is not None:
+        parts["distill"] = soft_cross_entropy(logits, teacher_probs)
+    return M3LossOutput(sum(parts.values()), {k: v.detach() for k, v in parts.items()})
+
+
+class RerankerTrainingLoss(nn.Module):
+    """Holds a cross-encoder (`m3embed.rerank.Reranker`); `forward` scores a batch of B·G tokenised pairs,
+    group-major with each positive first, and returns `reranker_loss` of it.
+
+    Args:
+        model: the reranker (called as model(input_ids, attention_mask, token_type_ids) -> (n,) logits).
+        group_size: G, pairs per query.
+        sub_batch_size: pairs per checkpointed chunk (`run_sub_batches`); None = the whole batch at once.
+        bf16: run the model under bf16 autocast.
+    """
+
+    def __init__(self, model: nn.Module, group_size: int, sub_batch_size: int | None = None, bf16: bool = False
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self.group_size = group_size
+        self.sub_batch_size = sub_batch_size
+        self.bf16 = bf16
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                teacher_scores: Tensor | None = None) -> M3LossOutput:
+        """input_ids, attention_mask, token_type_ids (B·G, T); teacher_scores raw (B, G) or None."""
+        logits = self.logits(input_ids, attention_mask, token_type_ids).view(-1, self.group_size)  # (B, G)
+        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float(), dim=-1).detach()
+        return reranker_loss(logits, teacher)
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """(n,) float32 logits, sub-batched and checkpointed when configured."""
+        tensors = (input_ids, attention_mask) + (() if token_type_ids is None else (token_type_ids,))
+        size = self.sub_batch_size
+        if size is None or input_ids.shape[0] <= size:
+            return self._chunk(*tensors)
+        recompute = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters())
+        chunks, inverse = run_sub_batches(self._chunk, tensors, size, recompute)
+        return torch.cat(chunks)[inverse]
+
+    def _chunk(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(ids, mask, types).float()
 
 
 def configure_reranker_trainable(model: nn.Module, train_layers: int | None, gradient_checkpointing: bool

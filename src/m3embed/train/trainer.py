@@ -1,8 +1,5 @@
 """The training loop: data → M3TrainingLoss (optionally DDP) → AdamW, checkpoints, resume, JSON-lines log.
 
-Longer than 400 lines because the loop and its checkpoint state (complete checkpoints, optimizer, RNG per
-process, log trimming on resume) change together; losses, data, config and distributed helpers are elsewhere.
-
 `train(config)` is the one-call API (and what `m3embed train` runs). Launched by torchrun it joins the
 process group, wraps the loss module in DistributedDataParallel and gathers dense negatives across
 processes; on one process the same code runs without any of that.
@@ -14,34 +11,41 @@ Output directory:
     <output_dir>/train_log.jsonl one JSON object per logged step: loss, per-mode losses, lr, grad norm
 
 A checkpoint is written into checkpoint-N.partial/ and renamed to checkpoint-N/ once every process has
-written its files, so a run killed while saving leaves no checkpoint-N/ that looks complete. Resuming
-("auto" or a given checkpoint) refuses a checkpoint that lacks a file; "auto" takes the newest complete one.
+written its files, so a run killed while saving leaves no checkpoint-N/ that looks complete; the files, their
+completeness and the choice of checkpoint to resume from are `m3embed.train.checkpoints`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import torch
 from torch import nn
 
+from m3embed._progress import Progress
 from m3embed.train import distributed
 from m3embed.train.cache import EncoderStateCache
+from m3embed.train.checkpoints import (
+    MANIFEST_FILE,
+    STATE_FILE,
+    checkpoint_step,
+    resume_checkpoint,
+    rng_file,
+    rng_state,
+    set_rng_state,
+    trim_log,
+)
 from m3embed.train.config import LossConfig, TrainConfig
 from m3embed.train.data import GroupedBatches, TrainBatch, load_examples, resolve_teacher_use
 from m3embed.train.losses import M3LossOutput, M3TrainingLoss
 
-STATE_FILE = "trainer_state.pt"
-MANIFEST_FILE = "checkpoint_complete.json"  # written last: the checkpoint's step, world size and files
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.json"
 
@@ -59,11 +63,12 @@ def load_model(path: str, config: TrainConfig, device: torch.device) -> nn.Modul
     """
     from m3embed import checkpoint
     from m3embed.model import M3Model
+    from m3embed.sources import resolve
 
     model = M3Model.from_pretrained(
         path, device=device, modes=config.modes, pooling=config.pooling, new_heads=True
     )
-    directory = checkpoint.resolve(path)
+    directory = resolve(path)
     for mode in ("sparse", "colbert"):
         if mode not in config.modes and not (directory / checkpoint.HEAD_FILES[mode]).is_file():
             setattr(model, f"{mode}_linear", None)
@@ -100,63 +105,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
 
 
-def rng_file(rank: int) -> str:
-    """The checkpoint file holding process `rank`'s RNG states."""
-    return f"rng_state_rank{rank}.pt"
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """N for a directory named checkpoint-N, else None (checkpoint-N.partial included)."""
-    prefix, _, n = path.name.partition("-")
-    return int(n) if prefix == "checkpoint" and n.isdigit() else None
-
-
-def missing_checkpoint_files(directory: str | Path, world_size: int = 1) -> list[str]:
-    """The files a checkpoint lacks ([] when complete).
-
-    Expected are the files its manifest lists; a checkpoint written before manifests existed must hold the
-    trainer state and the RNG state of each of `world_size` processes.
-    """
-    directory = Path(directory)
-    manifest = directory / MANIFEST_FILE
-    if manifest.is_file():
-        expected = json.loads(manifest.read_text())["files"]
-    else:
-        expected = [STATE_FILE, *(rng_file(r) for r in range(world_size))]
-    return [f for f in expected if not (directory / f).is_file()]
-
-
-def scan_checkpoints(output_dir: str | Path, world_size: int = 1) -> list[tuple[Path, list[str]]]:
-    """(checkpoint-N directory, its missing files) for every checkpoint in output_dir, newest first."""
-    found = [(n, p) for p in Path(output_dir).glob("checkpoint-*") if (n := checkpoint_step(p)) is not None]
-    return [(p, missing_checkpoint_files(p, world_size)) for _, p in sorted(found, reverse=True) if p.is_dir()]
-
-
-def find_latest_checkpoint(output_dir: str | Path, world_size: int = 1) -> Path | None:
-    """The complete checkpoint-N directory with the largest N, or None; incomplete ones are skipped."""
-    return next((p for p, missing in scan_checkpoints(output_dir, world_size) if not missing), None)
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Keep the lines of a train log up to `step`: a resumed run re-logs the steps after its checkpoint.
-
-    A line cut short (the run was killed while writing it) is dropped too.
-    """
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-
-
 class Trainer:
     """One fine-tuning run. Build it, then `train()`; `training_step` is exposed for tests and custom loops.
 
@@ -175,7 +123,8 @@ class Trainer:
     ) -> None:
         self.config = config
         self._setup_process()
-        self.resume_dir = self._resume_dir()
+        self.resume_dir = resume_checkpoint(self.config.resume_from, self.output_dir, self.world_size,
+                                            warn=self.is_main)
         self._setup_data(examples)
         self._setup_model(model)
         self._setup_loss()
@@ -320,12 +269,13 @@ class Trainer:
             if self.resume_dir is not None:
                 trim_log(self.output_dir / LOG_FILE, self.step)
         start, t0 = self.step, time.perf_counter()
-        with _Progress(self.total_steps, self.step, enabled=self.is_main and self.config.progress) as bar:
+        show = self.is_main and self.config.progress
+        with Progress(show, "train", self.total_steps, done=self.step, status="loss -") as bar:
             while self.step < self.total_steps:
                 epoch, index = divmod(self.step, self.steps_per_epoch)
                 values = self.training_step(self.batches.batch(epoch, index))
                 self.step += 1
-                bar.update(self.step, values["loss"])
+                bar.advance(1, status=f"loss {values['loss']:.4f}")
                 if self.step % self.config.logging_steps == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - t0
                     self._log(
@@ -379,7 +329,7 @@ class Trainer:
                 partial / STATE_FILE,
             )
         distributed.barrier()
-        torch.save(_rng_state(), partial / rng_file(self.rank))
+        torch.save(rng_state(), partial / rng_file(self.rank))
         distributed.barrier()
         if self.is_main:
             files = sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_file())
@@ -413,84 +363,7 @@ class Trainer:
             path = directory / rng_file(self.rank)
             if not path.is_file():
                 raise FileNotFoundError(f"{directory} is incomplete: {path.name} missing")
-            _set_rng_state(torch.load(path, weights_only=False))
-
-    def _resume_dir(self) -> Path | None:
-        """The checkpoint to resume from: the newest complete one for "auto", else the one given (complete)."""
-        resume = self.config.resume_from
-        if not resume:
-            return None
-        if resume == "auto":
-            for path, missing in scan_checkpoints(self.output_dir, self.world_size):
-                if not missing:
-                    return path
-                if self.is_main:
-                    warnings.warn(
-                        f"resume auto: skipping {path}, incomplete ({', '.join(missing)} missing)", stacklevel=3
-                    )
-            return None
-        directory = Path(resume)
-        if not (directory / MANIFEST_FILE).is_file() and not (directory / STATE_FILE).is_file():
-            raise FileNotFoundError(
-                f"{directory}/{STATE_FILE} missing: resume_from must be a checkpoint-N "
-                "directory written by m3embed train, or 'auto'"
-            )
-        missing = missing_checkpoint_files(directory, self.world_size)
-        if missing:
-            raise FileNotFoundError(
-                f"{directory} is incomplete: {', '.join(missing)} missing (the run stopped while saving it); "
-                "resume from an earlier checkpoint, or with 'auto' for the newest complete one"
-            )
-        return directory
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _Progress:
-    """A rich progress bar showing step and loss (does nothing when disabled)."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.enabled = enabled
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.task = self.progress.add_task("train", total=total, completed=done, loss="-")
-
-    def __enter__(self) -> Self:
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.stop()
-
-    def update(self, step: int, loss: float) -> None:
-        if self.enabled:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}")
-
+            set_rng_state(torch.load(path, weights_only=False))
 
 def train(config: TrainConfig, model: nn.Module | None = None) -> Path:
     """Fine-tune per `config` (one process, or each torchrun process); returns the output directory."""
