@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup demo test test-all bench lint
 
-$(VENV)/.base: pyproject.toml constraints.txt
+$(VENV)/.base: pyproject.toml constraints.txt src/m3embed/index/_maxsim.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PIP) torch==2.13.0

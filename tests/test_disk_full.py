@@ -145,7 +145,7 @@ def test_build_on_a_small_disk_stops_with_one_line_and_the_index_still_opens(sma
     with src.open("w") as f:
         for i, text in enumerate(sample_texts(400, seed=1)):
             f.write(json.dumps({"id": f"d{i}", "text": text * 3}) + "\n")
-    fill(fs, RESERVE + 6 * MB)  # room for a few batches, not for all
+    fill(fs, RESERVE + 2 * MB)  # room for a few batches, not for all
     run = cli("index", "build", fs / "idx", src, "-m", xlmr_ckpt, "--batch-size", "32", "--log-commits")
     assert run.returncode == 2, (run.returncode, run.stderr[-2000:])  # -7 would be SIGBUS
     err = run.stderr.strip().splitlines()

@@ -59,6 +59,7 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+COMPILED = {_module_name(p) for p in SRC.rglob("*.c")}  # extension modules (their C imports nothing of ours)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -89,7 +90,7 @@ def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
 
 def _known(name: str) -> str | None:
     """`name` if it is one of our modules, else its longest prefix that is (None outside m3embed)."""
-    while name and name not in MODULES:
+    while name and name not in MODULES and name not in COMPILED:
         name = name.rpartition(".")[0]
     return name or None
 
@@ -115,7 +116,7 @@ def import_graph(eager: bool = False) -> dict[str, dict[str, str]]:
                 if node.level:
                     anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                     base = ".".join([*anchor, *([base] if base else [])])
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES.keys() | COMPILED else base
                            for alias in node.names]
             for target in targets:
                 target = _known(target) if target.split(".")[0] == "m3embed" else None
@@ -174,7 +175,8 @@ def test_no_import_cycles() -> None:
 # keeps each row free of cycles). A name covers the module and, for a package, every module inside it; "m3embed"
 # is the package's own __init__ only (its names are imported lazily, `m3embed.__getattr__`).
 LAYERS = (
-    ("leaves", ("m3embed", "m3embed._optional", "m3embed._progress", "m3embed.modes", "m3embed.diskspace",
+    ("leaves", ("m3embed", "m3embed._optional", "m3embed._progress", "m3embed.errors", "m3embed.modes",
+                "m3embed.diskspace",
                 "m3embed.documents", "m3embed.types", "m3embed.corpus")),
     ("checkpoints", ("m3embed.checkpoint", "m3embed.e5q4", "m3embed.sources", "m3embed.identity")),
     ("text and scores", ("m3embed.tokenize", "m3embed.scoring")),
