@@ -20,7 +20,11 @@ from m3embed.index.tokens import TokenStore
 from m3testkit import synthetic
 
 DIM = 64
-ENCODED = {"float32": "float32", "float16": "float16", "int8": "int8", "binary": "binary"}
+
+
+def _codes_only(quantization: str) -> ColbertStorage:
+    """int8 or binary codes, no float originals kept."""
+    return ColbertStorage(quantization, originals="none", rescore=False)
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -119,8 +123,7 @@ def test_search_equals_numpy_over_the_union(tmp_path: Path, data, encoding: str,
     """The hits are the k best of the dense ∪ sparse union by M3's formula, ColBERT scored from the codes (and,
     with rescoring, the best rescore_top(k) of them again from the float16 originals)."""
     ids, docs, queries = data
-    storage = {"float16": ColbertStorage(), "int8": ColbertStorage("int8", originals="none", rescore=False),
-               "binary": ColbertStorage("binary", originals="none", rescore=False),
+    storage = {"float16": ColbertStorage(), "int8": _codes_only("int8"), "binary": _codes_only("binary"),
                "binary-rescore": ColbertStorage("binary", oversampling=2.0)}[encoding]
     k, cand = 5, 20
     with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM, colbert_storage=storage) as index:
@@ -155,8 +158,7 @@ def test_search_equals_numpy_over_the_union(tmp_path: Path, data, encoding: str,
 
 def test_replaced_documents_are_reclaimed_by_optimize(tmp_path: Path, data) -> None:
     ids, docs, queries = data
-    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM,
-                      colbert_storage=ColbertStorage("binary", originals="none", rescore=False)) as index:
+    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM, colbert_storage=_codes_only("binary")) as index:
         index.add_outputs(ids, docs)
         before = index.search(queries, k=5, mode="all")
         index.add_outputs(ids[:50], docs.select(range(50)))  # the same documents again: 50 dead rows
@@ -187,8 +189,7 @@ with Index.open(sys.argv[1]) as index:
 
 def test_kill_during_compaction_loses_nothing(tmp_path: Path, data) -> None:
     ids, docs, queries = data
-    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM,
-                      colbert_storage=ColbertStorage("int8", originals="none", rescore=False)) as index:
+    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM, colbert_storage=_codes_only("int8")) as index:
         index.add_outputs(ids, docs)
         want = index.search(queries, k=5, mode="colbert")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *sys.path])}

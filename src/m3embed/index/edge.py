@@ -223,11 +223,8 @@ class EdgeStore(Store):
         queries: dict[tuple[int, str], qe.Query] = {}
         colbert_weighted = bool(plan.weights[2])
         head = qe.PayloadSelector.Include([ROW_KEY]) if colbert_weighted else False  # rows only where scored
-        if plan.routes:
-            found = self._query([qe.QueryRequest(limit=r.limit, query=_nearest(r, queries), filter=flt,
-                                                 params=_params(r), with_payload=head) for r in plan.routes])
-        else:  # no candidate route: every stored document
-            found = [[_Scanned(p) for p in self._scan(flt, ["id", ROW_KEY])]]
+        found = self._query([qe.QueryRequest(limit=r.limit, query=_nearest(r, queries), filter=flt,
+                                             params=_params(r), with_payload=head) for r in plan.routes])
         at: dict[Any, int] = {}
         pids, rows = [], []
         found_at = []  # per route, the union position of each point it found (the binding makes ids anew per read)
@@ -314,13 +311,6 @@ class EdgeStore(Store):
         tokens = sum(int.from_bytes((f / "vectors" / "status.dat").read_bytes()[:8], "little") for f in folders
                      if (f / "vectors" / "status.dat").is_file())
         return {"colbert_tokens": tokens, "colbert_disk_bytes": sum(allocated_bytes(f) for f in folders)}
-
-
-class _Scanned:
-    """A scrolled record where a route's scored point is expected (the colbert scan scores no route)."""
-
-    def __init__(self, record: Any) -> None:
-        self.id, self.payload, self.score = record.id, record.payload, 0.0
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:

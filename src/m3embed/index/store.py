@@ -125,7 +125,7 @@ class Hybrid:
 
     Every candidate's score is w_d·dense + w_s·sparse + w_c·colbert (colbert = the mean over query rows of the
     max similarity), computed from its own vectors whichever route found it; a mode whose weight is 0 is not
-    scored. With no routes, every stored document is a candidate (an exact colbert scan).
+    scored. A token-store index always has a route (it stores dense or sparse beside colbert).
 
     Attributes:
         routes: one candidate search per route (dense, sparse leaves).

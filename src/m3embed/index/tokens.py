@@ -107,15 +107,19 @@ class TokenStore:
             xs.append(x)
             rows[i] = start, len(x)
             start += len(x)
+        written = []
         if xs:
             x = np.concatenate(xs)
             codes, scales = encode_tokens(x, self.encoding)
             codes_f.write(codes.tobytes())
+            written.append(codes_f)
             if self._scaled:
                 scales_f.write(scales.tobytes())
+                written.append(scales_f)
             if self.originals:
                 originals_f.write(x.astype(np.float16).tobytes())
-        for f in (codes_f, scales_f, originals_f):
+                written.append(originals_f)
+        for f in written:
             f.flush()
             os.fdatasync(f.fileno())
         rows_f.write(rows.tobytes())  # rows last: a row is only ever written after all its tokens

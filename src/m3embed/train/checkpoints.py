@@ -54,11 +54,6 @@ def scan_checkpoints(output_dir: str | Path, world_size: int = 1) -> list[tuple[
     return [(p, missing_checkpoint_files(p, world_size)) for _, p in sorted(found, reverse=True) if p.is_dir()]
 
 
-def find_latest_checkpoint(output_dir: str | Path, world_size: int = 1) -> Path | None:
-    """The complete checkpoint-N directory with the largest N, or None; incomplete ones are skipped."""
-    return next((p for p, missing in scan_checkpoints(output_dir, world_size) if not missing), None)
-
-
 def resume_checkpoint(resume: str | None, output_dir: Path, world_size: int, warn: bool) -> Path | None:
     """The checkpoint to resume from: None for none, the newest complete one for "auto" (warning about each
     incomplete one skipped when `warn`), else the directory given, which must be complete."""
