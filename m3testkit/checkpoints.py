@@ -174,9 +174,21 @@ def sample_texts(n: int = 480, seed: int = 0) -> list[str]:
 # ---- tokenizer ----
 
 
+# The Unigram trainer is not deterministic (its EM sums over Rust hash maps in a per-process order: piece scores
+# move by ~0.01 and the id order changes from run to run), so the vocabulary of the default size is trained once and
+# stored; `python -m m3testkit.checkpoints` rewrites it.
+STORED_VOCAB = Path(__file__).with_name("xlmr_unigram_2000.json")
+
+
 @lru_cache(maxsize=4)
 def _trained_unigram_vocab(vocab_size: int) -> tuple[tuple[str, float], ...]:
-    """Train a Unigram model on the sample; return its (piece, log-prob) vocab with `<mask>` appended last."""
+    """The (piece, log-prob) vocab of a Unigram model on the sample, `<mask>` last: stored for 2000, else trained."""
+    if vocab_size == 2000 and STORED_VOCAB.is_file():
+        return tuple((str(p), float(s)) for p, s in json.loads(STORED_VOCAB.read_text(encoding="utf-8")))
+    return _train_unigram_vocab(vocab_size)
+
+
+def _train_unigram_vocab(vocab_size: int) -> tuple[tuple[str, float], ...]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.Unigram())
@@ -553,3 +565,8 @@ def write_random_reranker(
     config.save_pretrained(out_dir)
     _save_weights(weights, out_dir, weights_format)
     return out_dir
+
+
+if __name__ == "__main__":
+    STORED_VOCAB.write_text(json.dumps(_train_unigram_vocab(2000), ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {STORED_VOCAB}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,16 @@ def test_same_seed_same_weights_bin_equals_safetensors(xlmr_ckpt: Path, xlmr_ckp
         assert all(torch.equal(a[k], b[k]) for k in a)
     model = AutoModel.from_pretrained(xlmr_ckpt_bin)  # transformers reads the .bin layout without warnings
     assert torch.equal(model.embeddings.word_embeddings.weight, st["embeddings.word_embeddings.weight"])
+
+
+def test_same_seed_same_files_in_another_process(xlmr_ckpt: Path, tmp_path: Path) -> None:
+    """The tokenizer too: Unigram training is not deterministic across processes, so its vocab is stored."""
+    code = ("import sys; from m3testkit.checkpoints import write_random_checkpoint; "
+            "write_random_checkpoint(sys.argv[1], arch='xlmr', seed=0)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120,
+                   cwd=Path(__file__).resolve().parents[1])
+    for name in ("tokenizer.json", "model.safetensors", "sparse_linear.pt", "colbert_linear.pt"):
+        assert (tmp_path / name).read_bytes() == (xlmr_ckpt / name).read_bytes(), name
 
 
 def test_other_seed_other_weights(xlmr_ckpt: Path, tmp_path: Path) -> None:
