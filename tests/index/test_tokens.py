@@ -156,6 +156,67 @@ def test_search_equals_numpy_over_the_union(tmp_path: Path, data, encoding: str,
             assert abs(by_id[ids.index(h.id)] - h.score) <= 1e-5, (i, h.id)
 
 
+@pytest.mark.parametrize("encoding", ["float16", "binary", "binary-rescore"])
+def test_exhaustive_colbert_scores_every_document(tmp_path: Path, data, encoding: str) -> None:
+    """exhaustive=True: MaxSim over every stored document matching the filter, not only the route candidates."""
+    ids, docs, queries = data
+    storage = {"float16": ColbertStorage(), "binary": _codes_only("binary"),
+               "binary-rescore": ColbertStorage("binary", oversampling=2.0)}[encoding]
+    k = 5
+    meta = [{"half": i % 2} for i in range(len(ids))]
+    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM, colbert_storage=storage) as index:
+        index.add_outputs(ids, docs, metadata=meta)
+        index.add_outputs(ids[:10], docs.select(range(10)), metadata=meta[:10])  # replaced rows are not scanned
+        found = index.search(queries, k=k, mode="colbert", exhaustive=True, candidates=k)
+        odd = index.search(queries, k=k, mode="colbert", exhaustive=True, filter={"half": 1})
+        with pytest.raises(ValueError, match="exhaustive .* mode colbert, not all"):
+            index.search(queries, k=k, mode="all", exhaustive=True)
+    code = storage.quantization if storage.quantized else "float16"
+    half = np.arange(len(ids)) % 2 == 1
+
+    def expect(i: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The k best allowed documents by the codes' MaxSim (rescoring its best from the float16 rows)."""
+        q = queries.colbert[i].astype(np.float16).astype(np.float32)
+
+        def score(enc: str, rows) -> np.ndarray:
+            qc = encode_query(q, enc)
+            return np.array([(qc.values() @ decode_tokens(*encode_tokens(docs.colbert[d], enc), enc, DIM).T)
+                             .max(axis=1).mean() for d in rows])
+
+        every = np.where(allowed, score(code, range(len(ids))), -np.inf)
+        if encoding == "binary-rescore":
+            pool = np.argsort(-every, kind="stable")[:storage.rescore_top(k)]
+            every = np.full(len(ids), -np.inf)
+            every[pool] = score("float16", pool)
+        best = np.argsort(-every, kind="stable")[:k]
+        return best, every[best]
+
+    for i in range(len(queries)):
+        for hits, allowed in ((found[i], np.ones(len(ids), bool)), (odd[i], half)):
+            best, want = expect(i, allowed)
+            assert [h.id for h in hits] == [ids[j] for j in best], i
+            np.testing.assert_allclose([h.score for h in hits], want, rtol=1e-5, atol=1e-5)
+        assert all(h.metadata["half"] == 1 for h in odd[i])
+
+
+@pytest.mark.parametrize(("mode", "exhaustive"), [("colbert", False), ("colbert", True), ("all", False),
+                                                  ("dense+sparse", False)])
+def test_qdrant_local_mode_returns_the_token_store_hits(tmp_path: Path, data, mode: str, exhaustive: bool) -> None:
+    """The server path (Qdrant's multivector field, here qdrant-client's local mode) and the directory path
+    (the token store, float16) rank the same documents with the same scores."""
+    ids, docs, queries = data
+    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM) as directory, \
+            Index.create(":memory:", engine="qdrant", fingerprint="t", dim=DIM) as server:
+        assert directory.manifest.colbert_store == "tokens" and server.manifest.colbert_store == "engine"
+        for index in (directory, server):
+            index.add_outputs(ids, docs)
+        a, b = (index.search(queries, k=5, mode=mode, candidates=20, exhaustive=exhaustive)
+                for index in (directory, server))
+    for x, y in zip(a, b):
+        assert [h.id for h in x] == [h.id for h in y]
+        np.testing.assert_allclose([h.score for h in x], [h.score for h in y], rtol=1e-4, atol=1e-4)
+
+
 def test_replaced_documents_are_reclaimed_by_optimize(tmp_path: Path, data) -> None:
     ids, docs, queries = data
     with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM, colbert_storage=_codes_only("binary")) as index:

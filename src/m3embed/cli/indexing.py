@@ -227,6 +227,8 @@ def search(
                                                      "modes (default 100)"),
     colbert_top: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
                                                       "dense+sparse candidates (faster, not exact M3)"),
+    exhaustive: bool = typer.Option(False, help="colbert mode: score every document, not the dense and sparse "
+                                                "candidates (slower, linear in the corpus)"),
     reranker: str | None = typer.Option(None, help="cross-encoder (dir, shipped name or hub id) that rescores the "
                                                    "best --rerank-top hits from their stored texts"),
     rerank_top: int | None = typer.Option(None, help="hits the --reranker rescores (default max(k, 100))"),
@@ -247,8 +249,8 @@ def search(
         cross = _load_reranker(reranker, dtype, device, pair_max_length) if reranker else None
         # checked before the model loads: a bad option costs no loading time
         spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
-                           colbert_top=colbert_top, filter=parse_where(where), explain=explain, reranker=cross,
-                           rerank_top=rerank_top)
+                           colbert_top=colbert_top, exhaustive=exhaustive, filter=parse_where(where),
+                           explain=explain, reranker=cross, rerank_top=rerank_top)
         _index_model(idx, model, dtype, device)
         results = idx.run(spec, idx.encode_queries(spec, query), query)
     for q, hits in zip(query, results):

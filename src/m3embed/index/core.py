@@ -54,7 +54,7 @@ class SearchSpec:
     Attributes:
         mode: the search mode (resolved from the index's default when not given).
         query_modes: the representations each query must be encoded into.
-        k, weights, candidates, hnsw_ef, colbert_top, reranker, rerank_top: see `Index.search`.
+        k, weights, candidates, hnsw_ef, colbert_top, exhaustive, reranker, rerank_top: see `Index.search`.
         conditions: the parsed metadata filter.
         with_text, explain: see `Index.search`.
     """
@@ -69,6 +69,7 @@ class SearchSpec:
     explain: bool
     hnsw_ef: int | None
     colbert_top: int | None
+    exhaustive: bool = False
     reranker: Any = None
     rerank_top: int | None = None  # set when there is a reranker
 
@@ -284,7 +285,7 @@ class Index:
     def prepare(self, *, k: int = 10, mode: str | None = None, weights: Sequence[float] | None = None,
                 candidates: int | None = None, filter: Mapping[str, Any] | None = None, with_text: bool = True,
                 explain: bool = False, hnsw_ef: int | None = None, colbert_top: int | None = None,
-                reranker: Any = None, rerank_top: int | None = None) -> SearchSpec:
+                exhaustive: bool = False, reranker: Any = None, rerank_top: int | None = None) -> SearchSpec:
         """Check a search request against this index, once: the SearchSpec that `encode_queries`, `run` and
         `first_stage` take as it is (the arguments are those of `search`).
 
@@ -295,6 +296,9 @@ class Index:
         for name, value in (("k", k), ("candidates", candidates), ("hnsw_ef", hnsw_ef)):
             if value is not None and value < 1:
                 raise ParamError(f"{name} must be at least 1, got {value}", param=name)
+        if exhaustive and mode != "colbert":
+            raise ParamError(f"exhaustive scores ColBERT against every document: it is for mode colbert, not {mode}",
+                             param="exhaustive")
         if reranker is None and rerank_top is not None:
             raise ParamError(f"rerank_top={rerank_top} needs a reranker (a cross-encoder, m3embed.rerank.Reranker)",
                              param="rerank_top")
@@ -313,8 +317,8 @@ class Index:
         return SearchSpec(mode=mode, query_modes=query_representations(mode, self.manifest.modes), k=k,
                           weights=weights, candidates=max(candidates or DEFAULT_CANDIDATES, first_k),
                           conditions=tuple(parse_filter(filter)), with_text=with_text and self.manifest.store_text,
-                          explain=explain, hnsw_ef=hnsw_ef, colbert_top=colbert_top, reranker=reranker,
-                          rerank_top=rerank_top)
+                          explain=explain, hnsw_ef=hnsw_ef, colbert_top=colbert_top, exhaustive=exhaustive,
+                          reranker=reranker, rerank_top=rerank_top)
 
     def encode_queries(self, specs: SearchSpec | Sequence[SearchSpec], texts: Sequence[str],
                        encode: Callable[[list[str], tuple[str, ...]], T] | None = None) -> M3Output | T:
@@ -335,8 +339,8 @@ class Index:
     def search(self, query: str | Sequence[str] | M3Output, k: int = 10, mode: str | None = None,
                weights: Sequence[float] | None = None, candidates: int | None = None,
                filter: Mapping[str, Any] | None = None, with_text: bool = True, explain: bool = False,
-               hnsw_ef: int | None = None, colbert_top: int | None = None, reranker: Any = None,
-               rerank_top: int | None = None) -> list[Hit] | list[list[Hit]]:
+               hnsw_ef: int | None = None, colbert_top: int | None = None, exhaustive: bool = False,
+               reranker: Any = None, rerank_top: int | None = None) -> list[Hit] | list[list[Hit]]:
         """Search with one of the M3 modes; returns hits best first (a list per query for several queries).
 
         Args:
@@ -354,6 +358,8 @@ class Index:
                 neighbours, slower.
             colbert_top: for colbert and all, score ColBERT only for this many of the union's best by
                 w_d·dense + w_s·sparse (faster, no longer exact M3); default None, the whole union.
+            exhaustive: colbert mode scores every stored document (matching the filter) instead of the union of
+                the dense and sparse candidates (the paper's protocol, the default); slower, linear in the corpus.
             reranker: a cross-encoder (`m3embed.rerank.Reranker`) that rescores the first stage's best
                 `rerank_top` hits from their stored texts; the k best by its score are returned, with
                 `Hit.score` = the reranker's logit and `Hit.scores` holding the first stage's score under the
@@ -362,7 +368,7 @@ class Index:
         """
         spec = self.prepare(k=k, mode=mode, weights=weights, candidates=candidates, filter=filter,
                             with_text=with_text, explain=explain, hnsw_ef=hnsw_ef, colbert_top=colbert_top,
-                            reranker=reranker, rerank_top=rerank_top)
+                            exhaustive=exhaustive, reranker=reranker, rerank_top=rerank_top)
         if isinstance(query, M3Output):
             return self.run(spec, query)
         hits = self.run(spec, self.encode_queries(spec, query), [query] if isinstance(query, str) else query)
@@ -388,7 +394,8 @@ class Index:
         m = self.manifest
         vectors = list(_query_vectors(outputs, m.colbert_storage.dtype, needed))
         plans = [plan_search(q, spec.mode, spec.first_k, spec.candidates, spec.weights, m.modes, spec.hnsw_ef,
-                             spec.colbert_top, m.colbert_storage, tokens=m.colbert_store == "tokens") for q in vectors]
+                             spec.colbert_top, m.colbert_storage, tokens=m.colbert_store == "tokens",
+                             exhaustive=spec.exhaustive) for q in vectors]
         with self._reading():
             results = self.store.search(plans, spec.conditions, spec.with_text or spec.reranker is not None)
         hits = [[Hit(h.payload.get("id"), h.score, h.payload.get("text"), h.payload.get("meta", {}),

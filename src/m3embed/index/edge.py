@@ -41,6 +41,7 @@ from m3embed.types import SparseVector
 
 SHARD_DIR = "shard"
 TOKENS_DIR = "colbert"  # the token store (`m3embed.index.tokens`)
+SCAN_PAGE = 4096  # points per scroll page, as scored by the exhaustive colbert scan
 
 
 class EdgeStore(Store):
@@ -220,6 +221,8 @@ class EdgeStore(Store):
     def _hybrid(self, plan: Hybrid, flt: qe.Filter | None, keys: list[str]) -> list[StoredHit]:
         """One search per route; the union's missing dense / sparse scores from searches restricted to those
         ids; ColBERT from the token store; the k best by the weighted sum, their payloads fetched last."""
+        if not plan.routes:
+            return self._colbert_scan(plan, flt, keys)
         queries: dict[tuple[int, str], qe.Query] = {}
         colbert_weighted = bool(plan.weights[2])
         head = qe.PayloadSelector.Include([ROW_KEY]) if colbert_weighted else False  # rows only where scored
@@ -275,17 +278,45 @@ class EdgeStore(Store):
                 exact = self.tokens.score(encode_query(plan.colbert, "float16"), rows_c[top], originals=True) / n_q
                 total, cand = total[top] - weight["colbert"] * (colbert[top] - exact), cand[top]
         order = _best(total, plan.limit)
-        chosen = [pids[cand[i]] for i in order]
+        return self._hits([pids[cand[i]] for i in order], total[order], keys)
+
+    def _colbert_scan(self, plan: Hybrid, flt: qe.Filter | None, keys: list[str]) -> list[StoredHit]:
+        """The exhaustive colbert mode: the MaxSim kernel over every stored document matching the filter, a page
+        of the engine's scroll at a time, keeping the best (`plan.rescore` of them rescored from the originals)."""
+        n_q = len(plan.colbert)
+        code = encode_query(plan.colbert, self.tokens.encoding)
+        keep = max(plan.limit, plan.rescore or 0)
+        pids: list[Any] = []
+        rows = np.zeros(0, dtype=np.int64)
+        scores = np.zeros(0)
+        records = self._scan(flt, [ROW_KEY])
+        while True:
+            page = [r for _, r in zip(range(SCAN_PAGE), records)]
+            if not page:
+                break
+            page_rows = np.asarray([r.payload[ROW_KEY] for r in page], dtype=np.int64)
+            pids += [r.id for r in page]
+            rows = np.concatenate([rows, page_rows])
+            scores = np.concatenate([scores, self.tokens.score(code, page_rows) / n_q])
+            best = _best(scores, keep)
+            pids, rows, scores = [pids[i] for i in best], rows[best], scores[best]
+        if plan.rescore is not None and len(pids):
+            scores = self.tokens.score(encode_query(plan.colbert, "float16"), rows, originals=True) / n_q
+        order = _best(scores, plan.limit)
+        return self._hits([pids[i] for i in order], scores[order], keys)
+
+    def _hits(self, chosen: list[Any], scores: np.ndarray, keys: list[str]) -> list[StoredHit]:
+        """Hits for these point ids and scores, best first, with their payloads."""
         records = {r.id: r.payload for r in self.shard.retrieve(chosen, with_payload=qe.PayloadSelector.Include(keys),
                                                                   with_vector=False)}
-        return [StoredHit(float(total[i]), records.get(pid) or {}) for i, pid in zip(order, chosen)]
+        return [StoredHit(float(score), records.get(pid) or {}) for score, pid in zip(scores, chosen)]
 
     def _scan(self, flt: qe.Filter | None, keys: list[str]) -> Iterator[Any]:
         """Every stored point matching the filter, with these payload keys, in pages."""
         offset = None
         while True:
             records, offset = self.shard.scroll(qe.ScrollRequest(
-                limit=4096, offset=offset, filter=flt, with_payload=qe.PayloadSelector.Include(keys),
+                limit=SCAN_PAGE, offset=offset, filter=flt, with_payload=qe.PayloadSelector.Include(keys),
                 with_vector=False))
             yield from records
             if offset is None:

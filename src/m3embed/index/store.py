@@ -125,10 +125,10 @@ class Hybrid:
 
     Every candidate's score is w_d·dense + w_s·sparse + w_c·colbert (colbert = the mean over query rows of the
     max similarity), computed from its own vectors whichever route found it; a mode whose weight is 0 is not
-    scored. A token-store index always has a route (it stores dense or sparse beside colbert).
+    scored. With no routes (the exhaustive colbert scan) every stored document matching the filter is a candidate.
 
     Attributes:
-        routes: one candidate search per route (dense, sparse leaves).
+        routes: one candidate search per route (dense, sparse leaves); () scores every document.
         weights: (dense, sparse, colbert).
         colbert: the query's ColBERT rows (n_q, h) when w_c is not 0.
         limit: results to return.
@@ -152,16 +152,16 @@ Plan = Nearest | WeightedSum | Hybrid
 
 def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Sequence[float],
                 stored: Sequence[str], hnsw_ef: int | None = None, colbert_top: int | None = None,
-                storage: ColbertStorage = ColbertStorage(), tokens: bool = False) -> Plan:
+                storage: ColbertStorage = ColbertStorage(), tokens: bool = False, exhaustive: bool = False) -> Plan:
     """The plan that returns exactly M3's ranking for `mode`, or its quantized form for a quantized colbert field.
 
     The arguments are trusted: `Index.prepare` has checked them (`mode` against `stored`, the sizes >= 1,
     `colbert_top` >= k).
 
     Hybrid modes take candidates from dense and from sparse (`candidates` each, from the routes stored), then
-    rescore their union with each mode in the formula; colbert on an index with neither route scores every
-    document. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score is the mean, so the colbert
-    weight is divided by the number of query vectors.
+    rescore their union with each mode in the formula; colbert on an index with neither route, or with
+    `exhaustive`, scores every document. Qdrant's MaxSim is a sum over query vectors while M3's ColBERT score
+    is the mean, so the colbert weight is divided by the number of query vectors.
 
     With `colbert_top` = R, the colbert and all modes score ColBERT only for the R best of the union by
     w_d·dense + w_s·sparse (ColBERT is the costly part); the others are ranked by that partial score.
@@ -184,14 +184,18 @@ def plan_search(q: QueryVectors, mode: str, k: int, candidates: int, weights: Se
         storage: the index's colbert storage.
         tokens: the index keeps its ColBERT rows in the token store: hybrid and colbert modes become one
             `Hybrid` node (one search per route, exact fusion in the engine's store).
+        exhaustive: colbert mode only (`Index.prepare` checks): MaxSim over every stored document, no routes.
     """
     parts = scored(mode)
     wd, ws, wc = (float(w) for w in weights)
     if tokens and mode not in CANDIDATE_ROUTES:
-        return _hybrid(q, mode, k, candidates, (wd, ws, wc), stored, hnsw_ef, colbert_top, storage)
+        return _hybrid(q, mode, k, candidates, (wd, ws, wc), () if exhaustive else stored, hnsw_ef, colbert_top,
+                       storage)
     scale = {"dense": wd, "sparse": ws, "colbert": 1.0 if mode == "colbert" else wc}
     if "colbert" in parts:
         scale["colbert"] /= max(len(_query_vector(q, "colbert")), 1)
+    if exhaustive:
+        stored = ("colbert",)  # no candidate route: the plan scans every document
     if "colbert" not in parts or not storage.quantized:
         return _plan(q, mode, k, candidates, scale, stored, hnsw_ef, colbert_top)
     if not storage.rescore:
