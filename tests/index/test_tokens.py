@@ -54,6 +54,45 @@ def test_kernel_equals_numpy_over_the_decoded_codes(encoding: str, dim: int) -> 
     assert (got[counts[order] == 0] == 0).all()
 
 
+def _numpy_codes(x: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """The codes as maxsim.py's table defines them, in NumPy."""
+    if encoding == "float32":
+        return x.view(np.uint8), np.zeros(0, np.float32)
+    if encoding == "float16":
+        return x.astype(np.float16).view(np.uint8), np.zeros(0, np.float32)
+    if encoding == "int8":
+        scale = np.abs(x).max(axis=1) / np.float32(127)
+        safe = np.where(scale > 0, scale, 1)[:, None]
+        return np.clip(np.rint(x / safe), -127, 127).astype(np.int8).view(np.uint8), scale
+    l1 = np.abs(x).sum(axis=1)
+    return np.packbits(x > 0, axis=1), np.divide((x * x).sum(axis=1), l1, out=np.zeros_like(l1), where=l1 > 0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("dim", [64, 72, 1024])
+@pytest.mark.parametrize("source", ["float32", "float16"])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # NumPy's own casts of 65520
+def test_encoder_equals_numpy(encoding: str, dim: int, source: str) -> None:
+    """The compiled encoder gives NumPy's codes (float16 rounding to nearest even included: halfway values,
+    subnormals, overflow, zero rows) and scales to float32 summation order; the originals are NumPy's halves."""
+    rng = np.random.default_rng(dim)
+    x = _unit(rng, 40, dim)
+    x[0] = 0
+    x[1, :8] = [65504.0, 65520.0, 1e-8, -3e-5, 6.1e-5, 2.0 ** -24 * 1.5, np.nan, -np.inf]
+    halfway = np.float32(1 + 2.0 ** -11)  # exactly between two float16 values: rounds to the even one
+    x[2, :4] = [halfway, -halfway, np.nextafter(halfway, np.float32(2)), 2.0 ** -25]
+    x = x.astype(source).astype(np.float32) if source == "float16" else x
+    src = x.astype(np.float16) if source == "float16" else x
+    finite = np.isfinite(x).all(axis=1) & (np.abs(x) < 1e4).all(axis=1)
+    codes, scales, halves = encode_tokens(src, encoding, originals=True)
+    want_codes, want_scales = _numpy_codes(x[finite] if encoding in ("int8", "binary") else x, encoding)
+    if encoding in ("int8", "binary"):
+        codes, scales = codes[finite], scales[finite]
+        np.testing.assert_allclose(scales, want_scales, rtol=1e-5)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(halves.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
 def test_codes_approximate_the_rows_as_documented() -> None:
     x = _unit(np.random.default_rng(1), 50, 1024)
     for encoding, cos in [("float32", 1), ("float16", 0.9999), ("int8", 0.999), ("binary", 0.75)]:

@@ -10,10 +10,15 @@
  * Each token is decoded once into a small buffer and dotted with every query row. The AVX2 paths are chosen at
  * run time (__builtin_cpu_supports); the portable loops give the same results (integers exactly, floats up to
  * summation order). The GIL is released while scoring, so searches in several threads run in parallel.
+ *
+ * `encode` makes the codes of token rows (float32 or float16) in one pass per row, as maxsim.py documents them:
+ * float16 rounds to nearest even (as NumPy's astype), int8 = rint(x / s) with s = max|x| / 127, binary = the sign
+ * bits with s = sum(x^2) / sum(|x|); optionally the float16 originals in the same pass.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -42,6 +47,27 @@ static float half_to_float(uint16_t h) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+/* round to nearest even, as NumPy's float32 -> float16 conversion */
+static uint16_t float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, mag = x & 0x7fffffff;
+    if (mag >= 0x7f800000) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00 | (mag > 0x7f800000 ? 0x200 | ((mag >> 13) & 0x3ff) : 0));
+    if (mag >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: inf */
+    if (mag < 0x38800000) { /* a float16 subnormal or zero */
+        if (mag < 0x33000000) return (uint16_t)sign; /* below half the smallest subnormal */
+        uint32_t e = mag >> 23, m = (mag & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e; /* 14..24 */
+        uint32_t half = m >> shift, rest = m & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rest > mid || (rest == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = ((mag - 0x38000000) >> 13), rest = mag & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
 }
 
 /* ---- portable kernels: dots of one decoded token with every query row ---- */
@@ -383,6 +409,141 @@ done:
     return result;
 }
 
+/* ---- encoding token rows ---- */
+
+static void to_halves(const float *x, int dim, uint16_t *out) {
+    for (int d = 0; d < dim; d++) out[d] = float_to_half(x[d]);
+}
+
+#ifdef M3_X86
+__attribute__((target("avx2,fma,f16c"))) static void to_halves_avx2(const float *x, int dim, uint16_t *out) {
+    for (int d = 0; d < dim; d += 8)
+        _mm_storeu_si128((__m128i *)(out + d), _mm256_cvtps_ph(_mm256_loadu_ps(x + d), _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* the sign bits (most significant first, as np.packbits) and sum(x^2) / sum(|x|) of one row */
+__attribute__((target("avx2,fma"))) static float binary_avx2(const float *x, int dim, uint8_t *out) {
+    static uint8_t reversed[256];
+    if (!reversed[1])
+        for (int b = 0; b < 256; b++) {
+            uint8_t r = 0;
+            for (int j = 0; j < 8; j++) r |= (uint8_t)(((b >> j) & 1) << (7 - j));
+            reversed[b] = r;
+        }
+    const __m256 zero = _mm256_setzero_ps(), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 l1 = zero, l2 = zero;
+    for (int d = 0; d < dim; d += 8) {
+        __m256 v = _mm256_loadu_ps(x + d);
+        out[d / 8] = reversed[_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ))];
+        l1 = _mm256_add_ps(l1, _mm256_and_ps(v, abs_mask));
+        l2 = _mm256_fmadd_ps(v, v, l2);
+    }
+    float a = hsum_ps(l1), b = hsum_ps(l2);
+    return a > 0.f ? b / a : 0.f;
+}
+#endif
+
+static void encode_rows(int encoding, const void *src, int half_src, Py_ssize_t n, int dim, uint8_t *codes,
+                        float *scales, uint16_t *halves, float *row) {
+    int avx2 = use_avx2(dim);
+    for (Py_ssize_t r = 0; r < n; r++) {
+        const float *x = row;
+        const uint16_t *h = (const uint16_t *)src + (size_t)r * dim;
+        if (half_src) {
+#ifdef M3_X86
+            if (avx2) decode_f16_avx2(h, dim, row);
+            else
+#endif
+                decode_f16(h, dim, row);
+        } else {
+            x = (const float *)src + (size_t)r * dim;
+        }
+        uint16_t *half_out[2] = {halves ? halves + (size_t)r * dim : NULL,
+                                 encoding == ENC_FLOAT16 ? (uint16_t *)(codes + (size_t)r * 2 * dim) : NULL};
+        for (int j = 0; j < 2; j++) {
+            if (!half_out[j]) continue;
+            if (half_src) memcpy(half_out[j], h, 2 * (size_t)dim);
+#ifdef M3_X86
+            else if (avx2) to_halves_avx2(x, dim, half_out[j]);
+#endif
+            else to_halves(x, dim, half_out[j]);
+        }
+        if (encoding == ENC_FLOAT32) {
+            memcpy(codes + (size_t)r * 4 * dim, x, 4 * (size_t)dim);
+        } else if (encoding == ENC_FLOAT16) {
+            continue;
+        } else if (encoding == ENC_INT8) {
+            float top = 0.f;
+            for (int d = 0; d < dim; d++) { float a = fabsf(x[d]); if (a > top) top = a; }
+            float scale = top / 127.f, safe = scale > 0.f ? scale : 1.f;
+            int8_t *o = (int8_t *)(codes + (size_t)r * dim);
+            for (int d = 0; d < dim; d++) {
+                float v = nearbyintf(x[d] / safe);
+                o[d] = (int8_t)(v > 127.f ? 127.f : v < -127.f ? -127.f : v);
+            }
+            scales[r] = scale;
+        } else {
+            uint8_t *o = codes + (size_t)r * (dim / 8);
+#ifdef M3_X86
+            if (avx2) {
+                scales[r] = binary_avx2(x, dim, o);
+                continue;
+            }
+#endif
+            float l1 = 0.f, l2 = 0.f;
+            for (int b = 0; b < dim / 8; b++) {
+                uint8_t byte = 0;
+                for (int j = 0; j < 8; j++) {
+                    float v = x[8 * b + j];
+                    byte = (uint8_t)(byte << 1) | (v > 0.f);
+                    l1 += fabsf(v), l2 += v * v;
+                }
+                o[b] = byte;
+            }
+            scales[r] = l1 > 0.f ? l2 / l1 : 0.f;
+        }
+    }
+}
+
+/* encode(encoding, src, half_src, dim, codes, scales, halves): n = rows of src; halves may be empty */
+static PyObject *encode(PyObject *self, PyObject *args) {
+    (void)self;
+    int encoding, half_src, dim;
+    Py_buffer src, codes, scales, halves;
+    if (!PyArg_ParseTuple(args, "iy*piw*w*w*", &encoding, &src, &half_src, &dim, &codes, &scales, &halves))
+        return NULL;
+    PyObject *result = NULL;
+    float *row = NULL;
+    if (encoding < ENC_FLOAT16 || encoding > ENC_FLOAT32 || dim < 8 || dim % 8) {
+        PyErr_Format(PyExc_ValueError, "encode: bad encoding %d or dim %d", encoding, dim);
+        goto done;
+    }
+    Py_ssize_t n = src.len / ((half_src ? 2 : 4) * (Py_ssize_t)dim);
+    size_t code_bytes = encoding == ENC_FLOAT32   ? 4 * (size_t)dim
+                        : encoding == ENC_FLOAT16 ? 2 * (size_t)dim
+                        : encoding == ENC_INT8    ? (size_t)dim
+                                                  : (size_t)dim / 8;
+    int scaled = encoding == ENC_INT8 || encoding == ENC_BINARY;
+    if (!need(&codes, n * (Py_ssize_t)code_bytes, "codes") || (scaled && !need(&scales, 4 * n, "scales")) ||
+        (halves.len && !need(&halves, 2 * n * dim, "halves")))
+        goto done;
+    row = PyMem_RawMalloc(4 * (size_t)dim);
+    if (!row) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    encode_rows(encoding, src.buf, half_src, n, dim, (uint8_t *)codes.buf, (float *)scales.buf,
+                halves.len ? (uint16_t *)halves.buf : NULL, row);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_RawFree(row);
+    PyBuffer_Release(&src), PyBuffer_Release(&codes), PyBuffer_Release(&scales), PyBuffer_Release(&halves);
+    return result;
+}
+
 static PyObject *simd(PyObject *self, PyObject *args) {
     (void)self, (void)args;
     return PyUnicode_FromString(use_avx2(32) ? "avx2" : "portable");
@@ -390,6 +551,7 @@ static PyObject *simd(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"maxsim", maxsim, METH_VARARGS, "Sum over query rows of the max dot with each document's decoded tokens."},
+    {"encode", encode, METH_VARARGS, "Codes (and float16 originals) of float32 or float16 token rows."},
     {"simd", simd, METH_NOARGS, "The instruction set the kernels use on this CPU."},
     {NULL, NULL, 0, NULL}};
 

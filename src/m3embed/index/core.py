@@ -474,7 +474,7 @@ class Index:
             storage = m.colbert_storage
             colbert = [pool_tokens(c, storage.pool_factor) for c in out.colbert]
             if m.colbert_store == "engine":
-                colbert = [c.astype(storage.numpy_dtype).astype(np.float32) for c in colbert]
+                colbert = [np.asarray(c, dtype=storage.numpy_dtype).astype(np.float32) for c in colbert]
         sparse = out.sparse_vectors() if "sparse" in m.modes else None
         return DocBatch(keys, payloads, dense, sparse, colbert)
 

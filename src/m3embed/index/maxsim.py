@@ -20,6 +20,7 @@ closest to a query row, and their scores stay on the float scale that the hybrid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,21 +46,32 @@ def check_encoding(encoding: str, dim: int) -> str:
     return encoding
 
 
-def encode_tokens(x: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token rows (n, dim) -> codes (n, code_bytes) uint8 and per-token scales (n,) float32 (empty for floats)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    check_encoding(encoding, x.shape[1])
-    if encoding == "float32":
-        return x.view(np.uint8), _EMPTY
-    if encoding == "float16":
-        return x.astype(np.float16).view(np.uint8), _EMPTY
-    if encoding == "int8":
-        scale = np.abs(x).max(axis=1) / 127
-        safe = np.where(scale > 0, scale, 1)[:, None]
-        return np.clip(np.rint(x / safe), -127, 127).astype(np.int8).view(np.uint8), scale.astype(np.float32)
-    l1 = np.abs(x).sum(axis=1)
-    scale = np.divide((x * x).sum(axis=1), l1, out=np.zeros_like(l1), where=l1 > 0)
-    return np.packbits(x > 0, axis=1), scale.astype(np.float32)
+def encode_tokens(x: np.ndarray, encoding: str, originals: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token rows (n, dim), float32 or float16 -> codes (n, code_bytes) uint8 and per-token scales (n,) float32
+    (empty for floats), in one pass of the compiled encoder; with `originals`, also the rows as float16."""
+    codes, scales, halves = encode_documents([x], encoding, np.shape(x)[1], originals)
+    return (codes, scales, halves) if originals else (codes, scales)
+
+
+def encode_documents(docs: Sequence[np.ndarray], encoding: str, dim: int, originals: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`encode_tokens` of several documents' rows, stacked: codes, scales and (with `originals`, else empty)
+    float16 rows of all their tokens in order, each document encoded straight into its place."""
+    check_encoding(encoding, dim)
+    n = sum(len(x) for x in docs)
+    codes = np.empty((n, code_bytes(encoding, dim)), dtype=np.uint8)
+    scales = np.empty(n if encoding in ("int8", "binary") else 0, dtype=np.float32)
+    halves = np.empty((n, dim) if originals else 0, dtype=np.float16)
+    start = 0
+    for x in docs:
+        half = np.asarray(x).dtype == np.float16
+        x = np.ascontiguousarray(x, dtype=np.float16 if half else np.float32)
+        end = start + len(x)
+        _maxsim.encode(_KERNEL_ID[encoding], x, half, dim, codes[start:end], scales[start:end] if len(scales) else
+                       scales, halves[start:end] if originals else halves)
+        start = end
+    return codes, scales, halves
 
 
 def decode_tokens(codes: np.ndarray, scales: np.ndarray, encoding: str, dim: int) -> np.ndarray:

@@ -14,10 +14,10 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 def pool_tokens(vectors: np.ndarray, pool_factor: int) -> np.ndarray:
     """The pooled token vectors of one document: (n, h) -> (<= ceil(n / pool_factor), h) float32, rows in
-    the order of their clusters' first token; unchanged when pool_factor is 1 or n < 2."""
+    the order of their clusters' first token; the rows as given (any float dtype) when pool_factor is 1 or n < 2."""
+    if pool_factor == 1 or len(vectors) < 2:
+        return vectors
     x = np.asarray(vectors, dtype=np.float32)
-    if pool_factor == 1 or len(x) < 2:
-        return x
     labels = fcluster(linkage(x.astype(np.float64), method="ward"), t=math.ceil(len(x) / pool_factor),
                       criterion="maxclust")
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)

@@ -45,7 +45,7 @@ class DocBatch:
         payloads: one `{"id", "meta", ["text"]}` dict per document.
         dense: (n, h) float32, or None.
         sparse: n SparseVectors, or None.
-        colbert: n arrays (n_tok_i, h) float32, or None.
+        colbert: n arrays (n_tok_i, h) float32 (float16 too for the token store), or None.
     """
 
     ids: list[str]

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from m3embed.diskspace import allocated_bytes
-from m3embed.index.maxsim import QueryCode, code_bytes, decode_tokens, encode_tokens, maxsim
+from m3embed.index.maxsim import QueryCode, code_bytes, decode_tokens, encode_documents, maxsim
 
 ROW_KEY = "cb"  # the payload key holding a point's row number
 _CURRENT = "CURRENT"
@@ -98,26 +98,22 @@ class TokenStore:
         start = self._maps.codes.shape[0]
         first_row = self._maps.rows.shape[0]
         rows = np.empty((len(docs), 2), dtype=np.int64)
-        xs = []
         for i, x in enumerate(docs):
-            x = np.asarray(x, dtype=np.float32)
-            if x.ndim != 2 or x.shape[1] != self.dim:
-                raise ValueError(f"colbert vectors of shape {x.shape}, but the token store holds rows of size "
+            if np.ndim(x) != 2 or np.shape(x)[1] != self.dim:
+                raise ValueError(f"colbert vectors of shape {np.shape(x)}, but the token store holds rows of size "
                                  f"{self.dim}")
-            xs.append(x)
             rows[i] = start, len(x)
             start += len(x)
         written = []
-        if xs:
-            x = np.concatenate(xs)
-            codes, scales = encode_tokens(x, self.encoding)
-            codes_f.write(codes.tobytes())
+        if len(docs):
+            codes, scales, halves = encode_documents(docs, self.encoding, self.dim, self.originals)
+            codes_f.write(codes.data)
             written.append(codes_f)
             if self._scaled:
-                scales_f.write(scales.tobytes())
+                scales_f.write(scales.data)
                 written.append(scales_f)
             if self.originals:
-                originals_f.write(x.astype(np.float16).tobytes())
+                originals_f.write(halves.data)
                 written.append(originals_f)
         for f in written:
             f.flush()
