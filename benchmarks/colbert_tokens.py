@@ -13,6 +13,16 @@ Ratios are against the engine-native path (Qdrant Edge's multivector field, floa
 store) and the floor, measured in this run; the load average is printed with every figure.
 
     python benchmarks/colbert_tokens.py --sizes 10000 --storages binary float16 engine
+
+`--part quality` is the study behind the default encoding: each shipped model (bfloat16; passages cut at 256
+tokens, queries at the model's own length) encodes each shared set once (cached under --cache), then every
+encoding (float32 = exact scoring, float16, int8, binary, binary with float16 originals rescoring the best
+oversampling x 10) x pool factor 1/2 gets its own token-store index from those outputs, searched with `colbert`
+and `all` (k 10, 100 + 100 candidates) and scored with pytrec_eval (nDCG@10); the ColBERT bytes per token are
+the token store's allocated bytes over its tokens (its files are memory-mapped: the same bytes are what it
+keeps in RAM when hot). Quality does not depend on the load, so this part may run beside other work.
+
+    python benchmarks/colbert_tokens.py --part quality --out runs/token_quality.jsonl
 """
 
 from __future__ import annotations
@@ -89,14 +99,102 @@ def floor(index: Index, docs, queries, reps: int) -> np.ndarray:
     return timed(run, reps)
 
 
+# ---- quality ----
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+LANGS = ("en", "de", "es", "ru", "zh", "ar")
+QUALITY_SETS = {**{f"classic/{name}": "qrels.tsv" for name in ("adi", "cacm", "cranfield", "lisa", "medline", "time")},
+                **{f"xquad/{lang}": "qrels.dev.tsv" for lang in LANGS},
+                **{f"xquad_r/{lang}": "qrels.dev.tsv" for lang in LANGS},
+                "longdoc_leval": "qrels.tsv"}
+QUALITY_STORAGES = {
+    "float32": ColbertStorage(dtype="float32"),
+    "float16": ColbertStorage(),
+    "int8": ColbertStorage("int8", originals="none", rescore=False),
+    "binary": ColbertStorage("binary", originals="none", rescore=False),
+    "binary+rescore": ColbertStorage("binary"),  # float16 originals on disk rescore the best oversampling x k
+}
+
+
+def encoded(name: str, model_name: str, model, cache: Path):
+    """A shared set and its corpus and queries encoded by the model, from the cache when there."""
+    import pickle
+
+    from m3embed.evaluate import load_dataset
+
+    dataset = load_dataset(DATA / name, qrels=QUALITY_SETS[name])
+    path = cache / model_name / (name.replace("/", "_") + ".pkl")
+    if path.exists():
+        return (dataset, *pickle.loads(path.read_bytes()))
+    modes = ("dense", "sparse", "colbert")
+    docs = model.encode_corpus(dataset.doc_texts, modes=modes, max_length=256)
+    queries = model.encode_queries(list(dataset.queries.values()), modes=modes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps((docs, queries)))
+    return dataset, docs, queries
+
+
+def part_quality(args: argparse.Namespace) -> None:
+    import json
+    from dataclasses import replace
+
+    from m3embed.evaluate import evaluate_run
+    from m3embed.model import M3Model
+
+    done = set()
+    if args.out.exists():  # resumable: rows already written are kept
+        done = {(r["model"], r["set"], r["encoding"], r["pool_factor"])
+                for r in map(json.loads, args.out.read_text().splitlines())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for model_name in args.models:
+        model = M3Model.from_pretrained(model_name, dtype="bfloat16")
+        for name in args.sets:
+            t = time.perf_counter()
+            dataset, docs, queries = encoded(name, model_name, model, args.cache)
+            print(f"{model_name} {name}: {len(docs)} docs, {len(queries)} queries ({time.perf_counter() - t:.0f} s)",
+                  flush=True)
+            for pool in (1, 2):
+                for encoding in args.encodings:
+                    if (model_name, name, encoding, pool) in done:
+                        continue
+                    storage = replace(QUALITY_STORAGES[encoding], pool_factor=pool)
+                    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+                        index = Index.create(Path(tmp) / "i", fingerprint=model.fingerprint, model_name=model_name,
+                                             dim=model.hidden_size, colbert_storage=storage, store_text=False)
+                        for start in range(0, len(docs), 512):
+                            part = range(start, min(start + 512, len(docs)))
+                            index.add_outputs([dataset.doc_ids[i] for i in part], docs.select(part))
+                        index.optimize()
+                        row = {"model": model_name, "set": name, "encoding": encoding, "pool_factor": pool}
+                        for mode in ("colbert", "all"):
+                            hits = index.run(index.prepare(k=10, mode=mode, candidates=100, with_text=False), queries)
+                            run = {q: {h.id: h.score for h in found} for q, found in zip(dataset.queries, hits)}
+                            row[mode] = round(evaluate_run(dataset.qrels, run)["nDCG@10"], 4)
+                        info = index.info()
+                        row["colbert_tokens"] = info["colbert_tokens"]
+                        row["colbert_bytes_per_token"] = round(info["colbert_disk_bytes"] / info["colbert_tokens"], 1)
+                        index.close()
+                    print(json.dumps(row), flush=True)
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["speed", "quality"], default="speed")
+    p.add_argument("--models", nargs="+", default=["minilm-m3", "e5-m3-small"])
+    p.add_argument("--sets", nargs="+", default=list(QUALITY_SETS), choices=list(QUALITY_SETS))
+    p.add_argument("--encodings", nargs="+", default=list(QUALITY_STORAGES), choices=list(QUALITY_STORAGES))
+    p.add_argument("--cache", type=Path, default=Path("runs/token_quality_cache"))
+    p.add_argument("--out", type=Path, default=Path("runs/token_quality.jsonl"))
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     p.add_argument("--storages", nargs="+", default=["binary", "float16", "engine"], choices=list(STORAGES))
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args()
+    if args.part == "quality":
+        return part_quality(args)
     print(f"kernel: {kernel_isa()}; {os.cpu_count()} CPUs; {load()}")
     for n in args.sizes:
         docs = synthetic.corpus(n, colbert=False, seed=0)
