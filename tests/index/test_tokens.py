@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 
 from m3embed.index import ColbertStorage, Index
-from m3embed.index.maxsim import ENCODINGS, decode_tokens, encode_query, encode_tokens, maxsim
+from m3embed.index import maxsim as maxsim_module
+from m3embed.index.maxsim import (
+    ENCODINGS,
+    ISAS,
+    decode_tokens,
+    encode_query,
+    encode_tokens,
+    kernel_isa,
+    limit_isa,
+    maxsim,
+)
 from m3embed.index.tokens import TokenStore
 from m3testkit import synthetic
 
@@ -39,9 +49,21 @@ def _reference(query, codes, scales, encoding: str, starts, counts) -> np.ndarra
     return np.array([(q @ docs[s:s + c].T).max(axis=1).sum() if c else 0.0 for s, c in zip(starts, counts)])
 
 
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest):
+    """Each kernel level this CPU has (the others run as the best level it has: skipped)."""
+    limit_isa(request.param)
+    try:
+        if kernel_isa() != request.param:
+            pytest.skip(f"this CPU has no {request.param} kernels")
+        yield request.param
+    finally:
+        limit_isa(ISAS[-1])
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("dim", [64, 72, 1024])  # 72: not a multiple of 32, the portable loops
-def test_kernel_equals_numpy_over_the_decoded_codes(encoding: str, dim: int) -> None:
+def test_kernel_equals_numpy_over_the_decoded_codes(encoding: str, dim: int, isa: str) -> None:
     rng = np.random.default_rng(dim)
     counts = rng.integers(0, 12, 30)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -52,6 +74,18 @@ def test_kernel_equals_numpy_over_the_decoded_codes(encoding: str, dim: int) -> 
     want = _reference(query, codes, scales, encoding, starts[order], counts[order])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert (got[counts[order] == 0] == 0).all()
+
+
+def test_candidates_split_over_threads_score_as_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 40, 300)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    codes, scales = encode_tokens(_unit(rng, int(counts.sum())), "binary")
+    query = encode_query(_unit(rng, 9), "binary")
+    whole = maxsim(query, codes, scales, starts, counts)
+    monkeypatch.setattr(maxsim_module, "SPLIT_TOKENS", 100)
+    monkeypatch.setattr(maxsim_module, "_THREADS", 3)
+    np.testing.assert_array_equal(maxsim(query, codes, scales, starts, counts), whole)
 
 
 def _numpy_codes(x: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:

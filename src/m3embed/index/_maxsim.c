@@ -7,9 +7,9 @@
  *   binary:  x_t = scale_t * sign_t (one bit per dimension, 1 = +1, np.packbits order), the query given as
  *            int8 q_i / qscale_i, with dot(q_i, sign_t) = 2 * (sum of q_i over the set bits) - sum(q_i).
  * Integer products are exact; the query is quantized once per search by the caller (m3embed/index/maxsim.py).
- * Each token is decoded once into a small buffer and dotted with every query row. The AVX2 paths are chosen at
- * run time (__builtin_cpu_supports); the portable loops give the same results (integers exactly, floats up to
- * summation order). The GIL is released while scoring, so searches in several threads run in parallel.
+ * Each token is decoded once into a small buffer and dotted with every query row. The AVX2 paths, and for binary
+ * codes an AVX-512 VNNI path, are chosen at run time (__builtin_cpu_supports; `limit` caps them); the portable
+ * loops give the same results (integers exactly, floats up to summation order). The GIL is released while scoring, so searches in several threads run in parallel.
  *
  * `encode` makes the codes of token rows (float32 or float16) in one pass per row, as maxsim.py documents them:
  * float16 rounds to nearest even (as NumPy's astype), int8 = rint(x / s) with s = max|x| / 127, binary = the sign
@@ -241,7 +241,68 @@ __attribute__((target("avx2"))) static void dots_bits_avx2(const int8_t *q, int 
         out[i] = hsum_epi32(w);
     }
 }
+
+/* ---- AVX-512 VNNI kernel for binary codes (dim a multiple of 64) ----
+ * A code's 8 bytes for 64 dimensions, read as one little-endian 64-bit mask, set bit 8b + j for dimension
+ * 8b + 7 - j (np.packbits order). The query rows are given to it with each group of 8 dimensions reversed
+ * (`permute_groups`), so mask bit m selects query byte m: the sum of q over the set bits is one masked move
+ * (the bits as 0/1 bytes) and one dpbusd (u8 x s8 -> int32) per 64 dimensions and query row. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dots_bits_vnni(const int8_t *q, int nq, int dim,
+                                                                                 const uint8_t *code,
+                                                                                 uint8_t *bits, int32_t *out) {
+    const __m512i one = _mm512_set1_epi8(1);
+    int chunks = dim / 64;
+    for (int c = 0; c < chunks; c++) {
+        uint64_t m;
+        memcpy(&m, code + 8 * c, 8);
+        _mm512_storeu_si512(bits + 64 * c, _mm512_maskz_mov_epi8((__mmask64)m, one));
+    }
+    int i = 0;
+    for (; i + 4 <= nq; i += 4) {
+        const int8_t *q0 = q + (size_t)i * dim, *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (int c = 0; c < chunks; c++) {
+            __m512i b = _mm512_loadu_si512(bits + 64 * c);
+            a0 = _mm512_dpbusd_epi32(a0, b, _mm512_loadu_si512(q0 + 64 * c));
+            a1 = _mm512_dpbusd_epi32(a1, b, _mm512_loadu_si512(q1 + 64 * c));
+            a2 = _mm512_dpbusd_epi32(a2, b, _mm512_loadu_si512(q2 + 64 * c));
+            a3 = _mm512_dpbusd_epi32(a3, b, _mm512_loadu_si512(q3 + 64 * c));
+        }
+        out[i] = _mm512_reduce_add_epi32(a0), out[i + 1] = _mm512_reduce_add_epi32(a1);
+        out[i + 2] = _mm512_reduce_add_epi32(a2), out[i + 3] = _mm512_reduce_add_epi32(a3);
+    }
+    for (; i < nq; i++) {
+        const int8_t *qi = q + (size_t)i * dim;
+        __m512i a = _mm512_setzero_si512();
+        for (int c = 0; c < chunks; c++)
+            a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(bits + 64 * c), _mm512_loadu_si512(qi + 64 * c));
+        out[i] = _mm512_reduce_add_epi32(a);
+    }
+}
 #endif
+
+static int isa_cap = 2; /* 2: every kernel the CPU has, 1: at most AVX2, 0: the portable loops (`limit`) */
+
+static int use_vnni(int dim) {
+#ifdef M3_X86
+    static int cpu = -1;
+    if (cpu < 0) {
+        __builtin_cpu_init();
+        cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vnni");
+    }
+    return isa_cap >= 2 && cpu && dim % 64 == 0;
+#else
+    (void)dim;
+    return 0;
+#endif
+}
+
+/* each group of 8 values reversed (the order the VNNI kernel reads binary codes in) */
+static void permute_groups(const int8_t *q, size_t n, int8_t *out) {
+    for (size_t g = 0; g < n; g += 8)
+        for (int j = 0; j < 8; j++) out[g + j] = q[g + 7 - j];
+}
 
 static int use_avx2(int dim) {
 #ifdef M3_X86
@@ -250,7 +311,7 @@ static int use_avx2(int dim) {
         __builtin_cpu_init();
         cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
-    return cpu && dim % 32 == 0;
+    return isa_cap >= 1 && cpu && dim % 32 == 0;
 #else
     (void)dim;
     return 0;
@@ -260,7 +321,7 @@ static int use_avx2(int dim) {
 /* ---- one query against many documents ---- */
 
 typedef struct {
-    int encoding, nq, dim, avx2;
+    int encoding, nq, dim, avx2, vnni; /* vnni: binary codes scored by dots_bits_vnni, q permuted for it */
     const void *q;        /* float32 (float32, float16), int16 (int8) or int8 (binary), (nq, dim) */
     const float *qscale;  /* (nq,) for the integer encodings */
     const float *qsum;    /* (nq,) sum of the integer query row, binary */
@@ -319,7 +380,9 @@ static void score_docs(const Query *Q, const int64_t *starts, const int64_t *cou
                 continue;
             }
 #ifdef M3_X86
-            if (Q->avx2) {
+            if (Q->vnni) {
+                dots_bits_vnni((const int8_t *)Q->q, nq, dim, code, (uint8_t *)buf, idots);
+            } else if (Q->avx2) {
                 decode_bits_avx2(code, dim, (uint8_t *)buf);
                 dots_bits_avx2((const int8_t *)Q->q, nq, dim, (const uint8_t *)buf, idots);
             } else
@@ -361,6 +424,7 @@ static PyObject *maxsim(PyObject *self, PyObject *args) {
     void *buf = NULL;
     float *best = NULL, *fdots = NULL;
     int32_t *idots = NULL;
+    int8_t *permuted = NULL;
     Py_ssize_t n = starts.len / 8;
     int floats = encoding == ENC_FLOAT16 || encoding == ENC_FLOAT32;
     size_t code_bytes = encoding == ENC_FLOAT32   ? 4 * (size_t)dim
@@ -387,7 +451,16 @@ static PyObject *maxsim(PyObject *self, PyObject *args) {
         }
     }
     if (!floats && !need(&scales, 4 * tokens, "scales")) goto done;
-    buf = PyMem_RawMalloc(4 * (size_t)dim + 64);
+    int vnni = encoding == ENC_BINARY && use_vnni(dim);
+    buf = PyMem_RawMalloc(4 * (size_t)dim + 64); /* dim / 64 zmm registers' worth for the VNNI kernel: dim bytes */
+    if (vnni) {
+        permuted = PyMem_RawMalloc((size_t)nq * dim);
+        if (!permuted) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        permute_groups((const int8_t *)q.buf, (size_t)nq * dim, permuted);
+    }
     best = PyMem_RawMalloc(4 * (size_t)nq);
     fdots = PyMem_RawMalloc(4 * (size_t)nq);
     idots = PyMem_RawMalloc(4 * (size_t)nq);
@@ -395,7 +468,8 @@ static PyObject *maxsim(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Query Q = {encoding, nq, dim, use_avx2(dim), q.buf, (const float *)qscale.buf, (const float *)qsum.buf,
+    Query Q = {encoding, nq, dim, use_avx2(dim), vnni, vnni ? (const void *)permuted : q.buf,
+               (const float *)qscale.buf, (const float *)qsum.buf,
                (const uint8_t *)codes.buf, (const float *)scales.buf, code_bytes};
     Py_BEGIN_ALLOW_THREADS
     score_docs(&Q, st, ct, n, (float *)out.buf, buf, best, idots, fdots);
@@ -403,7 +477,7 @@ static PyObject *maxsim(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    PyMem_RawFree(buf), PyMem_RawFree(best), PyMem_RawFree(fdots), PyMem_RawFree(idots);
+    PyMem_RawFree(buf), PyMem_RawFree(best), PyMem_RawFree(fdots), PyMem_RawFree(idots), PyMem_RawFree(permuted);
     PyBuffer_Release(&q), PyBuffer_Release(&qscale), PyBuffer_Release(&qsum), PyBuffer_Release(&codes);
     PyBuffer_Release(&scales), PyBuffer_Release(&starts), PyBuffer_Release(&counts), PyBuffer_Release(&out);
     return result;
@@ -546,10 +620,24 @@ done:
 
 static PyObject *simd(PyObject *self, PyObject *args) {
     (void)self, (void)args;
-    return PyUnicode_FromString(use_avx2(32) ? "avx2" : "portable");
+    return PyUnicode_FromString(use_vnni(64) ? "avx512-vnni" : use_avx2(32) ? "avx2" : "portable");
+}
+
+/* limit(level): use at most level 2 (every kernel), 1 (AVX2) or 0 (portable); for tests and comparisons */
+static PyObject *limit(PyObject *self, PyObject *args) {
+    (void)self;
+    int level;
+    if (!PyArg_ParseTuple(args, "i", &level)) return NULL;
+    if (level < 0 || level > 2) {
+        PyErr_Format(PyExc_ValueError, "limit: level %d, expected 0 (portable), 1 (avx2) or 2 (all)", level);
+        return NULL;
+    }
+    isa_cap = level;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
+    {"limit", limit, METH_VARARGS, "Use at most these kernels: 2 every one the CPU has, 1 AVX2, 0 portable."},
     {"maxsim", maxsim, METH_VARARGS, "Sum over query rows of the max dot with each document's decoded tokens."},
     {"encode", encode, METH_VARARGS, "Codes (and float16 originals) of float32 or float16 token rows."},
     {"simd", simd, METH_NOARGS, "The instruction set the kernels use on this CPU."},

@@ -11,6 +11,7 @@ A token row x (unit norm, `dim` values) is stored as a fixed-width code in one o
 
 `maxsim` scores one query against many documents in one call of the compiled kernel (`_maxsim.c`): each
 document's tokens are decoded once, in cache, and dotted with every query row; nothing is decoded into memory.
+Large candidate sets are split over the CPU's cores (the kernel releases the GIL).
 The query stays in higher precision than the documents (asymmetric scoring): float32 against float codes,
 int16 against int8 codes and int8 against bits, using q·(±1) = 2·(sum of q over the set bits) − sum(q).
 `decode_tokens` gives the float rows a code stands for, so a NumPy reference computes the same scores. The
@@ -20,7 +21,10 @@ closest to a query row, and their scores stay on the float scale that the hybrid
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,16 +146,47 @@ def maxsim(query: QueryCode, codes: np.ndarray, scales: np.ndarray, starts: np.n
     if starts.shape != counts.shape:
         raise ValueError(f"{len(starts)} starts but {len(counts)} counts; give one of each per document")
     out = np.empty(len(starts), dtype=np.float32)
-    if len(starts):
-        n_q, dim = query.rows.shape
-        _maxsim.maxsim(_KERNEL_ID[query.encoding], query.rows, query.scale, query.total, n_q, dim,
-                       _c_bytes(codes), _c_bytes(scales), starts, counts, out)
+    if not len(starts):
+        return out
+    n_q, dim = query.rows.shape
+    codes, scales = _c_bytes(codes), _c_bytes(scales)
+
+    def run(part: slice) -> None:
+        _maxsim.maxsim(_KERNEL_ID[query.encoding], query.rows, query.scale, query.total, n_q, dim, codes, scales,
+                       starts[part], counts[part], out[part])
+
+    threads = min(_THREADS, int(counts.sum()) // SPLIT_TOKENS)
+    if threads < 2:
+        run(slice(None))
+        return out
+    # documents in `threads` runs of about equal tokens, scored at once (the kernel releases the GIL)
+    cuts = np.searchsorted(np.cumsum(counts), np.linspace(0, counts.sum(), threads + 1)[1:-1])
+    bounds = [0, *cuts.tolist(), len(starts)]
+    list(_pool().map(run, [slice(a, b) for a, b in zip(bounds, bounds[1:])]))
     return out
 
 
+SPLIT_TOKENS = 4096  # a search scores its candidates in one thread per this many tokens, up to the CPU count
+_THREADS = os.cpu_count() or 1
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_THREADS, thread_name_prefix="m3embed-maxsim")
+
+
+ISAS = ("portable", "avx2", "avx512-vnni")  # the kernels, each level using those before it where it has none
+
+
 def kernel_isa() -> str:
-    """"avx2" where the CPU runs the vector kernels, else "portable"."""
+    """The best kernels this CPU runs (within `limit_isa`): "avx512-vnni" (binary codes; AVX2 for the others),
+    "avx2" or "portable"."""
     return _maxsim.simd()
+
+
+def limit_isa(isa: str) -> None:
+    """Use at most the kernels of `isa` (one of ISAS), e.g. to compare them or test each on one CPU."""
+    _maxsim.limit(ISAS.index(isa))
 
 
 def _c_bytes(a: np.ndarray) -> np.ndarray:
