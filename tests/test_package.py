@@ -183,7 +183,7 @@ LAYERS = (
     ("inference", ("m3embed.encode", "m3embed.onednn", "m3embed.quantize", "m3embed.model", "m3embed.rerank")),
     ("scale", ("m3embed.shards", "m3embed.pool", "m3embed.ray_data")),
     ("stores", ("m3embed.index",)),
-    ("uses", ("m3embed.evaluate", "m3embed.train", "m3embed.flag")),
+    ("uses", ("m3embed.evaluate", "m3embed.train", "m3embed.flag", "m3embed.integrations")),
     ("shells", ("m3embed.cli", "m3embed.__main__", "m3embed.server", "m3embed.demo")),
 )
 # the shells, imported by nothing but shells; one shell uses another only inside a function (cli runs `serve`
