@@ -177,13 +177,13 @@ def test_no_import_cycles() -> None:
 LAYERS = (
     ("leaves", ("m3embed", "m3embed._optional", "m3embed._progress", "m3embed.errors", "m3embed.modes",
                 "m3embed.diskspace",
-                "m3embed.documents", "m3embed.types", "m3embed.corpus")),
+                "m3embed.documents", "m3embed.types", "m3embed.corpus", "m3embed.sparse_formats")),
     ("checkpoints", ("m3embed.checkpoint", "m3embed.e5q4", "m3embed.sources", "m3embed.identity")),
     ("text and scores", ("m3embed.tokenize", "m3embed.scoring")),
     ("inference", ("m3embed.encode", "m3embed.onednn", "m3embed.quantize", "m3embed.model", "m3embed.rerank")),
     ("scale", ("m3embed.shards", "m3embed.pool", "m3embed.ray_data")),
     ("stores", ("m3embed.index",)),
-    ("uses", ("m3embed.evaluate", "m3embed.train")),
+    ("uses", ("m3embed.evaluate", "m3embed.train", "m3embed.flag", "m3embed.integrations")),
     ("shells", ("m3embed.cli", "m3embed.__main__", "m3embed.server", "m3embed.demo")),
 )
 # the shells, imported by nothing but shells; one shell uses another only inside a function (cli runs `serve`

@@ -9,12 +9,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from m3embed.flag import BGEM3FlagModel, FlagReranker
     from m3embed.index import Index, open_index
     from m3embed.model import M3Model
     from m3embed.modes import MODES
     from m3embed.types import Hit, M3Output, SparseVector
 
 _EXPORTS = {
+    "BGEM3FlagModel": "m3embed.flag",
+    "FlagReranker": "m3embed.flag",
     "Index": "m3embed.index",
     "open_index": "m3embed.index",
     "M3Model": "m3embed.model",
@@ -24,7 +27,8 @@ _EXPORTS = {
     "SparseVector": "m3embed.types",
 }
 
-__all__ = ["MODES", "Hit", "Index", "M3Model", "M3Output", "SparseVector", "open_index"]
+__all__ = ["MODES", "BGEM3FlagModel", "FlagReranker", "Hit", "Index", "M3Model", "M3Output", "SparseVector",
+           "open_index"]
 __version__ = "0.1.0"
 
 

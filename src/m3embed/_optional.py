@@ -8,7 +8,11 @@ from types import ModuleType
 EXTRAS = {"serve": "the HTTP service (m3embed serve)", "eval": "evaluation (m3embed eval)",
           "ray": "encoding and loading on Ray (--ray)", "e5": "the multilingual model e5-m3-small",
           "parquet": "Parquet input and encoded shards",
-          "qdrant": "the qdrant engine (a Qdrant server, --engine qdrant)"}
+          "qdrant": "the qdrant engine (a Qdrant server, --engine qdrant)",
+          "langchain": "the LangChain integration (m3embed.integrations.langchain)",
+          "llamaindex": "the LlamaIndex integration (m3embed.integrations.llama_index)",
+          "haystack": "the Haystack integration (m3embed.integrations.haystack)",
+          "mteb": "the MTEB encoder (m3embed.integrations.mteb)"}
 
 
 class MissingExtra(ImportError):

@@ -1,0 +1,129 @@
+"""LangChain, LlamaIndex and Haystack adapters against the real packages: each retriever returns `Index.search`'s
+ids and scores for every mode, filter and rerank; the embedders put the query / passage prompts on the right
+side; the examples in examples/ run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m3embed.index import open_index
+from m3embed.model import M3Model
+from m3embed.modes import SEARCH_MODES
+from m3embed.rerank import Reranker
+from m3testkit.checkpoints import sample_texts
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("llama_index.core")
+pytest.importorskip("haystack")
+
+from m3embed.integrations import haystack as hs  # noqa: E402
+from m3embed.integrations import langchain as lc  # noqa: E402
+from m3embed.integrations import llama_index as li  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = sample_texts(40)
+QUERY = TEXTS[3][:40]
+
+
+@pytest.fixture(scope="module")
+def model(xlmr_ckpt: Path) -> M3Model:
+    return M3Model.from_pretrained(xlmr_ckpt, device="cpu", query_prefix="query: ", passage_prefix="passage: ")
+
+
+@pytest.fixture(scope="module")
+def index(model: M3Model, tmp_path_factory: pytest.TempPathFactory):
+    idx = open_index(tmp_path_factory.mktemp("idx") / "i", model, create=True)
+    idx.add([f"d{i}" for i in range(len(TEXTS))], TEXTS, [{"lang": ("en", "de")[i % 2], "n": i} for i in
+                                                          range(len(TEXTS))])
+    yield idx
+    idx.close()
+
+
+def _langchain(index, query: str, **options) -> list[tuple[str, float, str | None]]:
+    filter = options.pop("filter", None)
+    retriever = lc.M3Retriever(index=index, **options)
+    docs = retriever.invoke(query, filter=filter) if filter else retriever.invoke(query)
+    assert all(d.metadata["score"] is not None for d in docs)
+    return [(d.id, d.metadata["score"], d.page_content) for d in docs]
+
+
+def _llama_index(index, query: str, **options) -> list[tuple[str, float, str | None]]:
+    return [(n.node.id_, n.score, n.node.get_content()) for n in li.M3Retriever(index, **options).retrieve(query)]
+
+
+def _haystack(index, query: str, **options) -> list[tuple[str, float, str | None]]:
+    options["top_k"] = options.pop("k")
+    filters = options.pop("filter", None)
+    docs = hs.M3Retriever(index, **options).run(query=query, filters=filters)["documents"]
+    return [(d.id, d.score, d.content) for d in docs]
+
+
+FRAMEWORKS = {"langchain": _langchain, "llama_index": _llama_index, "haystack": _haystack}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("mode", [None, *SEARCH_MODES])
+def test_retriever_is_index_search(index, framework: str, mode: str | None) -> None:
+    expected = [(h.id, h.score, h.text) for h in index.search(QUERY, k=5, mode=mode)]
+    assert len(expected) == 5
+    assert FRAMEWORKS[framework](index, QUERY, k=5, mode=mode) == expected
+    if mode is None:  # the default is the fullest mode the index stores: all
+        assert expected == [(h.id, h.score, h.text) for h in index.search(QUERY, k=5, mode="all")]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_retriever_filter_weights_and_rerank(index, framework: str, xlmr_reranker: Path) -> None:
+    reranker = Reranker.from_pretrained(xlmr_reranker, device="cpu")
+    for options in ({"filter": {"lang": "de"}}, {"weights": (1.0, 0.0, 0.5), "mode": "all"},
+                    {"reranker": reranker, "rerank_top": 12, "mode": "dense+sparse"}):
+        expected = [(h.id, h.score, h.text) for h in index.search(QUERY, k=4, **options)]
+        got = FRAMEWORKS[framework](index, QUERY, k=4, **dict(options))
+        assert got == expected, options
+        if "filter" in options:
+            assert all(int(i[1:]) % 2 == 1 for i, _, _ in got)
+
+
+def test_langchain_invoke_overrides_k(index) -> None:
+    docs = lc.M3Retriever(index=index, k=5).invoke(QUERY, k=2)
+    assert [d.id for d in docs] == [h.id for h in index.search(QUERY, k=2)]
+
+
+def test_embedders_put_prompts_on_the_right_side(model: M3Model) -> None:
+    docs, query = TEXTS[:5], TEXTS[7]
+    passage_vecs = model.encode_corpus(docs).dense  # "passage: " + text
+    query_vec = model.encode_queries([query]).dense[0]  # "query: " + text
+    assert not np.allclose(query_vec, model.encode_corpus([query]).dense[0])  # the prompts matter here
+
+    np.testing.assert_allclose(lc.M3Embeddings(model).embed_documents(docs), passage_vecs, atol=1e-6)
+    np.testing.assert_allclose(lc.M3Embeddings(model).embed_query(query), query_vec, atol=1e-6)
+
+    embed = li.M3Embedding(model)
+    np.testing.assert_allclose(embed.get_text_embedding_batch(docs), passage_vecs, atol=1e-6)
+    np.testing.assert_allclose(embed.get_text_embedding(docs[0]), passage_vecs[0], atol=1e-6)
+    np.testing.assert_allclose(embed.get_query_embedding(query), query_vec, atol=1e-6)
+
+    from haystack import Document
+
+    out = hs.M3DocumentEmbedder(model).run(documents=[Document(content=t, id=str(i)) for i, t in enumerate(docs)])
+    np.testing.assert_allclose([d.embedding for d in out["documents"]], passage_vecs, atol=1e-6)
+    assert [d.id for d in out["documents"]] == [str(i) for i in range(len(docs))]
+    np.testing.assert_allclose(hs.M3TextEmbedder(model).run(text=query)["embedding"], query_vec, atol=1e-6)
+    with pytest.raises(TypeError, match="M3DocumentEmbedder"):
+        hs.M3TextEmbedder(model).run(text=[query])
+
+
+@pytest.mark.parametrize("example", ["langchain_retriever", "llama_index_retriever", "haystack_pipeline"])
+def test_example_runs(example: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / f"{example}.py"), str(tmp_path / "index")],
+                         cwd=ROOT / "examples", env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].split()[1] == "bge-m3:", run.stdout  # the best hit for "which model gives sparse and dense"
+    assert "filtered: ['panda']" in lines
