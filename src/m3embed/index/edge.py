@@ -228,18 +228,21 @@ class EdgeStore(Store):
         head = qe.PayloadSelector.Include([ROW_KEY]) if colbert_weighted else False  # rows only where scored
         found = self._query([qe.QueryRequest(limit=r.limit, query=_nearest(r, queries), filter=flt,
                                              params=_params(r), with_payload=head) for r in plan.routes])
-        at: dict[Any, int] = {}
+        # union positions keyed by the ids' integers (the binding makes a new UUID at every read of `.id`, and a
+        # UUID hashes in Python)
+        at: dict[int, int] = {}
         pids, rows = [], []
-        found_at = []  # per route, the union position of each point it found (the binding makes ids anew per read)
+        found_at = []  # per route, the union position of each point it found
         for points in found:
             where = []
             for p in points:
                 pid = p.id
-                if pid not in at:
-                    at[pid] = len(pids)
+                j = at.get(pid.int)
+                if j is None:
+                    j = at[pid.int] = len(pids)
                     pids.append(pid)
                     rows.append(p.payload.get(ROW_KEY, -1) if colbert_weighted else -1)
-                where.append(at[pid])
+                where.append(j)
             found_at.append(where)
         if not pids:
             return []
@@ -261,7 +264,7 @@ class EdgeStore(Store):
                     filter=qe.Filter(must=[qe.HasIdCondition({pids[i] for i in missing})]), with_payload=False)))
         for (score, missing, _), points in zip(fills, self._query([f[2] for f in fills]) if fills else []):
             score[missing] = 0.0  # a document the sparse search does not return shares no id with the query
-            score[[at[p.id] for p in points]] = [p.score for p in points]
+            score[[at[p.id.int] for p in points]] = [p.score for p in points]
         for using, score in scores:
             total += weight[using] * score
             base += first[using] * score

@@ -65,7 +65,8 @@ def measure_ram(location: str | Path, collection: str | None = None) -> dict[str
       freed memory (glibc `malloc_trim`), over the process with the engines' modules imported;
     - `ram_peak_bytes`: the peak while opening (Qdrant Edge replays its write-ahead log then);
     - `wal_ram_bytes`: the part of `ram_bytes` that is the engine's write-ahead log mapped in (page cache
-      the system can reclaim), Qdrant Edge only.
+      the system can reclaim), Qdrant Edge only;
+    - `open_s`: seconds `Index.open` and the count took.
     """
     cmd = [sys.executable, "-m", "m3embed.index.ram_probe", str(location)] + ([collection] if collection else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
