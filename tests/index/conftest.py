@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from m3embed import scoring
-from m3embed.index import Index
+from m3embed.index import ColbertStorage, Index
 from m3embed.types import M3Output
 from m3testkit import synthetic
 
@@ -38,12 +38,16 @@ def engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_index(tmp_path: Path) -> Callable[..., Index]:
     """`make_index(engine, **create_options)`: a new empty index on that engine, closed after the test
-    ("edge-engine": Qdrant Edge with ColBERT in its multivector field, as indexes of format <= 3 keep it)."""
+    ("edge-engine": Qdrant Edge with ColBERT in its multivector field, as indexes of format <= 3 keep it).
+    ColBERT is stored in float16 unless told otherwise (exact scores to compare with NumPy; the default for new
+    token-store indexes, binary codes, is tested in test_tokens.py)."""
     made: list[Index] = []
 
     def _make(engine: str, name: str = "idx", **options) -> Index:
         options.setdefault("fingerprint", "synthetic-test")
         options.setdefault("dim", DIM)
+        if "colbert" in options.get("modes", ("colbert",)):
+            options.setdefault("colbert_storage", ColbertStorage())
         if engine == "qdrant-memory":
             index = Index.create(":memory:", engine="qdrant", **options)
         elif engine == "edge-engine":

@@ -278,7 +278,7 @@ def test_qdrant_local_mode_returns_the_token_store_hits(tmp_path: Path, data, mo
     """The server path (Qdrant's multivector field, here qdrant-client's local mode) and the directory path
     (the token store, float16) rank the same documents with the same scores."""
     ids, docs, queries = data
-    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM) as directory, \
+    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM, colbert_storage=ColbertStorage()) as directory, \
             Index.create(":memory:", engine="qdrant", fingerprint="t", dim=DIM) as server:
         assert directory.manifest.colbert_store == "tokens" and server.manifest.colbert_store == "engine"
         for index in (directory, server):
@@ -288,6 +288,19 @@ def test_qdrant_local_mode_returns_the_token_store_hits(tmp_path: Path, data, mo
     for x, y in zip(a, b):
         assert [h.id for h in x] == [h.id for h in y]
         np.testing.assert_allclose([h.score for h in x], [h.score for h in y], rtol=1e-4, atol=1e-4)
+
+
+def test_new_indexes_default_to_binary_codes_in_the_token_store(tmp_path: Path, data) -> None:
+    """No storage given: binary codes only in the token store (Qdrant servers keep float16 in their field)."""
+    ids, docs, queries = data
+    with Index.create(tmp_path / "idx", fingerprint="t", dim=DIM) as index, \
+            Index.create(":memory:", engine="qdrant", fingerprint="t", dim=DIM) as server:
+        assert index.manifest.colbert_store == "tokens" and index.manifest.colbert_encoding == "binary"
+        assert index.manifest.colbert_storage == _codes_only("binary")
+        assert server.manifest.colbert_storage == ColbertStorage()
+        index.add_outputs(ids, docs)
+        info = index.info()  # a bit a dimension and a scale: well under float16 (2 bytes a dimension)
+        assert info["colbert_disk_bytes"] < info["colbert_tokens"] * 2 * DIM / 4
 
 
 def test_replaced_documents_are_reclaimed_by_optimize(tmp_path: Path, data) -> None:

@@ -89,10 +89,10 @@ def test_edge_and_qdrant_store_identical_vectors(make_index, corpus) -> None:
 WRITER = """
 import sys, time
 import numpy as np
-from m3embed.index import Index
+from m3embed.index import ColbertStorage, Index
 from m3testkit import synthetic
 docs = synthetic.corpus(400, dim=32, vocab=3000, n_ids=20, tokens=(3, 10), topics=8, seed=0)
-index = Index.create(sys.argv[1], fingerprint="synthetic-test", dim=32)
+index = Index.create(sys.argv[1], fingerprint="synthetic-test", dim=32, colbert_storage=ColbertStorage())
 for start in range(0, 400, 20):
     index.add_outputs([f"doc-{i}" for i in range(start, start + 20)], docs.select(range(start, start + 20)))
     print("ACK", start + 20, flush=True)

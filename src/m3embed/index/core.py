@@ -21,7 +21,13 @@ from m3embed.documents import check_id, check_metadata
 from m3embed.errors import ParamError
 from m3embed.index import directory
 from m3embed.index.directory import DEFAULT_COLLECTION, is_remote
-from m3embed.index.manifest import FINGERPRINT_VERSION, ColbertStorage, DirectoryLock, Manifest
+from m3embed.index.manifest import (
+    FINGERPRINT_VERSION,
+    ColbertStorage,
+    DirectoryLock,
+    Manifest,
+    default_colbert_storage,
+)
 from m3embed.index.pooling import pool_tokens
 from m3embed.index.store import (
     DEFAULT_CANDIDATES,
@@ -109,7 +115,7 @@ class Index:
     def create(cls, location: str | Path | Any, model: Any = None, *, fingerprint: str | None = None,
                model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
                dim: int | None = None, colbert_dim: int | None = None,
-               colbert_storage: ColbertStorage = ColbertStorage(), colbert_store: str | None = None,
+               colbert_storage: ColbertStorage | None = None, colbert_store: str | None = None,
                store_text: bool = True,
                collection: str = DEFAULT_COLLECTION, client_options: Mapping[str, Any] | None = None,
                collection_options: Mapping[str, Any] | None = None) -> Index:
@@ -123,7 +129,8 @@ class Index:
             engine: "edge" (default for directories) or "qdrant" (always for URLs and ":memory:").
             modes: representations to store; drop "colbert" to save most of the space.
             colbert_storage: precision, quantization, originals, rescoring and token pooling of the colbert
-                field (default float16 vectors in RAM); an engine that cannot apply them refuses with a ValueError.
+                field; default `manifest.default_colbert_storage`: binary codes in the token store, float16
+                vectors on an engine's field. An engine that cannot apply them refuses with a ValueError.
             colbert_store: where the ColBERT rows live: "tokens" (m3embed's token store, the default on Qdrant
                 Edge when dense or sparse is stored too) or "engine" (the engine's multivector field: always on
                 Qdrant servers).
@@ -144,14 +151,16 @@ class Index:
                                  f"modes={model.available_modes()!r}")
         if dim is None or fingerprint is None:
             raise ValueError("Index.create needs a model, or fingerprint= and dim= for precomputed outputs")
-        if "colbert" not in modes and colbert_storage != ColbertStorage():
+        if "colbert" not in modes and colbert_storage is not None:
             raise ValueError(f"colbert_storage applies to the colbert field, but the index stores only "
                              f"{', '.join(modes)}")
         engine = engine or ("qdrant" if is_remote(location) else "edge")
+        colbert_store = colbert_store or _colbert_store(engine, modes)
         manifest = Manifest(engine=engine, model_name=model_name or "", fingerprint=fingerprint, modes=modes,
                             dim=dim, colbert_dim=colbert_dim or dim, store_text=store_text,
-                            fingerprint_version=fingerprint_version, colbert_storage=colbert_storage,
-                            colbert_store=colbert_store or _colbert_store(engine, modes))
+                            fingerprint_version=fingerprint_version,
+                            colbert_storage=colbert_storage or default_colbert_storage(colbert_store),
+                            colbert_store=colbert_store)
         place = directory.create(location, manifest, collection=collection, client_options=client_options,
                                  collection_options=collection_options)
         return cls(place.store, manifest, place.location, model, place.lock)
