@@ -245,18 +245,18 @@ def _parquet_parts(f_no: int, path: Path, size: int) -> list[Part]:
 
 
 def read_part(part: Part, text_field: str = "text", id_field: str = "id",
-              title_field: str | None = "title") -> list[Record]:
+              title_field: str | None = "title", generate_ids: bool = False) -> list[Record]:
     """The records of a part, with the fields and errors of `m3embed.corpus.read_records`."""
     path = Path(part.path)
     if path.suffix.lower() != ".parquet":
-        return [make_record(row, f"{path}:{lineno}", str(lineno), text_field, id_field, title_field)
+        return [make_record(row, f"{path}:{lineno}", text_field, id_field, title_field, generate_ids)
                 for lineno, row in iter_jsonl(path, offset=part.offset, first_line=part.first, max_lines=part.rows)]
     reader = pq.ParquetFile(path)
     if text_field not in reader.schema_arrow.names:
         raise ValueError(f"{path}: missing column {text_field!r} (columns: {', '.join(reader.schema_arrow.names)})")
     rows = reader.read_row_groups(list(part.row_groups)).to_pylist()
-    return [make_record(row, f"{path}: row {part.first + i}", str(part.first + i), text_field, id_field,
-                        title_field) for i, row in enumerate(rows)]
+    return [make_record(row, f"{path}: row {part.first + i}", text_field, id_field, title_field, generate_ids)
+            for i, row in enumerate(rows)]
 
 
 # ---- the job directory ----
@@ -272,7 +272,7 @@ class JobSpec:
         max_length: truncation in tokens (None: the model's passage_max_length).
         dtype: the model's dtype on the actors.
         inputs: the input files, in order; rows_per_part: documents per part.
-        text_field, id_field, title_field: how input rows become records.
+        text_field, id_field, title_field, generate_ids: how input rows become records.
     """
 
     model: str
@@ -284,6 +284,7 @@ class JobSpec:
     text_field: str = "text"
     id_field: str = "id"
     title_field: str | None = "title"
+    generate_ids: bool = False
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -296,7 +297,8 @@ def open_job(out: Path, spec: JobSpec) -> None:
     path = out / JOB_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in spec.to_json().items() if old.get(k) != v}
+        old = {k: old.get(k, getattr(JobSpec, k, None)) for k in spec.to_json()}  # a later field: its default
+        diff = {k: (old[k], v) for k, v in spec.to_json().items() if old[k] != v}
         if diff:
             what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{out} holds shards of another encode job ({what}); resume it with the same "

@@ -150,3 +150,27 @@ def test_loading_on_ray_needs_a_server(tmp_path: Path, job) -> None:
     for location in (str(tmp_path / "idx"), ":memory:"):
         with pytest.raises(ValueError, match="loading on Ray needs a Qdrant server URL"):
             load_encoded_ray(location, job[1])
+
+
+def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, model: M3Model) -> None:
+    """`index build` on an existing index used to exit 0 with other --pool-factor / --colbert-quantization /
+    --engine and store the new documents the old way; the options are now compared with the index's own."""
+    from m3embed.index import ColbertStorage, open_index
+    from m3embed.index.build import Source, build
+
+    docs, encoded = job
+    idx = tmp_path / "idx"
+    with open_for_encoded(idx, encoded, modes=("dense", "colbert")) as index:
+        assert index.manifest.modes == ("dense", "colbert")
+    with open_for_encoded(idx, encoded) as index:  # no options: the index keeps what it stores
+        assert index.manifest.modes == ("dense", "colbert")
+    asked = ColbertStorage(quantization="binary", pool_factor=2)
+    with pytest.raises(ValueError, match=rf"index {idx} already exists with colbert quantization 'none' \(asked: "
+                       r"'binary'\); colbert pool factor 1 \(asked: 2\); .* build into a new directory"):
+        open_for_encoded(idx, encoded, colbert_storage=asked)
+    with pytest.raises(ValueError, match=r"engine 'edge' \(asked: 'qdrant'\)"):
+        open_index(idx, model, create=True, engine="qdrant")
+    with pytest.raises(ValueError, match=r"modes dense,colbert \(asked: dense,sparse,colbert\)"):
+        build(idx, Source(docs), load_model=lambda _: model, modes=MODES)
+    with open_index(idx, model, create=True, colbert_storage=ColbertStorage(), store_text=True) as index:
+        assert index.count() == 0  # the same options: opened as it is, to resume

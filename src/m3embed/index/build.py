@@ -31,10 +31,11 @@ class Source:
     text_field: str = "text"
     id_field: str = "id"
     title_field: str | None = "title"
+    generate_ids: bool = False
 
     def records(self) -> Iterator[Record]:
         return read_records(self.path, text_field=self.text_field, id_field=self.id_field,
-                            title_field=self.title_field or None)
+                            title_field=self.title_field or None, generate_ids=self.generate_ids)
 
     def check(self) -> int | None:
         """Read (and so check) every record of a documents file before anything is written; their number."""
@@ -61,7 +62,8 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
 
     Args:
         load_model: the model for a documents file, loaded once the file is checked: called with `modes`.
-        modes: representations to store (default: all the model has, or all the shards hold).
+        modes: representations to store (default: all the model has, or all the shards hold; an existing index:
+            what it stores). Options other than an existing index's own are refused (`open_index`).
         engine, colbert_storage, store_text, collection, collection_options: see `Index.create`.
         batch_size, max_length, progress, on_commit: see `ingest`.
         ray, ray_address: load encoded shards into a Qdrant server with one Ray task per shard.
@@ -81,7 +83,7 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
         raise ValueError("Ray loads encoded shards; encode documents on Ray with `m3embed encode --ray`")
     total = source.check()
     model = load_model(tuple(modes) if modes else None)
-    with open_index(location, model, create=True, modes=modes or model.available_modes(), engine=engine,
+    with open_index(location, model, create=True, modes=modes, engine=engine,
                     colbert_storage=colbert_storage, store_text=store_text, collection=collection,
                     collection_options=collection_options) as index:
         return _done(index, ingest(index, source.records(), batch_size=batch_size, total=total, progress=progress,

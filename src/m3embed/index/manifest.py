@@ -182,6 +182,26 @@ class Manifest:
         q = self.colbert_storage.quantization
         return self.colbert_storage.dtype if q == "none" else q
 
+    def check_options(self, location: str, options: dict[str, Any]) -> None:
+        """Refuse creation `options` (engine, modes, colbert_storage, colbert_store, store_text) that differ from
+        what the existing index at `location` was built with: they would be ignored, and documents added now
+        stored the old way without a word."""
+        diff = []
+        for name in ("engine", "colbert_store", "store_text"):
+            if name in options and options[name] != getattr(self, name):
+                diff.append(f"{name.replace('_', ' ')} {getattr(self, name)!r} (asked: {options[name]!r})")
+        if "modes" in options and set(check_modes(options["modes"])) != set(self.modes):
+            diff.append(f"modes {','.join(self.modes)} (asked: {','.join(check_modes(options['modes']))})")
+        storage = options.get("colbert_storage")
+        if storage is not None and storage != self.colbert_storage:
+            diff += [f"colbert {name.replace('_', ' ')} {getattr(self.colbert_storage, name)!r} (asked: "
+                     f"{getattr(storage, name)!r})" for name in ColbertStorage.__dataclass_fields__
+                     if getattr(storage, name) != getattr(self.colbert_storage, name)]
+        if diff:
+            raise ValueError(f"index {location} already exists with {'; '.join(diff)}; its documents keep the "
+                             "storage it was built with, so build into a new directory (or delete this one), or "
+                             "leave these options out to add to it")
+
     def check_model(self, model: Any, location: str) -> None:
         """Refuse a model whose fingerprint differs from the one the index was built with (computed with the
         index's fingerprint scheme, so indexes built by older m3embed versions still open with their model)."""
