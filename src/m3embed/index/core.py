@@ -291,7 +291,7 @@ class Index:
         Raises `m3embed.errors.ParamError` naming the parameter at fault.
         """
         mode = check_search_mode(mode or default_search_mode(self.manifest.modes), self.manifest.modes)
-        weights = check_weights(SEARCH_WEIGHTS if weights is None else weights)
+        weights = check_weights(SEARCH_WEIGHTS if weights is None else weights, mode=mode)
         for name, value in (("k", k), ("candidates", candidates), ("hnsw_ef", hnsw_ef)):
             if value is not None and value < 1:
                 raise ParamError(f"{name} must be at least 1, got {value}", param=name)
