@@ -174,3 +174,28 @@ def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, mo
         build(idx, Source(docs), load_model=lambda _: model, modes=MODES)
     with open_index(idx, model, create=True, colbert_storage=ColbertStorage(), store_text=True) as index:
         assert index.count() == 0  # the same options: opened as it is, to resume
+
+
+@pytest.mark.parametrize("damage", ["footer", "truncated", "pages"])
+def test_a_damaged_shard_is_named_with_the_way_out_and_leaves_no_index(tmp_path: Path, job, damage: str) -> None:
+    """A damaged shard used to give Arrow's "Couldn't deserialize thrift: ..." with no file and no fix, and a
+    failed first build left an empty index behind."""
+    import shutil
+
+    from m3embed.index.build import Source, build
+
+    encoded = Path(shutil.copytree(job[1], tmp_path / "encoded"))
+    shard = sorted(encoded.glob("part-*.parquet"))[1]
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # bytes flipped in the footer's thrift, or in the first column's pages
+        span = range(len(data) - 400, len(data) - 40) if damage == "footer" else range(200, 4000)
+        for i in span:
+            data[i] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    idx = tmp_path / "idx"
+    with pytest.raises(shards.DamagedShardError, match=rf"shard {re.escape(str(shard))} is damaged \(.+\); delete it "
+                       r"and run the same `m3embed encode \.\.\. --ray` again: the job resumes"):
+        build(idx, Source(encoded, encoded=True), load_model=lambda _: None, batch_size=512)
+    assert not idx.exists()

@@ -3,7 +3,8 @@
 `build` creates the index (or resumes one built with the same model) and `add` adds to an existing one; the
 CLI's `index build` and `index add` are these two over the command line. A documents file is read and checked
 whole before the model is loaded or anything is written, so a bad record stops the command with its
-file:line and leaves no index behind.
+file:line and leaves no index behind; a first build that fails before its first commit (a damaged shard, a
+model error) removes the index it created (`directory.FirstBuild`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from m3embed.corpus import Record, read_records
 from m3embed.diskspace import DiskFullError
 from m3embed.index import open_index
-from m3embed.index.directory import DEFAULT_COLLECTION
+from m3embed.index.directory import DEFAULT_COLLECTION, FirstBuild
 from m3embed.index.ingest import IngestStats, ingest
 from m3embed.index.manifest import ColbertStorage
 
@@ -68,14 +69,19 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
         batch_size, max_length, progress, on_commit: see `ingest`.
         ray, ray_address: load encoded shards into a Qdrant server with one Ray task per shard.
     """
+    first = FirstBuild(location)
     if source.encoded:
+        from m3embed import shards
         from m3embed.index.bulk import load_encoded, load_encoded_ray, open_for_encoded
 
-        with open_for_encoded(location, source.path, modes=modes, engine=engine, colbert_storage=colbert_storage,
-                              store_text=store_text, collection=collection,
-                              collection_options=collection_options) as index:
+        for file in shards.open_encoded(source.path).files:  # a damaged footer is named before anything is made
+            shards.shard_fingerprint(file)
+        with first, open_for_encoded(location, source.path, modes=modes, engine=engine,
+                                     colbert_storage=colbert_storage, store_text=store_text, collection=collection,
+                                     collection_options=collection_options) as index:
             if not ray:
-                return _done(index, load_encoded(index, source.path, batch_size=batch_size, on_commit=on_commit))
+                return _done(index, load_encoded(index, source.path, batch_size=batch_size,
+                                                 on_commit=_both(first.committed, on_commit)))
         stats = load_encoded_ray(location, source.path, collection=collection, batch_size=batch_size,
                                  address=ray_address)
         return Added(str(location), stats, None)
@@ -83,11 +89,11 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
         raise ValueError("Ray loads encoded shards; encode documents on Ray with `m3embed encode --ray`")
     total = source.check()
     model = load_model(tuple(modes) if modes else None)
-    with open_index(location, model, create=True, modes=modes, engine=engine,
-                    colbert_storage=colbert_storage, store_text=store_text, collection=collection,
-                    collection_options=collection_options) as index:
+    with first, open_index(location, model, create=True, modes=modes, engine=engine,
+                           colbert_storage=colbert_storage, store_text=store_text, collection=collection,
+                           collection_options=collection_options) as index:
         return _done(index, ingest(index, source.records(), batch_size=batch_size, total=total, progress=progress,
-                                   on_commit=on_commit, max_length=max_length))
+                                   on_commit=_both(first.committed, on_commit), max_length=max_length))
 
 
 def add(location: str | Path | Any, source: Source, *, load_model: Callable[[Any], Any],
@@ -116,6 +122,15 @@ def add(location: str | Path | Any, source: Source, *, load_model: Callable[[Any
         load_model(index)
         return _done(index, ingest(index, source.records(), batch_size=batch_size, skip_existing=not replace,
                                    total=total, progress=progress, on_commit=on_commit))
+
+
+def _both(*calls: Callable[[IngestStats], None] | None) -> Callable[[IngestStats], None]:
+    def call(stats: IngestStats) -> None:
+        for c in calls:
+            if c is not None:
+                c(stats)
+
+    return call
 
 
 def _done(index: Any, stats: IngestStats) -> Added:

@@ -52,16 +52,15 @@ def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_
 
 
 def check_shard(index: Index, path: Path) -> None:
-    """Refuse a shard made by another model than the index's, or lacking a representation the index stores."""
-    import pyarrow.parquet as pq
-
+    """Refuse a shard made by another model than the index's, or lacking a representation the index stores, or
+    one whose footer or fingerprint column cannot be read (`shards.DamagedShardError`)."""
     fingerprint = shards.shard_fingerprint(path)
     m = index.manifest
     if fingerprint is not None and fingerprint != m.fingerprint:
         raise ValueError(f"shard {path} was encoded by a model with fingerprint {fingerprint}, but index "
                          f"{index.location} holds model {m.model_name!r} with fingerprint {m.fingerprint}; encode "
                          "with the index's model, or load into an index built from these shards")
-    have = shards.modes_of(pq.read_schema(path))
+    have = shards.modes_of(shards.shard_schema(path))
     missing = [mode for mode in m.modes if mode not in have]
     if missing:
         raise ValueError(f"shard {path} holds {', '.join(have)} but index {index.location} also stores "
