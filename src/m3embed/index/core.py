@@ -510,12 +510,23 @@ def rerank_hits(reranker: Any, queries: Sequence[str], hits: list[list[Hit]], k:
     `Hit.score` becomes the reranker's logit; `Hit.scores` keeps the first stage's score under `mode` (its
     per-mode scores when it had them) and adds the logit as "rerank". Texts are dropped unless `with_text`.
     """
+    ranked = reranker.rank(list(queries), rerank_texts(hits))
+    return reranked_hits(hits, ranked, k, mode, with_text)
+
+
+def rerank_texts(hits: list[list[Hit]]) -> list[list[str]]:
+    """The texts a reranker reads, per query; a hit without a stored text is a ValueError naming it."""
     for found in hits:
         for h in found:
             if h.text is None:
                 raise ValueError(f"document {h.id!r} has no stored text, which the reranker reads; add documents "
                                  "with their texts")
-    ranked = reranker.rank(list(queries), [[h.text for h in found] for found in hits])
+    return [[h.text for h in found] for found in hits]
+
+
+def reranked_hits(hits: list[list[Hit]], ranked: list[list[tuple[int, float]]], k: int, mode: str,
+                  with_text: bool = True) -> list[list[Hit]]:
+    """`rerank_hits` from the reranker's ranking of each query's hits ((index, logit) best first)."""
     out = []
     for found, order in zip(hits, ranked):
         out.append([found[i]._replace(score=s, text=found[i].text if with_text else None,

@@ -17,7 +17,7 @@ import numpy as np
 
 from m3embed.modes import MODES
 from m3embed.server import schemas as s
-from m3embed.server.batching import Batcher, BatcherClosedError
+from m3embed.server.batching import Batcher, BatcherClosedError, split_chunks
 from m3embed.server.errors import ApiError
 from m3embed.server.metrics import ServerMetrics
 from m3embed.tokenize import resolve_max_length
@@ -206,9 +206,10 @@ class Service:
                            code="model_not_found", param="model")
         return self.reranker
 
-    async def pair_tokens(self, query: str, documents: list[str]) -> int:
-        """Tokens of the (query, document) pairs the reranker scores, special tokens included, after its cuts."""
-        texts = [query, *documents]
+    async def pair_counts(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens of each (query, document) pair the reranker scores, special tokens included, after its cuts."""
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        texts = queries + [d for _, d in pairs]
         if sum(len(t) for t in texts) <= _INLINE_CHARS:
             counts = self.rerank_tokens.count(texts)
         else:
@@ -216,8 +217,21 @@ class Service:
         cross = self.reranker
         single = cross.tokenizer.num_special_tokens_to_add(pair=False)
         max_length, query_max_length = cross.lengths()
-        q = min(counts[0] - single, query_max_length)
-        return sum(min(q + n - single + cross.pair_specials, max_length) for n in counts[1:])
+        q = {t: min(n - single, query_max_length) for t, n in zip(queries, counts)}
+        return [min(q[query] + n - single + cross.pair_specials, max_length)
+                for (query, _), n in zip(pairs, counts[len(queries):])]
+
+    async def rerank_scores(self, pairs: list[tuple[str, str]], counts: Sequence[int],
+                            normalize: bool) -> list[float]:
+        """The reranker's scores of `pairs` (tokens per pair: `counts`), on the model worker in chunks of at
+        most `max_batch_tokens` padded tokens, one call each: other requests take their turn between two chunks,
+        and a cancelled request (its client gone, or the shutdown deadline) queues no more of them."""
+        cross, scores = self.reranker, []
+        for chunk in split_chunks([max(n, 1) for n in counts], self.batcher.max_batch_tokens):
+            part = pairs[chunk.start:chunk.end]
+            scores += await self.batcher.call(lambda part=part: cross.compute_score(
+                part, normalize=normalize, batch_tokens=self.settings.batch_tokens, progress=False))
+        return scores
 
     def need_index(self) -> Any:
         if self.index is None:
