@@ -182,3 +182,16 @@ def test_unavailable_head_is_422(tmp_path):
         assert httpx.post(f"{server.url}/v1/encode", json={"input": "x"}).status_code == 200
     finally:
         server.stop()
+
+
+def test_the_api_key_is_checked_before_the_body(strict):
+    """Without the key, a body is not read or parsed: malformed, deep or over-limit JSON is 401, not 400/413."""
+    url = str(strict.base_url)
+    deep = b"[" * 1000 + b"]" * 1000
+    for body in (b"{not json", deep, b'{"input": "x"}'):
+        r = httpx.post(f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        _error(r, 401, "invalid_api_key")
+    r = httpx.post(f"{url}/v1/embeddings", content=b"x" * 65536, headers={"content-type": "application/json"})  # > 4 KiB
+    _error(r, 401, "invalid_api_key")
+    _error(strict.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 400,
+           "invalid_json")  # with the key: the body is read as before

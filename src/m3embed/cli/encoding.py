@@ -80,7 +80,8 @@ def encode(
 
 
 def _encode_on_ray(input: Path, output: Path, model: str, modes: tuple[str, ...], text_field: str, id_field: str,
-                   generate_ids: bool, max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str, device: str | None,
+                   generate_ids: bool, max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str,
+                   device: str | None,
                    address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
                    rows_per_part: int) -> None:
     from m3embed.ray_data import encode_job

@@ -71,6 +71,7 @@ def serve(  # the options named as ServerSettings fields fill it
     # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    settings = ServerSettings(**{f.name: options[f.name] for f in fields(ServerSettings) if f.name in options})
     _check_port_free(host, port)
     idx = None
     if index is not None:
@@ -88,7 +89,6 @@ def serve(  # the options named as ServerSettings fields fill it
         if idx is not None:
             idx.close()
         raise
-    settings = ServerSettings(**{f.name: options[f.name] for f in fields(ServerSettings) if f.name in options})
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the previous handler: make
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
@@ -114,6 +114,8 @@ def _check_port_free(host: str, port: int) -> None:
     """Fail before loading anything when the address is taken (uvicorn would exit after start-up)."""
     import socket
 
+    if not 1 <= port <= 65535:  # was a 40-line OverflowError traceback from bind()
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
     try:
         socket.create_server((host, port)).close()
     except OSError as e:

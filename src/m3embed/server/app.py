@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,19 +24,19 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.diskspace import DiskFullError
 from m3embed.documents import check_id
 from m3embed.errors import ParamError
-from m3embed.index.core import reranked_hits, rerank_texts
+from m3embed.index.core import rerank_texts, reranked_hits
 from m3embed.modes import MODES, check_weights
 from m3embed.rerank import best_first
 from m3embed.scoring import compute_score
 from m3embed.server import schemas as s
-from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
+from m3embed.server.errors import ApiError, ApiKeyMiddleware, BodyLimitMiddleware, error_body, install_handlers
 from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
 from m3embed.server.service import ServerSettings, Service
 
@@ -121,10 +120,10 @@ class Server(uvicorn.Server):
     """uvicorn's server for an app from `create_app`, with shutdown bounded by `settings.graceful_timeout`.
 
     When shutdown begins (SIGTERM, Ctrl-C) new requests get a 503 (the socket stays open until the requests in
-    flight are done, or the timeout is up), and the requests in flight have `graceful_timeout` seconds; then the model worker fails what is left of them with a 503. uvicorn waits
-    `_REPLY_MARGIN_S` longer for these answers to go out before it cancels handlers still running. The model
-    call in progress at the deadline (one chunk of at most `max_batch_tokens`, or one index write) still
-    finishes before the process exits.
+    flight are done, or the timeout is up), and the requests in flight have `graceful_timeout` seconds; then the
+    model worker fails what is left of them with a 503. uvicorn waits `_REPLY_MARGIN_S` longer for these answers
+    to go out before it cancels handlers still running. The model call in progress at the deadline (one chunk of
+    at most `max_batch_tokens`, or one index write) still finishes before the process exits.
     """
 
     def __init__(self, app: FastAPI, **config: Any) -> None:
@@ -176,10 +175,11 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
     install_handlers(app)
     app.add_middleware(CancelOnDisconnect)  # innermost: listens only once BodyLimitMiddleware has read the body
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # before anything reads the body
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.service = svc
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings.api_key)), Depends(svc.check_open)])
+    api = APIRouter(prefix="/v1", dependencies=[Depends(svc.check_open)])
     _encode_routes(api, svc)
     _index_routes(api, svc)
     app.include_router(api)
@@ -195,26 +195,15 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
         response.status_code = 503 if stopping else 200
         return response
 
-    # with an API key, /metrics needs it too (it shows traffic); /health (probes), /docs and /openapi.json stay open
-    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(_auth(settings.api_key))],
+    # with an API key, /metrics needs it too (it shows traffic; `ApiKeyMiddleware`); /health (probes), /docs and
+    # /openapi.json stay open
+    @app.get("/metrics", tags=["ops"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def prometheus() -> Response:
         """Prometheus text exposition of request, batch and queue metrics."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     return app
-
-
-def _auth(api_key: str | None):
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
 
 
 def _encode_routes(api: APIRouter, svc: Service) -> None:

@@ -8,6 +8,7 @@ server's prompts and truncation are the library's.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,18 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         self.api_key = self.api_key or None  # an empty key (an unset environment variable) is no key
+        # each limit with the `m3embed serve` flag that sets it: a 0 or negative one used to start a server
+        for name, least in (("max_items", 1), ("max_chars", 1), ("max_queue", 1), ("max_length", 1),
+                            ("max_batch_tokens", 1), ("batch_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
+        for name, flag, scale, positive in (("max_body_bytes", "--max-body-mb", 2**20, True),
+                                            ("graceful_timeout", "--graceful-timeout", 1, False),
+                                            ("max_wait_ms", "--max-wait-ms", 1, False)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(f"{flag} must be {'> 0' if positive else '>= 0'}, got {value / scale:g}")
 
 
 _INLINE_CHARS = 20_000  # requests up to this size are tokenised on the event loop, larger ones on a thread
