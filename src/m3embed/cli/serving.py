@@ -43,6 +43,9 @@ def serve(  # the options named as ServerSettings fields fill it
     max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_body_bytes: float = typer.Option(32.0, "--max-body-mb", callback=_mib, help="request body limit in MiB"),
+    max_response_bytes: float = typer.Option(256.0, "--max-response-mb", callback=_mib,
+                                             help="response limit in MiB (estimated before encoding; /v1/encode's "
+                                             "ColBERT rows take ~21 bytes a float as JSON, ~5.4 in base64)"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
     max_batch_tokens: int | None = typer.Option(
         None, help="padded tokens (texts x longest) per model call; larger requests are split into chunks of this "

@@ -222,7 +222,8 @@ def _encode_routes(api: APIRouter, svc: Service) -> None:
                                 f"{svc.model.hidden_size} dimensions (omit the field)", code="dimensions",
                            param="dimensions")
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.role)
+        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.role,
+                                      response=(req.encoding_format, False))
         data = [s.Embedding(index=i, embedding=_vector(v, req.encoding_format)) for i, v in enumerate(out.dense)]
         return _json(s.EmbeddingResponse(data=data, model=svc.name, usage=usage))
 
@@ -232,7 +233,8 @@ def _encode_routes(api: APIRouter, svc: Service) -> None:
         svc.check_model(req.model)
         modes = svc.check_modes(req.modes)
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.role)
+        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.role,
+                                      response=(req.encoding_format, req.return_tokens))
         fmt, data = req.encoding_format, []
         for i in range(len(texts)):
             item = s.EncodedText(index=i, n_tokens=int(out.n_tokens[i]))

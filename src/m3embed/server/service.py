@@ -39,6 +39,10 @@ class ServerSettings:
     max_items: int = 2048  # texts (or pairs, or documents) per request, as OpenAI allows
     max_chars: int = 100_000  # characters per text, checked before tokenising
     max_body_bytes: int = 32 * 2**20
+    # estimated JSON bytes of one response (`Service.check_response`): ColBERT rows as JSON are ~21 bytes a
+    # float, so 256 texts of ~450 tokens made 907 MB with a 4.7 GB peak; 256 MiB is ~2,048 dense 1024-d
+    # embeddings 6x over, or ~26 such texts' ColBERT rows (~100 in base64)
+    max_response_bytes: int = 256 * 2**20
     max_length: int | None = None  # tokens per text (truncation length); None: the model's own for the text's role
     batching: bool = True  # False: one request per model call (the baseline)
     # padded tokens per model call: larger requests split, queued ones merged; None: 1024 on CPU (a chunk of
@@ -59,6 +63,7 @@ class ServerSettings:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
         for name, flag, scale, positive in (("max_body_bytes", "--max-body-mb", 2**20, True),
+                                            ("max_response_bytes", "--max-response-mb", 2**20, True),
                                             ("graceful_timeout", "--graceful-timeout", 1, False),
                                             ("max_wait_ms", "--max-wait-ms", 1, False)):
             value = getattr(self, name)
@@ -179,6 +184,26 @@ class Service:
                     raise ApiError(422, f"{param}[{i}] is not valid Unicode ({e.reason} at character {e.start}); "
                                         "send UTF-8 text", code="invalid_text", param=f"{param}[{i}]") from None
 
+    def check_response(self, counts: Sequence[int], modes: Sequence[str], fmt: str = "float",
+                       tokens: bool = False, param: str = "input") -> None:
+        """A 413 before any encoding when the response would exceed `max_response_bytes`: JSON floats take
+        ~21 bytes (measured, pydantic's float32 → float repr), base64 ~5.4; a sparse entry ~30 (+12 with
+        tokens); ColBERT has n_tokens - 1 rows of hidden_size per text."""
+        per_float = 16 / 3 if fmt == "base64" else 21
+        h, total = self.model.hidden_size, 0
+        for n in counts:
+            total += 80  # index, n_tokens, brackets
+            total += h * per_float if "dense" in modes else 0
+            total += n * (42 if tokens else 30) if "sparse" in modes else 0
+            total += (max(n - 1, 0) * h) * per_float if "colbert" in modes else 0
+        limit = self.settings.max_response_bytes
+        if total > limit:
+            ways = "send fewer texts" + ("" if fmt == "base64" else ", send encoding_format=base64 (about 4x "
+                                         "smaller)") + ", or encode a corpus with `m3embed encode --ray` (Parquet)"
+            raise ApiError(413, f"the response would be about {total / 2**20:,.0f} MiB, over this server's limit of "
+                                f"{limit / 2**20:,.0f} MiB (--max-response-mb); {ways}", code="max_response",
+                           param=param)
+
     async def count(self, texts: list[str], *, truncate: bool = True, param: str = "input",
                     role: str | None = None) -> list[int]:
         """Token counts of the texts as encoded for `role` (its prompt included), after truncation; with
@@ -199,9 +224,15 @@ class Service:
         return [min(n, limit) for n in counts]
 
     async def encode(self, texts: list[str], modes: tuple[str, ...], route: str, *, truncate: bool = True,
-                     param: str = "input", role: str | None = None) -> tuple[M3Output, s.Usage]:
-        """Encode through the batcher with the model's method for `role` (None, "query" or "passage")."""
+                     param: str = "input", role: str | None = None,
+                     response: tuple[str, bool] | None = None) -> tuple[M3Output, s.Usage]:
+        """Encode through the batcher with the model's method for `role` (None, "query" or "passage").
+
+        `response` (encoding format, tokens returned): the outputs go back to the client, whose response size
+        is checked first (`check_response`)."""
         counts = await self.count(texts, truncate=truncate, param=param, role=role)
+        if response is not None:
+            self.check_response(counts, modes, *response, param=param)
         out = await self.batcher.encode(texts, modes, tokens=counts, role=role)
         return out, self.usage(int(out.n_tokens.sum()), route)
 
