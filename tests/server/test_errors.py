@@ -191,7 +191,7 @@ def test_the_api_key_is_checked_before_the_body(strict):
     for body in (b"{not json", deep, b'{"input": "x"}'):
         r = httpx.post(f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"})
         _error(r, 401, "invalid_api_key")
-    r = httpx.post(f"{url}/v1/embeddings", content=b"x" * 65536, headers={"content-type": "application/json"})  # > 4 KiB
+    r = httpx.post(f"{url}/v1/embeddings", content=b"x" * 65536, headers={"content-type": "application/json"})
     _error(r, 401, "invalid_api_key")
     _error(strict.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 400,
            "invalid_json")  # with the key: the body is read as before
