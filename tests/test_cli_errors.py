@@ -173,3 +173,20 @@ def test_records_without_ids_are_refused_unless_generated(xlmr_ckpt: Path, tmp_p
     ids = [r.id for r in read_records(second, generate_ids=True)]
     assert ids[2] == next(iter(read_records(first, generate_ids=True))).id and len(set(ids)) == 3
     assert all(len(i) == 24 for i in ids)
+
+
+def test_a_missing_pair_field_is_named_missing(tmp_path: Path) -> None:
+    from m3embed.corpus import read_pairs
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"passage": "p"}\n')
+    with pytest.raises(ValueError, match=rf"{path}:1: missing field 'query' \(fields: passage\)"):
+        read_pairs(path)  # was "field 'query' must be a string"
+    path.write_text('{"query": 3, "passage": "p"}\n')
+    with pytest.raises(ValueError, match="field 'query' must be a string, got int"):
+        read_pairs(path)
+
+
+def test_encode_help_shows_the_ray_extra(capsys, monkeypatch) -> None:
+    code, out, _ = run_cli(capsys, monkeypatch, "encode", "--help")
+    assert code == 0 and "m3embed[ray]" in " ".join(out.split())  # rich read "[ray]" as markup: "(needs m3embed)"

@@ -64,8 +64,11 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     pairs = []
     for lineno, row in iter_jsonl(path):
         for key in ("query", "passage"):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{path}:{lineno}: field {key!r} must be a string")
+            if key not in row:  # was reported as "must be a string"
+                raise ValueError(f"{path}:{lineno}: missing field {key!r} (fields: {', '.join(row) or 'none'}); "
+                                 'each line is {"query": ..., "passage": ...}')
+            if not isinstance(row[key], str):
+                raise ValueError(f"{path}:{lineno}: field {key!r} must be a string, got {type(row[key]).__name__}")
         pairs.append((row["query"], row["passage"]))
     return pairs
 

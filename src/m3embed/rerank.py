@@ -72,7 +72,8 @@ class Reranker(nn.Module):
         is_reranker = any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == 1
         if not is_reranker and not new_head:
             raise ValueError(
-                f"{directory} is not a cross-encoder reranker: its config.json declares {archs or 'no architecture'}"
+                f"{name_or_path} is not a cross-encoder reranker: its config.json declares "
+                f"{archs or 'no architecture'}"
                 f" with {config.num_labels} labels; a reranker is a *ForSequenceClassification model with one "
                 "label (e.g. BAAI/bge-reranker-v2-m3); for an embedding model use M3Model")
         tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -296,8 +296,9 @@ class Index:
             if value is not None and value < 1:
                 raise ParamError(f"{name} must be at least 1, got {value}", param=name)
         if reranker is None and rerank_top is not None:
-            raise ParamError(f"rerank_top={rerank_top} needs a reranker (a cross-encoder, m3embed.rerank.Reranker)",
-                             param="rerank_top")
+            raise ParamError(f"rerank_top={rerank_top} (--rerank-top) needs a reranker: a cross-encoder, given with "
+                             "--reranker NAME on the command line or reranker=Reranker.from_pretrained(NAME) in "
+                             "Python", param="rerank_top")
         if reranker is not None:
             if not self.manifest.store_text:
                 raise ParamError(f"index {self.location} keeps no document texts (built with store_text=False), "

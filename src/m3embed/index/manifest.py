@@ -74,13 +74,14 @@ class ColbertStorage:
                 or not math.isfinite(self.oversampling) or self.oversampling < 1):
             raise ValueError(f"colbert oversampling must be a number >= 1, got {self.oversampling!r}")
         if self.quantization == "none" and self.originals == "none":
-            raise ValueError("colbert originals='none' needs quantization int8 or binary: without it the originals "
-                             "are the only copy")
+            raise ValueError("colbert originals='none' needs quantization int8 or binary (--colbert-quantization): "
+                             "without it the originals are the only copy")
         if self.quantization == "none" and not self.rescore:
-            raise ValueError("colbert rescore=False applies to quantized storage; set quantization int8 or binary")
+            raise ValueError("colbert rescore=False (--no-colbert-rescore) applies to quantized storage; set "
+                             "quantization int8 or binary (--colbert-quantization)")
         if self.originals == "none" and self.rescore:
-            raise ValueError("colbert rescore needs the original vectors; keep them (originals 'ram' or 'disk') "
-                             "or set rescore=False")
+            raise ValueError("colbert rescore needs the original vectors; keep them (originals 'ram' or 'disk', "
+                             "--colbert-originals) or set rescore=False (--no-colbert-rescore)")
 
     @property
     def quantized(self) -> bool:
