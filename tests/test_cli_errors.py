@@ -73,7 +73,7 @@ def test_non_utf8_input_names_file_line_and_byte(tmp_path: Path, capsys, monkeyp
     txt = tmp_path / "latin1.txt"
     txt.write_bytes(b"fine\r\nna\xefve\n")
     with pytest.raises(ValueError, match=rf"{txt}:2: not valid UTF-8 \(byte 0xef"):
-        list(read_records(txt))
+        list(read_records(txt, generate_ids=True))
     ids = tmp_path / "ids.txt"
     ids.write_bytes(b"a\n\xff\n")
     with pytest.raises(ValueError, match=rf"{ids}:2: not valid UTF-8"):
@@ -87,7 +87,7 @@ def test_non_utf8_input_names_file_line_and_byte(tmp_path: Path, capsys, monkeyp
     assert list(iter_jsonl(bom)) == [(1, {"id": "a", "text": "café"})]
     crlf = tmp_path / "crlf.txt"
     crlf.write_bytes(b"one\r\ntwo\n")
-    assert [r.text for r in read_records(crlf)] == ["one", "two"]
+    assert [r.text for r in read_records(crlf, generate_ids=True)] == ["one", "two"]
 
 
 def test_failed_creation_removes_what_it_created(tmp_path: Path) -> None:
@@ -146,3 +146,47 @@ def test_parse_where() -> None:
     for bad, message in [(["lang"], "use field=value"), (["x>=soon"], ">= needs a number"), (["=1"], "use field")]:
         with pytest.raises(ValueError, match=message):
             parse_where(bad)
+
+
+def test_records_without_ids_are_refused_unless_generated(xlmr_ckpt: Path, tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    """An id-less record used to get its line number: line 2 of a second file became "already stored" as the
+    first file's "2" and was never indexed. Now it is refused, or given an id from its content on request."""
+    from m3embed.index import open_index
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"text": "alpha"}\n{"text": "beta"}\n')
+    second.write_text('{"text": "gamma"}\n{"text": "delta"}\n{"text": "alpha"}\n')
+    idx = tmp_path / "idx"
+    line = one_line_error(*run_cli(capsys, monkeypatch, "index", "build", idx, first, "-m", xlmr_ckpt)[::2])
+    assert f"{first}:1: no 'id' field" in line and "--generate-ids" in line
+    assert not idx.exists()  # checked before anything was made
+    txt = tmp_path / "t.txt"
+    txt.write_text("one\n")
+    assert "a .txt file has no document ids" in one_line_error(
+        *run_cli(capsys, monkeypatch, "encode", txt, "-o", tmp_path / "o")[::2])
+    assert run_cli(capsys, monkeypatch, "index", "build", idx, first, "-m", xlmr_ckpt, "--generate-ids")[0] == 0
+    code, _, err = run_cli(capsys, monkeypatch, "index", "add", idx, second, "--generate-ids")
+    assert code == 0 and "2 added, 1 already stored; 4 documents" in " ".join(err.split())  # "alpha": same record
+    with open_index(idx) as index:
+        assert index.count() == 4
+    ids = [r.id for r in read_records(second, generate_ids=True)]
+    assert ids[2] == next(iter(read_records(first, generate_ids=True))).id and len(set(ids)) == 3
+    assert all(len(i) == 24 for i in ids)
+
+
+def test_a_missing_pair_field_is_named_missing(tmp_path: Path) -> None:
+    from m3embed.corpus import read_pairs
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"passage": "p"}\n')
+    with pytest.raises(ValueError, match=rf"{path}:1: missing field 'query' \(fields: passage\)"):
+        read_pairs(path)  # was "field 'query' must be a string"
+    path.write_text('{"query": 3, "passage": "p"}\n')
+    with pytest.raises(ValueError, match="field 'query' must be a string, got int"):
+        read_pairs(path)
+
+
+def test_encode_help_shows_the_ray_extra(capsys, monkeypatch) -> None:
+    code, out, _ = run_cli(capsys, monkeypatch, "encode", "--help")
+    assert code == 0 and "m3embed[ray]" in " ".join(out.split())  # rich read "[ray]" as markup: "(needs m3embed)"

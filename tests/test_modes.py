@@ -72,9 +72,11 @@ def test_weights():
     assert SEARCH_WEIGHTS == (0.4, 0.2, 0.4) and SCORE_WEIGHTS == (1.0, 1.0, 1.0)
     assert parse_weights("0.4,0.2,0.4") == (0.4, 0.2, 0.4)
     assert check_weights([1, 0, 2]) == (1.0, 0.0, 2.0)
-    assert check_weights((-1, 0.5, 0)) == (-1.0, 0.5, 0.0)  # a plain weighted sum takes any finite weights
+    assert check_weights((0, 0, 1), mode="colbert") == (0.0, 0.0, 1.0)
+    # one rule everywhere (search used to take [0, 0, 0], answering every score 0 in arbitrary order, and -1)
     for bad, message in [((1, 2), "got 2 values"), ((math.nan, 0.2, 0.4), "finite"), ((1e999, 0, 0), "finite"),
-                         (("a", 1, 1), "three numbers"), (None, "three numbers")]:
+                         (("a", 1, 1), "three numbers"), (None, "three numbers"), ((-1, 0.5, 0), "must be >= 0"),
+                         ((0, 0, 0), "all 0, so every score would be 0"), ((-0.0, 0, 0), "all 0")]:
         with pytest.raises(ValueError, match=message):
             check_weights(bad)
     for bad in ("nan,0.2,0.4", "inf,0,0"):
@@ -82,7 +84,11 @@ def test_weights():
             parse_weights(bad)
     with pytest.raises(ValueError, match="--weights must be three numbers"):
         parse_weights("0.4;0.2")
-    with pytest.raises(ValueError, match="divided by their weight sum"):
+    with pytest.raises(ValueError, match="--weights must be >= 0"):
+        parse_weights("-1,0,0")
+    with pytest.raises(ValueError, match=r"give the dense, sparse of search mode 'dense\+sparse' weight 0"):
+        check_weights((0, 0, 1), mode="dense+sparse")
+    with pytest.raises(ValueError, match="divided by their sum"):
         check_weights((0, 0, 1), normalized=True)
-    with pytest.raises(ValueError, match="divided by their weight sum"):
+    with pytest.raises(ValueError, match="must be >= 0"):
         check_weights((1, -0.5, 1), normalized=True)

@@ -72,8 +72,14 @@ def test_dense(pair: Pair) -> None:
     np.testing.assert_allclose(pair.out.dense, pair.ref["dense_vecs"], atol=ATOL, rtol=0)
 
 
+def without_specials(pair: Pair, weights: list[dict]) -> list[dict]:
+    """FlagEmbedding's lexical weights less the special tokens it keeps ([SEP] on BERT, a literal <mask>)."""
+    return [{k: v for k, v in w.items() if int(k) not in pair.ours.special_ids} for w in weights]
+
+
 def test_sparse(pair: Pair) -> None:
-    ours, ref = pair.out.lexical_weights, pair.ref["lexical_weights"]
+    """Every declared special token is dropped; the rest are FlagEmbedding's numbers."""
+    ours, ref = pair.out.lexical_weights, without_specials(pair, pair.ref["lexical_weights"])
     assert len(ours) == len(ref) == len(TEXTS)
     for i, (a, b) in enumerate(zip(ours, ref)):
         assert a.keys() == b.keys(), f"text {i} {TEXTS[i][:30]!r}: token ids differ: {set(a) ^ set(b)}"
@@ -81,6 +87,23 @@ def test_sparse(pair: Pair) -> None:
             assert abs(a[k] - float(b[k])) <= ATOL, f"text {i}, token {k}: {a[k]} vs {b[k]}"
     assert pair.out.sparse.shape == (len(TEXTS), pair.ours.vocab_size)
     assert sum(map(len, ref)) > 3 * len(TEXTS), "fixture too sparse to test anything"
+
+
+def test_sparse_with_flagembedding_special_ids_is_flagembedding(pair: Pair) -> None:
+    """`special_ids = flag_special_ids` gives FlagEmbedding's numbers exactly, [SEP] and <mask> included."""
+    tokenizer = pair.ours.tokenizer
+    dropped_now = {tokenizer.sep_token_id, tokenizer.mask_token_id} - set(pair.ours.flag_special_ids)
+    assert dropped_now <= set(pair.ours.special_ids) and dropped_now  # BERT: [SEP], [MASK]; XLM-R: <mask>
+    saved, pair.ours.special_ids = pair.ours.special_ids, pair.ours.flag_special_ids
+    try:
+        ours = pair.ours.encode(TEXTS, modes=("sparse",), max_length=MAX_LENGTH).lexical_weights
+    finally:
+        pair.ours.special_ids = saved
+    for i, (a, b) in enumerate(zip(ours, pair.ref["lexical_weights"])):
+        assert a.keys() == b.keys() and all(abs(a[k] - float(b[k])) <= ATOL for k in a), f"text {i}"
+    if pair.is_bert:  # the case FlagEmbedding gets wrong: [SEP] closes every text
+        assert sum(str(tokenizer.sep_token_id) in w for w in ours) > 0
+        assert all(str(tokenizer.sep_token_id) not in w for w in pair.out.lexical_weights)
 
 
 def test_colbert(pair: Pair) -> None:
@@ -108,7 +131,7 @@ def test_full_position_range(pair: Pair) -> None:
     np.testing.assert_allclose(out.dense, ref["dense_vecs"], atol=ATOL, rtol=0)
     for a, b in zip(out.colbert, ref["colbert_vecs"]):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
-    for a, b in zip(out.lexical_weights, ref["lexical_weights"]):
+    for a, b in zip(out.lexical_weights, without_specials(pair, ref["lexical_weights"])):
         assert a.keys() == b.keys() and all(abs(a[k] - float(b[k])) <= ATOL for k in a)
 
 

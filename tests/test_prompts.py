@@ -143,11 +143,11 @@ def test_cli_info_shows_and_encode_applies_the_prompts(prompted_ckpt, tmp_path, 
     for input_type, expected in (("passage", P + "one text"), ("query", Q + "one text"), ("none", "one text")):
         seen.clear()
         result = runner.invoke(app, ["encode", str(tmp_path / "t.txt"), "-o", str(tmp_path / input_type), "-m",
-                                     str(prompted_ckpt), "--input-type", input_type])
+                                     str(prompted_ckpt), "--input-type", input_type, "--generate-ids"])
         assert result.exit_code == 0, result.output
         assert seen == [expected]
     result = runner.invoke(app, ["encode", str(tmp_path / "t.txt"), "-o", str(tmp_path / "x"), "-m",
-                                 str(prompted_ckpt), "--input-type", "doc"])
+                                 str(prompted_ckpt), "--input-type", "doc", "--generate-ids"])
     assert isinstance(result.exception, ValueError) and "--input-type must be one of" in str(result.exception)
 
 
@@ -160,7 +160,7 @@ def test_both_shells_default_to_the_text_as_given(prompted_ckpt, tmp_path):
     assert DEFAULT_ROLE is None
     (tmp_path / "t.txt").write_text("one text\n")
     result = CliRunner().invoke(app, ["encode", str(tmp_path / "t.txt"), "-o", str(tmp_path / "out"), "-m",
-                                      str(prompted_ckpt)])
+                                      str(prompted_ckpt), "--generate-ids"])
     assert result.exit_code == 0, result.output
     cli = M3Output.load(tmp_path / "out")[0].dense[0]
     model = M3Model.from_pretrained(prompted_ckpt, device="cpu")

@@ -6,6 +6,7 @@ and line before anything encodes or stores it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -31,24 +32,29 @@ class Record:
 
 
 def read_records(path: str | Path, text_field: str = "text", id_field: str = "id",
-                 title_field: str | None = "title") -> Iterator[Record]:
+                 title_field: str | None = "title", generate_ids: bool = False) -> Iterator[Record]:
     """Stream records from a file.
 
-    jsonl: one object per line; `text_field` is required, `id_field` defaults to the line number, a
-    `title_field` value is prepended to the text ("title text", the BEIR convention). txt: one text per
-    line, ids are line numbers. parquet: the same fields as columns, read in row groups.
+    jsonl: one object per line; `text_field` and `id_field` are required, a `title_field` value is prepended
+    to the text ("title text", the BEIR convention). txt: one text per line. parquet: the same fields as
+    columns, read in row groups. A record without an id (every line of a txt file) is refused unless
+    `generate_ids`, which gives it `content_id` of its text and fields: the same record in two files gets the
+    same id, two different records never do (a line number would: "2" of one file replaced "2" of another).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        yield from _jsonl(path, text_field, id_field, title_field)
+        yield from _jsonl(path, text_field, id_field, title_field, generate_ids)
     elif suffix == ".txt":
+        if not generate_ids:
+            raise ValueError(f"{path}: a .txt file has no document ids; {_ID_FIX}")
         for lineno, line in iter_lines(path):
-            yield Record(str(lineno), line.rstrip("\r\n"), where=f"{path}:{lineno}")
+            text = line.rstrip("\r\n")
+            yield Record(content_id(text, {}), text, where=f"{path}:{lineno}")
     elif suffix == ".parquet":
-        yield from _parquet(path, text_field, id_field, title_field)
+        yield from _parquet(path, text_field, id_field, title_field, generate_ids)
     else:
         raise ValueError(f"{path}: unsupported input format {suffix!r}; use one of {', '.join(FORMATS)}")
 
@@ -58,8 +64,11 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     pairs = []
     for lineno, row in iter_jsonl(path):
         for key in ("query", "passage"):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{path}:{lineno}: field {key!r} must be a string")
+            if key not in row:  # was reported as "must be a string"
+                raise ValueError(f"{path}:{lineno}: missing field {key!r} (fields: {', '.join(row) or 'none'}); "
+                                 'each line is {"query": ..., "passage": ...}')
+            if not isinstance(row[key], str):
+                raise ValueError(f"{path}:{lineno}: field {key!r} must be a string, got {type(row[key]).__name__}")
         pairs.append((row["query"], row["passage"]))
     return pairs
 
@@ -136,9 +145,21 @@ def iter_jsonl(path: str | Path, *, offset: int = 0, first_line: int = 1,
         yield lineno, row
 
 
-def make_record(row: dict, where: str, default_id: str, text_field: str, id_field: str,
-                title_field: str | None) -> Record:
-    """One row of a jsonl or parquet input as a checked Record; `where` (file:line) names it in errors."""
+_ID_FIX = ("give every record an id (jsonl: an 'id' field, or name the field with --id-field), or generate ids "
+           "from each record's content (--generate-ids; generate_ids=True in Python)")
+
+
+def content_id(text: str, metadata: dict) -> str:
+    """The id `generate_ids` gives a record: 24 hex digits (96 bits) of sha256 over its text and fields."""
+    blob = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def make_record(row: dict, where: str, text_field: str, id_field: str, title_field: str | None,
+                generate_ids: bool = False) -> Record:
+    """One row of a jsonl or parquet input as a checked Record; `where` (file:line) names it in errors.
+
+    A row without `id_field` is refused unless `generate_ids` (`content_id`)."""
     if text_field not in row:
         raise ValueError(f"{where}: missing field {text_field!r} (fields: {', '.join(map(str, row)) or 'none'})")
     text = row[text_field]
@@ -147,20 +168,26 @@ def make_record(row: dict, where: str, default_id: str, text_field: str, id_fiel
     title = row.get(title_field) if title_field else None
     if isinstance(title, str) and title.strip():
         text = f"{title} {text}" if text else title
-    try:
-        doc_id = check_id(row.get(id_field, default_id))
-    except ValueError as e:
-        raise ValueError(f"{where}: field {id_field!r}: {e}") from None
+    doc_id = None
+    if id_field in row:
+        try:
+            doc_id = check_id(row[id_field])
+        except ValueError as e:
+            raise ValueError(f"{where}: field {id_field!r}: {e}") from None
+    elif not generate_ids:
+        raise ValueError(f"{where}: no {id_field!r} field (fields: {', '.join(map(str, row))}); {_ID_FIX}")
     meta = check_metadata({k: v for k, v in row.items() if k not in (text_field, id_field)}, doc_id, where)
-    return Record(doc_id, text, meta, where)
+    return Record(content_id(text, meta) if doc_id is None else doc_id, text, meta, where)
 
 
-def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
+def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None,
+           generate_ids: bool) -> Iterator[Record]:
     for lineno, row in iter_jsonl(path):
-        yield make_record(row, f"{path}:{lineno}", str(lineno), text_field, id_field, title_field)
+        yield make_record(row, f"{path}:{lineno}", text_field, id_field, title_field, generate_ids)
 
 
-def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None) -> Iterator[Record]:
+def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None,
+             generate_ids: bool) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     reader = pq.ParquetFile(path)
@@ -170,4 +197,4 @@ def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None
     for batch in reader.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             row_no += 1
-            yield make_record(row, f"{path}: row {row_no}", str(row_no), text_field, id_field, title_field)
+            yield make_record(row, f"{path}: row {row_no}", text_field, id_field, title_field, generate_ids)

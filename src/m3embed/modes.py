@@ -23,6 +23,9 @@ Two default weight triples (dense, sparse, colbert), used alike by Python, the C
 - `SCORE_WEIGHTS` (1, 1, 1), FlagEmbedding's `compute_score` default: `compute_score`, `m3embed score`,
   `/v1/score`. Its hybrid scores are divided by the sum of the weights used, as FlagEmbedding does.
 
+Every weight triple passes `check_weights`, everywhere: finite, >= 0, not all 0 (and a hybrid search mode
+gives one of its representations a positive weight).
+
 This module imports only `m3embed.errors`: every other module may use it. Its checks raise `ParamError`
 naming the parameter ("mode", "weights").
 """
@@ -126,12 +129,14 @@ def index_representations(search_modes: Iterable[str]) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in need)
 
 
-def check_weights(weights: Sequence[float], *, name: str = "weights", normalized: bool = False
-                  ) -> tuple[float, float, float]:
-    """Three finite numbers (dense, sparse, colbert) as floats; a ParamError naming the problem otherwise.
+def check_weights(weights: Sequence[float], *, name: str = "weights", mode: str | None = None,
+                  normalized: bool = False) -> tuple[float, float, float]:
+    """Three finite numbers (dense, sparse, colbert) >= 0, not all 0, as floats; the one weights rule of the
+    library, the CLI and HTTP. A ParamError naming the problem otherwise.
 
-    With `normalized` (hybrids divided by their weight sum, as compute_score does) the weights must also be
-    >= 0 with dense + sparse > 0.
+    With `mode`, a hybrid search mode must also give one of the representations it combines a positive weight
+    (else every score is 0 and the order arbitrary). With `normalized` (hybrids divided by their weight sum, as
+    compute_score does) dense + sparse must be > 0.
     """
     param = name.lstrip("-")
     try:
@@ -143,9 +148,19 @@ def check_weights(weights: Sequence[float], *, name: str = "weights", normalized
         raise ParamError(f"{name} must be (dense, sparse, colbert), got {len(values)} values", param=param)
     if not all(math.isfinite(w) for w in values):
         raise ParamError(f"{name} must be finite numbers, got {list(values)}", param=param)
-    if normalized and (min(values) < 0 or values[0] + values[1] <= 0):
-        raise ParamError(f"{name} {list(values)} must be >= 0 with dense + sparse > 0 (the hybrid scores are "
-                         "divided by their weight sum)", param=param)
+    if min(values) < 0:
+        raise ParamError(f"{name} must be >= 0, got {list(values)} (a negative weight ranks that "
+                         "representation's best matches last)", param=param)
+    if not any(values):
+        raise ParamError(f"{name} are all 0, so every score would be 0 in arbitrary order; give at least one a "
+                         "positive weight, e.g. 0.4,0.2,0.4", param=param)
+    used = scored(mode) if mode is not None else MODES
+    if len(used) > 1 and not any(values[MODES.index(r)] for r in used):
+        raise ParamError(f"{name} {list(values)} give the {', '.join(used)} of search mode {mode!r} weight 0, so "
+                         "every score would be 0; give one of them a positive weight", param=param)
+    if normalized and values[0] + values[1] <= 0:
+        raise ParamError(f"{name} {list(values)} need dense + sparse > 0 (the sparse+dense score is divided by "
+                         "their sum)", param=param)
     return values  # type: ignore[return-value]
 
 

@@ -91,7 +91,7 @@ class PartEncoder:
                  batch_tokens: int | None = None, threads: int | None = None) -> None:
         spec = json.loads(spec_json)
         self.out = Path(out)
-        self.fields = (spec["text_field"], spec["id_field"], spec["title_field"])
+        self.fields = (spec["text_field"], spec["id_field"], spec["title_field"], spec.get("generate_ids", False))
         self.batch_size = batch_size
         self.encoder = M3Encoder(spec["model"], spec["modes"], dtype=spec["dtype"], max_length=spec["max_length"],
                                  device=device, batch_tokens=batch_tokens, threads=threads)
@@ -148,7 +148,8 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
                rows_per_part: int = DEFAULT_ROWS_PER_PART, batch_size: int = DEFAULT_BATCH_SIZE,
                dtype: str = "float32", max_length: int | None = None, device: str | None = None,
                batch_tokens: int | None = None, threads: int | None = None, text_field: str = "text",
-               id_field: str = "id", title_field: str | None = "title", progress: bool = False) -> JobResult:
+               id_field: str = "id", title_field: str | None = "title", generate_ids: bool = False,
+               progress: bool = False) -> JobResult:
     """Encode jsonl/parquet documents on Ray into Parquet shards in `out`; a re-run skips the shards written.
 
     Args:
@@ -159,7 +160,7 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
         actors: the actor pool's size; cpus_per_actor, gpus_per_actor: what each actor reserves (on a machine
             with few cores leave a CPU for reading, e.g. 2 actors at 0.5 CPU on 2 cores).
         rows_per_part: documents per shard; batch_size: documents per encode call and Parquet row group.
-        text_field, id_field, title_field: as `m3embed.corpus.read_records`.
+        text_field, id_field, title_field, generate_ids: as `m3embed.corpus.read_records`.
         progress: show shards, documents and documents/s across the cluster on stderr.
     """
     ray = require("ray", "ray")
@@ -169,7 +170,7 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
     files = shards.expand_inputs(input)
     spec = shards.JobSpec(model=model, modes=check_modes(modes), max_length=max_length, dtype=dtype,
                           inputs=[str(f) for f in files], rows_per_part=rows_per_part, text_field=text_field,
-                          id_field=id_field, title_field=title_field)
+                          id_field=id_field, title_field=title_field, generate_ids=generate_ids)
     shards.open_job(out, spec)
     parts = shards.plan_parts(files, rows_per_part)
     done = shards.finished_parts(out)

@@ -72,7 +72,8 @@ class Reranker(nn.Module):
         is_reranker = any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == 1
         if not is_reranker and not new_head:
             raise ValueError(
-                f"{directory} is not a cross-encoder reranker: its config.json declares {archs or 'no architecture'}"
+                f"{name_or_path} is not a cross-encoder reranker: its config.json declares "
+                f"{archs or 'no architecture'}"
                 f" with {config.num_labels} labels; a reranker is a *ForSequenceClassification model with one "
                 "label (e.g. BAAI/bge-reranker-v2-m3); for an embedding model use M3Model")
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -176,8 +177,13 @@ class Reranker(nn.Module):
                                     max_batch_size=max_batch_size, progress=progress) if pairs else []
         out, start = [], 0
         for ps in lists:
-            mine = scores[start : start + len(ps)]
+            out.append(best_first(scores[start : start + len(ps)], top_n))
             start += len(ps)
-            order = sorted(range(len(ps)), key=lambda i: -mine[i])  # stable: ties keep the candidate order
-            out.append([(i, mine[i]) for i in order[:top_n]])
         return out
+
+
+def best_first(scores: Sequence[float], top_n: int | None = None) -> list[tuple[int, float]]:
+    """(index, score) best first, ties in input order (a stable sort), the first `top_n` (default all): the
+    order `Reranker.rank` gives, for scores computed elsewhere (the server scores pairs chunk by chunk)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [(i, scores[i]) for i in order[:top_n]]

@@ -17,6 +17,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -245,18 +246,18 @@ def _parquet_parts(f_no: int, path: Path, size: int) -> list[Part]:
 
 
 def read_part(part: Part, text_field: str = "text", id_field: str = "id",
-              title_field: str | None = "title") -> list[Record]:
+              title_field: str | None = "title", generate_ids: bool = False) -> list[Record]:
     """The records of a part, with the fields and errors of `m3embed.corpus.read_records`."""
     path = Path(part.path)
     if path.suffix.lower() != ".parquet":
-        return [make_record(row, f"{path}:{lineno}", str(lineno), text_field, id_field, title_field)
+        return [make_record(row, f"{path}:{lineno}", text_field, id_field, title_field, generate_ids)
                 for lineno, row in iter_jsonl(path, offset=part.offset, first_line=part.first, max_lines=part.rows)]
     reader = pq.ParquetFile(path)
     if text_field not in reader.schema_arrow.names:
         raise ValueError(f"{path}: missing column {text_field!r} (columns: {', '.join(reader.schema_arrow.names)})")
     rows = reader.read_row_groups(list(part.row_groups)).to_pylist()
-    return [make_record(row, f"{path}: row {part.first + i}", str(part.first + i), text_field, id_field,
-                        title_field) for i, row in enumerate(rows)]
+    return [make_record(row, f"{path}: row {part.first + i}", text_field, id_field, title_field, generate_ids)
+            for i, row in enumerate(rows)]
 
 
 # ---- the job directory ----
@@ -272,7 +273,7 @@ class JobSpec:
         max_length: truncation in tokens (None: the model's passage_max_length).
         dtype: the model's dtype on the actors.
         inputs: the input files, in order; rows_per_part: documents per part.
-        text_field, id_field, title_field: how input rows become records.
+        text_field, id_field, title_field, generate_ids: how input rows become records.
     """
 
     model: str
@@ -284,6 +285,7 @@ class JobSpec:
     text_field: str = "text"
     id_field: str = "id"
     title_field: str | None = "title"
+    generate_ids: bool = False
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -296,7 +298,8 @@ def open_job(out: Path, spec: JobSpec) -> None:
     path = out / JOB_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in spec.to_json().items() if old.get(k) != v}
+        old = {k: old.get(k, getattr(JobSpec, k, None)) for k in spec.to_json()}  # a later field: its default
+        diff = {k: (old[k], v) for k, v in spec.to_json().items() if old[k] != v}
         if diff:
             what = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{out} holds shards of another encode job ({what}); resume it with the same "
@@ -353,8 +356,8 @@ def finish_job(out: Path, spec: JobSpec) -> dict[str, Any]:
     if len(found) > 1:
         raise ValueError(f"{out} holds shards of {len(found)} models (fingerprints {', '.join(found)}); "
                          "encode into a new directory")
-    counts = {f.name: pq.ParquetFile(f).metadata.num_rows for f in files}
-    schema = pq.read_schema(files[0]) if files else None
+    counts = {f.name: shard_rows(f) for f in files}
+    schema = shard_schema(files[0]) if files else None
     dim = None
     if schema is not None and "dense" in schema.names:
         dim = schema.field("dense").type.list_size
@@ -382,13 +385,47 @@ def open_encoded(path: str | Path) -> Encoded:
     files = [path / name for name in sorted(summary["shards"])]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} shard(s) listed in {SUCCESS_FILE} are missing, e.g. {missing[0]}")
+        raise ValueError(f"{path}: {len(missing)} shard(s) listed in {SUCCESS_FILE} are missing, e.g. {missing[0]}; "
+                         "run the same `m3embed encode ... --ray` again: the job encodes only the missing shards")
     return Encoded(files, summary)
+
+
+REENCODE = ("delete it and run the same `m3embed encode ... --ray` again: the job resumes and encodes only the "
+            "missing shards")
+
+
+class DamagedShardError(ValueError):
+    """A shard Parquet cannot read (truncated, overwritten, bit rot): names the file and the way out."""
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Arrow's errors for a damaged file ("Couldn't deserialize thrift ...", a missing footer) as one line naming
+    the shard and `REENCODE`; an I/O error with an errno (permissions, a full disk) keeps its own message."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        reason = " ".join(str(e).replace(f"'{path}': ", "").split())[:200]
+        raise DamagedShardError(f"shard {path} is damaged ({reason}); {REENCODE}") from None
+
+
+def shard_rows(path: Path) -> int:
+    """The documents a shard holds, from its footer (which is checked)."""
+    with reading(path):
+        return pq.ParquetFile(path).metadata.num_rows
+
+
+def shard_schema(path: Path) -> pa.Schema:
+    with reading(path):
+        return pq.read_schema(path)
 
 
 def shard_fingerprint(path: Path) -> str | None:
     """The model fingerprint a shard was encoded with (None for an empty shard); two in one shard is an error."""
-    table = pq.read_table(path, columns=["fingerprint"])
+    with reading(path):
+        table = pq.read_table(path, columns=["fingerprint"])
     found = pc.unique(table.column("fingerprint")).to_pylist()
     if len(found) > 1:
         raise ValueError(f"shard {path} mixes outputs of {len(found)} models ({', '.join(map(str, found))})")
@@ -396,8 +433,14 @@ def shard_fingerprint(path: Path) -> str | None:
 
 
 def iter_shard(path: Path, batch_size: int, vocab_size: int | None = None) -> Iterator[EncodedRows]:
-    """The rows of a shard, `batch_size` at a time."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+    """The rows of a shard, `batch_size` at a time; a damaged one raises `DamagedShardError` at its first bad page."""
+    with reading(path):
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    while True:
+        with reading(path):
+            batch = next(batches, None)
+        if batch is None:
+            return
         yield from_table(batch, vocab_size)
 
 

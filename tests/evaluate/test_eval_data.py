@@ -63,6 +63,14 @@ def test_qrels_and_query_errors(tmp_path, write_dataset):
     (root / "qrels.tsv").write_text("q\td\t1\nother\td\t1\n")
     with pytest.raises(ValueError, match=r"1 query id\(s\) not in queries\.jsonl, e\.g\. 'other'"):
         load_dataset(root)
+    corpus = (root / "corpus.jsonl").read_text()
+    (root / "corpus.jsonl").write_text("\n")  # an empty corpus: was NumPy warnings, then "max() arg is an empty ..."
+    with pytest.raises(ValueError, match=r"corpus\.jsonl holds no documents; an evaluation ranks a corpus"):
+        load_dataset(root)
+    (root / "corpus.jsonl").write_text(corpus)
+    (root / "queries.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"queries\.jsonl holds no queries"):
+        load_dataset(root)
     (root / "queries.jsonl").write_text('{"text": "no id"}\n')
     with pytest.raises(ValueError, match=r"queries\.jsonl:1: missing field 'id'"):
         load_dataset(root)

@@ -150,3 +150,52 @@ def test_loading_on_ray_needs_a_server(tmp_path: Path, job) -> None:
     for location in (str(tmp_path / "idx"), ":memory:"):
         with pytest.raises(ValueError, match="loading on Ray needs a Qdrant server URL"):
             load_encoded_ray(location, job[1])
+
+
+def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, model: M3Model) -> None:
+    """`index build` on an existing index used to exit 0 with other --pool-factor / --colbert-quantization /
+    --engine and store the new documents the old way; the options are now compared with the index's own."""
+    from m3embed.index import ColbertStorage, open_index
+    from m3embed.index.build import Source, build
+
+    docs, encoded = job
+    idx = tmp_path / "idx"
+    with open_for_encoded(idx, encoded, modes=("dense", "colbert")) as index:
+        assert index.manifest.modes == ("dense", "colbert")
+    with open_for_encoded(idx, encoded) as index:  # no options: the index keeps what it stores
+        assert index.manifest.modes == ("dense", "colbert")
+    asked = ColbertStorage(quantization="binary", pool_factor=2)
+    with pytest.raises(ValueError, match=rf"index {idx} already exists with colbert quantization 'none' \(asked: "
+                       r"'binary'\); colbert pool factor 1 \(asked: 2\); .* build into a new directory"):
+        open_for_encoded(idx, encoded, colbert_storage=asked)
+    with pytest.raises(ValueError, match=r"engine 'edge' \(asked: 'qdrant'\)"):
+        open_index(idx, model, create=True, engine="qdrant")
+    with pytest.raises(ValueError, match=r"modes dense,colbert \(asked: dense,sparse,colbert\)"):
+        build(idx, Source(docs), load_model=lambda _: model, modes=MODES)
+    with open_index(idx, model, create=True, colbert_storage=ColbertStorage(), store_text=True) as index:
+        assert index.count() == 0  # the same options: opened as it is, to resume
+
+
+@pytest.mark.parametrize("damage", ["footer", "truncated", "pages"])
+def test_a_damaged_shard_is_named_with_the_way_out_and_leaves_no_index(tmp_path: Path, job, damage: str) -> None:
+    """A damaged shard used to give Arrow's "Couldn't deserialize thrift: ..." with no file and no fix, and a
+    failed first build left an empty index behind."""
+    import shutil
+
+    from m3embed.index.build import Source, build
+
+    encoded = Path(shutil.copytree(job[1], tmp_path / "encoded"))
+    shard = sorted(encoded.glob("part-*.parquet"))[1]
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # bytes flipped in the footer's thrift, or in the first column's pages
+        span = range(len(data) - 400, len(data) - 40) if damage == "footer" else range(200, 4000)
+        for i in span:
+            data[i] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    idx = tmp_path / "idx"
+    with pytest.raises(shards.DamagedShardError, match=rf"shard {re.escape(str(shard))} is damaged \(.+\); delete it "
+                       r"and run the same `m3embed encode \.\.\. --ray` again: the job resumes"):
+        build(idx, Source(encoded, encoded=True), load_model=lambda _: None, batch_size=512)
+    assert not idx.exists()

@@ -204,7 +204,7 @@ def test_an_older_manifest_keeps_its_colbert_dtype(make_index, corpus, tmp_path,
     ({"oversampling": 0.5, "quantization": "int8"}, "oversampling must be a number >= 1"),
     ({"rescore": "yes", "quantization": "int8"}, "rescore must be true or false"),
     ({"originals": "none"}, "originals='none' needs quantization"),
-    ({"rescore": False}, "rescore=False applies to quantized storage"),
+    ({"rescore": False}, "rescore=False (--no-colbert-rescore) applies to quantized storage"),
     ({"quantization": "binary", "originals": "none"}, "rescore needs the original vectors"),
 ])
 def test_bad_options_are_refused_by_name(options: dict, message: str) -> None:

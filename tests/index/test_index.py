@@ -37,7 +37,7 @@ def test_prepare_checks_once_and_names_the_parameter(make_index) -> None:
         ({"weights": (1, 1)}, "weights", r"weights must be \(dense, sparse, colbert\)"),
         ({"filter": {"a": 1.5}}, "filter", "got float"),
         ({"k": 5, "colbert_top": 3}, "colbert_top", r"colbert_top \(3\) must be at least k \(5\)"),
-        ({"rerank_top": 20}, "rerank_top", "rerank_top=20 needs a reranker"),
+        ({"rerank_top": 20}, "rerank_top", r"rerank_top=20 \(--rerank-top\) needs a reranker: .*--reranker NAME"),
     ]:
         with pytest.raises(ParamError, match=message) as info:
             index.prepare(**options)

@@ -54,7 +54,7 @@ def test_rerank_top_defaults_and_texts_follow_with_text(texts_index: Index, corp
 
 
 def test_rerank_errors_name_the_fix(texts_index: Index, make_index, corpus, reranker: Reranker, engine) -> None:
-    with pytest.raises(ValueError, match="rerank_top=20 needs a reranker"):
+    with pytest.raises(ValueError, match=r"rerank_top=20 \(--rerank-top\) needs a reranker: .*--reranker NAME"):
         texts_index.prepare(k=5, rerank_top=20)
     with pytest.raises(ValueError, match=r"rerank_top \(3\) must be at least k \(5\)"):
         texts_index.prepare(k=5, reranker=reranker, rerank_top=3)

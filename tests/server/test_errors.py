@@ -182,3 +182,39 @@ def test_unavailable_head_is_422(tmp_path):
         assert httpx.post(f"{server.url}/v1/encode", json={"input": "x"}).status_code == 200
     finally:
         server.stop()
+
+
+def test_the_api_key_is_checked_before_the_body(strict):
+    """Without the key, a body is not read or parsed: malformed, deep or over-limit JSON is 401, not 400/413."""
+    url = str(strict.base_url)
+    deep = b"[" * 1000 + b"]" * 1000
+    for body in (b"{not json", deep, b'{"input": "x"}'):
+        r = httpx.post(f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        _error(r, 401, "invalid_api_key")
+    r = httpx.post(f"{url}/v1/embeddings", content=b"x" * 65536, headers={"content-type": "application/json"})
+    _error(r, 401, "invalid_api_key")
+    _error(strict.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 400,
+           "invalid_json")  # with the key: the body is read as before
+
+
+def test_encode_responses_are_bounded_before_encoding(live_server, texts):
+    """/v1/encode had no bound on its output: ColBERT rows of 256 texts were 907 MB of JSON (4.7 GB peak)."""
+    server = live_server(max_response_bytes=200_000)
+    body = {"input": texts[:8], "model": MODEL_NAME, "modes": ["colbert"]}
+    r = httpx.post(f"{server.url}/v1/encode", json=body, timeout=60)
+    error = _error(r, 413, "max_response")
+    assert "over this server's limit of 0 MiB (--max-response-mb)" in error["message"]
+    assert "encoding_format=base64" in error["message"] and "m3embed encode --ray" in error["message"]
+    assert "m3embed_batches_total 0.0" in httpx.get(f"{server.url}/metrics").text  # refused before encoding
+    svc = server.app.state.service
+    for fmt in ("float", "base64"):  # the estimate is close to what is sent
+        one = {"input": texts[:1], "model": MODEL_NAME, "modes": ["dense", "sparse", "colbert"],
+               "encoding_format": fmt}
+        r = httpx.post(f"{server.url}/v1/encode", json=one, timeout=60)
+        assert r.status_code == 200, r.text
+        sent = len(r.content)
+        svc.settings.max_response_bytes = int(sent * 0.6)
+        assert httpx.post(f"{server.url}/v1/encode", json=one, timeout=60).status_code == 413, fmt
+        svc.settings.max_response_bytes = int(sent * 1.5)
+        assert httpx.post(f"{server.url}/v1/encode", json=one, timeout=60).status_code == 200, fmt
+        svc.settings.max_response_bytes = 200_000

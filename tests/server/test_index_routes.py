@@ -96,7 +96,8 @@ def test_index_request_errors(indexed):
 
 
 def test_search_defaults_to_the_fullest_stored_mode_and_checks_weights(live_server, m3_model, tmp_path):
-    """A dense-only index answers /v1/search without a mode (the library's default), and NaN weights are 422."""
+    """A dense-only index answers /v1/search without a mode (the library's default), and NaN, all-zero or negative
+    weights are 422."""
     index = open_index(tmp_path / "dense", m3_model, create=True, modes=("dense",))
     index.add(["a", "b"], ["the quick brown fox", "a slow green turtle"])
     server = live_server(index)
@@ -110,6 +111,9 @@ def test_search_defaults_to_the_fullest_stored_mode_and_checks_weights(live_serv
             r = c.post("/v1/search", content=b'{"query": "fox", "weights": [NaN, 0.2, 0.4]}',
                        headers={"content-type": "application/json"})
             assert r.status_code == 422 and r.json()["error"]["param"] == "weights", r.text
+            for weights in ([0, 0, 0], [-1, 0, 0]):  # one weights rule (all 0 was 200, every score 0)
+                r = c.post("/v1/search", json={"query": "fox", "weights": weights})
+                assert r.status_code == 422 and r.json()["error"]["param"] == "weights", r.text
     finally:
         server.stop()
         index.close()

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from m3embed.index import open_index
 
@@ -54,3 +55,18 @@ def test_serve_on_a_taken_port_is_one_line_before_loading(tmp_path):
     assert r.returncode == 2, r.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
     assert "serving" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--port", "99999", "--port must be between 1 and 65535, got 99999"),  # was a 40-line OverflowError
+    ("--graceful-timeout", "-1", "--graceful-timeout must be >= 0, got -1"),  # these four started a server
+    ("--max-items", "0", "max_items (--max-items) must be an integer >= 1, got 0"),
+    ("--max-body-mb", "-1", "--max-body-mb must be > 0, got -1"),
+    ("--max-chars", "0", "max_chars (--max-chars) must be an integer >= 1, got 0"),
+    ("--max-queue", "0", "max_queue (--max-queue) must be an integer >= 1, got 0"),
+])
+def test_serve_flags_are_checked_before_loading(flag, value, message, tmp_path, capsys, monkeypatch):
+    from tests.test_cli_errors import one_line_error, run_cli
+
+    code, _, err = run_cli(capsys, monkeypatch, "serve", flag, value, "--model", tmp_path / "not-loaded")
+    assert one_line_error(code, err) == f"error: {message}"

@@ -43,6 +43,9 @@ def _load_reranker(name: str, dtype: str = "float32", device: str | None = None,
     return cross
 
 
+GenerateIdsOpt = typer.Option(False, "--generate-ids", help="give records without an id one made from their content "
+                              "(24 hex digits of sha256 over text and fields): a record in two files keeps one id, "
+                              "two different records never share one")
 PairMaxLengthOpt = typer.Option(None, "--pair-max-length", "--rerank-max-length",
                                 help="pair tokens the reranker reads (default 512, capped at its limit)")
 

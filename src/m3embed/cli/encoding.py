@@ -12,6 +12,7 @@ from rich.text import Text
 from m3embed.cli._common import (
     DeviceOpt,
     DtypeOpt,
+    GenerateIdsOpt,
     ModelOpt,
     _load,
     _load_reranker,
@@ -31,6 +32,7 @@ def encode(
     modes: str = typer.Option("dense", help="comma-separated: dense,sparse,colbert"),
     text_field: str = typer.Option("text", help="jsonl/parquet field holding the text"),
     id_field: str = typer.Option("id", help="jsonl/parquet field holding the id"),
+    generate_ids: bool = GenerateIdsOpt,
     max_length: int | None = typer.Option(None, help="truncate to this many tokens (default: model limit)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward pass"),
     mcls: bool = typer.Option(False, help="multiple-CLS dense pooling for long texts"),
@@ -40,7 +42,7 @@ def encode(
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
     ray: bool = typer.Option(False, "--ray", help="encode on Ray into Parquet shards; INPUT: jsonl/parquet file, "
-                             "directory or glob; a re-run skips finished shards (needs m3embed[ray])"),
+                             "directory or glob; a re-run skips finished shards (needs m3embed\\[ray])"),
     ray_address: str | None = typer.Option(None, help="--ray: cluster to join (auto, ray://head:10001); default: "
                                            "the running one, else a new local one"),
     actors: int = typer.Option(1, help="--ray: encoding actors (e.g. one per GPU)"),
@@ -56,12 +58,12 @@ def encode(
 
     chosen = check_modes(modes)
     if ray:
-        _encode_on_ray(input, output, model, chosen, text_field, id_field, max_length, batch_tokens, mcls, dtype,
-                       device, ray_address, actors, cpus_per_actor, gpus_per_actor, rows_per_part)
+        _encode_on_ray(input, output, model, chosen, text_field, id_field, generate_ids, max_length, batch_tokens,
+                       mcls, dtype, device, ray_address, actors, cpus_per_actor, gpus_per_actor, rows_per_part)
         return
     if output.exists() and not output.is_dir():  # checked now, not after the encoding
         raise NotADirectoryError(f"--out {output} is a file; give a directory for the outputs")
-    records = list(read_records(input, text_field=text_field, id_field=id_field))
+    records = list(read_records(input, text_field=text_field, id_field=id_field, generate_ids=generate_ids))
     m = _load(model, chosen, dtype, device)
     encoders = {"passage": m.encode_corpus, "query": m.encode_queries, "none": m.encode}
     if role not in encoders:
@@ -69,8 +71,9 @@ def encode(
     if "dense" in chosen:  # the part known before encoding; M3Output.save checks the whole size
         check_free(output, len(records) * m.hidden_size * 4, f"the dense outputs of {len(records)} texts",
                    reserve=FILE_RESERVE)
+    # a bar on stderr for any size (it was shown from 1,000 records: 240 paragraphs ran 20 s silent)
     result = encoders[role]([r.text for r in records], modes=chosen, max_length=max_length,
-                                  batch_tokens=batch_tokens, mcls=mcls, progress=None if len(records) < 1000 else True)
+                            batch_tokens=batch_tokens, mcls=mcls, progress=True)
     result.save(output, ids=[r.id for r in records], meta={"model": model, "fingerprint": m.fingerprint,
                 "modes": list(chosen), "max_length": max_length or m.max_length, "dtype": dtype,
                 "input_type": role})
@@ -78,7 +81,8 @@ def encode(
 
 
 def _encode_on_ray(input: Path, output: Path, model: str, modes: tuple[str, ...], text_field: str, id_field: str,
-                   max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str, device: str | None,
+                   generate_ids: bool, max_length: int | None, batch_tokens: int | None, mcls: bool, dtype: str,
+                   device: str | None,
                    address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
                    rows_per_part: int) -> None:
     from m3embed.ray_data import encode_job
@@ -88,7 +92,7 @@ def _encode_on_ray(input: Path, output: Path, model: str, modes: tuple[str, ...]
     result = encode_job(input, output, model, modes, address=address, actors=actors, cpus_per_actor=cpus_per_actor,
                         gpus_per_actor=gpus_per_actor, rows_per_part=rows_per_part, dtype=dtype,
                         max_length=max_length, device=device, batch_tokens=batch_tokens, text_field=text_field,
-                        id_field=id_field, progress=True)
+                        id_field=id_field, generate_ids=generate_ids, progress=True)
     console.print(f"{escape(str(output))}: {result.written} shards written ({result.documents} documents, "
                   f"{result.docs_per_second:.1f} docs/s), {result.skipped} already there; "
                   f"{result.summary['documents']} documents in all", highlight=False)

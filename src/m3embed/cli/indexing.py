@@ -17,6 +17,7 @@ from m3embed.cli._common import (
     CollectionOpt,
     DeviceOpt,
     DtypeOpt,
+    GenerateIdsOpt,
     IndexArg,
     ModelOpt,
     PairMaxLengthOpt,
@@ -47,13 +48,14 @@ RayOpt = typer.Option(False, "--ray", help="--encoded into a Qdrant server: one 
 RayAddressOpt = typer.Option(None, help="--ray: cluster to join (default: the running one, else a new local one)")
 
 
-def _source(input: Path | None, encoded: Path | None, text_field: str, id_field: str, title_field: str):
+def _source(input: Path | None, encoded: Path | None, text_field: str, id_field: str, title_field: str,
+            generate_ids: bool = False):
     from m3embed.index.build import Source
 
     if (input is None) == (encoded is None):
         raise ValueError("give a documents file (INPUT) or --encoded shards, one of the two")
     return Source(encoded or input, encoded=encoded is not None, text_field=text_field, id_field=id_field,
-                  title_field=title_field or None)
+                  title_field=title_field or None, generate_ids=generate_ids)
 
 
 def _print_added(added, source) -> None:
@@ -89,11 +91,13 @@ def index_build(
                                                       "[default: 4]"),
     pool_factor: int | None = typer.Option(None, help="colbert token pooling at ingest: n tokens become "
                                            "ceil(n / pool_factor) [default: 1, off]"),
-    store_text: bool = typer.Option(True, "--store-text/--no-store-text", help="keep texts in the index"),
+    store_text: bool | None = typer.Option(None, "--store-text/--no-store-text",
+                                           help="keep texts in the index [default: on]"),
     batch_size: int = BatchSizeOpt,
     max_length: int | None = typer.Option(None, help="truncate documents to this many tokens"),
     text_field: str = TextFieldOpt,
     id_field: str = IdFieldOpt,
+    generate_ids: bool = GenerateIdsOpt,
     title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
     log_commits: bool = LogCommitsOpt,
@@ -112,7 +116,7 @@ def index_build(
     from m3embed.index.directory import is_remote
     from m3embed.modes import check_modes
 
-    source = _source(input, encoded, text_field, id_field, title_field)
+    source = _source(input, encoded, text_field, id_field, title_field, generate_ids)
     # the create_collection arguments, under their Qdrant names
     options = {name: value for name, value in (("shard_number", shard_number),
                                                ("replication_factor", replication_factor),
@@ -148,6 +152,7 @@ def index_add(
     batch_size: int = BatchSizeOpt,
     text_field: str = TextFieldOpt,
     id_field: str = IdFieldOpt,
+    generate_ids: bool = GenerateIdsOpt,
     title_field: str = TitleFieldOpt,
     collection: str = CollectionOpt,
     log_commits: bool = LogCommitsOpt,
@@ -157,7 +162,7 @@ def index_add(
     """Add documents, or encoded shards, to an existing index (upsert by id)."""
     from m3embed.index.build import add
 
-    source = _source(input, encoded, text_field, id_field, title_field)
+    source = _source(input, encoded, text_field, id_field, title_field, generate_ids)
     added = add(index, source, load_model=lambda idx: _index_model(idx, model, dtype, device), collection=collection,
                 replace=replace, batch_size=batch_size, ray=ray, ray_address=ray_address,
                 progress=not log_commits, on_commit=_commit_report(log_commits))

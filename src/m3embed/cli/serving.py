@@ -43,6 +43,9 @@ def serve(  # the options named as ServerSettings fields fill it
     max_items: int = typer.Option(2048, help="texts, pairs or documents per request"),
     max_chars: int = typer.Option(100_000, help="characters per text"),
     max_body_bytes: float = typer.Option(32.0, "--max-body-mb", callback=_mib, help="request body limit in MiB"),
+    max_response_bytes: float = typer.Option(256.0, "--max-response-mb", callback=_mib,
+                                             help="response limit in MiB (estimated before encoding; /v1/encode's "
+                                             "ColBERT rows take ~21 bytes a float as JSON, ~5.4 in base64)"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="merge concurrent requests"),
     max_batch_tokens: int | None = typer.Option(
         None, help="padded tokens (texts x longest) per model call; larger requests are split into chunks of this "
@@ -71,6 +74,7 @@ def serve(  # the options named as ServerSettings fields fill it
     # the calling thread instead (TOKENIZERS_PARALLELISM=true overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    settings = ServerSettings(**{f.name: options[f.name] for f in fields(ServerSettings) if f.name in options})
     _check_port_free(host, port)
     idx = None
     if index is not None:
@@ -88,7 +92,6 @@ def serve(  # the options named as ServerSettings fields fill it
         if idx is not None:
             idx.close()
         raise
-    settings = ServerSettings(**{f.name: options[f.name] for f in fields(ServerSettings) if f.name in options})
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the previous handler: make
     # that handler end `run` with an exception, so the index is closed below and the exit status is 0
     previous = signal.signal(signal.SIGTERM, _stop_serving)
@@ -114,6 +117,8 @@ def _check_port_free(host: str, port: int) -> None:
     """Fail before loading anything when the address is taken (uvicorn would exit after start-up)."""
     import socket
 
+    if not 1 <= port <= 65535:  # was a 40-line OverflowError traceback from bind()
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
     try:
         socket.create_server((host, port)).close()
     except OSError as e:

@@ -134,7 +134,13 @@ def load_dataset(path: str | Path, qrels: str = "qrels.tsv") -> Dataset:
         raise NotADirectoryError(f"{root} is not a directory; pass a dataset dir holding corpus.jsonl")
     qrels_path = Path(qrels) if Path(qrels).is_absolute() else root / qrels
     corpus = load_corpus(root / "corpus.jsonl")
+    if not corpus:  # was two NumPy warnings, then "max() arg is an empty sequence"
+        raise ValueError(f"{root / 'corpus.jsonl'} holds no documents; an evaluation ranks a corpus, so give it "
+                         "one document per line ({\"id\": ..., \"text\": ...})")
     all_queries = load_queries(root / "queries.jsonl")
+    if not all_queries:
+        raise ValueError(f"{root / 'queries.jsonl'} holds no queries; give it one query per line "
+                         "({\"id\": ..., \"text\": ...})")
     judged = load_qrels(qrels_path)
     unknown = [q for q in judged if q not in all_queries]
     if unknown:

@@ -262,6 +262,9 @@ def evaluate_dataset(dataset: Dataset, model: Any = None, *, k: int = 100, m3: M
         raise ValueError(f"rerank_top={m3.rerank_top} must be between 1 and k={k}")
     if model is None and bm25 is None:
         raise ValueError("nothing to evaluate: give a model, or keep the BM25 baseline")
+    if not dataset.doc_ids or not dataset.queries:
+        raise ValueError(f"dataset {dataset.name} has no {'documents' if not dataset.doc_ids else 'queries'}; "
+                         "an evaluation ranks a corpus for each query (see `load_dataset`)")
     require("pytrec_eval", "eval")  # fail now, not after the index is built
     if bm25 is not None:
         require("bm25s", "eval")

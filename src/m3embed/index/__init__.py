@@ -55,7 +55,9 @@ def open_index(location: str | Path | Any, model: Any = None, *, create: bool = 
         collection: the collection name on Qdrant.
         client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
         engine, modes, colbert_storage, colbert_store, store_text, collection_options, fingerprint, model_name,
-            dim, colbert_dim: how to create it (see `Index.create`; None: its default); only with create=True.
+            dim, colbert_dim: how to create it (see `Index.create`; None: its default, and modes: all the model
+            has); only with create=True. An existing index given engine, modes, colbert_storage, colbert_store or
+            store_text other than its own is refused (`Manifest.check_options`).
     """
     from m3embed.index.core import Index
 
@@ -65,13 +67,23 @@ def open_index(location: str | Path | Any, model: Any = None, *, create: bool = 
                "dim": dim, "colbert_dim": colbert_dim}
     given = {name: value for name, value in options.items() if value is not None}
     if create:
+        index = None
         if is_remote(location):
             try:
-                return Index.open(location, model, collection=collection, client_options=client_options)
+                index = Index.open(location, model, collection=collection, client_options=client_options)
             except FileNotFoundError:
                 pass
         elif (Path(location) / MANIFEST_NAME).exists():
-            return Index.open(location, model, collection=collection)
+            index = Index.open(location, model, collection=collection)
+        if index is not None:  # an existing index: options that differ from its own would be silently ignored
+            try:
+                index.manifest.check_options(index.location, given)
+            except ValueError:
+                index.close()
+                raise
+            return index
+        if "modes" not in given and model is not None:
+            given["modes"] = model.available_modes()
         return Index.create(location, model, collection=collection, client_options=client_options, **given)
     if given:
         raise TypeError(f"{', '.join(sorted(given))} only apply when creating an index; pass create=True")

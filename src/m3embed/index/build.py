@@ -3,7 +3,8 @@
 `build` creates the index (or resumes one built with the same model) and `add` adds to an existing one; the
 CLI's `index build` and `index add` are these two over the command line. A documents file is read and checked
 whole before the model is loaded or anything is written, so a bad record stops the command with its
-file:line and leaves no index behind.
+file:line and leaves no index behind; a first build that fails before its first commit (a damaged shard, a
+model error) removes the index it created (`directory.FirstBuild`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from m3embed.corpus import Record, read_records
 from m3embed.diskspace import DiskFullError
 from m3embed.index import open_index
-from m3embed.index.directory import DEFAULT_COLLECTION
+from m3embed.index.directory import DEFAULT_COLLECTION, FirstBuild
 from m3embed.index.ingest import IngestStats, ingest
 from m3embed.index.manifest import ColbertStorage
 
@@ -31,10 +32,11 @@ class Source:
     text_field: str = "text"
     id_field: str = "id"
     title_field: str | None = "title"
+    generate_ids: bool = False
 
     def records(self) -> Iterator[Record]:
         return read_records(self.path, text_field=self.text_field, id_field=self.id_field,
-                            title_field=self.title_field or None)
+                            title_field=self.title_field or None, generate_ids=self.generate_ids)
 
     def check(self) -> int | None:
         """Read (and so check) every record of a documents file before anything is written; their number."""
@@ -61,19 +63,25 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
 
     Args:
         load_model: the model for a documents file, loaded once the file is checked: called with `modes`.
-        modes: representations to store (default: all the model has, or all the shards hold).
+        modes: representations to store (default: all the model has, or all the shards hold; an existing index:
+            what it stores). Options other than an existing index's own are refused (`open_index`).
         engine, colbert_storage, store_text, collection, collection_options: see `Index.create`.
         batch_size, max_length, progress, on_commit: see `ingest`.
         ray, ray_address: load encoded shards into a Qdrant server with one Ray task per shard.
     """
+    first = FirstBuild(location)
     if source.encoded:
+        from m3embed import shards
         from m3embed.index.bulk import load_encoded, load_encoded_ray, open_for_encoded
 
-        with open_for_encoded(location, source.path, modes=modes, engine=engine, colbert_storage=colbert_storage,
-                              store_text=store_text, collection=collection,
-                              collection_options=collection_options) as index:
+        for file in shards.open_encoded(source.path).files:  # a damaged footer is named before anything is made
+            shards.shard_fingerprint(file)
+        with first, open_for_encoded(location, source.path, modes=modes, engine=engine,
+                                     colbert_storage=colbert_storage, store_text=store_text, collection=collection,
+                                     collection_options=collection_options) as index:
             if not ray:
-                return _done(index, load_encoded(index, source.path, batch_size=batch_size, on_commit=on_commit))
+                return _done(index, load_encoded(index, source.path, batch_size=batch_size,
+                                                 on_commit=_both(first.committed, on_commit)))
         stats = load_encoded_ray(location, source.path, collection=collection, batch_size=batch_size,
                                  address=ray_address)
         return Added(str(location), stats, None)
@@ -81,11 +89,11 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
         raise ValueError("Ray loads encoded shards; encode documents on Ray with `m3embed encode --ray`")
     total = source.check()
     model = load_model(tuple(modes) if modes else None)
-    with open_index(location, model, create=True, modes=modes or model.available_modes(), engine=engine,
-                    colbert_storage=colbert_storage, store_text=store_text, collection=collection,
-                    collection_options=collection_options) as index:
+    with first, open_index(location, model, create=True, modes=modes, engine=engine,
+                           colbert_storage=colbert_storage, store_text=store_text, collection=collection,
+                           collection_options=collection_options) as index:
         return _done(index, ingest(index, source.records(), batch_size=batch_size, total=total, progress=progress,
-                                   on_commit=on_commit, max_length=max_length))
+                                   on_commit=_both(first.committed, on_commit), max_length=max_length))
 
 
 def add(location: str | Path | Any, source: Source, *, load_model: Callable[[Any], Any],
@@ -114,6 +122,15 @@ def add(location: str | Path | Any, source: Source, *, load_model: Callable[[Any
         load_model(index)
         return _done(index, ingest(index, source.records(), batch_size=batch_size, skip_existing=not replace,
                                    total=total, progress=progress, on_commit=on_commit))
+
+
+def _both(*calls: Callable[[IngestStats], None] | None) -> Callable[[IngestStats], None]:
+    def call(stats: IngestStats) -> None:
+        for c in calls:
+            if c is not None:
+                c(stats)
+
+    return call
 
 
 def _done(index: Any, stats: IngestStats) -> Added:

@@ -17,7 +17,7 @@ from m3embed.index import open_index
 from m3embed.index.core import Index
 from m3embed.index.directory import DEFAULT_COLLECTION, is_remote
 from m3embed.index.ingest import Batch, IngestStats, commit_batches
-from m3embed.index.manifest import ColbertStorage
+from m3embed.index.manifest import MANIFEST_NAME, ColbertStorage
 
 
 def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_existing: bool = True,
@@ -52,16 +52,15 @@ def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_
 
 
 def check_shard(index: Index, path: Path) -> None:
-    """Refuse a shard made by another model than the index's, or lacking a representation the index stores."""
-    import pyarrow.parquet as pq
-
+    """Refuse a shard made by another model than the index's, or lacking a representation the index stores, or
+    one whose footer or fingerprint column cannot be read (`shards.DamagedShardError`)."""
     fingerprint = shards.shard_fingerprint(path)
     m = index.manifest
     if fingerprint is not None and fingerprint != m.fingerprint:
         raise ValueError(f"shard {path} was encoded by a model with fingerprint {fingerprint}, but index "
                          f"{index.location} holds model {m.model_name!r} with fingerprint {m.fingerprint}; encode "
                          "with the index's model, or load into an index built from these shards")
-    have = shards.modes_of(pq.read_schema(path))
+    have = shards.modes_of(shards.shard_schema(path))
     missing = [mode for mode in m.modes if mode not in have]
     if missing:
         raise ValueError(f"shard {path} holds {', '.join(have)} but index {index.location} also stores "
@@ -82,6 +81,20 @@ def open_for_encoded(location: str | Path | Any, path: str | Path, *, modes: Seq
     if summary is None or summary.get("fingerprint") is None:
         raise ValueError(f"{path} is not a finished encode job with documents; an index is created from a job "
                          "directory (its _SUCCESS.json names the model)")
+    if not modes and (is_remote(location) or (Path(location) / MANIFEST_NAME).exists()):
+        try:  # an existing index keeps what it stores; a new one gets what the shards hold
+            index = Index.open(location, collection=collection, client_options=client_options)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                index.manifest.check_options(index.location, {k: v for k, v in (
+                    ("engine", engine), ("colbert_storage", colbert_storage), ("store_text", store_text))
+                    if v is not None})
+            except ValueError:
+                index.close()
+                raise
+            return index
     return open_index(location, create=True, fingerprint=summary["fingerprint"], model_name=summary["model"],
                       dim=summary["dim"], modes=tuple(modes or summary["modes"]), engine=engine,
                       colbert_storage=colbert_storage, store_text=store_text, collection=collection,

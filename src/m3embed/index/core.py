@@ -301,7 +301,7 @@ class Index:
         Raises `m3embed.errors.ParamError` naming the parameter at fault.
         """
         mode = check_search_mode(mode or default_search_mode(self.manifest.modes), self.manifest.modes)
-        weights = check_weights(SEARCH_WEIGHTS if weights is None else weights)
+        weights = check_weights(SEARCH_WEIGHTS if weights is None else weights, mode=mode)
         for name, value in (("k", k), ("candidates", candidates), ("hnsw_ef", hnsw_ef)):
             if value is not None and value < 1:
                 raise ParamError(f"{name} must be at least 1, got {value}", param=name)
@@ -309,8 +309,9 @@ class Index:
             raise ParamError(f"exhaustive scores ColBERT against every document: it is for mode colbert, not {mode}",
                              param="exhaustive")
         if reranker is None and rerank_top is not None:
-            raise ParamError(f"rerank_top={rerank_top} needs a reranker (a cross-encoder, m3embed.rerank.Reranker)",
-                             param="rerank_top")
+            raise ParamError(f"rerank_top={rerank_top} (--rerank-top) needs a reranker: a cross-encoder, given with "
+                             "--reranker NAME on the command line or reranker=Reranker.from_pretrained(NAME) in "
+                             "Python", param="rerank_top")
         if reranker is not None:
             if not self.manifest.store_text:
                 raise ParamError(f"index {self.location} keeps no document texts (built with store_text=False), "
@@ -526,12 +527,23 @@ def rerank_hits(reranker: Any, queries: Sequence[str], hits: list[list[Hit]], k:
     `Hit.score` becomes the reranker's logit; `Hit.scores` keeps the first stage's score under `mode` (its
     per-mode scores when it had them) and adds the logit as "rerank". Texts are dropped unless `with_text`.
     """
+    ranked = reranker.rank(list(queries), rerank_texts(hits))
+    return reranked_hits(hits, ranked, k, mode, with_text)
+
+
+def rerank_texts(hits: list[list[Hit]]) -> list[list[str]]:
+    """The texts a reranker reads, per query; a hit without a stored text is a ValueError naming it."""
     for found in hits:
         for h in found:
             if h.text is None:
                 raise ValueError(f"document {h.id!r} has no stored text, which the reranker reads; add documents "
                                  "with their texts")
-    ranked = reranker.rank(list(queries), [[h.text for h in found] for found in hits])
+    return [[h.text for h in found] for found in hits]
+
+
+def reranked_hits(hits: list[list[Hit]], ranked: list[list[tuple[int, float]]], k: int, mode: str,
+                  with_text: bool = True) -> list[list[Hit]]:
+    """`rerank_hits` from the reranker's ranking of each query's hits ((index, logit) best first)."""
     out = []
     for found, order in zip(hits, ranked):
         out.append([found[i]._replace(score=s, text=found[i].text if with_text else None,

@@ -117,6 +117,33 @@ def open(location: str | Path | Any, *, collection: str = DEFAULT_COLLECTION,
     return Place(store, manifest, str(directory), lock)
 
 
+class FirstBuild:
+    """Around a build that may create the index directory at `location`: if the build fails before its first
+    commit, what it created is removed (a failed first build leaves no empty index behind). An index that
+    existed, a Qdrant server, or a build that committed a batch is left as it is (a rerun resumes it).
+
+        with FirstBuild(location) as first:
+            ingest(..., on_commit=first.committed)
+    """
+
+    def __init__(self, location: Any) -> None:
+        self.directory = None if is_remote(location) else Path(location)
+        self.new = self.directory is not None and not (self.directory / MANIFEST_NAME).exists()
+        self.created = _topmost_missing(self.directory) if self.new else None
+        self.before = set(self.directory.iterdir()) if self.new and self.created is None else None
+        self.any_commit = False
+
+    def committed(self, *_: Any) -> None:
+        self.any_commit = True
+
+    def __enter__(self) -> FirstBuild:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None and self.new and not self.any_commit:
+            _remove_created(self.directory, self.created, self.before)
+
+
 def _topmost_missing(directory: Path) -> Path | None:
     """The outermost of `directory` and its ancestors that does not exist yet (None if it exists)."""
     top = None

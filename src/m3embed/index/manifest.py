@@ -75,13 +75,14 @@ class ColbertStorage:
                 or not math.isfinite(self.oversampling) or self.oversampling < 1):
             raise ValueError(f"colbert oversampling must be a number >= 1, got {self.oversampling!r}")
         if self.quantization == "none" and self.originals == "none":
-            raise ValueError("colbert originals='none' needs quantization int8 or binary: without it the originals "
-                             "are the only copy")
+            raise ValueError("colbert originals='none' needs quantization int8 or binary (--colbert-quantization): "
+                             "without it the originals are the only copy")
         if self.quantization == "none" and not self.rescore:
-            raise ValueError("colbert rescore=False applies to quantized storage; set quantization int8 or binary")
+            raise ValueError("colbert rescore=False (--no-colbert-rescore) applies to quantized storage; set "
+                             "quantization int8 or binary (--colbert-quantization)")
         if self.originals == "none" and self.rescore:
-            raise ValueError("colbert rescore needs the original vectors; keep them (originals 'ram' or 'disk') "
-                             "or set rescore=False")
+            raise ValueError("colbert rescore needs the original vectors; keep them (originals 'ram' or 'disk', "
+                             "--colbert-originals) or set rescore=False (--no-colbert-rescore)")
 
     @property
     def quantized(self) -> bool:
@@ -193,6 +194,26 @@ class Manifest:
         """The token store's code for the colbert rows (`m3embed.index.maxsim.ENCODINGS`)."""
         q = self.colbert_storage.quantization
         return self.colbert_storage.dtype if q == "none" else q
+
+    def check_options(self, location: str, options: dict[str, Any]) -> None:
+        """Refuse creation `options` (engine, modes, colbert_storage, colbert_store, store_text) that differ from
+        what the existing index at `location` was built with: they would be ignored, and documents added now
+        stored the old way without a word."""
+        diff = []
+        for name in ("engine", "colbert_store", "store_text"):
+            if name in options and options[name] != getattr(self, name):
+                diff.append(f"{name.replace('_', ' ')} {getattr(self, name)!r} (asked: {options[name]!r})")
+        if "modes" in options and set(check_modes(options["modes"])) != set(self.modes):
+            diff.append(f"modes {','.join(self.modes)} (asked: {','.join(check_modes(options['modes']))})")
+        storage = options.get("colbert_storage")
+        if storage is not None and storage != self.colbert_storage:
+            diff += [f"colbert {name.replace('_', ' ')} {getattr(self.colbert_storage, name)!r} (asked: "
+                     f"{getattr(storage, name)!r})" for name in ColbertStorage.__dataclass_fields__
+                     if getattr(storage, name) != getattr(self.colbert_storage, name)]
+        if diff:
+            raise ValueError(f"index {location} already exists with {'; '.join(diff)}; its documents keep the "
+                             "storage it was built with, so build into a new directory (or delete this one), or "
+                             "leave these options out to add to it")
 
     def check_model(self, model: Any, location: str) -> None:
         """Refuse a model whose fingerprint differs from the one the index was built with (computed with the

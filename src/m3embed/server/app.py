@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,17 +24,19 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from m3embed.diskspace import DiskFullError
 from m3embed.documents import check_id
 from m3embed.errors import ParamError
-from m3embed.index.core import rerank_hits
-from m3embed.modes import MODES
+from m3embed.index.core import rerank_texts, reranked_hits
+from m3embed.modes import MODES, check_weights
+from m3embed.rerank import best_first
+from m3embed.scoring import compute_score
 from m3embed.server import schemas as s
-from m3embed.server.errors import ApiError, BodyLimitMiddleware, error_body, install_handlers
+from m3embed.server.errors import ApiError, ApiKeyMiddleware, BodyLimitMiddleware, error_body, install_handlers
 from m3embed.server.metrics import MetricsMiddleware, ServerMetrics
 from m3embed.server.service import ServerSettings, Service
 
@@ -117,11 +119,11 @@ _REPLY_MARGIN_S = 2.0  # after the graceful timeout, time for the 503s of the re
 class Server(uvicorn.Server):
     """uvicorn's server for an app from `create_app`, with shutdown bounded by `settings.graceful_timeout`.
 
-    When shutdown begins (SIGTERM, Ctrl-C) new requests get a 503, and the requests in flight have
-    `graceful_timeout` seconds; then the model worker fails what is left of them with a 503. uvicorn waits
-    `_REPLY_MARGIN_S` longer for these answers to go out before it cancels handlers still running. The model
-    call in progress at the deadline (one chunk of at most `max_batch_tokens`, or one index write) still
-    finishes before the process exits.
+    When shutdown begins (SIGTERM, Ctrl-C) new requests get a 503 (the socket stays open until the requests in
+    flight are done, or the timeout is up), and the requests in flight have `graceful_timeout` seconds; then the
+    model worker fails what is left of them with a 503. uvicorn waits `_REPLY_MARGIN_S` longer for these answers
+    to go out before it cancels handlers still running. The model call in progress at the deadline (one chunk of
+    at most `max_batch_tokens`, or one index write) still finishes before the process exits.
     """
 
     def __init__(self, app: FastAPI, **config: Any) -> None:
@@ -130,8 +132,18 @@ class Server(uvicorn.Server):
         super().__init__(uvicorn.Config(app, timeout_graceful_shutdown=timeout, **config))
 
     async def shutdown(self, sockets: Any = None) -> None:
-        self.service.batcher.begin_shutdown(self.service.settings.graceful_timeout)
+        graceful = self.service.settings.graceful_timeout
+        self.service.batcher.begin_shutdown(graceful)
+        # keep listening while the requests in flight drain, so a new one gets the 503 `shutting_down` the
+        # README promises (uvicorn's own shutdown stops listening first: "connection refused")
+        deadline = time.monotonic() + graceful
+        while self._requests_in_flight() and time.monotonic() < deadline and not self.force_exit:
+            await asyncio.sleep(0.05)
+        self.config.timeout_graceful_shutdown = max(deadline - time.monotonic(), 0.0) + _REPLY_MARGIN_S
         await super().shutdown(sockets)
+
+    def _requests_in_flight(self) -> bool:
+        return any(not t.done() for t in self.server_state.tasks)
 
 
 def create_app(model: M3Model, index: Any = None, settings: ServerSettings | None = None,
@@ -163,10 +175,11 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
     install_handlers(app)
     app.add_middleware(CancelOnDisconnect)  # innermost: listens only once BodyLimitMiddleware has read the body
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)  # before anything reads the body
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.service = svc
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings.api_key)), Depends(svc.check_open)])
+    api = APIRouter(prefix="/v1", dependencies=[Depends(svc.check_open)])
     _encode_routes(api, svc)
     _index_routes(api, svc)
     app.include_router(api)
@@ -182,26 +195,15 @@ def create_app(model: M3Model, index: Any = None, settings: ServerSettings | Non
         response.status_code = 503 if stopping else 200
         return response
 
-    # with an API key, /metrics needs it too (it shows traffic); /health (probes), /docs and /openapi.json stay open
-    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(_auth(settings.api_key))],
+    # with an API key, /metrics needs it too (it shows traffic; `ApiKeyMiddleware`); /health (probes), /docs and
+    # /openapi.json stay open
+    @app.get("/metrics", tags=["ops"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def prometheus() -> Response:
         """Prometheus text exposition of request, batch and queue metrics."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     return app
-
-
-def _auth(api_key: str | None):
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
 
 
 def _encode_routes(api: APIRouter, svc: Service) -> None:
@@ -220,7 +222,8 @@ def _encode_routes(api: APIRouter, svc: Service) -> None:
                                 f"{svc.model.hidden_size} dimensions (omit the field)", code="dimensions",
                            param="dimensions")
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.role)
+        out, usage = await svc.encode(texts, ("dense",), "/v1/embeddings", role=req.role,
+                                      response=(req.encoding_format, False))
         data = [s.Embedding(index=i, embedding=_vector(v, req.encoding_format)) for i, v in enumerate(out.dense)]
         return _json(s.EmbeddingResponse(data=data, model=svc.name, usage=usage))
 
@@ -230,7 +233,8 @@ def _encode_routes(api: APIRouter, svc: Service) -> None:
         svc.check_model(req.model)
         modes = svc.check_modes(req.modes)
         texts = svc.texts(req.input)
-        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.role)
+        out, usage = await svc.encode(texts, modes, "/v1/encode", truncate=req.truncate, role=req.role,
+                                      response=(req.encoding_format, req.return_tokens))
         fmt, data = req.encoding_format, []
         for i in range(len(texts)):
             item = s.EncodedText(index=i, n_tokens=int(out.n_tokens[i]))
@@ -247,38 +251,44 @@ def _encode_routes(api: APIRouter, svc: Service) -> None:
 
     @api.post("/score", response_model=s.ScoreResponse, tags=["embeddings"])
     async def score(req: s.ScoreRequest) -> Response:
-        """Dense, sparse, ColBERT and hybrid scores of (query, passage) pairs, as `compute_score` gives."""
+        """Dense, sparse, ColBERT and hybrid scores of (query, passage) pairs, as `compute_score` gives.
+
+        Queries and passages are encoded as /v1/embeddings encodes (chunks that take turns with other requests,
+        dropped when the client leaves); the scores are the pure `m3embed.scoring.compute_score`."""
         svc.check_model(req.model)
         svc.check_modes(MODES)
         svc.check_count(len(req.pairs), "pairs")
-        texts = [t for pair in req.pairs for t in pair]
-        svc.check_chars(texts, "pairs")
-        counts = await svc.count(texts, param="pairs")
-        pairs, n = list(req.pairs), svc.settings.max_length
-        try:  # compute_score checks the weights (`m3embed.modes.check_weights`)
-            scores = await svc.batcher.call(lambda: svc.model.compute_score(
-                pairs, weights=req.weights, query_max_length=n, passage_max_length=n,
-                batch_tokens=svc.settings.batch_tokens, progress=False))
+        svc.check_chars([t for pair in req.pairs for t in pair], "pairs")
+        try:
+            weights = check_weights(req.weights, normalized=True)
         except ParamError as e:
             raise ApiError(422, str(e), code=e.param, param=e.param) from None
+        modes = svc.modes
+        q, q_usage = await svc.encode([p[0] for p in req.pairs], modes, "/v1/score", param="pairs", role="query")
+        p, p_usage = await svc.encode([p[1] for p in req.pairs], modes, "/v1/score", param="pairs", role="passage")
+        scores = await anyio.to_thread.run_sync(compute_score, q, p, weights)
         scores = {k: [float(x) for x in v] for k, v in scores.items()}
-        return _json(s.ScoreResponse(model=svc.name, scores=scores, usage=svc.usage(sum(counts), "/v1/score")))
+        tokens = q_usage.total_tokens + p_usage.total_tokens
+        return _json(s.ScoreResponse(model=svc.name, scores=scores,
+                                     usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens)))
 
     @api.post("/rerank", response_model=s.RerankResponse, tags=["rerank"])
     async def rerank(req: s.RerankRequest) -> Response:
         """Rank documents for a query with the cross-encoder, best first (the TEI / Infinity / Jina / Cohere
-        rerank shape); 404 (code no_reranker) unless the server was started with --reranker."""
-        cross = svc.need_reranker(req.model)
+        rerank shape); 404 (code no_reranker) unless the server was started with --reranker. The pairs are
+        scored in chunks that take turns with other requests, dropped when the client leaves."""
+        svc.need_reranker(req.model)
         svc.check_count(len(req.documents), "documents")
         svc.check_chars([req.query], "query")
         svc.check_chars(req.documents, "documents")
-        tokens = await svc.pair_tokens(req.query, req.documents)
-        ranked = await svc.batcher.call(lambda: cross.rank([req.query], [req.documents], top_n=req.top_n,
-                                                           normalize=not req.raw_scores, progress=False)[0])
+        pairs = [(req.query, d) for d in req.documents]
+        counts = await svc.pair_counts(pairs)
+        scores = await svc.rerank_scores(pairs, counts, normalize=not req.raw_scores)
         results = [s.RerankResult(index=i, relevance_score=score,
                                   document=s.RerankDocument(text=req.documents[i]) if req.return_documents else None)
-                   for i, score in ranked]
-        return _json(s.RerankResponse(model=svc.reranker_name, results=results, usage=svc.usage(tokens, "/v1/rerank")))
+                   for i, score in best_first(scores, req.top_n)]
+        return _json(s.RerankResponse(model=svc.reranker_name, results=results,
+                                      usage=svc.usage(sum(counts), "/v1/rerank")))
 
 
 def _index_routes(api: APIRouter, svc: Service) -> None:
@@ -359,9 +369,18 @@ def _index_routes(api: APIRouter, svc: Service) -> None:
         out, usage = await index.encode_queries(spec, queries, encode=lambda texts, modes: svc.encode(
             texts, modes, "/v1/search", param="query", role="query"))
         found = await anyio.to_thread.run_sync(lambda: index.first_stage(spec, out))
-        if cross is not None:
-            found = await svc.batcher.call(lambda: rerank_hits(cross, queries, found, spec.k, spec.mode,
-                                                               spec.with_text))
+        if cross is not None:  # in chunks on the model worker, as /v1/rerank
+            try:
+                lists = rerank_texts(found)
+            except ValueError as e:
+                raise ApiError(422, str(e), code="invalid_search", param="rerank") from None
+            pairs = [(q, t) for q, texts in zip(queries, lists) for t in texts]
+            scores = await svc.rerank_scores(pairs, await svc.pair_counts(pairs), normalize=False)
+            ranked, start = [], 0
+            for texts in lists:
+                ranked.append(best_first(scores[start:start + len(texts)]))
+                start += len(texts)
+            found = reranked_hits(found, ranked, spec.k, spec.mode, spec.with_text)
         results = [[s.Hit(id=h.id, score=h.score, text=h.text, metadata=h.metadata, scores=h.scores)
                     for h in hits] for hits in found]
         return _json(s.SearchResponse(model=svc.name, results=results, usage=usage))

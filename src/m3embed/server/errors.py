@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -98,6 +99,32 @@ def _loc(err: dict) -> str:
 
 def _describe(err: dict) -> str:
     return f"{_loc(err)}: {err.get('msg', 'invalid')}"
+
+
+class ApiKeyMiddleware:
+    """With an API key, answers 401 to a request on /v1/* or /metrics without it, before anything reads the body
+    (the route dependency it replaces ran after FastAPI had read and parsed up to --max-body-mb of JSON, so a deep
+    or malformed body got 400/413 before 401). /health, /docs and /openapi.json stay open."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.api_key is None or scope["type"] != "http" or not _guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+            response = error_response(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _guarded(path: str) -> bool:
+    return path == "/metrics" or path == "/v1" or path.startswith("/v1/")
 
 
 class BodyLimitMiddleware:

@@ -8,6 +8,7 @@ server's prompts and truncation are the library's.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from m3embed.modes import MODES
 from m3embed.server import schemas as s
-from m3embed.server.batching import Batcher, BatcherClosedError
+from m3embed.server.batching import Batcher, BatcherClosedError, split_chunks
 from m3embed.server.errors import ApiError
 from m3embed.server.metrics import ServerMetrics
 from m3embed.tokenize import resolve_max_length
@@ -38,6 +39,10 @@ class ServerSettings:
     max_items: int = 2048  # texts (or pairs, or documents) per request, as OpenAI allows
     max_chars: int = 100_000  # characters per text, checked before tokenising
     max_body_bytes: int = 32 * 2**20
+    # estimated JSON bytes of one response (`Service.check_response`): ColBERT rows as JSON are ~21 bytes a
+    # float, so 256 texts of ~450 tokens made 907 MB with a 4.7 GB peak; 256 MiB is ~2,048 dense 1024-d
+    # embeddings 6x over, or ~26 such texts' ColBERT rows (~100 in base64)
+    max_response_bytes: int = 256 * 2**20
     max_length: int | None = None  # tokens per text (truncation length); None: the model's own for the text's role
     batching: bool = True  # False: one request per model call (the baseline)
     # padded tokens per model call: larger requests split, queued ones merged; None: 1024 on CPU (a chunk of
@@ -51,6 +56,19 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         self.api_key = self.api_key or None  # an empty key (an unset environment variable) is no key
+        # each limit with the `m3embed serve` flag that sets it: a 0 or negative one used to start a server
+        for name, least in (("max_items", 1), ("max_chars", 1), ("max_queue", 1), ("max_length", 1),
+                            ("max_batch_tokens", 1), ("batch_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {least}, got {value!r}")
+        for name, flag, scale, positive in (("max_body_bytes", "--max-body-mb", 2**20, True),
+                                            ("max_response_bytes", "--max-response-mb", 2**20, True),
+                                            ("graceful_timeout", "--graceful-timeout", 1, False),
+                                            ("max_wait_ms", "--max-wait-ms", 1, False)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(f"{flag} must be {'> 0' if positive else '>= 0'}, got {value / scale:g}")
 
 
 _INLINE_CHARS = 20_000  # requests up to this size are tokenised on the event loop, larger ones on a thread
@@ -166,6 +184,26 @@ class Service:
                     raise ApiError(422, f"{param}[{i}] is not valid Unicode ({e.reason} at character {e.start}); "
                                         "send UTF-8 text", code="invalid_text", param=f"{param}[{i}]") from None
 
+    def check_response(self, counts: Sequence[int], modes: Sequence[str], fmt: str = "float",
+                       tokens: bool = False, param: str = "input") -> None:
+        """A 413 before any encoding when the response would exceed `max_response_bytes`: JSON floats take
+        ~21 bytes (measured, pydantic's float32 → float repr), base64 ~5.4; a sparse entry ~30 (+12 with
+        tokens); ColBERT has n_tokens - 1 rows of hidden_size per text."""
+        per_float = 16 / 3 if fmt == "base64" else 21
+        h, total = self.model.hidden_size, 0
+        for n in counts:
+            total += 80  # index, n_tokens, brackets
+            total += h * per_float if "dense" in modes else 0
+            total += n * (42 if tokens else 30) if "sparse" in modes else 0
+            total += (max(n - 1, 0) * h) * per_float if "colbert" in modes else 0
+        limit = self.settings.max_response_bytes
+        if total > limit:
+            ways = "send fewer texts" + ("" if fmt == "base64" else ", send encoding_format=base64 (about 4x "
+                                         "smaller)") + ", or encode a corpus with `m3embed encode --ray` (Parquet)"
+            raise ApiError(413, f"the response would be about {total / 2**20:,.0f} MiB, over this server's limit of "
+                                f"{limit / 2**20:,.0f} MiB (--max-response-mb); {ways}", code="max_response",
+                           param=param)
+
     async def count(self, texts: list[str], *, truncate: bool = True, param: str = "input",
                     role: str | None = None) -> list[int]:
         """Token counts of the texts as encoded for `role` (its prompt included), after truncation; with
@@ -186,9 +224,15 @@ class Service:
         return [min(n, limit) for n in counts]
 
     async def encode(self, texts: list[str], modes: tuple[str, ...], route: str, *, truncate: bool = True,
-                     param: str = "input", role: str | None = None) -> tuple[M3Output, s.Usage]:
-        """Encode through the batcher with the model's method for `role` (None, "query" or "passage")."""
+                     param: str = "input", role: str | None = None,
+                     response: tuple[str, bool] | None = None) -> tuple[M3Output, s.Usage]:
+        """Encode through the batcher with the model's method for `role` (None, "query" or "passage").
+
+        `response` (encoding format, tokens returned): the outputs go back to the client, whose response size
+        is checked first (`check_response`)."""
         counts = await self.count(texts, truncate=truncate, param=param, role=role)
+        if response is not None:
+            self.check_response(counts, modes, *response, param=param)
         out = await self.batcher.encode(texts, modes, tokens=counts, role=role)
         return out, self.usage(int(out.n_tokens.sum()), route)
 
@@ -206,9 +250,10 @@ class Service:
                            code="model_not_found", param="model")
         return self.reranker
 
-    async def pair_tokens(self, query: str, documents: list[str]) -> int:
-        """Tokens of the (query, document) pairs the reranker scores, special tokens included, after its cuts."""
-        texts = [query, *documents]
+    async def pair_counts(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens of each (query, document) pair the reranker scores, special tokens included, after its cuts."""
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        texts = queries + [d for _, d in pairs]
         if sum(len(t) for t in texts) <= _INLINE_CHARS:
             counts = self.rerank_tokens.count(texts)
         else:
@@ -216,8 +261,21 @@ class Service:
         cross = self.reranker
         single = cross.tokenizer.num_special_tokens_to_add(pair=False)
         max_length, query_max_length = cross.lengths()
-        q = min(counts[0] - single, query_max_length)
-        return sum(min(q + n - single + cross.pair_specials, max_length) for n in counts[1:])
+        q = {t: min(n - single, query_max_length) for t, n in zip(queries, counts)}
+        return [min(q[query] + n - single + cross.pair_specials, max_length)
+                for (query, _), n in zip(pairs, counts[len(queries):])]
+
+    async def rerank_scores(self, pairs: list[tuple[str, str]], counts: Sequence[int],
+                            normalize: bool) -> list[float]:
+        """The reranker's scores of `pairs` (tokens per pair: `counts`), on the model worker in chunks of at
+        most `max_batch_tokens` padded tokens, one call each: other requests take their turn between two chunks,
+        and a cancelled request (its client gone, or the shutdown deadline) queues no more of them."""
+        cross, scores = self.reranker, []
+        for chunk in split_chunks([max(n, 1) for n in counts], self.batcher.max_batch_tokens):
+            part = pairs[chunk.start:chunk.end]
+            scores += await self.batcher.call(lambda part=part: cross.compute_score(
+                part, normalize=normalize, batch_tokens=self.settings.batch_tokens, progress=False))
+        return scores
 
     def need_index(self) -> Any:
         if self.index is None:

@@ -176,7 +176,7 @@ def _candidates(examples: list, candidate_pool: str | Path | None) -> list[str]:
     else:
         texts = [
             r.text
-            for r in read_records(candidate_pool, text_field="text", title_field=None)
+            for r in read_records(candidate_pool, text_field="text", title_field=None, generate_ids=True)
             if r.text.strip()
         ]
     unique = list(dict.fromkeys(texts))
