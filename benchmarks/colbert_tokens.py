@@ -29,6 +29,7 @@ keeps in RAM when hot). Quality does not depend on the load, so this part may ru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -47,7 +48,7 @@ from m3testkit import synthetic  # noqa: E402
 STORAGES = {
     "binary": dict(colbert_storage=ColbertStorage("binary", originals="none", rescore=False)),
     "int8": dict(colbert_storage=ColbertStorage("int8", originals="none", rescore=False)),
-    "float16": dict(),
+    "float16": dict(colbert_storage=ColbertStorage()),  # the float16 rows (the default before binary)
     "engine": dict(colbert_store="engine"),  # Qdrant Edge's multivector field (indexes of format <= 3)
 }
 
@@ -154,7 +155,6 @@ def encoded(name: str, model_name: str, model, cache: Path):
 
 
 def part_quality(args: argparse.Namespace) -> None:
-    import json
     from dataclasses import replace
 
     from m3embed.evaluate import evaluate_run
@@ -198,6 +198,33 @@ def part_quality(args: argparse.Namespace) -> None:
                         f.write(json.dumps(row) + "\n")
 
 
+def plot(rows_path: Path, out: Path) -> None:
+    """p50 of all / colbert / dense+sparse, and RSS after open and disk, against corpus size, per storage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for storage in sorted({r["storage"] for r in rows}):
+        mine = sorted((r for r in rows if r["storage"] == storage), key=lambda r: r["docs"])
+        sizes = [r["docs"] for r in mine]
+        for mode, style in (("all", "-o"), ("colbert", "--s"), ("dense+sparse", ":^")):
+            left.plot(sizes, [r[mode][0] for r in mine], style, label=f"{storage} {mode}")
+        right.plot(sizes, [r["ram_bytes"] / 2**30 for r in mine], "-o", label=f"{storage} RSS after open")
+        right.plot(sizes, [r["disk_bytes"] / 2**30 for r in mine], "--s", label=f"{storage} disk")
+    for ax, label in ((left, "p50 latency, ms (k 10, 100 + 100 candidates)"), (right, "GiB")):
+        ax.set_xscale("log")
+        ax.set_xlabel("documents (synthetic, 1024-d, ~100 ColBERT rows each)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["speed", "quality"], default="speed")
@@ -206,15 +233,21 @@ def main() -> None:
     p.add_argument("--encodings", nargs="+", default=list(QUALITY_STORAGES), choices=list(QUALITY_STORAGES))
     p.add_argument("--cache", type=Path, default=Path("runs/token_quality_cache"))
     p.add_argument("--out", type=Path, default=Path("runs/token_quality.jsonl"))
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--storages", nargs="+", default=["binary", "float16", "engine"], choices=list(STORAGES))
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--engine-max", type=int, default=10_000, help="largest corpus the engine path is built for")
+    p.add_argument("--speed-out", type=Path, default=None, help="append each size x storage row here (JSON lines)")
+    p.add_argument("--plot", type=Path, default=None, help="draw the --speed-out rows against corpus size (PNG)")
     args = p.parse_args()
+    args.sizes_given = args.sizes is not None
+    args.sizes = args.sizes or [10_000]
     if args.part == "quality":
         return part_quality(args)
+    if args.plot and not args.sizes_given:
+        return plot(args.speed_out, args.plot)
     print(f"kernel: {kernel_isa()}; {os.cpu_count()} CPUs; {load()}")
     for n in args.sizes:
         docs = synthetic.corpus(n, colbert=False, seed=0)
@@ -258,12 +291,22 @@ def main() -> None:
             print(f"  reopened in a fresh process: open {ram['open_s']:.2f} s, RSS after open "
                   f"{ram['ram_bytes'] / 2**20:.0f} MiB (write-ahead log mapped {ram['wal_ram_bytes'] / 2**20:.0f} MiB,"
                   f" peak {ram['ram_peak_bytes'] / 2**20:.0f} MiB) ({load()})", flush=True)
+            row.update(docs=n, storage=storage, kernel=kernel_isa(), load=os.getloadavg()[0],
+                       disk_bytes=info["disk_bytes"], colbert_disk_bytes=info.get("colbert_disk_bytes"),
+                       colbert_tokens=info.get("colbert_tokens"), **ram,
+                       floors={name: float(np.median(ms)) for name, ms in base.items()})
+            if args.speed_out:
+                args.speed_out.parent.mkdir(parents=True, exist_ok=True)
+                with args.speed_out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
         if "engine" in results:
             for storage, row in results.items():
                 if storage != "engine":
                     e = results["engine"]
                     print(f"{n} docs {storage} vs engine: all {e['all'][0] / row['all'][0]:.1f}x faster, "
                           f"ingest {row['ingest'] / e['ingest']:.1f}x")
+    if args.plot:
+        plot(args.speed_out, args.plot)
 
 
 if __name__ == "__main__":
