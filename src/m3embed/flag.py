@@ -10,6 +10,9 @@ The constructors take FlagEmbedding's arguments with its defaults, and the metho
 Nothing here imports FlagEmbedding, and importing this module loads no torch: the model is built in `__init__`.
 
 What is deliberately not copied (each named where it applies):
+- lexical weights drop every special token the tokenizer declares; FlagEmbedding drops cls, eos, pad and unk
+  only, so on a BERT tokenizer (no eos) it keeps [SEP] (`M3Model.flag_special_ids` is its list; on XLM-R the
+  two agree but for <mask>).
 - `compute_score` scores every pair as FlagEmbedding does with `batch_size=1`: its batched ColBERT score takes the
   max over zero padding rows of shorter passages (tests/test_parity.py); and it works on BERT tokenizers, where
   FlagEmbedding's crashes (`eos_token_id` is None).

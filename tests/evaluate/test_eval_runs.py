@@ -79,6 +79,7 @@ def test_m3_modes_on_adi(adi_minilm):
 
 def test_m3_runs_match_exact_scoring(data_dir, xlmr_ckpt):
     """The index's dense and `all` runs equal brute-force M3 scores over the whole (small) corpus."""
+    from m3embed.index.maxsim import decode_tokens, encode_query, encode_tokens
     from m3embed.model import M3Model
     from m3embed.scoring import colbert_scores, dense_scores, lexical_scores
 
@@ -89,7 +90,10 @@ def test_m3_runs_match_exact_scoring(data_dir, xlmr_ckpt):
     qs = model.encode_queries(list(queries.values()), modes=MODES, max_length=model.max_length)
     d = dense_scores(qs.dense, docs.dense)
     s = lexical_scores(qs.sparse, docs.sparse)
-    c = np.stack([colbert_scores(q, docs.colbert) for q in qs.colbert])
+    # ColBERT as the default storage scores it: binary codes against the int8 query (m3embed.index.maxsim)
+    rows = [decode_tokens(*encode_tokens(x, "binary"), "binary", x.shape[1]) for x in docs.colbert]
+    c = np.stack([colbert_scores(encode_query(q.astype(np.float16).astype(np.float32), "binary").values(), rows)
+                  for q in qs.colbert])
     exact_all = 0.4 * d + 0.2 * s + 0.4 * c
     with eval_index(model, SEARCH_MODES) as index:
         fill_index(index, model, ds.doc_ids, ds.doc_texts, max_length=model.max_length)
@@ -101,8 +105,8 @@ def test_m3_runs_match_exact_scoring(data_dir, xlmr_ckpt):
         assert list(truncate_run({"q": runs["dense"][query_id]}, 10)["q"]) == top_dense
         got = runs["all"][query_id]
         assert len(got) == len(ds.doc_ids)  # the dense/sparse candidate union covers all 82 documents
-        for doc_id, score in got.items():  # colbert vectors are stored as float16
-            assert score == pytest.approx(exact_all[row, ds.doc_ids.index(doc_id)], abs=2e-3)
+        for doc_id, score in got.items():
+            assert score == pytest.approx(exact_all[row, ds.doc_ids.index(doc_id)], abs=1e-4)
 
 
 def test_existing_index_dir_is_filled_once_and_reused(xlmr_ckpt, tiny_set, tmp_path):

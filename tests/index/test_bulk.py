@@ -157,6 +157,7 @@ def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, mo
     --engine and store the new documents the old way; the options are now compared with the index's own."""
     from m3embed.index import ColbertStorage, open_index
     from m3embed.index.build import Source, build
+    from m3embed.index.manifest import TOKEN_STORE_DEFAULT
 
     docs, encoded = job
     idx = tmp_path / "idx"
@@ -164,15 +165,17 @@ def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, mo
         assert index.manifest.modes == ("dense", "colbert")
     with open_for_encoded(idx, encoded) as index:  # no options: the index keeps what it stores
         assert index.manifest.modes == ("dense", "colbert")
-    asked = ColbertStorage(quantization="binary", pool_factor=2)
-    with pytest.raises(ValueError, match=rf"index {idx} already exists with colbert quantization 'none' \(asked: "
-                       r"'binary'\); colbert pool factor 1 \(asked: 2\); .* build into a new directory"):
+    assert index.manifest.colbert_storage == TOKEN_STORE_DEFAULT  # binary codes only
+    asked = ColbertStorage(quantization="int8", pool_factor=2)
+    with pytest.raises(ValueError, match=rf"index {idx} already exists with colbert quantization 'binary' \(asked: "
+                       r"'int8'\); colbert originals 'none' \(asked: 'ram'\); colbert rescore False \(asked: "
+                       r"True\); colbert pool factor 1 \(asked: 2\); .* build into a new directory"):
         open_for_encoded(idx, encoded, colbert_storage=asked)
     with pytest.raises(ValueError, match=r"engine 'edge' \(asked: 'qdrant'\)"):
         open_index(idx, model, create=True, engine="qdrant")
     with pytest.raises(ValueError, match=r"modes dense,colbert \(asked: dense,sparse,colbert\)"):
         build(idx, Source(docs), load_model=lambda _: model, modes=MODES)
-    with open_index(idx, model, create=True, colbert_storage=ColbertStorage(), store_text=True) as index:
+    with open_index(idx, model, create=True, colbert_storage=TOKEN_STORE_DEFAULT, store_text=True) as index:
         assert index.count() == 0  # the same options: opened as it is, to resume
 
 

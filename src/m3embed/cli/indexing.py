@@ -81,7 +81,8 @@ def index_build(
     colbert_dtype: str | None = typer.Option(None, help=f"colbert storage: float16 or float32 [default: "
                                              f"{ColbertStorage().dtype}]"),
     colbert_quantization: str | None = typer.Option(None, help="colbert vectors scored quantized: none, int8 "
-                                                    "or binary [default: none]"),
+                                                    "or binary [default: none once any colbert flag is given; "
+                                                    "with none, binary codes only in an index directory]"),
     colbert_originals: str | None = typer.Option(None, help="where colbert's float vectors live: ram, disk "
                                                  "(memory-mapped) or none [default: ram]"),
     colbert_rescore: bool | None = typer.Option(None, "--colbert-rescore/--no-colbert-rescore",

@@ -193,9 +193,13 @@ def rerank_run(reranker: Any, queries: Mapping[str, str], run: Run, doc_texts: M
 def eval_index(model: Any, modes: Sequence[str], index_dir: str | Path | None = None) -> Iterator[Any]:
     """Open `index_dir` (created if absent) or a temporary Qdrant Edge index deleted on exit."""
     from m3embed.index import open_index
+    from m3embed.index.manifest import MANIFEST_NAME
 
     if index_dir is not None:
-        index = open_index(index_dir, model, create=True, modes=index_representations(modes), store_text=False)
+        if (Path(index_dir) / MANIFEST_NAME).exists():  # reused as it was built (its modes are checked below)
+            index = open_index(index_dir, model)
+        else:
+            index = open_index(index_dir, model, create=True, modes=index_representations(modes), store_text=False)
         try:
             for mode in modes:  # an existing index may store fewer modes: fail before encoding anything
                 check_search_mode(mode, index.manifest.modes)
