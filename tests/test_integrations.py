@@ -210,3 +210,51 @@ def test_haystack_refuses_to_serialise_an_in_memory_index(model: M3Model) -> Non
     with open_index(":memory:", model, create=True) as idx:
         with pytest.raises(ValueError, match="index cannot be serialised"):
             hs.M3Retriever(idx).to_dict()
+
+
+def _llama_filters():
+    from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+
+    def f(key, value, op="=="):
+        return MetadataFilter(key=key, value=value, operator=op)
+
+    flat = MetadataFilters(filters=[f("lang", "en"), f("n", 5, ">"), f("n", 30, "<=")])
+    nested = MetadataFilters(filters=[f("lang", "en"), f("n", 5, ">"),
+                                      MetadataFilters(filters=[f("n", 30, "<=")], condition=FilterCondition.AND)])
+    return [  # (filters, the same without nesting, which LlamaIndex's own filter function refuses; m3embed's)
+        (MetadataFilters(filters=[f("lang", "de")]), None, {"lang": "de"}),
+        (MetadataFilters(filters=[f("n", [1, 4, 9, 16], "in")]), None, {"n": [1, 4, 9, 16]}),
+        (flat, None, {"lang": "en", "n": {"gt": 5, "lte": 30}}),
+        (nested, flat, {"lang": "en", "n": {"gt": 5, "lte": 30}}),
+        (MetadataFilters(filters=[f("n", 10, ">="), f("n", 12.5, "<")]), None, {"n": {"gte": 10, "lt": 12.5}}),
+    ]
+
+
+def test_llama_index_metadata_filters_select_what_llama_index_selects(index) -> None:
+    from llama_index.core.vector_stores.utils import build_metadata_filter_fn
+
+    metas = {f"d{i}": {"lang": ("en", "de")[i % 2], "n": i} for i in range(len(TEXTS))}
+    for filters, flat, m3embed_filter in _llama_filters():
+        assert li.llama_index_filter(filters) == m3embed_filter
+        keep = build_metadata_filter_fn(metas.__getitem__, flat or filters)  # LlamaIndex's own reading of the filter
+        selected = {i for i in metas if keep(i)}
+        expected = [(h.id, h.score, h.text) for h in index.search(QUERY, k=len(TEXTS), mode="dense",
+                                                                  filter=m3embed_filter)]
+        assert selected and {i for i, _, _ in expected} == selected
+        got = li.M3Retriever(index, k=len(TEXTS), mode="dense", filter=filters).retrieve(QUERY)
+        assert [(n.node.id_, n.score, n.node.get_content()) for n in got] == expected
+
+
+def test_llama_index_filters_refuse_what_m3embed_cannot_express(index) -> None:
+    from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+
+    one = MetadataFilter(key="n", value=1)
+    for filters, message in [
+        (MetadataFilters(filters=[one, one], condition=FilterCondition.OR), "'or'"),
+        (MetadataFilters(filters=[one], condition=FilterCondition.NOT), "'not'"),
+        (MetadataFilters(filters=[MetadataFilter(key="lang", value="en", operator="!=")]), "'!='"),
+        (MetadataFilters(filters=[MetadataFilter(key="lang", value=["en"], operator="nin")]), "'nin'"),
+        (MetadataFilters(filters=[MetadataFilter(key="lang", value="e", operator="text_match")]), "'text_match'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            li.M3Retriever(index, filter=filters)
