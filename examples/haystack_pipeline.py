@@ -26,7 +26,8 @@ def main(path: str) -> None:
         result = pipeline.run({"retriever": {"query": "which model gives sparse and dense vectors?"}})
         for doc in result["retriever"]["documents"]:
             print(f"{doc.score:.3f}  {doc.id}: {doc.content[:60]}")
-        result = pipeline.run({"retriever": {"query": "animals", "filters": {"lang": "de"}, "top_k": 1}})
+        german = {"field": "meta.lang", "operator": "==", "value": "de"}  # Haystack's filter syntax
+        result = pipeline.run({"retriever": {"query": "animals", "filters": german, "top_k": 1}})
         print("filtered:", [d.id for d in result["retriever"]["documents"]])
     docs = M3DocumentEmbedder(model).run(documents=[Document(content="BGE-M3 in Haystack")])["documents"]
     query = M3TextEmbedder(model).run(text="hello")["embedding"]

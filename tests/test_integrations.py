@@ -127,3 +127,134 @@ def test_example_runs(example: str, tmp_path: Path) -> None:
     lines = run.stdout.splitlines()
     assert lines[0].split()[1] == "bge-m3:", run.stdout  # the best hit for "which model gives sparse and dense"
     assert "filtered: ['panda']" in lines
+
+
+HAYSTACK_FILTERS = [
+    ({"field": "meta.lang", "operator": "==", "value": "de"}, {"lang": "de"}),
+    ({"field": "meta.n", "operator": "in", "value": [1, 4, 9, 16]}, {"n": [1, 4, 9, 16]}),
+    ({"operator": "AND", "conditions": [
+        {"field": "meta.lang", "operator": "==", "value": "en"},
+        {"field": "meta.n", "operator": ">", "value": 5},
+        {"operator": "AND", "conditions": [{"field": "meta.n", "operator": "<=", "value": 30}]}]},
+     {"lang": "en", "n": {"gt": 5, "lte": 30}}),
+    ({"operator": "AND", "conditions": [{"field": "meta.n", "operator": ">=", "value": 10},
+                                        {"field": "meta.n", "operator": "<", "value": 12.5}]},
+     {"n": {"gte": 10, "lt": 12.5}}),
+]
+
+
+@pytest.mark.parametrize(("filters", "m3embed_filter"), HAYSTACK_FILTERS)
+def test_haystack_filters_select_what_haystack_selects(index, filters, m3embed_filter) -> None:
+    from haystack import Document
+    from haystack.document_stores.in_memory import InMemoryDocumentStore
+
+    assert hs.haystack_filter(filters) == m3embed_filter
+    store = InMemoryDocumentStore()  # Haystack's own reading of the filter, over the same metadata
+    store.write_documents([Document(id=f"d{i}", content=t, meta={"lang": ("en", "de")[i % 2], "n": i})
+                           for i, t in enumerate(TEXTS)])
+    selected = {d.id for d in store.filter_documents(filters)}
+    assert selected and index.count(m3embed_filter) == len(selected)
+    expected = [(h.id, h.score, h.text) for h in index.search(QUERY, k=len(TEXTS), mode="dense",
+                                                              filter=m3embed_filter)]
+    assert {i for i, _, _ in expected} == selected
+    retriever = hs.M3Retriever(index, top_k=len(TEXTS), mode="dense")
+    got = retriever.run(query=QUERY, filters=filters)["documents"]
+    assert [(d.id, d.score, d.content) for d in got] == expected
+    init = hs.M3Retriever(index, top_k=len(TEXTS), mode="dense", filters=filters).run(query=QUERY)["documents"]
+    assert [(d.id, d.score) for d in init] == [(i, s) for i, s, _ in expected]
+
+
+@pytest.mark.parametrize(("filters", "message"), [
+    ({"operator": "OR", "conditions": [{"field": "meta.n", "operator": "==", "value": 1}]}, "'OR'"),
+    ({"operator": "NOT", "conditions": [{"field": "meta.n", "operator": "==", "value": 1}]}, "'NOT'"),
+    ({"field": "meta.lang", "operator": "!=", "value": "en"}, "'!='"),
+    ({"field": "meta.lang", "operator": "not in", "value": ["en"]}, "'not in'"),
+    ({"field": "content", "operator": "==", "value": "x"}, "field 'content'"),
+    ({"field": "meta.date", "operator": ">", "value": "2024-01-01"}, "needs a number"),
+    ({"field": "meta.lang", "operator": "in", "value": "en"}, "needs a list"),
+    ({"operator": "AND", "conditions": [{"field": "meta.n", "operator": "==", "value": 1},
+                                        {"field": "meta.n", "operator": "in", "value": [2]}]}, "second condition"),
+])
+def test_haystack_filters_refuse_what_m3embed_cannot_express(index, filters, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        hs.M3Retriever(index).run(query=QUERY, filters=filters)
+
+
+def test_haystack_pipeline_serialises(xlmr_ckpt: Path, xlmr_reranker: Path, tmp_path: Path) -> None:
+    from haystack import Pipeline
+
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    filters = {"field": "meta.lang", "operator": "==", "value": "en"}
+    with open_index(tmp_path / "idx", model, create=True) as idx:
+        idx.add([f"d{i}" for i in range(12)], TEXTS[:12], [{"lang": ("en", "de")[i % 2]} for i in range(12)])
+        pipeline = Pipeline()
+        pipeline.add_component("retriever", hs.M3Retriever(idx, top_k=3, mode="dense+sparse", weights=(1, 0.5, 0),
+                                                           filters=filters, reranker=str(xlmr_reranker),
+                                                           rerank_top=5, search_options={"candidates": 20}))
+        pipeline.add_component("embedder", hs.M3TextEmbedder(model, max_length=64))
+        before = pipeline.run({"retriever": {"query": QUERY}, "embedder": {"text": QUERY}})
+        saved = pipeline.dumps()
+    params = pipeline.to_dict()["components"]["retriever"]["init_parameters"]
+    assert params["index"] == str(tmp_path / "idx") and params["model"] == str(xlmr_ckpt)
+    assert params["reranker"] == str(xlmr_reranker) and params["filters"] == filters
+    loaded = Pipeline.loads(saved, allowed_modules=["m3embed.integrations.haystack"])  # Haystack's opt-in
+    after = loaded.run({"retriever": {"query": QUERY}, "embedder": {"text": QUERY}})
+    loaded.get_component("retriever").index.close()
+    assert [(d.id, d.score) for d in after["retriever"]["documents"]] == \
+        [(d.id, d.score) for d in before["retriever"]["documents"]]
+    np.testing.assert_allclose(after["embedder"]["embedding"], before["embedder"]["embedding"], atol=1e-6)
+    assert hs.M3DocumentEmbedder.from_dict(hs.M3DocumentEmbedder(model).to_dict()).model.name == str(xlmr_ckpt)
+
+
+def test_haystack_refuses_to_serialise_an_in_memory_index(model: M3Model) -> None:
+    with open_index(":memory:", model, create=True) as idx:
+        with pytest.raises(ValueError, match="index cannot be serialised"):
+            hs.M3Retriever(idx).to_dict()
+
+
+def _llama_filters():
+    from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+
+    def f(key, value, op="=="):
+        return MetadataFilter(key=key, value=value, operator=op)
+
+    flat = MetadataFilters(filters=[f("lang", "en"), f("n", 5, ">"), f("n", 30, "<=")])
+    nested = MetadataFilters(filters=[f("lang", "en"), f("n", 5, ">"),
+                                      MetadataFilters(filters=[f("n", 30, "<=")], condition=FilterCondition.AND)])
+    return [  # (filters, the same without nesting, which LlamaIndex's own filter function refuses; m3embed's)
+        (MetadataFilters(filters=[f("lang", "de")]), None, {"lang": "de"}),
+        (MetadataFilters(filters=[f("n", [1, 4, 9, 16], "in")]), None, {"n": [1, 4, 9, 16]}),
+        (flat, None, {"lang": "en", "n": {"gt": 5, "lte": 30}}),
+        (nested, flat, {"lang": "en", "n": {"gt": 5, "lte": 30}}),
+        (MetadataFilters(filters=[f("n", 10, ">="), f("n", 12.5, "<")]), None, {"n": {"gte": 10, "lt": 12.5}}),
+    ]
+
+
+def test_llama_index_metadata_filters_select_what_llama_index_selects(index) -> None:
+    from llama_index.core.vector_stores.utils import build_metadata_filter_fn
+
+    metas = {f"d{i}": {"lang": ("en", "de")[i % 2], "n": i} for i in range(len(TEXTS))}
+    for filters, flat, m3embed_filter in _llama_filters():
+        assert li.llama_index_filter(filters) == m3embed_filter
+        keep = build_metadata_filter_fn(metas.__getitem__, flat or filters)  # LlamaIndex's own reading of the filter
+        selected = {i for i in metas if keep(i)}
+        expected = [(h.id, h.score, h.text) for h in index.search(QUERY, k=len(TEXTS), mode="dense",
+                                                                  filter=m3embed_filter)]
+        assert selected and {i for i, _, _ in expected} == selected
+        got = li.M3Retriever(index, k=len(TEXTS), mode="dense", filter=filters).retrieve(QUERY)
+        assert [(n.node.id_, n.score, n.node.get_content()) for n in got] == expected
+
+
+def test_llama_index_filters_refuse_what_m3embed_cannot_express(index) -> None:
+    from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+
+    one = MetadataFilter(key="n", value=1)
+    for filters, message in [
+        (MetadataFilters(filters=[one, one], condition=FilterCondition.OR), "'or'"),
+        (MetadataFilters(filters=[one], condition=FilterCondition.NOT), "'not'"),
+        (MetadataFilters(filters=[MetadataFilter(key="lang", value="en", operator="!=")]), "'!='"),
+        (MetadataFilters(filters=[MetadataFilter(key="lang", value=["en"], operator="nin")]), "'nin'"),
+        (MetadataFilters(filters=[MetadataFilter(key="lang", value="e", operator="text_match")]), "'text_match'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            li.M3Retriever(index, filter=filters)

@@ -20,7 +20,7 @@ SNIPPETS = re.findall(r"\n### (.+?)\n.*?```python\n(.*?)```", SECTION, flags=re.
 
 def test_the_section_has_a_snippet_per_target() -> None:
     assert [title for title, _ in SNIPPETS] == ["FlagEmbedding", "LangChain", "LlamaIndex", "Haystack",
-                                                "Sparse vectors in your database's form"]
+                                                "MTEB", "Sparse vectors in your database's form"]
 
 
 @pytest.mark.parametrize("code", [c for _, c in SNIPPETS], ids=[t.split()[0] for t, _ in SNIPPETS])
