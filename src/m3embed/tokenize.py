@@ -71,6 +71,33 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 
+class TruncationWarning(UserWarning):
+    """Texts longer than max_length were cut to it (one warning per encode call, counting them)."""
+
+
+def count_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_length: int) -> int:
+    """How many of `texts` `tokenize` cut: those of max_length ids that have more when allowed one more."""
+    at_limit = [texts[i] for i, x in enumerate(ids) if len(x) >= max_length]
+    if not at_limit:
+        return 0
+    longer = tokenizer(at_limit, truncation=True, max_length=max_length + 1, add_special_tokens=True,
+                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return sum(len(x) > max_length for x in longer)
+
+
+def warn_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_length: int, limit: int | None) -> None:
+    """One `TruncationWarning` counting the texts `tokenize` cut, naming the ways out; nothing when none was."""
+    import warnings
+
+    cut = count_truncated(tokenizer, texts, ids, max_length)
+    if cut:
+        room = f"raise max_length (--max-length) up to the model's {limit}, or " if limit and limit > max_length \
+            else ""
+        warnings.warn(f"{cut} of {len(texts)} texts were longer than max_length={max_length} tokens and were cut to "
+                      f"it (the rest of each is not encoded); {room}split long texts into passages",
+                      TruncationWarning, stacklevel=2)
+
+
 def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, query_max_length: int,
                    passage_max_length: int | None = None) -> tuple[list[list[int]], list[list[int]] | None]:
     """Token ids of (query, passage) pairs, built exactly as FlagEmbedding 1.4.2's FlagReranker builds them.

@@ -157,6 +157,7 @@ def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, mo
     --engine and store the new documents the old way; the options are now compared with the index's own."""
     from m3embed.index import ColbertStorage, open_index
     from m3embed.index.build import Source, build
+    from m3embed.index.manifest import TOKEN_STORE_DEFAULT
 
     docs, encoded = job
     idx = tmp_path / "idx"
@@ -164,15 +165,17 @@ def test_an_existing_index_refuses_other_storage_options(tmp_path: Path, job, mo
         assert index.manifest.modes == ("dense", "colbert")
     with open_for_encoded(idx, encoded) as index:  # no options: the index keeps what it stores
         assert index.manifest.modes == ("dense", "colbert")
-    asked = ColbertStorage(quantization="binary", pool_factor=2)
-    with pytest.raises(ValueError, match=rf"index {idx} already exists with colbert quantization 'none' \(asked: "
-                       r"'binary'\); colbert pool factor 1 \(asked: 2\); .* build into a new directory"):
+    built = TOKEN_STORE_DEFAULT  # new token-store indexes default to binary codes only
+    asked = ColbertStorage(quantization="int8", originals=built.originals, rescore=built.rescore, pool_factor=2)
+    with pytest.raises(ValueError, match=rf"index {idx} already exists with colbert quantization "
+                       rf"'{built.quantization}' \(asked: 'int8'\); colbert pool factor 1 \(asked: 2\); .* build "
+                       "into a new directory"):
         open_for_encoded(idx, encoded, colbert_storage=asked)
     with pytest.raises(ValueError, match=r"engine 'edge' \(asked: 'qdrant'\)"):
         open_index(idx, model, create=True, engine="qdrant")
     with pytest.raises(ValueError, match=r"modes dense,colbert \(asked: dense,sparse,colbert\)"):
         build(idx, Source(docs), load_model=lambda _: model, modes=MODES)
-    with open_index(idx, model, create=True, colbert_storage=ColbertStorage(), store_text=True) as index:
+    with open_index(idx, model, create=True, colbert_storage=built, store_text=True) as index:
         assert index.count() == 0  # the same options: opened as it is, to resume
 
 
@@ -199,3 +202,12 @@ def test_a_damaged_shard_is_named_with_the_way_out_and_leaves_no_index(tmp_path:
                        r"and run the same `m3embed encode \.\.\. --ray` again: the job resumes"):
         build(idx, Source(encoded, encoded=True), load_model=lambda _: None, batch_size=512)
     assert not idx.exists()
+
+
+def test_a_bulk_load_shows_its_progress_on_stderr(tmp_path: Path, job, capfd) -> None:
+    _, encoded = job
+    with open_for_encoded(tmp_path / "idx", encoded) as index:
+        capfd.readouterr()
+        load_encoded(index, encoded, batch_size=50, progress=True)
+        out, err = capfd.readouterr()
+    assert out == "" and "loading (0 already stored)" in err and "120/120" in err
