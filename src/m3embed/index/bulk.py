@@ -124,8 +124,9 @@ def load_encoded_ray(location: str, path: str | Path, *, collection: str = DEFAU
     with Index.open(location, collection=collection, client_options=client_options) as index:
         for file in files:
             check_shard(index, file)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    from m3embed.ray_data import connect
+
+    connect(address)
     task = ray.remote(max_retries=3)(_load_one)
     results = ray.get([task.remote(location, str(f), collection, dict(client_options or {}), batch_size,
                                    skip_existing) for f in files])
