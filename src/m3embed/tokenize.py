@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,7 +73,15 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 
 class TruncationWarning(UserWarning):
-    """Texts longer than max_length were cut to it (one warning per encode call, counting them)."""
+    """`cut` of `total` texts were longer than `max_length` tokens and were cut to it; the message names the ways
+    out (`limit`: the model's own limit, when max_length is below it)."""
+
+    def __init__(self, cut: int, total: int, max_length: int, limit: int | None = None) -> None:
+        room = f"raise max_length (--max-length) up to the model's {limit}, or " if limit and limit > max_length \
+            else ""
+        super().__init__(f"{cut} of {total} texts were longer than max_length={max_length} tokens and were cut to "
+                         f"it (the rest of each is not encoded); {room}split long texts into passages")
+        self.cut, self.total, self.max_length, self.limit = cut, total, max_length, limit
 
 
 def count_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_length: int) -> int:
@@ -86,16 +95,35 @@ def count_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_lengt
 
 
 def warn_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_length: int, limit: int | None) -> None:
-    """One `TruncationWarning` counting the texts `tokenize` cut, naming the ways out; nothing when none was."""
+    """One `TruncationWarning` counting the texts `tokenize` cut; nothing when none was."""
     import warnings
 
     cut = count_truncated(tokenizer, texts, ids, max_length)
     if cut:
-        room = f"raise max_length (--max-length) up to the model's {limit}, or " if limit and limit > max_length \
-            else ""
-        warnings.warn(f"{cut} of {len(texts)} texts were longer than max_length={max_length} tokens and were cut to "
-                      f"it (the rest of each is not encoded); {room}split long texts into passages",
-                      TruncationWarning, stacklevel=2)
+        warnings.warn(TruncationWarning(cut, len(texts), max_length, limit), stacklevel=2)
+
+
+@contextlib.contextmanager
+def one_truncation_warning() -> Iterator[None]:
+    """Within it, the `TruncationWarning`s of many encode calls (an index build's batches) are summed into one,
+    given when the block ends without an error; other warnings pass through."""
+    import warnings
+
+    caught: list[warnings.WarningMessage] = []
+    ok = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        ok = True
+    finally:
+        cuts = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
+        for w in caught:
+            if not isinstance(w.message, TruncationWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        if ok and cuts:
+            warnings.warn(TruncationWarning(sum(c.cut for c in cuts), sum(c.total for c in cuts),
+                                            cuts[0].max_length, cuts[0].limit), stacklevel=3)
 
 
 def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, query_max_length: int,

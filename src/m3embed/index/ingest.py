@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from m3embed._progress import Progress
 from m3embed.corpus import Record
 from m3embed.index.core import Index
+from m3embed.tokenize import one_truncation_warning
 
 
 @dataclass
@@ -110,7 +111,7 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
 
             yield [r.id for r in chunk], write
 
-    with Progress(progress, "indexing", total) as bar:
+    with one_truncation_warning(), Progress(progress, "indexing", total) as bar:  # one warning for the run
         return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
                               on_commit=report_to(bar, "indexing", on_commit))
 
