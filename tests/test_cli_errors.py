@@ -190,3 +190,15 @@ def test_a_missing_pair_field_is_named_missing(tmp_path: Path) -> None:
 def test_encode_help_shows_the_ray_extra(capsys, monkeypatch) -> None:
     code, out, _ = run_cli(capsys, monkeypatch, "encode", "--help")
     assert code == 0 and "m3embed[ray]" in " ".join(out.split())  # rich read "[ray]" as markup: "(needs m3embed)"
+
+
+def test_a_warning_is_one_line_on_stderr(xlmr_ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    src = tmp_path / "t.jsonl"
+    src.write_text('{"id": "a", "text": "' + "word " * 100 + '"}\n{"id": "b", "text": "short"}\n')
+    code, out, err = run_cli(capsys, monkeypatch, "encode", src, "-o", tmp_path / "out", "-m", xlmr_ckpt,
+                             "--max-length", "16")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("warning")]
+    assert lines == ["warning: 1 of 2 texts were longer than max_length=16 tokens and were cut to it (the rest of "
+                     "each is not encoded); raise max_length (--max-length) up to the model's 128, or split long "
+                     "texts into passages"], err

@@ -200,6 +200,7 @@ def test_tmpfs_index_needs_room_to_open(small_fs, corpus) -> None:
     run = cli("index", "info", fs / "idx")
     assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
     assert run.stderr.count("\n") == 1 and "opening the index on tmpfs" in run.stderr, run.stderr
+    assert "preallocated 32 MB chunks" in run.stderr and "move the index to a disk file system" in run.stderr
 
 
 def test_cli_names_the_path_of_any_full_disk_error() -> None:

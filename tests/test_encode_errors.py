@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,3 +166,22 @@ def test_invalid_m3embed_json(xlmr_ckpt: Path, copy_ckpt: Callable[[Path], Path]
     (path / "m3embed.json").write_text('{"pooling": "max"}')
     with pytest.raises(ValueError, match="pooling"):
         M3Model.from_pretrained(path)
+
+
+# ---- encode: truncation ----
+
+
+def test_one_warning_per_call_counts_the_truncated_texts(model: M3Model) -> None:
+    from m3embed.tokenize import TruncationWarning, tokenize
+
+    exact = "the river near the harbour"
+    n = len(tokenize(model.tokenizer, [exact], 64)[0])  # max_length n: this text exactly fits, it is not cut
+    texts = ["word " * 200, exact, "short", "another " * 50]
+    with pytest.warns(TruncationWarning) as caught:
+        model.encode(texts, modes=MODES, max_length=n)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert message.startswith(f"2 of 4 texts were longer than max_length={n} tokens") and "--max-length" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.encode([exact, "short"], modes=MODES, max_length=n)  # none cut: no warning

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -180,3 +182,73 @@ def test_cli_encodes_on_the_running_cluster_then_builds_an_index(ray_cluster, tm
     assert run.returncode == 0 and "42 loaded, 0 already stored; 42 documents" in run.stderr, run.stderr
     run = m3embed("search", idx, "Title", "-k", "2", "--json")
     assert run.returncode == 0 and len(run.stdout.splitlines()) == 2, run.stderr
+
+
+def test_an_actor_pool_the_cluster_cannot_place_is_refused_at_once(ray_cluster, tmp_path: Path,
+                                                                    xlmr_ckpt: Path) -> None:
+    """`--gpus-per-actor 1` on a cluster without GPUs used to wait forever (Ray's "the job may hang forever")."""
+    inputs = write_inputs(tmp_path / "in", 6, 0)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"cannot place 1 actor\(s\) of 1 CPU and 1 GPU \(--actors, --cpus-per-actor, "
+                       r"--gpus-per-actor\): its nodes have 2 CPU, 0 GPU, room for 0; .*--gpus-per-actor 0"):
+        encode_job(inputs, tmp_path / "out", str(xlmr_ckpt), ("dense",), gpus_per_actor=1)
+    with pytest.raises(ValueError, match=r"cannot place 5 actor\(s\) of 0.5 CPU and 0 GPU .* room for 4"):
+        encode_job(inputs, tmp_path / "out", str(xlmr_ckpt), ("dense",), actors=5, cpus_per_actor=0.5)
+    assert time.monotonic() - started < 30
+    address = ray_cluster.get_runtime_context().gcs_address
+    run = m3embed("encode", inputs / "a.jsonl", "-o", tmp_path / "out2", "--model", xlmr_ckpt, "--ray",
+                  "--ray-address", address, "--gpus-per-actor", "1", timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: the Ray cluster cannot place"), run.stderr
+
+
+def test_the_ray_processes_a_killed_driver_started_are_stopped(tmp_path: Path) -> None:
+    """After kill -9 of a driver that started a local cluster, its raylet, GCS and agents used to keep running.
+    A driver prints its Ray descendants; once it is killed, the watchdog stops every one of them."""
+    code = (
+        "import os, time\n"
+        "from m3embed.ray_data import connect\n"
+        "ray = connect()\n"
+        "print(ray.cluster_resources()['CPU'], flush=True)\n"
+        "time.sleep(600)\n")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert float(driver.stdout.readline() or 0) >= 1, driver.stderr.read() if driver.poll() is not None else ""
+        time.sleep(3)  # the watchdog records the descendants once a second
+        kids = descendants(driver.pid)
+        assert any("raylet" in cmd for cmd in kids.values()), kids
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(p) for p in kids):
+        time.sleep(0.5)
+    left = {p: cmd for p, cmd in kids.items() if alive(p)}
+    assert not left, left
+    assert driver.stderr.read() == ""  # no Ray log lines on the user's stderr
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every descendant of `pid` (Linux /proc)."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parents[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found, todo = set(), {pid}
+    while todo:
+        todo = {p for p, pp in parents.items() if pp in todo} - found
+        found |= todo
+    return {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            for p in found if alive(p)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

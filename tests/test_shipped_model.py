@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,17 @@ def test_every_mode_ranks_the_relevant_passage_first(model):
     scores = model.compute_score([(QUERY, RELEVANT), (QUERY, UNRELATED)], weights=(0.4, 0.2, 0.4))
     for mode in ("dense", "sparse", "colbert", "colbert+sparse+dense"):
         assert scores[mode][0] > scores[mode][1], mode
+
+
+def test_the_first_assembly_into_the_cache_says_so_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capfd) -> None:
+    from m3embed.sources import resolve
+
+    monkeypatch.setenv("M3EMBED_CACHE", str(tmp_path / "cache"))
+    capfd.readouterr()
+    first = resolve("minilm-m3")
+    out, err = capfd.readouterr()
+    assert out == "" and re.fullmatch(rf"m3embed: assembling minilm-m3 into {re.escape(str(first))} \(about \d+ MB, "
+                                      r"once\)\n", err), err
+    assert resolve("minilm-m3") == first
+    assert capfd.readouterr() == ("", "")

@@ -15,7 +15,7 @@ import torch
 from scipy import sparse as sp
 
 from m3embed._progress import Progress
-from m3embed.tokenize import budget_batches, insert_cls, pad, tokenize
+from m3embed.tokenize import budget_batches, insert_cls, pad, tokenize, warn_truncated
 from m3embed.types import M3Output
 
 MCLS_EVERY = 256  # the paper's interval between inserted CLS tokens (Appendix B.2)
@@ -68,9 +68,12 @@ def encode(model: Forward, texts: list[str], modes: tuple[str, ...], max_length:
         mcls: multiple-CLS dense pooling for long texts (paper §3.4): True inserts a CLS every 256 tokens,
             an int sets the interval; the dense output is the mean of all CLS states.
         progress: show a progress bar; None shows one only for long runs.
+
+    Texts longer than `max_length` are cut to it, with one `TruncationWarning` per call counting them.
     """
     every = (MCLS_EVERY if mcls is True else int(mcls)) if mcls else 0
     ids = tokenize(model.tokenizer, texts, max_length)
+    warn_truncated(model.tokenizer, texts, ids, max_length, getattr(model, "max_length", None))
     cls_positions: list[list[int]] | None = None
     if every:
         pairs = [insert_cls(x, model.tokenizer.cls_token_id, every, max_length) for x in ids]

@@ -143,6 +143,98 @@ class JobResult:
         return self.documents / self.seconds if self.seconds else 0.0
 
 
+def connect(address: str | None = None) -> Any:
+    """Join the Ray cluster at `address`, or start a local one (None) unless connected already; returns `ray`.
+
+    Ray's own log lines (the token-auth notice, "Started a local Ray instance", its workers' output) stay off the
+    user's stderr: only errors are logged. A local cluster listens on 127.0.0.1 only, so no outside address is
+    looked up (Ray's "Failed to determine local IP" on a machine without a route).
+    """
+    import logging
+
+    ray = require("ray", "ray")
+    if not ray.is_initialized():
+        local = {"_node_ip_address": "127.0.0.1"} if address is None else {}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 **local)
+        if address is None:
+            watch_driver()
+    return ray
+
+
+# the watchdog's code (Linux /proc): every second it records the driver's descendants (pid and start time); once
+# the driver is gone it sends them SIGTERM, then SIGKILL to those left after 3 s
+_WATCHDOG = r"""
+import os, signal, sys, time
+driver, me = int(sys.argv[1]), os.getpid()
+def table():
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(d)] = (int(f[1]), f[19])
+    return out
+seen = {}
+while os.path.exists(f"/proc/{driver}"):
+    t = table()
+    kids = {driver}
+    for _ in range(8):
+        kids |= {p for p, (pp, _) in t.items() if pp in kids and p != me}
+    seen.update({p: t[p][1] for p in kids - {driver} if p in t})
+    time.sleep(1)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    t = table()
+    alive = [p for p, start in seen.items() if p in t and t[p][1] == start]
+    for p in alive:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    if not alive:
+        break
+    time.sleep(3)
+"""
+
+
+def watch_driver() -> None:
+    """Start a watchdog that stops the Ray processes this driver started (its raylet, GCS, dashboard and
+    runtime-env agents, workers) when the driver dies without `ray.shutdown` (kill -9); Linux only."""
+    import os
+    import subprocess
+    import sys
+
+    if os.path.isdir("/proc"):
+        subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())], start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def check_placement(actors: int, cpus_per_actor: float, gpus_per_actor: float) -> None:
+    """Refuse at once an actor pool the cluster cannot place (Ray would wait for it forever), naming what each
+    node has; the cluster's total resources are compared, not what other jobs leave free now."""
+    import ray
+
+    if actors < 1 or cpus_per_actor < 0 or gpus_per_actor < 0:
+        raise ValueError(f"actors (--actors) must be >= 1 and cpus/gpus per actor (--cpus-per-actor, "
+                         f"--gpus-per-actor) >= 0, got {actors}, {cpus_per_actor:g}, {gpus_per_actor:g}")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+    def fits(have: Mapping[str, float]) -> int:
+        counts = [int(have.get(k, 0.0) / need + 1e-9) for k, need in (("CPU", cpus_per_actor),
+                                                                       ("GPU", gpus_per_actor)) if need > 0]
+        return min(counts) if counts else actors
+
+    placed = sum(fits(n) for n in nodes)
+    if placed < actors:
+        has = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes) or "no live nodes"
+        raise ValueError(f"the Ray cluster cannot place {actors} actor(s) of {cpus_per_actor:g} CPU and "
+                         f"{gpus_per_actor:g} GPU (--actors, --cpus-per-actor, --gpus-per-actor): its nodes have "
+                         f"{has}, room for {placed}; ask for what it has (--gpus-per-actor 0 on CPU nodes, fewer "
+                         "or smaller actors) or add nodes")
+
+
 def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[str] | str = ("dense",), *,
                address: str | None = None, actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
                rows_per_part: int = DEFAULT_ROWS_PER_PART, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -179,8 +271,8 @@ def encode_job(input: str | Path, out: str | Path, model: str, modes: Sequence[s
     documents = 0
     first, last, cpu = float("inf"), 0.0, 0.0
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        connect(address)
+        check_placement(actors, cpus_per_actor, gpus_per_actor)
         if progress:  # ours shows documents/s; Ray's bars would draw over it
             ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items([{"part": p.to_json()} for p in todo], override_num_blocks=len(todo))

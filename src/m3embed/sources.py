@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("M3EMBED_CACHE", Path.home() / ".cache" / "m3embed"))
 
 
+def notice(message: str) -> None:
+    """One line on stderr for work a user would otherwise wait through in silence (a model written into the
+    cache on first use); stdout may carry a command's results."""
+    print(f"m3embed: {message}", file=sys.stderr, flush=True)
+
+
 # ---- package backbones ----
 
 
@@ -86,6 +93,8 @@ def _e5_small_dir() -> Path:
     if not (target / CONFIG_FILE).is_file():
         from m3embed.e5q4 import convert
 
+        notice(f"converting {E5_SMALL} from {PACKAGES[E5_SMALL][1]} into {target} (about 470 MB of float32 "
+               "weights, once; a few seconds)")
         convert(q4, tokenizer, target)
     return target
 
@@ -190,6 +199,8 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
     target = cache_dir() / "models" / f"{heads_dir.name}-{digest.hexdigest()[:12]}"
     if (target / CONFIG_FILE).is_file():
         return target
+    size = sum(f.stat().st_size for f in backbone.rglob("*") if f.is_file()) + sum(p.stat().st_size for p in used)
+    notice(f"assembling {heads_dir.name} into {target} (about {size / 1e6:.0f} MB, once)")
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     # a backbone converted into our cache (470 MB for e5) is hard-linked, not duplicated; package files and our

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,6 +70,60 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
         return []
     return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+class TruncationWarning(UserWarning):
+    """`cut` of `total` texts were longer than `max_length` tokens and were cut to it; the message names the ways
+    out (`limit`: the model's own limit, when max_length is below it)."""
+
+    def __init__(self, cut: int, total: int, max_length: int, limit: int | None = None) -> None:
+        room = f"raise max_length (--max-length) up to the model's {limit}, or " if limit and limit > max_length \
+            else ""
+        super().__init__(f"{cut} of {total} texts were longer than max_length={max_length} tokens and were cut to "
+                         f"it (the rest of each is not encoded); {room}split long texts into passages")
+        self.cut, self.total, self.max_length, self.limit = cut, total, max_length, limit
+
+
+def count_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_length: int) -> int:
+    """How many of `texts` `tokenize` cut: those of max_length ids that have more when allowed one more."""
+    at_limit = [texts[i] for i, x in enumerate(ids) if len(x) >= max_length]
+    if not at_limit:
+        return 0
+    longer = tokenizer(at_limit, truncation=True, max_length=max_length + 1, add_special_tokens=True,
+                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return sum(len(x) > max_length for x in longer)
+
+
+def warn_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_length: int, limit: int | None) -> None:
+    """One `TruncationWarning` counting the texts `tokenize` cut; nothing when none was."""
+    import warnings
+
+    cut = count_truncated(tokenizer, texts, ids, max_length)
+    if cut:
+        warnings.warn(TruncationWarning(cut, len(texts), max_length, limit), stacklevel=2)
+
+
+@contextlib.contextmanager
+def one_truncation_warning() -> Iterator[None]:
+    """Within it, the `TruncationWarning`s of many encode calls (an index build's batches) are summed into one,
+    given when the block ends without an error; other warnings pass through."""
+    import warnings
+
+    caught: list[warnings.WarningMessage] = []
+    ok = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        ok = True
+    finally:
+        cuts = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
+        for w in caught:
+            if not isinstance(w.message, TruncationWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        if ok and cuts:
+            warnings.warn(TruncationWarning(sum(c.cut for c in cuts), sum(c.total for c in cuts),
+                                            cuts[0].max_length, cuts[0].limit), stacklevel=3)
 
 
 def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, query_max_length: int,

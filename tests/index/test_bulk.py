@@ -202,3 +202,12 @@ def test_a_damaged_shard_is_named_with_the_way_out_and_leaves_no_index(tmp_path:
                        r"and run the same `m3embed encode \.\.\. --ray` again: the job resumes"):
         build(idx, Source(encoded, encoded=True), load_model=lambda _: None, batch_size=512)
     assert not idx.exists()
+
+
+def test_a_bulk_load_shows_its_progress_on_stderr(tmp_path: Path, job, capfd) -> None:
+    _, encoded = job
+    with open_for_encoded(tmp_path / "idx", encoded) as index:
+        capfd.readouterr()
+        load_encoded(index, encoded, batch_size=50, progress=True)
+        out, err = capfd.readouterr()
+    assert out == "" and "loading (0 already stored)" in err and "120/120" in err

@@ -105,3 +105,18 @@ def test_other_model_is_refused(tmp_path: Path, model: M3Model, bert_ckpt: Path)
             index.attach(other)
         index.attach(model)
         assert index.search("some text", k=1)[0].id == "a"
+
+
+def test_a_build_gives_one_truncation_warning_for_all_its_batches(tmp_path, xlmr_ckpt) -> None:
+    import warnings
+
+    from m3embed.corpus import Record
+    from m3embed.tokenize import TruncationWarning
+
+    model = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    records = [Record(f"d{i}", ("long text " * 200) if i % 2 else "short", {}) for i in range(10)]
+    with open_index(tmp_path / "idx", model, create=True) as index, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ingest(index, records, batch_size=3)  # 4 batches, each with cut texts
+    cut = [w for w in caught if issubclass(w.category, TruncationWarning)]
+    assert len(cut) == 1 and str(cut[0].message).startswith("5 of 10 texts were longer than max_length="), cut

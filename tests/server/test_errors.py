@@ -96,6 +96,7 @@ def test_api_key_from_environment(monkeypatch, xlmr_ckpt):
 @pytest.mark.parametrize("body, status, code, field", [
     (b"{not json", 400, "invalid_json", None),
     (b'{"input": "x", "model": "tiny-m3"', 400, "invalid_json", None),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json", None),  # deep: was FastAPI's generic text, no code
     (b"", 422, "invalid_request", "body"),
     (b"[1, 2]", 422, "invalid_request", "body"),
     (b'"just a string"', 422, "invalid_request", "body"),
@@ -117,6 +118,12 @@ def test_bad_embeddings_bodies(shared_server, body, status, code, field):
     r = httpx.post(f"{shared_server.url}/v1/embeddings", content=body,
                    headers={"content-type": "application/json"}, timeout=30)
     _error(r, status, code, field)
+
+
+def test_a_deep_body_is_invalid_json_naming_the_depth(shared_server):
+    r = httpx.post(f"{shared_server.url}/v1/encode", content=b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert "nested too deeply" in _error(r, 400, "invalid_json")["message"]
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])

@@ -108,3 +108,11 @@ def test_cli_mine(xlmr_ckpt, tmp_path):
     negs = {t for row in rows_of(src) for t in row["neg"]}
     assert f"6 lines, {len(negs)} candidates" in r.output  # the pool, deduplicated
     assert all(set(row["neg"]) <= negs for row in rows_of(tmp_path / "o.jsonl"))
+
+
+def test_mine_shows_its_progress_on_stderr(model, tmp_path, capfd):
+    src = write_train_file(tmp_path / "in.jsonl", n=6, n_neg=3)
+    capfd.readouterr()
+    mine_hard_negatives(model, src, tmp_path / "o.jsonl", sample_range="1-10", negative_number=2, progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("encoding tokens") >= 2  # the queries, then the candidates

@@ -34,6 +34,7 @@ def main() -> None:
     # qdrant-client checks a server's version on a thread of its own and warns when it gets no answer; an
     # unreachable server is reported by the first request instead, as one line naming the URL
     warnings.filterwarnings("ignore", message="Failed to obtain server version")
+    warnings.showwarning = _show_warning
     try:
         app()
     except USER_ERRORS as e:
@@ -41,6 +42,13 @@ def main() -> None:
         # one line, never wrapped; escaped, so "[serve]" in a message is printed, not read as markup
         console.print(f"[red]error:[/red] {escape(' '.join(str(msg).split()))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                  line=None) -> None:
+    """A warning as one line on stderr (`warning: ...`), without Python's file:line and source line."""
+    console.print(f"[yellow]warning:[/yellow] {escape(' '.join(str(message).split()))}", highlight=False,
+                  soft_wrap=True)
 
 
 def _os_message(e: OSError) -> str:

@@ -187,6 +187,7 @@ def mine(
     seed: int = typer.Option(42, help="seed of the negative sampling"),
     dtype: str = DtypeOpt,
     device: str | None = DeviceOpt,
+    progress: bool = typer.Option(True, help="progress bars on stderr while queries and candidates are encoded"),
 ) -> None:
     """Mine hard negatives: retrieve with the model, sample from a rank range, never a positive."""
     from m3embed.train.mine import mine_hard_negatives
@@ -198,7 +199,7 @@ def mine(
     m = _load(model, modes, dtype, device)
     stats = mine_hard_negatives(m, input, output, candidate_pool=pool, sample_range=range_,
                                 negative_number=negatives, modes=modes, weights=w, query_max_length=query_max_length,
-                                passage_max_length=passage_max_length, seed=seed)
+                                passage_max_length=passage_max_length, seed=seed, progress=progress)
     console.print(f"{stats.lines} lines, {stats.candidates} candidates, {stats.mean_negatives:.1f} negatives per "
                   f"line ({stats.topped_up} topped up at random) -> {output}", highlight=False)
     if stats.dropped_teacher_scores:

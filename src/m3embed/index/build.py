@@ -80,7 +80,7 @@ def build(location: str | Path | Any, source: Source, *, load_model: Callable[[t
                                      colbert_storage=colbert_storage, store_text=store_text, collection=collection,
                                      collection_options=collection_options) as index:
             if not ray:
-                return _done(index, load_encoded(index, source.path, batch_size=batch_size,
+                return _done(index, load_encoded(index, source.path, batch_size=batch_size, progress=progress,
                                                  on_commit=_both(first.committed, on_commit)))
         stats = load_encoded_ray(location, source.path, collection=collection, batch_size=batch_size,
                                  address=ray_address)
@@ -118,7 +118,7 @@ def add(location: str | Path | Any, source: Source, *, load_model: Callable[[Any
             from m3embed.index.bulk import load_encoded
 
             return _done(index, load_encoded(index, source.path, batch_size=batch_size, skip_existing=not replace,
-                                             on_commit=on_commit))
+                                             progress=progress, on_commit=on_commit))
         load_model(index)
         return _done(index, ingest(index, source.records(), batch_size=batch_size, skip_existing=not replace,
                                    total=total, progress=progress, on_commit=on_commit))

@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from m3embed import shards
+from m3embed._progress import Progress
 from m3embed.index import open_index
 from m3embed.index.core import Index
 from m3embed.index.directory import DEFAULT_COLLECTION, is_remote
-from m3embed.index.ingest import Batch, IngestStats, commit_batches
+from m3embed.index.ingest import Batch, IngestStats, commit_batches, report_to
 from m3embed.index.manifest import MANIFEST_NAME, ColbertStorage
 
 
 def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_existing: bool = True,
-                 flush_every: float = 10.0, on_commit: Callable[[IngestStats], None] | None = None) -> IngestStats:
+                 flush_every: float = 10.0, on_commit: Callable[[IngestStats], None] | None = None,
+                 progress: bool = False) -> IngestStats:
     """Upsert the documents of encoded shards into `index`, batch by batch (`ingest.commit_batches`).
 
     Args:
@@ -31,12 +33,14 @@ def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_
         skip_existing: skip ids the index already holds (resume); False replaces them.
         flush_every: seconds between segment flushes (batches are durable through the WAL before that).
         on_commit: called with the running stats after each batch is committed.
+        progress: show a progress bar on stderr (documents, from the shards' footers).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     encoded = shards.open_encoded(path)
     for file in encoded.files:  # every shard is checked before the first is loaded
         check_shard(index, file)
+    total = sum(shards.shard_rows(f) for f in encoded.files) if progress else None
 
     def batches() -> Iterator[Batch]:
         for file in encoded.files:
@@ -47,8 +51,9 @@ def load_encoded(index: Index, path: str | Path, *, batch_size: int = 256, skip_
 
                 yield rows.ids, write
 
-    return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
-                          on_commit=on_commit)
+    with Progress(progress, "loading", total) as bar:
+        return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
+                              on_commit=report_to(bar, "loading", on_commit))
 
 
 def check_shard(index: Index, path: Path) -> None:
@@ -119,8 +124,9 @@ def load_encoded_ray(location: str, path: str | Path, *, collection: str = DEFAU
     with Index.open(location, collection=collection, client_options=client_options) as index:
         for file in files:
             check_shard(index, file)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    from m3embed.ray_data import connect
+
+    connect(address)
     task = ray.remote(max_retries=3)(_load_one)
     results = ray.get([task.remote(location, str(f), collection, dict(client_options or {}), batch_size,
                                    skip_existing) for f in files])

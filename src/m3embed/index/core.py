@@ -48,6 +48,7 @@ from m3embed.modes import (
     default_search_mode,
     query_representations,
 )
+from m3embed.tokenize import one_truncation_warning
 from m3embed.types import Hit, M3Output
 
 T = TypeVar("T")
@@ -217,10 +218,11 @@ class Index:
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts; give one id per text")
         model = self.require_model("add texts")
         keys, metas = self._checked(ids, texts, metadata)
-        for start in range(0, len(texts), batch_size):
-            chunk = slice(start, start + batch_size)
-            out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes, max_length=max_length)
-            self._write(self._batch(keys[chunk], out, texts[chunk], metas[chunk]))
+        with one_truncation_warning():  # one for the call, not one per chunk
+            for start in range(0, len(texts), batch_size):
+                chunk = slice(start, start + batch_size)
+                out = model.encode_corpus(list(texts[chunk]), modes=self.manifest.modes, max_length=max_length)
+                self._write(self._batch(keys[chunk], out, texts[chunk], metas[chunk]))
         return len(texts)
 
     def add_outputs(self, ids: Sequence[str | int], outputs: M3Output, texts: Sequence[str] | None = None,

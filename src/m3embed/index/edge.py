@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from m3embed.diskspace import DiskFullError, allocated_bytes, check_free, filesystem_type
+from m3embed.diskspace import DiskFullError, allocated_bytes, check_free, filesystem_type, human
 from m3embed.index.manifest import ColbertStorage, Manifest
 from m3embed.index.maxsim import encode_query
 from m3embed.index.store import (
@@ -104,9 +104,12 @@ class EdgeStore(Store):
             raise ValueError(f"index {directory} is damaged: its Qdrant Edge shard ({path}) is missing; "
                              "rebuild the index")
         if _in_memory_fs(path):
+            held = allocated_bytes(path)
             check_free(directory, populate_bytes(path), "opening the index on tmpfs",
-                       hint="Qdrant Edge fills its vector files when it opens them, and on tmpfs that takes "
-                            "their full size")
+                       hint=f"the index holds {human(held)}, but Qdrant Edge keeps vectors in preallocated 32 MB "
+                            "chunks and fills them when it opens an index, which on tmpfs (memory) takes their "
+                            "full size; move the index to a disk file system (ext4, xfs), where opening "
+                            "allocates nothing")
         try:
             with _disk_errors(directory):
                 shard = qe.EdgeShard.load(str(path))

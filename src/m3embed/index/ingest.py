@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from m3embed._progress import Progress
 from m3embed.corpus import Record
 from m3embed.index.core import Index
+from m3embed.tokenize import one_truncation_warning
 
 
 @dataclass
@@ -110,19 +111,25 @@ def ingest(index: Index, records: Iterable[Record], *, batch_size: int = 64, ski
 
             yield [r.id for r in chunk], write
 
-    bar = Progress(progress, "indexing", total)
+    with one_truncation_warning(), Progress(progress, "indexing", total) as bar:  # one warning for the run
+        return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
+                              on_commit=report_to(bar, "indexing", on_commit))
+
+
+def report_to(bar: Progress, label: str, on_commit: Callable[[IngestStats], None] | None = None
+              ) -> Callable[[IngestStats], None]:
+    """An `on_commit` that advances `bar` to the records seen, counting those already stored, then calls
+    `on_commit`."""
     done = 0
 
     def committed(stats: IngestStats) -> None:
         nonlocal done
-        bar.advance(stats.seen - done, label=f"indexing ({stats.skipped} already stored)")
+        bar.advance(stats.seen - done, label=f"{label} ({stats.skipped} already stored)")
         done = stats.seen
         if on_commit:
             on_commit(stats)
 
-    with bar:
-        return commit_batches(index, batches(), skip_existing=skip_existing, flush_every=flush_every,
-                              on_commit=committed)
+    return committed
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:

@@ -37,6 +37,11 @@ class ApiError(Exception):
         self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
 
 
+# FastAPI's text when reading the body raised something else than a JSON decode error (a RecursionError for a
+# deeply nested body); it has no code, so it is answered as invalid_json naming the cause
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "code": code, "param": param}}
@@ -72,6 +77,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 400 and e.detail == FASTAPI_PARSE_ERROR:  # json.loads raised other than a decode error
+            why = "nested too deeply" if isinstance(e.__cause__, RecursionError) else \
+                f"{type(e.__cause__).__name__}: {e.__cause__}"[:200]
+            return error_response(400, f"request body could not be parsed as JSON ({why}); send a JSON object "
+                                       "of ordinary depth", code="invalid_json")
         return error_response(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
 
     @app.exception_handler(QueueFullError)

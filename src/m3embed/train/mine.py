@@ -63,6 +63,7 @@ def rank_candidates(
     query_max_length: int | None = None,
     passage_max_length: int | None = None,
     chunk: int = 1024,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """(n_queries, min(top_k, n_candidates)) candidate indices, best first.
 
@@ -76,8 +77,8 @@ def rank_candidates(
         if value is not None:  # None: the model's query/passage length; an explicit value above its limit raises
             resolve_max_length(value, model.max_length, name=name)
     w = dict(zip(MINE_MODES, weights))
-    q = model.encode_queries(queries, modes=modes, max_length=query_max_length)
-    c = model.encode_corpus(candidates, modes=modes, max_length=passage_max_length)
+    q = model.encode_queries(queries, modes=modes, max_length=query_max_length, progress=progress)
+    c = model.encode_corpus(candidates, modes=modes, max_length=passage_max_length, progress=progress)
     k = min(top_k, len(candidates))
     ranked = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), chunk):
@@ -110,6 +111,7 @@ def mine_hard_negatives(
     query_max_length: int | None = None,
     passage_max_length: int | None = None,
     seed: int = 42,
+    progress: bool | None = None,
 ) -> MineStats:
     """Replace each line's `neg` with negatives mined by `model`; other fields are kept.
 
@@ -127,6 +129,7 @@ def mine_hard_negatives(
         query_max_length, passage_max_length: truncation in tokens (default: the model's limit; a value above
             it raises ValueError).
         seed: sampling seed.
+        progress: progress bars on stderr while the queries and the candidates are encoded (None: for long runs).
 
     Lines that carried teacher scores lose them: the new negatives have none.
     """
@@ -142,7 +145,8 @@ def mine_hard_negatives(
         raise ValueError(f"{input_path} holds no lines")
     candidates = _candidates(examples, candidate_pool)
     ranked = rank_candidates(
-        model, [ex.query for ex in examples], candidates, end, modes, weights, query_max_length, passage_max_length
+        model, [ex.query for ex in examples], candidates, end, modes, weights, query_max_length, passage_max_length,
+        progress=progress,
     )
 
     topped_up = dropped = 0
