@@ -12,7 +12,9 @@ errors and the mean number of requests merged per model call (read from /metrics
 throughput at the highest concurrency to one request at a time.
 
 mixed: one server (batching on). `--small-clients` closed-loop clients send one short query per request for
-`--seconds` alone, then again while ONE request of `--big-texts` texts of about `--big-tokens` tokens each
+`--seconds` alone, then again while ONE large request (on each of `--routes`: /v1/embeddings of the texts,
+/v1/score of as many (query, text) pairs, /v1/rerank of one query and the texts) of `--big-texts` texts of
+about `--big-tokens` tokens each
 (XQuAD-en passages strung together and cut, else the built-in sample) is being answered: 2,048 texts of ~400
 tokens by default, the largest request the server takes. Reports the small clients' p50 / p99 latency without
 and with the large request and the ratio of the p99s (the server splits the large request into chunks of
@@ -28,6 +30,7 @@ shared with other work, `--threads 1` avoids torch's spinning worker threads fig
     python benchmarks/serve.py --model /path/to/ckpt --device cuda
     python benchmarks/serve.py --case mixed --threads 1 --max-batch-tokens 1024   # the issue's 2,048 x ~400 tokens
     python benchmarks/serve.py --case mixed --big-texts 256 --seconds 5          # a quicker, smaller large request
+    python benchmarks/serve.py --case mixed --threads 1 --routes embeddings score rerank   # every model route
 """
 
 from __future__ import annotations
@@ -235,39 +238,57 @@ def summarise(res: dict) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None}
 
 
-async def with_large_request(server: Server, small: list[str], big: list[str], clients: int) -> dict:
-    """The small clients' latencies while one request of the `big` texts is being answered, and that request's."""
+def large_body(route: str, small: list[str], big: list[str]) -> bytes:
+    """The one large request of `route`: `big` texts to embed, (query, text) pairs to score, or texts to rerank."""
+    if route == "embeddings":
+        return json.dumps({"input": big, "model": MODEL_NAME}).encode()
+    if route == "score":
+        return json.dumps({"pairs": [[small[i % len(small)], t] for i, t in enumerate(big)]}).encode()
+    return json.dumps({"query": small[0], "documents": big}).encode()
+
+
+async def with_large_request(server: Server, small: list[str], big: list[str], clients: int,
+                             route: str = "embeddings") -> dict:
+    """The small clients' latencies while one large request on `route` is being answered, and that request's."""
     host, port = server.url.removeprefix("http://").split(":")
-    body = json.dumps({"input": big, "model": MODEL_NAME}).encode()
+    body = large_body(route, small, big)
     conn = Connection(host, int(port))
 
     async def large() -> tuple[int, bytes, float]:
         t0 = time.perf_counter()
-        status, payload = await conn.post("/v1/embeddings", body)
+        status, payload = await conn.post(f"/v1/{route}", body)
         await conn.close()
         return status, payload, time.perf_counter() - t0
 
     task = asyncio.ensure_future(large())
     res = await drive(server.url, small, clients, float("inf"), 10**9, until=task)
     status, payload, seconds = await task
-    tokens = json.loads(payload)["usage"]["prompt_tokens"] if status == 200 else None
+    usage = json.loads(payload).get("usage") if status == 200 else None
+    tokens = (usage or {}).get("prompt_tokens") or (usage or {}).get("total_tokens")
     return {**summarise(res), "large": {"status": status, "seconds": round(seconds, 2), "tokens": tokens,
                                         "error": None if status == 200 else payload[:300].decode(errors="replace")}}
 
 
 def run_mixed(args: argparse.Namespace, model: str, extra: list[str]) -> dict:
+    """`mixed_route` for each of --routes on one server (with the reranker when /v1/rerank is measured)."""
     small = load_texts(2000)
     big = long_texts(model, args.big_texts, args.big_tokens)
+    if "rerank" in args.routes:
+        extra = [*extra, "--reranker", args.reranker]
     server = Server(model, True, extra)
     try:
         server.wait_ready()
-        asyncio.run(drive(server.url, small, args.small_clients, args.warmup, 10**9))  # warm-up
-        alone = summarise(asyncio.run(drive(server.url, small, args.small_clients, args.seconds, 10**9)))
-        calls0, merged0 = server.batch_stats()
-        mixed = asyncio.run(with_large_request(server, small, big, args.small_clients))
-        calls1, merged1 = server.batch_stats()
+        return {route: mixed_route(args, server, route, small, big) for route in args.routes}
     finally:
         server.stop()
+
+
+def mixed_route(args: argparse.Namespace, server: Server, route: str, small: list[str], big: list[str]) -> dict:
+    asyncio.run(drive(server.url, small, args.small_clients, args.warmup, 10**9))  # warm-up
+    alone = summarise(asyncio.run(drive(server.url, small, args.small_clients, args.seconds, 10**9)))
+    calls0, merged0 = server.batch_stats()
+    mixed = asyncio.run(with_large_request(server, small, big, args.small_clients, route))
+    calls1, merged1 = server.batch_stats()
     mixed["model_calls"] = int(calls1 - calls0)
     mixed["requests_per_model_call"] = round((merged1 - merged0) / max(calls1 - calls0, 1), 2)
     ratio = round(mixed["p99_ms"] / alone["p99_ms"], 2) if mixed["p99_ms"] and alone["p99_ms"] else None
@@ -276,7 +297,7 @@ def run_mixed(args: argparse.Namespace, model: str, extra: list[str]) -> dict:
     print(f"\nmixed load, model: {args.model or args.shape}, {os.cpu_count()} CPUs, server threads "
           f"{args.threads or 'default'}, --max-batch-tokens {args.max_batch_tokens}, 1-min load average "
           f"{os.getloadavg()[0]:.2f}")
-    print(f"large request: {len(big)} texts, {per_text} tokens per text after truncation (asked ~{args.big_tokens}); "
+    print(f"large request on /v1/{route}: {len(big)} texts, {per_text} tokens per text (asked ~{args.big_tokens}); "
           f"HTTP {large['status']} in {large['seconds']} s, {mixed['model_calls']} model calls meanwhile, "
           f"{mixed['requests_per_model_call']} requests per call")
     print(f"{'small clients':>13} {'large request':>13} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
@@ -309,6 +330,9 @@ def main() -> None:
     p.add_argument("--big-tokens", type=int, default=400, help="mixed: tokens per text of the large request")
     p.add_argument("--small-clients", type=int, default=8, help="mixed: closed-loop clients of one short text")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--routes", nargs="+", default=["embeddings"], choices=("embeddings", "score", "rerank"),
+                   help="mixed: the routes the large request is sent to, one after the other")
+    p.add_argument("--reranker", default="minilm-reranker", help="mixed: the cross-encoder served for /v1/rerank")
     args = p.parse_args()
     if args.case == "mixed":
         with tempfile.TemporaryDirectory() as tmp:
