@@ -1,4 +1,4 @@
-"""Commands that fine-tune and mine: train, train-reranker, mine."""
+"""Commands that train and mine: train, train-unsupervised, pretrain, extend-positions, train-reranker, mine."""
 
 from __future__ import annotations
 
@@ -108,6 +108,72 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
         lines = (result / LOG_FILE).read_text().splitlines()
         last = json.loads(lines[-1]) if lines else {}
         parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "dense", "sparse", "colbert", "inter") if k in last)
+        console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
+
+
+def _unsup_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
+    return _train_option(field, *flags, help=help, config="UnsupervisedTrainConfig")
+
+
+def _last_log_line(output_dir: Path) -> dict:
+    import json
+
+    from m3embed.train.trainer import LOG_FILE
+
+    lines = (output_dir / LOG_FILE).read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+@app.command("train-unsupervised")
+def train_unsupervised_command(  # every parameter is named as the UnsupervisedTrainConfig field it sets
+    train_data: list[Path] = typer.Argument(..., metavar="DATA",
+                                            help="jsonl files or directories of *.jsonl: {query, pos} pairs"),
+    model: str = typer.Option(..., "--model", "-m", help="M3 checkpoint or plain encoder (e.g. after pretrain)"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
+    modes: str = _unsup_option("modes", help="losses to train (the paper's stage: dense)"),
+    pooling: str | None = _unsup_option("pooling", help="override dense pooling: cls or mean"),
+    query_max_length: int | None = _unsup_option("query_max_length", help="query truncation in tokens"),
+    passage_max_length: int | None = _unsup_option("passage_max_length", help="passage truncation in tokens"),
+    per_device_batch_size: int = _unsup_option("per_device_batch_size", "--per-device-batch-size", "--batch-size",
+                                               help="pairs per process per step (all are each other's negatives)"),
+    grad_cache_chunk_size: int | None = _unsup_option("grad_cache_chunk_size",
+                                                      help="texts per GradCache chunk (memory of one chunk)"),
+    group_by_length: bool = _unsup_option("group_by_length", help="batches of similar length"),
+    temperature: float = _unsup_option("temperature", help="softmax temperature of every score"),
+    negatives_cross_device: bool = _unsup_option(
+        "negatives_cross_device", "--negatives-cross-device/--no-negatives-cross-device",
+        help="dense negatives from every process"),
+    learning_rate: float = _unsup_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    weight_decay: float = _unsup_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
+    lr_scheduler: str = _unsup_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
+    warmup_ratio: float = _unsup_option("warmup_ratio", help="share of the steps spent warming up"),
+    warmup_steps: int = _unsup_option("warmup_steps", help="warm-up steps; overrides --warmup-ratio when > 0"),
+    epochs: float = _unsup_option("epochs", help="passes over the data (fractions allowed)"),
+    max_steps: int = _unsup_option("max_steps", help="> 0 overrides --epochs"),
+    max_grad_norm: float = _unsup_option("max_grad_norm", help="gradient clipping norm (0: no clipping)"),
+    bf16: bool = _unsup_option("bf16", help="bf16 autocast for the encoder"),
+    gradient_checkpointing: bool = _unsup_option("gradient_checkpointing",
+                                                 help="recompute encoder layers in the backward pass"),
+    seed: int = _unsup_option("seed", help="seed of the data order and new heads"),
+    device: str | None = _unsup_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
+                                       "available)"),
+    save_steps: int = _unsup_option("save_steps", help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = _unsup_option("save_total_limit", help="checkpoints kept (0: all)"),
+    resume_from: str | None = _unsup_option("resume_from", "--resume-from", "--resume",
+                                            help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = _unsup_option("logging_steps", help="a train_log.jsonl line every N steps"),
+    progress: bool = _unsup_option("progress", help="progress bar"),
+) -> None:
+    """The unsupervised contrastive stage: pairs, in-batch negatives only, large batches by GradCache."""
+    options = dict(locals())  # the parameters above, before any other local name exists
+    from m3embed.train import distributed
+    from m3embed.train.config import UnsupervisedTrainConfig
+    from m3embed.train.unsupervised import train_unsupervised
+
+    result = train_unsupervised(UnsupervisedTrainConfig(**options))
+    if distributed.is_main_process():
+        last = _last_log_line(result)
+        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "dense", "sparse", "colbert") if k in last)
         console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
 
 
