@@ -177,6 +177,21 @@ def train_unsupervised_command(  # every parameter is named as the UnsupervisedT
         console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
 
 
+@app.command("extend-positions")
+def extend_positions_command(
+    src: str = typer.Argument(..., help="checkpoint dir, shipped name or hub id (BERT or XLM-R)"),
+    dst: Path = typer.Argument(..., help="new directory for the extended checkpoint"),
+    max_length: int = typer.Option(8192, help="tokens the extended model takes (special tokens included)"),
+    method: str = typer.Option("copy", help="copy (learned rows repeated, as BGE-M3; short inputs unchanged) or "
+                               "interpolate"),
+) -> None:
+    """Extend a learned position table so the model reads longer inputs (train it on long texts afterwards)."""
+    from m3embed.train.positions import extend_positions
+
+    out = extend_positions(src, dst, max_length=max_length, method=method)
+    console.print(f"{src} -> {out}: {max_length} tokens ({method})", highlight=False)
+
+
 @app.command("train-reranker")
 def train_reranker_command(  # every parameter is named as the RerankerTrainConfig field it sets
     train_data: list[Path] = typer.Argument(..., metavar="DATA",
