@@ -1,4 +1,4 @@
-"""Commands that fine-tune and mine: train, train-reranker, mine."""
+"""Commands that train and mine: train, train-unsupervised, pretrain, extend-positions, train-reranker, mine."""
 
 from __future__ import annotations
 
@@ -109,6 +109,140 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
         last = json.loads(lines[-1]) if lines else {}
         parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "dense", "sparse", "colbert", "inter") if k in last)
         console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
+
+
+def _unsup_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
+    return _train_option(field, *flags, help=help, config="UnsupervisedTrainConfig")
+
+
+def _last_log_line(output_dir: Path) -> dict:
+    import json
+
+    from m3embed.train.trainer import LOG_FILE
+
+    lines = (output_dir / LOG_FILE).read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+@app.command("train-unsupervised")
+def train_unsupervised_command(  # every parameter is named as the UnsupervisedTrainConfig field it sets
+    train_data: list[Path] = typer.Argument(..., metavar="DATA",
+                                            help="jsonl files or directories of *.jsonl: {query, pos} pairs"),
+    model: str = typer.Option(..., "--model", "-m", help="M3 checkpoint or plain encoder (e.g. after pretrain)"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
+    modes: str = _unsup_option("modes", help="losses to train (the paper's stage: dense)"),
+    pooling: str | None = _unsup_option("pooling", help="override dense pooling: cls or mean"),
+    query_max_length: int | None = _unsup_option("query_max_length", help="query truncation in tokens"),
+    passage_max_length: int | None = _unsup_option("passage_max_length", help="passage truncation in tokens"),
+    per_device_batch_size: int = _unsup_option("per_device_batch_size", "--per-device-batch-size", "--batch-size",
+                                               help="pairs per process per step (all are each other's negatives)"),
+    grad_cache_chunk_size: int | None = _unsup_option("grad_cache_chunk_size",
+                                                      help="texts per GradCache chunk (memory of one chunk)"),
+    group_by_length: bool = _unsup_option("group_by_length", help="batches of similar length"),
+    temperature: float = _unsup_option("temperature", help="softmax temperature of every score"),
+    negatives_cross_device: bool = _unsup_option(
+        "negatives_cross_device", "--negatives-cross-device/--no-negatives-cross-device",
+        help="dense negatives from every process"),
+    learning_rate: float = _unsup_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    weight_decay: float = _unsup_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
+    lr_scheduler: str = _unsup_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
+    warmup_ratio: float = _unsup_option("warmup_ratio", help="share of the steps spent warming up"),
+    warmup_steps: int = _unsup_option("warmup_steps", help="warm-up steps; overrides --warmup-ratio when > 0"),
+    epochs: float = _unsup_option("epochs", help="passes over the data (fractions allowed)"),
+    max_steps: int = _unsup_option("max_steps", help="> 0 overrides --epochs"),
+    max_grad_norm: float = _unsup_option("max_grad_norm", help="gradient clipping norm (0: no clipping)"),
+    bf16: bool = _unsup_option("bf16", help="bf16 autocast for the encoder"),
+    gradient_checkpointing: bool = _unsup_option("gradient_checkpointing",
+                                                 help="recompute encoder layers in the backward pass"),
+    seed: int = _unsup_option("seed", help="seed of the data order and new heads"),
+    device: str | None = _unsup_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
+                                       "available)"),
+    save_steps: int = _unsup_option("save_steps", help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = _unsup_option("save_total_limit", help="checkpoints kept (0: all)"),
+    resume_from: str | None = _unsup_option("resume_from", "--resume-from", "--resume",
+                                            help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = _unsup_option("logging_steps", help="a train_log.jsonl line every N steps"),
+    progress: bool = _unsup_option("progress", help="progress bar"),
+) -> None:
+    """The unsupervised contrastive stage: pairs, in-batch negatives only, large batches by GradCache."""
+    options = dict(locals())  # the parameters above, before any other local name exists
+    from m3embed.train import distributed
+    from m3embed.train.config import UnsupervisedTrainConfig
+    from m3embed.train.unsupervised import train_unsupervised
+
+    result = train_unsupervised(UnsupervisedTrainConfig(**options))
+    if distributed.is_main_process():
+        last = _last_log_line(result)
+        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "dense", "sparse", "colbert") if k in last)
+        console.print(f"trained {last.get('step', 0)} steps ({parts}); model saved to {result}", highlight=False)
+
+
+def _pretrain_option(field: str, *flags: str, help: str) -> typer.models.OptionInfo:
+    return _train_option(field, *flags, help=help, config="PretrainConfig")
+
+
+@app.command("pretrain")
+def pretrain_command(  # every parameter is named as the PretrainConfig field it sets
+    train_data: list[Path] = typer.Argument(..., metavar="DATA", help="plain text: jsonl, txt (a text per line) or "
+                                            "parquet files"),
+    model: str = typer.Option(..., "--model", "-m", help="backbone or M3 checkpoint (dir, shipped name or hub id)"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final backbone, checkpoint-N/, train_log.jsonl"),
+    text_field: str = _pretrain_option("text_field", help="jsonl key / parquet column of the text"),
+    max_length: int | None = _pretrain_option("max_length", help="tokens per text (default 512, capped at the "
+                                              "model's positions)"),
+    encoder_mask_ratio: float = _pretrain_option("encoder_mask_ratio", help="share of tokens masked for the encoder"),
+    decoder_mask_ratio: float = _pretrain_option("decoder_mask_ratio", help="share of positions each decoder row "
+                                                 "does not see"),
+    per_device_batch_size: int = _pretrain_option("per_device_batch_size", "--per-device-batch-size",
+                                                  "--batch-size", help="texts per process per step"),
+    group_by_length: bool = _pretrain_option("group_by_length", help="batches of similar length"),
+    learning_rate: float = _pretrain_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    weight_decay: float = _pretrain_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
+    lr_scheduler: str = _pretrain_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
+    warmup_ratio: float = _pretrain_option("warmup_ratio", help="share of the steps spent warming up"),
+    warmup_steps: int = _pretrain_option("warmup_steps", help="warm-up steps; overrides --warmup-ratio when > 0"),
+    epochs: float = _pretrain_option("epochs", help="passes over the data (fractions allowed)"),
+    max_steps: int = _pretrain_option("max_steps", help="> 0 overrides --epochs"),
+    max_grad_norm: float = _pretrain_option("max_grad_norm", help="gradient clipping norm (0: no clipping)"),
+    bf16: bool = _pretrain_option("bf16", help="bf16 autocast"),
+    gradient_checkpointing: bool = _pretrain_option("gradient_checkpointing",
+                                                    help="recompute encoder layers in the backward pass"),
+    seed: int = _pretrain_option("seed", help="seed of the data order, masks and the new decoder"),
+    device: str | None = _pretrain_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
+                                          "available)"),
+    save_steps: int = _pretrain_option("save_steps", help="checkpoint every N steps (0: final model only)"),
+    save_total_limit: int = _pretrain_option("save_total_limit", help="checkpoints kept (0: all)"),
+    resume_from: str | None = _pretrain_option("resume_from", "--resume-from", "--resume",
+                                               help="checkpoint-N dir, or 'auto' for the newest in --output-dir"),
+    logging_steps: int = _pretrain_option("logging_steps", help="a train_log.jsonl line every N steps"),
+    progress: bool = _pretrain_option("progress", help="progress bar"),
+) -> None:
+    """RetroMAE pre-training of a backbone on plain text (its output goes to `train` / `train-unsupervised`)."""
+    options = dict(locals())  # the parameters above, before any other local name exists
+    from m3embed.train import distributed
+    from m3embed.train.config import PretrainConfig
+    from m3embed.train.retromae import pretrain
+
+    result = pretrain(PretrainConfig(**options))
+    if distributed.is_main_process():
+        last = _last_log_line(result)
+        parts = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "encoder_mlm", "decoder") if k in last)
+        console.print(f"trained {last.get('step', 0)} steps ({parts}); backbone saved to {result}", highlight=False)
+
+
+@app.command("extend-positions")
+def extend_positions_command(
+    src: str = typer.Argument(..., help="checkpoint dir, shipped name or hub id (BERT or XLM-R)"),
+    dst: Path = typer.Argument(..., help="new directory for the extended checkpoint"),
+    max_length: int = typer.Option(8192, help="tokens the extended model takes (special tokens included)"),
+    method: str = typer.Option("copy", help="copy (learned rows repeated, as BGE-M3; short inputs unchanged) or "
+                               "interpolate"),
+) -> None:
+    """Extend a learned position table so the model reads longer inputs (train it on long texts afterwards)."""
+    from m3embed.train.positions import extend_positions
+
+    out = extend_positions(src, dst, max_length=max_length, method=method)
+    console.print(f"{src} -> {out}: {max_length} tokens ({method})", highlight=False)
 
 
 @app.command("train-reranker")

@@ -277,6 +277,81 @@ class RerankerTrainConfig(RunConfig):
         ]
 
 
+@dataclass
+class UnsupervisedTrainConfig(TrainConfig):
+    """Settings of the unsupervised contrastive stage (`m3embed train-unsupervised`): TrainConfig's, on
+    {"query", "pos"} pairs with in-batch negatives only (train_group_size 1), dense only by default.
+
+    Large batches fit in small memory by gradient caching: the batch is embedded without a graph, the loss and
+    the embeddings' gradients are computed, then each chunk of `grad_cache_chunk_size` texts is re-run with a
+    graph and back-propagated (`m3embed.train.gradcache`). The gradients are the full batch's.
+    """
+
+    modes: tuple[str, ...] = ("dense",)  # the paper's unsupervised stage trains the dense embedding only
+    train_group_size: int = 1  # in-batch negatives only: each pair brings its positive, nothing else
+    per_device_batch_size: int = 256  # pairs per process per step; GradCache keeps memory at one chunk's
+    learning_rate: float = 5e-5  # M3 paper, pre-training stage
+    # texts per re-run chunk (the memory of a step is one chunk's activations); None = one uncached pass
+    grad_cache_chunk_size: int | None = 32
+
+    def checks(self) -> list[tuple[bool, tuple[str, ...], str]]:
+        return [
+            *super().checks(),
+            (self.train_group_size == 1, ("train_group_size",), "must be 1: in-batch negatives only"),
+            (self.teacher_scores != "on", ("teacher_scores",), "the unsupervised stage uses no teacher scores"),
+            (
+                self.grad_cache_chunk_size is None or self.grad_cache_chunk_size >= 1,
+                ("grad_cache_chunk_size",),
+                "must be >= 1 or None",
+            ),
+            (
+                self.sub_batch_size is None or self.grad_cache_chunk_size is None,
+                ("sub_batch_size", "grad_cache_chunk_size"),
+                "GradCache already chunks the batch; leave sub_batch_size unset",
+            ),
+            (not self.use_state_cache, ("cache_encoder_states",), "the unsupervised stage trains the encoder"),
+        ]
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """Settings of RetroMAE pre-training (`m3embed pretrain`): RunConfig's on plain texts (jsonl `text_field`,
+    txt lines or parquet column), cut at `max_length` tokens; train_group_size, the query/passage lengths and
+    teacher_scores do not apply.
+
+    The encoder reads each text with `encoder_mask_ratio` of its tokens masked (BERT's 80/10/10 replacement) and
+    learns by MLM; a one-layer decoder rebuilds every token from the [CLS] embedding and a sampled
+    `decoder_mask_ratio`-masked view of the others (enhanced decoding). Defaults follow FlagEmbedding's RetroMAE
+    example unless a comment says why.
+    """
+
+    max_length: int | None = None  # tokens per text; None = 512 capped at the model's positions
+    text_field: str = "text"  # jsonl key / parquet column of the text (a "title" is prepended when present)
+    encoder_mask_ratio: float = 0.3  # RetroMAE: moderate masking of the encoder input
+    decoder_mask_ratio: float = 0.5  # RetroMAE: aggressive masking of what each decoder row sees (0.5-0.7)
+    per_device_batch_size: int = 32
+    learning_rate: float = 2e-5  # FlagEmbedding's retromae example
+    output_dir: str = "m3embed-pretrained"
+
+    DEFAULT_LENGTHS: ClassVar[tuple[int, int]] = (512, 512)  # FlagEmbedding's retromae max_seq_length
+
+    def checks(self) -> list[tuple[bool, tuple[str, ...], str]]:
+        return [
+            *super().checks(),
+            (
+                0 < self.encoder_mask_ratio < 1 and 0 < self.decoder_mask_ratio < 1,
+                ("encoder_mask_ratio", "decoder_mask_ratio"),
+                "must be in (0, 1)",
+            ),
+            (self.max_length is None or self.max_length >= 4, ("max_length",), "must be >= 4 or None"),
+        ]
+
+    def max_lengths(self, limit: int) -> tuple[int, int]:
+        """(max_length, max_length): every text is cut at the same length."""
+        n = resolve_max_length(self.max_length, limit, self.DEFAULT_LENGTHS[1], "max_length")
+        return n, n
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """The settings of `M3TrainingLoss`: the TrainConfig fields of the same names (defaults included)."""

@@ -354,17 +354,22 @@ def run_sub_batches(fn: Callable[..., Any], tensors: tuple[Tensor, ...], size: i
     a time (gradients equal the full batch's). Returns the chunk outputs and the permutation that puts their
     concatenation back in input order.
     """
-    lengths = tensors[1].sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)
     chunks = []
-    for idx in order.split(size):
-        width = int(lengths[idx].max())
+    for idx, width in sub_batch_slices(tensors[1], size):
         part = tuple(t[idx, :width] for t in tensors)
         if recompute:
             chunks.append(checkpoint(fn, *part, use_reentrant=False))
         else:  # nothing to train below the outputs: no activations are kept anyway, so no need to re-run
             chunks.append(fn(*part))
-    return chunks, torch.argsort(order)
+    return chunks, torch.argsort(torch.cat([idx for idx, _ in sub_batch_slices(tensors[1], size)]))
+
+
+def sub_batch_slices(mask: Tensor, size: int) -> list[tuple[Tensor, int]]:
+    """(row indices, width) of each chunk of `size` rows of a (n, T) attention mask: longest rows first, each
+    chunk as wide as its longest row."""
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return [(idx, int(lengths[idx].max())) for idx in order.split(size)]
 
 
 def _pad_tokens(t: Tensor, width: int) -> Tensor:

@@ -243,10 +243,15 @@ class Trainer:
         """Forward this process's part of a batch (through DDP when distributed)."""
         return self.engine(**self.collate(batch), step=self.step)
 
-    def training_step(self, batch: TrainBatch) -> dict[str, float]:
-        """Forward, backward, clip, optimizer and scheduler step; return logged values (mean over ranks)."""
+    def forward_backward(self, batch: TrainBatch) -> M3LossOutput:
+        """The batch's loss, its gradients accumulated into the weights (`UnsupervisedTrainer`: by GradCache)."""
         out = self.compute_loss(batch)
         out.loss.backward()
+        return out
+
+    def training_step(self, batch: TrainBatch) -> dict[str, float]:
+        """Forward, backward, clip, optimizer and scheduler step; return logged values (mean over ranks)."""
+        out = self.forward_backward(batch)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
         lr = self.scheduler.get_last_lr()[0]
@@ -289,7 +294,7 @@ class Trainer:
                 if self.config.save_steps and self.step % self.config.save_steps == 0:
                     self.save_checkpoint()
         if self.is_main:
-            self.model.save_pretrained(self.output_dir)
+            self.save_model(self.output_dir, resumable=False)
             self.config.save(self.output_dir / CONFIG_FILE)
         distributed.barrier()
         return self.output_dir
@@ -317,7 +322,7 @@ class Trainer:
         partial = directory.with_name(directory.name + ".partial")
         if self.is_main:
             shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving this step
-            self.model.save_pretrained(partial)
+            self.save_model(partial, resumable=True)
             torch.save(
                 {
                     "step": self.step,
@@ -346,6 +351,10 @@ class Trainer:
                     shutil.rmtree(old, ignore_errors=True)
         distributed.barrier()
         return directory
+
+    def save_model(self, directory: Path, resumable: bool) -> None:
+        """Write the model: the final one (`resumable=False`) or a checkpoint's, which may need more to resume."""
+        self.model.save_pretrained(directory)
 
     def load_state(self, directory: Path) -> None:
         """Restore step, optimizer, scheduler and RNG from a checkpoint (the weights came with the model)."""
