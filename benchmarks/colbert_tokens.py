@@ -24,6 +24,7 @@ the token store's allocated bytes over its tokens (its files are memory-mapped: 
 keeps in RAM when hot). Quality does not depend on the load, so this part may run beside other work.
 
     python benchmarks/colbert_tokens.py --part quality --out runs/token_quality.jsonl
+    python benchmarks/colbert_tokens.py --part quality-table --out runs/token_quality.jsonl   # the tables
 """
 
 from __future__ import annotations
@@ -198,6 +199,40 @@ def part_quality(args: argparse.Namespace) -> None:
                         f.write(json.dumps(row) + "\n")
 
 
+def quality_table(rows_path: Path) -> None:
+    """Markdown tables of the quality rows: per model x encoding x pool factor, the mean nDCG@10 of colbert and all
+    over the sets, the mean and worst change of `all` against exact float32 scoring (pool 1), bytes per token; then
+    `all` per set for float32 and binary at pool 1."""
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    exact = {(r["model"], r["set"]): r for r in rows if r["encoding"] == "float32" and r["pool_factor"] == 1}
+    print("| model | encoding | pool | sets | colbert | all | all − float32: mean | worst | best | ColBERT B/token |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for encoding in QUALITY_STORAGES:
+            for pool in (1, 2):
+                mine = [r for r in rows if (r["model"], r["encoding"], r["pool_factor"]) == (model, encoding, pool)
+                        and (model, r["set"]) in exact]
+                if not mine:
+                    continue
+                delta = [r["all"] - exact[model, r["set"]]["all"] for r in mine]
+                print(f"| {model} | {encoding} | {pool} | {len(mine)} | {np.mean([r['colbert'] for r in mine]):.4f} "
+                      f"| {np.mean([r['all'] for r in mine]):.4f} | {np.mean(delta):+.4f} | {min(delta):+.4f} "
+                      f"| {max(delta):+.4f} | {np.mean([r['colbert_bytes_per_token'] for r in mine]):.1f} |")
+    print()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    print("| set | " + " | ".join(f"{m} all float32 | binary" for m in models) + " |")
+    print("|---|" + "---|---|" * len(models))
+    for name in QUALITY_SETS:
+        cells = []
+        for m in models:
+            f = exact.get((m, name))
+            b = next((r for r in rows if (r["model"], r["set"], r["encoding"], r["pool_factor"]) ==
+                      (m, name, "binary", 1)), None)
+            cells += [f"{f['all']:.4f}" if f else "", f"{b['all']:.4f}" if b else ""]
+        if any(cells):
+            print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def plot(rows_path: Path, out: Path) -> None:
     """p50 of all / colbert / dense+sparse, and RSS after open and disk, against corpus size, per storage."""
     import matplotlib
@@ -227,7 +262,7 @@ def plot(rows_path: Path, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["speed", "quality"], default="speed")
+    p.add_argument("--part", choices=["speed", "quality", "quality-table"], default="speed")
     p.add_argument("--models", nargs="+", default=["minilm-m3", "e5-m3-small"])
     p.add_argument("--sets", nargs="+", default=list(QUALITY_SETS), choices=list(QUALITY_SETS))
     p.add_argument("--encodings", nargs="+", default=list(QUALITY_STORAGES), choices=list(QUALITY_STORAGES))
@@ -246,6 +281,8 @@ def main() -> None:
     args.sizes = args.sizes or [10_000]
     if args.part == "quality":
         return part_quality(args)
+    if args.part == "quality-table":
+        return quality_table(args.out)
     if args.plot and not args.sizes_given:
         return plot(args.speed_out, args.plot)
     print(f"kernel: {kernel_isa()}; {os.cpu_count()} CPUs; {load()}")
