@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 from m3embed.index import ColbertStorage, Index  # noqa: E402
 from m3embed.index.footprint import measure_ram  # noqa: E402
-from m3embed.index.maxsim import kernel_isa  # noqa: E402
+from m3embed.index.maxsim import ISAS, kernel_isa, limit_isa  # noqa: E402
 from m3testkit import synthetic  # noqa: E402
 
 STORAGES = {
@@ -309,6 +309,16 @@ def main() -> None:
                 row[mode] = (float(np.median(ms)), float(np.percentile(ms, 99)))
                 print(f"  {mode:13s} k {k:3d} p50 {row[mode][0]:7.2f} ms  p99 {row[mode][1]:7.2f} ms ({load()})",
                       flush=True)
+            if storage in ("binary", "int8"):  # `all` with each kernel level this CPU has, in the same run
+                row["all_by_kernel"] = {}
+                for isa in ISAS:
+                    limit_isa(isa)
+                    if kernel_isa() == isa:
+                        ms = timed(lambda i, index=index, qs=queries: index.search(
+                            qs.select([i % args.queries]), k=10, mode="all", with_text=False), args.queries)
+                        row["all_by_kernel"][isa] = (float(np.median(ms)), float(np.percentile(ms, 99)))
+                        print(f"  all with the {isa:11s} kernel p50 {np.median(ms):7.2f} ms ({load()})", flush=True)
+                limit_isa(ISAS[-1])
             info = index.info()
             row["bytes_per_token"] = info.get("colbert_disk_bytes_per_token")
             print(f"  colbert on disk {row['bytes_per_token']} B/token, index {info['disk_bytes'] / 2**20:.0f} MiB, "

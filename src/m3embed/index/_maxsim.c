@@ -8,8 +8,9 @@
  *            int8 q_i / qscale_i, with dot(q_i, sign_t) = 2 * (sum of q_i over the set bits) - sum(q_i).
  * Integer products are exact; the query is quantized once per search by the caller (m3embed/index/maxsim.py).
  * Each token is decoded once into a small buffer and dotted with every query row. The AVX2 paths, and for binary
- * codes an AVX-512 VNNI path, are chosen at run time (__builtin_cpu_supports; `limit` caps them); the portable
- * loops give the same results (integers exactly, floats up to summation order). The GIL is released while scoring, so searches in several threads run in parallel.
+ * codes an AVX-512 VNNI path and an AMX path (16 tokens x 16 query rows per tile product), are chosen at run time
+ * (CPUID; `limit` caps them); the portable loops give the same results (integers exactly, floats up to summation
+ * order). The GIL is released while scoring, so searches in several threads run in parallel.
  *
  * `encode` makes the codes of token rows (float32 or float16) in one pass per row, as maxsim.py documents them:
  * float16 rounds to nearest even (as NumPy's astype), int8 = rint(x / s) with s = max|x| / 127, binary = the sign
@@ -23,8 +24,14 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define M3_X86 1
+#endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define M3_AMX 1
 #endif
 
 enum { ENC_FLOAT16 = 0, ENC_INT8 = 1, ENC_BINARY = 2, ENC_FLOAT32 = 3 };
@@ -292,9 +299,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dots_bits_vnn
 }
 #endif
 
-static int isa_cap = 2; /* 2: every kernel the CPU has, 1: at most AVX2, 0: the portable loops (`limit`) */
+/* 3: every kernel the CPU has, 2: at most AVX-512 VNNI, 1: at most AVX2, 0: the portable loops (`limit`) */
+static int isa_cap = 3;
 
-static int use_vnni(int dim) {
+static int cpu_vnni(void) {
 #ifdef M3_X86
     static int cpu = -1;
     if (cpu < 0) {
@@ -302,7 +310,26 @@ static int use_vnni(int dim) {
         cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
               __builtin_cpu_supports("avx512vnni");
     }
-    return isa_cap >= 2 && cpu && dim % 64 == 0;
+    return cpu;
+#else
+    return 0;
+#endif
+}
+
+static int use_vnni(int dim) { return isa_cap >= 2 && cpu_vnni() && dim % 64 == 0; }
+
+/* AMX (tile matrix multiply, int8): the CPU has it (CPUID.7.0:EDX bits 24 and 25), AVX-512 VNNI for the rest, and
+ * Linux lets this process use the tile registers (arch_prctl ARCH_REQ_XCOMP_PERM, asked once) */
+static int use_amx(int dim) {
+#if defined(__x86_64__) && defined(__linux__)
+    static int ok = -1;
+    if (ok < 0) {
+        unsigned a, b, c, d;
+        ok = 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1) && cpu_vnni())
+            ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    return isa_cap >= 3 && ok && dim % 64 == 0;
 #else
     (void)dim;
     return 0;
@@ -328,6 +355,82 @@ static int use_avx2(int dim) {
     return 0;
 #endif
 }
+
+#ifdef M3_AMX
+/* ---- AMX kernel for binary codes (dim a multiple of 64) ----
+ * Per document, 16 tokens at a time: their bits become 0/1 bytes (tile A: 16 tokens x 64 dimensions, unsigned),
+ * the query is 16 rows at a time in the tiles' VNNI layout (tile B: 16 rows of 4-dimension groups x 16 query rows,
+ * signed; built once per call by `amx_query`), and one TDPBUSD per 64 dimensions accumulates the 16 x 16 integer
+ * dots (tile C). The scaled dots of the document's tokens are folded into each query row's max as in the other
+ * kernels. Query rows are padded with zeros to a multiple of 16. */
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) TileConfig;
+
+/* B tiles of the permuted int8 query: [chunk of 64 dims][group of 16 rows][16 x 64 bytes] */
+static void amx_query(const int8_t *q, int nq, int dim, int8_t *tiles) {
+    int groups = (nq + 15) / 16, chunks = dim / 64;
+    memset(tiles, 0, (size_t)chunks * groups * 1024);
+    for (int i = 0; i < nq; i++)
+        for (int d = 0; d < dim; d++) {
+            int kc = d / 64, k = d % 64, g = i / 16, n = i % 16;
+            tiles[((size_t)kc * groups + g) * 1024 + (k / 4) * 64 + n * 4 + k % 4] = q[(size_t)i * dim + d];
+        }
+}
+
+__attribute__((target("avx512f,avx512bw,amx-tile,amx-int8"))) static void score_docs_amx(
+        const int8_t *qtiles, int nq, int dim, const float *qscale, const float *qsum, const uint8_t *codes,
+        const float *scales, const int64_t *starts, const int64_t *counts, Py_ssize_t n, float *out, uint8_t *a,
+        float *best) {
+    int groups = (nq + 15) / 16, chunks = dim / 64;
+    size_t code_bytes = (size_t)dim / 8;
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 3; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64; /* C int32 16x16, A u8 16x64, B s8 16x64 */
+    _tile_loadconfig(&cfg);
+    const __m512i one = _mm512_set1_epi8(1);
+    int32_t c[256];
+    for (Py_ssize_t doc = 0; doc < n; doc++) {
+        for (int i = 0; i < groups * 16; i++) best[i] = -FLT_MAX;
+        for (int64_t t0 = starts[doc]; t0 < starts[doc] + counts[doc]; t0 += 16) {
+            int rows = (int)(starts[doc] + counts[doc] - t0 < 16 ? starts[doc] + counts[doc] - t0 : 16);
+            for (int r = 0; r < 16; r++)
+                for (int kc = 0; kc < chunks; kc++) {
+                    uint64_t m = 0;
+                    if (r < rows) memcpy(&m, codes + (size_t)(t0 + r) * code_bytes + 8 * kc, 8);
+                    _mm512_storeu_si512(a + ((size_t)kc * 16 + r) * 64, _mm512_maskz_mov_epi8((__mmask64)m, one));
+                }
+            for (int g = 0; g < groups; g++) {
+                _tile_zero(0);
+                for (int kc = 0; kc < chunks; kc++) {
+                    _tile_loadd(1, a + (size_t)kc * 1024, 64);
+                    _tile_loadd(2, qtiles + ((size_t)kc * groups + g) * 1024, 64);
+                    _tile_dpbusd(0, 1, 2);
+                }
+                _tile_stored(0, c, 64);
+                __m512 qs = _mm512_loadu_ps(qscale + 16 * g), qt = _mm512_loadu_ps(qsum + 16 * g);
+                __m512 b = _mm512_loadu_ps(best + 16 * g);
+                for (int r = 0; r < rows; r++) {
+                    __m512 dot = _mm512_cvtepi32_ps(_mm512_loadu_si512(c + 16 * r));
+                    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(scales[t0 + r]), qs),
+                                             _mm512_sub_ps(_mm512_add_ps(dot, dot), qt));
+                    b = _mm512_max_ps(b, v);
+                }
+                _mm512_storeu_ps(best + 16 * g, b);
+            }
+        }
+        float total = 0.f;
+        if (counts[doc] > 0)
+            for (int i = 0; i < nq; i++) total += best[i];
+        out[doc] = total;
+    }
+    _tile_release();
+}
+#endif
 
 /* ---- one query against many documents ---- */
 
@@ -462,6 +565,33 @@ static PyObject *maxsim(PyObject *self, PyObject *args) {
         }
     }
     if (!floats && !need(&scales, 4 * tokens, "scales")) goto done;
+#ifdef M3_AMX
+    if (encoding == ENC_BINARY && use_amx(dim)) {
+        int groups = (nq + 15) / 16;
+        int8_t *qperm = PyMem_RawMalloc((size_t)nq * dim);
+        int8_t *qtiles = PyMem_RawMalloc((size_t)(dim / 64) * groups * 1024);
+        uint8_t *a = PyMem_RawMalloc(16 * (size_t)dim);
+        float *bests = PyMem_RawMalloc(4 * (size_t)groups * 16), *qs = PyMem_RawMalloc(4 * (size_t)groups * 16);
+        float *qt = PyMem_RawMalloc(4 * (size_t)groups * 16);
+        if (qperm && qtiles && a && bests && qs && qt) {
+            permute_groups((const int8_t *)q.buf, (size_t)nq * dim, qperm);
+            amx_query(qperm, nq, dim, qtiles);
+            memset(qs, 0, 4 * (size_t)groups * 16), memset(qt, 0, 4 * (size_t)groups * 16);
+            memcpy(qs, qscale.buf, 4 * (size_t)nq), memcpy(qt, qsum.buf, 4 * (size_t)nq);
+            Py_BEGIN_ALLOW_THREADS
+            score_docs_amx(qtiles, nq, dim, qs, qt, (const uint8_t *)codes.buf, (const float *)scales.buf, st, ct,
+                           n, (float *)out.buf, a, bests);
+            Py_END_ALLOW_THREADS
+            result = Py_None;
+            Py_INCREF(result);
+        } else {
+            PyErr_NoMemory();
+        }
+        PyMem_RawFree(qperm), PyMem_RawFree(qtiles), PyMem_RawFree(a), PyMem_RawFree(bests), PyMem_RawFree(qs);
+        PyMem_RawFree(qt);
+        goto done;
+    }
+#endif
     int vnni = encoding == ENC_BINARY && use_vnni(dim);
     buf = PyMem_RawMalloc(4 * (size_t)dim + 64); /* dim / 64 zmm registers' worth for the VNNI kernel: dim bytes */
     if (vnni) {
@@ -631,16 +761,19 @@ done:
 
 static PyObject *simd(PyObject *self, PyObject *args) {
     (void)self, (void)args;
-    return PyUnicode_FromString(use_vnni(64) ? "avx512-vnni" : use_avx2(32) ? "avx2" : "portable");
+    return PyUnicode_FromString(use_amx(64)    ? "amx"
+                                : use_vnni(64) ? "avx512-vnni"
+                                : use_avx2(32) ? "avx2"
+                                               : "portable");
 }
 
-/* limit(level): use at most level 2 (every kernel), 1 (AVX2) or 0 (portable); for tests and comparisons */
+/* limit(level): use at most level 3 (every kernel), 2 (AVX-512 VNNI), 1 (AVX2) or 0 (portable); for tests */
 static PyObject *limit(PyObject *self, PyObject *args) {
     (void)self;
     int level;
     if (!PyArg_ParseTuple(args, "i", &level)) return NULL;
-    if (level < 0 || level > 2) {
-        PyErr_Format(PyExc_ValueError, "limit: level %d, expected 0 (portable), 1 (avx2) or 2 (all)", level);
+    if (level < 0 || level > 3) {
+        PyErr_Format(PyExc_ValueError, "limit: level %d, expected 0 (portable) to 3 (amx)", level);
         return NULL;
     }
     isa_cap = level;
@@ -648,7 +781,7 @@ static PyObject *limit(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"limit", limit, METH_VARARGS, "Use at most these kernels: 2 every one the CPU has, 1 AVX2, 0 portable."},
+    {"limit", limit, METH_VARARGS, "Use at most these kernels: 3 AMX, 2 AVX-512 VNNI, 1 AVX2, 0 portable."},
     {"maxsim", maxsim, METH_VARARGS, "Sum over query rows of the max dot with each document's decoded tokens."},
     {"encode", encode, METH_VARARGS, "Codes (and float16 originals) of float32 or float16 token rows."},
     {"simd", simd, METH_NOARGS, "The instruction set the kernels use on this CPU."},

@@ -175,12 +175,12 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_THREADS, thread_name_prefix="m3embed-maxsim")
 
 
-ISAS = ("portable", "avx2", "avx512-vnni")  # the kernels, each level using those before it where it has none
+ISAS = ("portable", "avx2", "avx512-vnni", "amx")  # the kernels, each level using those before it where it has none
 
 
 def kernel_isa() -> str:
-    """The best kernels this CPU runs (within `limit_isa`): "avx512-vnni" (binary codes; AVX2 for the others),
-    "avx2" or "portable"."""
+    """The best kernels this CPU runs (within `limit_isa`): "amx" or "avx512-vnni" (binary codes; AVX2 for the
+    others), "avx2" or "portable"."""
     return _maxsim.simd()
 
 
