@@ -110,7 +110,7 @@ class ColbertStorage:
 
 # The storage a new index gets unless told otherwise: binary codes in the token store (132 B a 1024-d token, one
 # bit a dimension plus a scale; nDCG@10 of `all` within 0.005 on average of exact float32 scoring on both shipped
-# models: docs/results.md), float16 vectors in an engine's multivector field (Qdrant servers).
+# models, 0.014 at worst: docs/results.md), float16 vectors in an engine's multivector field (Qdrant servers).
 TOKEN_STORE_DEFAULT = ColbertStorage("binary", originals="none", rescore=False)
 
 
