@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,6 +74,14 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     r = m3embed(*args, cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rerank_defaults_to_bge_reranker_not_the_demonstration(tmp_path):
+    """issue 21: the shipped minilm-reranker lowers nDCG@10, so `rerank` without --model names the hub model."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "M3EMBED_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "m3embed", "rerank", "-q", "x", "-p", "y"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300, env=env)
+    assert r.returncode == 2 and "BAAI/bge-reranker-v2-m3" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_jsonl_line_is_named(xlmr_ckpt, tmp_path):

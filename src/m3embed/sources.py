@@ -46,7 +46,9 @@ SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and trained layers) of 
 TRAINED_WEIGHTS = "trained_weights.safetensors"
 # the offline default, best first: the first one whose backbone package is installed
 DEFAULT_MODELS = ("minilm-m3", MINILM)
-DEFAULT_RERANKER = "minilm-reranker"
+# `m3embed rerank`'s default: the cross-encoder BGE-M3's README pairs it with (from the hub). The shipped
+# minilm-reranker is a recipe demonstration that lowers nDCG@10 (docs/results.md), never a default.
+DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
 
 
 def cache_dir() -> Path:
@@ -142,11 +144,6 @@ def default_model() -> str:
     """The trained offline M3 model when its backbone is installed, else a dense-only backbone."""
     shipped = shipped_models()
     return next((name for name in DEFAULT_MODELS if name in shipped), MINILM)
-
-
-def default_reranker() -> str | None:
-    """The cross-encoder trained here when it ships with this install, else None."""
-    return DEFAULT_RERANKER if DEFAULT_RERANKER in shipped_models() else None
 
 
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:

@@ -21,7 +21,7 @@ from m3embed.cli._common import (
     out,
 )
 from m3embed.modes import DEFAULT_ROLE, SCORE_WEIGHTS
-from m3embed.sources import default_reranker
+from m3embed.sources import DEFAULT_RERANKER
 
 
 @app.command()
@@ -133,8 +133,10 @@ def rerank(
                                                    "file order"),
     query: str | None = typer.Option(None, "--query", "-q", help="one query whose --passage texts are ranked"),
     passage: list[str] = typer.Option([], "--passage", "-p", help="passage(s) to rank for --query, best first"),
-    model: str = typer.Option(default_reranker() or ..., "--model", "-m",
-                              help="cross-encoder: dir, shipped name or hub id (e.g. BAAI/bge-reranker-v2-m3)"),
+    model: str = typer.Option(DEFAULT_RERANKER, "--model", "-m",
+                              help="cross-encoder: dir, shipped name or hub id (the default comes from the Hugging "
+                                   "Face hub; the shipped minilm-reranker is a recipe demonstration that lowers "
+                                   "quality)"),
     normalize: bool = typer.Option(False, help="sigmoid of the logits, scores in (0, 1)"),
     pair_max_length: int | None = typer.Option(None, "--pair-max-length", "--max-length",
                                                help="pair tokens (default 512, capped at the model's limit)"),
