@@ -54,9 +54,8 @@ def _conditions(f: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
     yield name.removeprefix("meta."), op, f.get("value")
 
 
-@component
-class M3TextEmbedder:
-    """A query's dense M3 vector (the query prompt): `run(text=...)` → {"embedding": list[float]}."""
+class _Embedder:
+    """What both embedders hold and how they serialise: the model (saved by name) and its truncation."""
 
     def __init__(self, model: Any, max_length: int | None = None) -> None:
         self.model = load_model(model)
@@ -66,8 +65,13 @@ class M3TextEmbedder:
         return default_to_dict(self, model=name_of(self.model, "model"), max_length=self.max_length)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> M3TextEmbedder:
+    def from_dict(cls, data: dict[str, Any]) -> Any:
         return default_from_dict(cls, data)
+
+
+@component
+class M3TextEmbedder(_Embedder):
+    """A query's dense M3 vector (the query prompt): `run(text=...)` → {"embedding": list[float]}."""
 
     @component.output_types(embedding=list[float])
     def run(self, text: str) -> dict[str, Any]:
@@ -78,20 +82,9 @@ class M3TextEmbedder:
 
 
 @component
-class M3DocumentEmbedder:
+class M3DocumentEmbedder(_Embedder):
     """Documents' dense M3 vectors (the passage prompt): `run(documents=[...])` → {"documents": copies with
     `embedding` set}."""
-
-    def __init__(self, model: Any, max_length: int | None = None) -> None:
-        self.model = load_model(model)
-        self.max_length = max_length
-
-    def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, model=name_of(self.model, "model"), max_length=self.max_length)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> M3DocumentEmbedder:
-        return default_from_dict(cls, data)
 
     @component.output_types(documents=list[Document])
     def run(self, documents: list[Document]) -> dict[str, Any]:
