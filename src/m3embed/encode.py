@@ -12,11 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from scipy import sparse as sp
 
 from m3embed._progress import Progress
 from m3embed.tokenize import budget_batches, insert_cls, pad, tokenize, warn_truncated
-from m3embed.types import M3Output
+from m3embed.types import M3Output, lexical_csr
 
 MCLS_EVERY = 256  # the paper's interval between inserted CLS tokens (Appendix B.2)
 AUTO_PROGRESS_TOKENS = 200_000  # show a progress bar by default above this many tokens
@@ -113,8 +112,11 @@ def encode(model: Forward, texts: list[str], modes: tuple[str, ...], max_length:
     run_batches(model, lengths, batch_tokens or default_batch_tokens(device, model.hidden_size), max_batch_size,
                 step, progress=progress, label="encoding tokens")
     n_tokens = lengths if cls_positions is None else lengths - np.array([len(p) - 1 for p in cls_positions])
-    return M3Output(dense=dense, sparse=_max_pool(lexical, n, model.vocab_size) if "sparse" in modes else None,
-                    colbert=colbert, n_tokens=n_tokens)
+    sparse = None
+    if "sparse" in modes:
+        triples = [np.concatenate(p) for p in zip(*lexical)] if lexical else [np.zeros(0, np.int64)] * 3
+        sparse = lexical_csr(*triples, n, model.vocab_size)
+    return M3Output(dense=dense, sparse=sparse, colbert=colbert, n_tokens=n_tokens)
 
 
 def run_batches(model: Any, lengths: np.ndarray, batch_tokens: int, max_batch_size: int,
@@ -133,18 +135,3 @@ def run_batches(model: Any, lengths: np.ndarray, batch_tokens: int, max_batch_si
                 bar.advance(int(lengths[batch].sum()))
     finally:
         model.train(was_training)
-
-
-def _max_pool(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, vocab: int) -> sp.csr_array:
-    """(text, token id, weight) triples → csr_array (n, vocab) holding the max weight per (text, id)."""
-    if not parts:
-        return sp.csr_array((n, vocab), dtype=np.float32)
-    rows, ids, w = (np.concatenate(p) for p in zip(*parts))
-    keys = rows.astype(np.int64) * vocab + ids
-    order = np.lexsort((-w, keys))  # by key, largest weight first
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = keys[order][1:] != keys[order][:-1]
-    sel = order[first]
-    out = sp.csr_array((w[sel].astype(np.float32), (rows[sel], ids[sel])), shape=(n, vocab))
-    out.sort_indices()
-    return out

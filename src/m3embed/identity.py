@@ -6,7 +6,9 @@ format, dtype or device. Hashing an encoder's weights takes seconds for bge-m3, 
 a model was loaded from is cached in `<cache>/weight-digests.json` under a key of their path, size, mtime and
 inode (`weights_key`): loading the same checkpoint again costs a few stat calls. A model built in memory, or
 changed since it was loaded (training, a weight edited in place), is hashed from its tensors instead, which gives
-the digest of saving it and loading the saved copy.
+the digest of saving it and loading the saved copy. The same cache keeps the fingerprint of each checkpoint an
+M3Model computed while holding its files unchanged (`checkpoint_key`), so that `m3embed.numpy_encoder` knows
+a model's identity without torch.
 
 Imports no torch: `m3embed.index` reads FINGERPRINT_VERSION from here.
 """
@@ -19,7 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3embed.checkpoint import weight_files
+from m3embed.checkpoint import HEAD_FILES, weight_files
 from m3embed.sources import cache_dir
 
 if TYPE_CHECKING:
@@ -43,7 +45,36 @@ def fingerprint(model: Any) -> str:
         digest.update(mode.encode())
         if head is not None:
             digest.update(tensors_digest(head.state_dict()).encode())
-    return digest.hexdigest()[:16]
+    value = digest.hexdigest()[:16]
+    directory = model.encoder_digest.checkpoint(model.backbone, (model.colbert_linear, model.sparse_linear))
+    if directory is not None:  # as loaded from its files: remember it for models that do not load torch
+        key = checkpoint_key(directory, model.pooling, (model.query_prefix, model.passage_prefix))
+        if key is not None and cached_digest(key) != value:
+            store_digest(key, value)
+    return value
+
+
+def checkpoint_key(directory: Path, pooling: str, prompts: tuple[str, str]) -> str | None:
+    """A key naming a checkpoint's files as M3Model reads them (the encoder's, as `weights_key`, and the head
+    files) with the pooling and prompts in use; None if a file is unreadable."""
+    parts: list[object] = ["m3embed-fingerprint-v1", weights_key(directory), pooling, list(prompts)]
+    if parts[1] is None:
+        return None
+    for name in HEAD_FILES.values():
+        try:
+            st = (directory / name).resolve().stat()
+            parts.append([name, st.st_size, st.st_mtime_ns, st.st_ino])
+        except FileNotFoundError:
+            parts.append([name, None])
+        except OSError:
+            return None
+    return "fingerprint:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def known_fingerprint(directory: Path, pooling: str, prompts: tuple[str, str]) -> str | None:
+    """The fingerprint an M3Model loaded from these files (unchanged) computed, or None if none has."""
+    key = checkpoint_key(directory, pooling, prompts)
+    return cached_digest(key) if key is not None else None
 
 
 def legacy_fingerprint(model: Any) -> str:
@@ -86,14 +117,26 @@ class EncoderDigest:
 
     def __init__(self) -> None:
         self._source: tuple[Path, str | None, tuple] | None = None  # (directory, weights_key, versions)
+        self._heads: tuple | None = None  # versions of the heads read from the directory's files
         self._memo: tuple[tuple, str] | None = None  # (versions, digest)
 
-    def loaded(self, backbone: nn.Module, directory: Path, key: str | None) -> None:
+    def loaded(self, backbone: nn.Module, directory: Path, key: str | None,
+               heads: tuple[nn.Module | None, ...] | None = None) -> None:
         """Record that `backbone` holds the weights of `directory`'s files, named by `key` (taken before they
-        were read; None if unreadable); a key that no longer names the files means they changed meanwhile."""
+        were read; None if unreadable); a key that no longer names the files means they changed meanwhile.
+        `heads` are the (colbert, sparse) heads when each was read from its file or is absent with its file."""
         if key is not None and key != weights_key(directory):
             key = None  # the files changed while being read: hash what was loaded, cache nothing
         self._source = (directory, key, _versions(backbone))
+        self._heads = None if heads is None else _head_versions(heads)
+
+    def checkpoint(self, backbone: nn.Module, heads: tuple[nn.Module | None, ...]) -> Path | None:
+        """The directory whose files the model holds, while its encoder and heads are unchanged since read."""
+        source = self._source
+        if (source is None or source[1] is None or self._heads is None or source[2] != _versions(backbone)
+                or self._heads != _head_versions(heads)):
+            return None
+        return source[0]
 
     def digest(self, backbone: nn.Module) -> str:
         versions = _versions(backbone)
@@ -112,6 +155,10 @@ def _versions(backbone: nn.Module) -> tuple:
     """Which tensors the encoder holds and how often each was changed in place (torch's version counter,
     bumped by optimizer steps, load_state_dict and in-place edits; not by .to(device or dtype))."""
     return tuple((name, id(t), _version(t)) for name, t in backbone.state_dict(keep_vars=True).items())
+
+
+def _head_versions(heads: tuple[nn.Module | None, ...]) -> tuple:
+    return tuple(None if h is None else _versions(h) for h in heads)
 
 
 def _version(t: torch.Tensor) -> int | None:

@@ -104,13 +104,13 @@ class M3Model(nn.Module):
         key = identity.weights_key(directory)  # the files as they are when read
         backbone = checkpoint.load_backbone(directory, dtype)
         hidden = backbone.config.hidden_size
-        heads = {}
+        heads, created = {}, False
         for mode, out_features in (("colbert", hidden), ("sparse", 1)):
             path = directory / checkpoint.HEAD_FILES[mode]
             if path.is_file():
                 heads[mode] = checkpoint.load_head(path, hidden, out_features)
             elif new_heads:
-                heads[mode] = nn.Linear(hidden, out_features)
+                heads[mode], created = nn.Linear(hidden, out_features), True
             else:
                 heads[mode] = None
         try:
@@ -122,7 +122,8 @@ class M3Model(nn.Module):
         model = model.to(device).eval()
         if int8:
             quantize_int8(backbone, lambda texts: model.encode(texts, max_length=min(128, model.max_length)))
-        model.encoder_digest.loaded(model.backbone, directory, key)
+        model.encoder_digest.loaded(model.backbone, directory, key,
+                                    None if created else (model.colbert_linear, model.sparse_linear))
         return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -39,6 +39,19 @@ class SparseVector(NamedTuple):
         return len(self.ids)
 
 
+def lexical_csr(rows: np.ndarray, ids: np.ndarray, weights: np.ndarray, n: int, vocab: int) -> sp.csr_array:
+    """(text, token id, weight) triples → csr_array (n, vocab) of the max weight per (text, id): M3's pooling of
+    token weights into lexical weights."""
+    keys = rows.astype(np.int64) * vocab + ids
+    order = np.lexsort((-weights, keys))  # by key, largest weight first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = keys[order][1:] != keys[order][:-1]
+    sel = order[first]
+    out = sp.csr_array((weights[sel].astype(np.float32), (rows[sel], ids[sel])), shape=(n, vocab))
+    out.sort_indices()
+    return out
+
+
 @dataclass
 class M3Output:
     """What one encoder pass returns for n texts, in input order.

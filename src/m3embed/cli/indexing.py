@@ -257,7 +257,7 @@ def search(
         spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
                            colbert_top=colbert_top, exhaustive=exhaustive, filter=parse_where(where),
                            explain=explain, reranker=cross, rerank_top=rerank_top)
-        _index_model(idx, model, dtype, device)
+        _index_model(idx, model, dtype, device, queries_only=True)
         results = idx.run(spec, idx.encode_queries(spec, query), query)
     for q, hits in zip(query, results):
         if json_out:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 
 def pool_tokens(vectors: np.ndarray, pool_factor: int) -> np.ndarray:
@@ -17,6 +16,8 @@ def pool_tokens(vectors: np.ndarray, pool_factor: int) -> np.ndarray:
     the order of their clusters' first token; the rows as given (any float dtype) when pool_factor is 1 or n < 2."""
     if pool_factor == 1 or len(vectors) < 2:
         return vectors
+    from scipy.cluster.hierarchy import fcluster, linkage  # here: searching an index imports no scipy.cluster
+
     x = np.asarray(vectors, dtype=np.float32)
     labels = fcluster(linkage(x.astype(np.float64), method="ward"), t=math.ceil(len(x) / pool_factor),
                       criterion="maxclust")
