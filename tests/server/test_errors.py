@@ -11,16 +11,21 @@ import pytest
 from .conftest import MODEL_NAME
 
 
-def _error(r: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """The error body, checked: its status, its code, and with `field` the request field it names (the part of
-    `param` before any "." or "[": "input" for "input[1]" or for "input.list[str][1]")."""
+def _error(r: httpx.Response, status: int, code: str | None = None, field: str | None = ...) -> dict:  # type: ignore[assignment]
+    """The error body, checked: its status, its code, and the request field it names (the part of `param` before
+    any "." or "[": "input" for "input[1]" or for "input.list[str][1]"), none when `field` is None; `field` left
+    out: not checked."""
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["message"] and err["type"]
     if code is not None:
         assert err["code"] == code, err
+    if field is ...:
+        return err
     if field is not None:
         assert err["param"] is not None and re.split(r"[.\[]", err["param"])[0] == field, err
+    else:  # an error of the request as a whole names no field
+        assert err.get("param") is None, err
     return err
 
 
