@@ -46,6 +46,10 @@ class M3Config:
     # position limit (bge-m3: 8192; BERT-size models: 512, FlagEmbedding's default)
     query_max_length: int | None = None
     passage_max_length: int | None = None
+    # the hybrid weights (dense, sparse, colbert) an index of this model searches with by default; None: BGE-M3's
+    # (`m3embed.modes.SEARCH_WEIGHTS`). A model whose modes score on different scales stores weights fitted on
+    # its train data here (e5-m3-small: recipes/e5-m3-small/fit_weights.py)
+    search_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -57,6 +61,10 @@ class M3Config:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
                 raise ValueError(f"{name} must be an int of at least 2 or None, got {value!r}")
+        if self.search_weights is not None:
+            from m3embed.modes import check_weights
+
+            self.search_weights = list(check_weights(self.search_weights, name="search_weights"))
 
     def save(self, directory: Path) -> None:
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -12,7 +12,7 @@ from torch import nn
 
 from m3embed import checkpoint, identity
 from m3embed.encode import encode
-from m3embed.modes import MODES, SCORE_WEIGHTS, check_modes
+from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_WEIGHTS, check_modes
 from m3embed.onednn import use_onednn
 from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
@@ -33,7 +33,7 @@ class M3Model(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, colbert_linear: nn.Linear | None,
                  sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "", query_prefix: str = "",
                  passage_prefix: str = "", query_max_length: int | None = None,
-                 passage_max_length: int | None = None) -> None:
+                 passage_max_length: int | None = None, search_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         if pooling not in checkpoint.POOLINGS:
             raise ValueError(f"pooling must be one of {checkpoint.POOLINGS}, got {pooling!r}")
@@ -55,6 +55,8 @@ class M3Model(nn.Module):
         self.query_max_length: int = resolve_max_length(query_max_length, self.max_length, name="query_max_length")
         self.passage_max_length: int = resolve_max_length(passage_max_length, self.max_length,
                                                           name="passage_max_length")
+        # the default weights of an index built with this model (m3embed.json's search_weights)
+        self.search_weights: tuple[float, float, float] = tuple(search_weights or SEARCH_WEIGHTS)
         # FlagEmbedding's list (BGEM3FlagModel: cls, eos, pad, unk where the tokenizer has them); a BERT
         # tokenizer has no eos, so it misses [SEP] (kept in 36 % of minilm-m3's documents). Set
         # `special_ids = flag_special_ids` for FlagEmbedding's numbers exactly.
@@ -98,7 +100,8 @@ class M3Model(nn.Module):
         config = checkpoint.read_config(directory)
         options = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
                    "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix,
-                   "query_max_length": config.query_max_length, "passage_max_length": config.passage_max_length}
+                   "query_max_length": config.query_max_length, "passage_max_length": config.passage_max_length,
+                   "search_weights": config.search_weights}
         checkpoint.M3Config(pooling=config.pooling, **options)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
         key = identity.weights_key(directory)  # the files as they are when read
@@ -142,8 +145,9 @@ class M3Model(nn.Module):
         # the truncation defaults are stored only where they differ from the model's limit (None there)
         lengths = {name: None if getattr(self, name) == self.max_length else getattr(self, name)
                    for name in ("query_max_length", "passage_max_length")}
+        weights = None if self.search_weights == SEARCH_WEIGHTS else list(self.search_weights)
         checkpoint.M3Config(pooling=self.pooling, query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
-                            **lengths).save(directory)
+                            search_weights=weights, **lengths).save(directory)
         return directory
 
     @property

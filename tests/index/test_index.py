@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,35 @@ def test_weights_change_the_hybrid_score(filled: Index, corpus, exact) -> None:
     want, scores = exact.search(corpus.queries, 0, "all", 5, 20, weights=w)
     assert _ids(hits) == [corpus.ids[j] for j in want]
     np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-5)
+
+
+def test_an_index_searches_with_its_own_default_weights(make_index, corpus, exact, tmp_path) -> None:
+    """`search_weights` given at creation (a model's, or explicitly) are the default of every search, kept
+    across reopening; an index without any (made before they existed) searches with BGE-M3's."""
+    from m3embed.index.manifest import MANIFEST_NAME
+    from m3embed.modes import SEARCH_WEIGHTS
+
+    w = (1.0, 0.05, 0.3)
+    index = make_index("edge", name="weighted", search_weights=w)
+    index.add_outputs(corpus.ids, corpus.docs)
+    assert index.manifest.search_weights == w and index.prepare(mode="all").weights == w
+    want, scores = exact.search(corpus.queries, 0, "all", 5, 20, weights=w)
+    default = index.search(corpus.queries, k=5, mode="all", candidates=20)[0]
+    assert _ids(default) == [corpus.ids[j] for j in want]
+    np.testing.assert_allclose([h.score for h in default], scores, rtol=1e-4, atol=1e-5)
+    bge = index.search(corpus.queries, k=5, mode="all", candidates=20, weights=SEARCH_WEIGHTS)[0]
+    assert [h.score for h in bge] != [h.score for h in default]
+    index.close()
+    with Index.open(tmp_path / "weighted") as again:
+        assert again.prepare(mode="all").weights == w
+    manifest = tmp_path / "weighted" / MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    del data["search_weights"]
+    manifest.write_text(json.dumps(data))
+    with Index.open(tmp_path / "weighted") as old:
+        assert old.prepare(mode="all").weights == SEARCH_WEIGHTS
+    with pytest.raises(ValueError, match="search_weights must be >= 0"):
+        make_index("edge", name="bad", search_weights=(1, -1, 1))
 
 
 def test_explain_gives_each_mode_score(filled: Index, corpus, exact) -> None:

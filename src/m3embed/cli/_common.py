@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 
 from m3embed.index.directory import DEFAULT_COLLECTION
-from m3embed.modes import SEARCH_WEIGHTS
 from m3embed.sources import default_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -20,9 +19,8 @@ DEFAULT_MODEL = default_model()  # offline: minilm-m3 (trained here) or the dens
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m", help="checkpoint dir, shipped name or hub id")
 DtypeOpt = typer.Option("float32", help="float32 (exact), bfloat16 (CPU AVX512-BF16 / GPU), float16 (GPU), int8 (CPU)")
 DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-SEARCH_WEIGHTS_TEXT = ",".join(f"{w:g}" for w in SEARCH_WEIGHTS)
-SearchWeightsOpt = typer.Option(SEARCH_WEIGHTS_TEXT, help="dense,sparse,colbert weights of the hybrid modes "
-                                "(plain weighted sums)")
+SearchWeightsOpt = typer.Option(None, help="dense,sparse,colbert weights of the hybrid modes (plain weighted "
+                                "sums; default the index's: its model's search_weights, else 0.4,0.2,0.4)")
 
 
 def _load(model: str, modes, dtype: str = "float32", device: str | None = None):

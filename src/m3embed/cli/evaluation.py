@@ -34,7 +34,7 @@ def eval_command(
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="where eval.json/.md/.png go "
                                            "(default: eval-<dataset>)"),
     k: int = typer.Option(100, "-k", help="documents retrieved per query (>= 100 for Recall@100)"),
-    weights: str = SearchWeightsOpt,
+    weights: str | None = SearchWeightsOpt,
     candidates: int | None = typer.Option(None, help="dense and sparse candidates rescored by hybrid modes "
                                              "(default: max(k, 100))"),
     query_max_length: int | None = typer.Option(None, help="query truncation in tokens (default: the model's "
@@ -60,7 +60,7 @@ def eval_command(
     from m3embed.modes import check_search_modes, index_representations, parse_weights, servable
 
     ev.require_extras()  # a missing [eval] extra fails here, before any loading or encoding
-    w = parse_weights(weights)
+    w = None if weights is None else parse_weights(weights)
     chosen = check_search_modes(modes) if modes else None
     if model is None and (chosen or index is not None):
         raise ValueError("--modes and --index need a --model")

@@ -228,7 +228,7 @@ def search(
     k: int = typer.Option(10, "-k", help="hits per query"),
     mode: str | None = typer.Option(None, help=f"{', '.join(SEARCH_MODES)} (default: the fullest the index "
                                                   "stores, all when it has the three)"),
-    weights: str = SearchWeightsOpt,
+    weights: str | None = SearchWeightsOpt,
     candidates: int | None = typer.Option(None, help="candidates per route (dense, sparse) rescored by hybrid "
                                                      "modes (default 100)"),
     colbert_top: int | None = typer.Option(None, help="colbert/all: score ColBERT for only this many of the best "
@@ -254,9 +254,9 @@ def search(
     with open_index(index, collection=collection) as idx:
         cross = _load_reranker(reranker, dtype, device, pair_max_length) if reranker else None
         # checked before the model loads: a bad option costs no loading time
-        spec = idx.prepare(k=k, mode=mode, weights=parse_weights(weights), candidates=candidates,
-                           colbert_top=colbert_top, exhaustive=exhaustive, filter=parse_where(where),
-                           explain=explain, reranker=cross, rerank_top=rerank_top)
+        spec = idx.prepare(k=k, mode=mode, weights=None if weights is None else parse_weights(weights),
+                           candidates=candidates, colbert_top=colbert_top, exhaustive=exhaustive,
+                           filter=parse_where(where), explain=explain, reranker=cross, rerank_top=rerank_top)
         _index_model(idx, model, dtype, device, queries_only=True)
         results = idx.run(spec, idx.encode_queries(spec, query), query)
     for q, hits in zip(query, results):

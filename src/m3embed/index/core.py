@@ -117,7 +117,7 @@ class Index:
                model_name: str | None = None, engine: str | None = None, modes: Sequence[str] | str = MODES,
                dim: int | None = None, colbert_dim: int | None = None,
                colbert_storage: ColbertStorage | None = None, colbert_store: str | None = None,
-               store_text: bool = True,
+               store_text: bool = True, search_weights: Sequence[float] | None = None,
                collection: str = DEFAULT_COLLECTION, client_options: Mapping[str, Any] | None = None,
                collection_options: Mapping[str, Any] | None = None) -> Index:
         """Create a new, empty index (`m3embed.index.directory`: a failed creation leaves nothing behind).
@@ -136,6 +136,8 @@ class Index:
                 Edge when dense or sparse is stored too) or "engine" (the engine's multivector field: always on
                 Qdrant servers).
             store_text: keep document texts in the index.
+            search_weights: the hybrid weights a search takes when given none; default the model's
+                (`M3Model.search_weights`: m3embed.json, else `m3embed.modes.SEARCH_WEIGHTS`).
             collection: collection name (qdrant engine).
             client_options: extra QdrantClient arguments (api_key, prefer_grpc, ...).
             collection_options: extra create_collection arguments (shard_number, replication_factor, ...).
@@ -152,6 +154,8 @@ class Index:
                                  f"modes={model.available_modes()!r}")
         if dim is None or fingerprint is None:
             raise ValueError("Index.create needs a model, or fingerprint= and dim= for precomputed outputs")
+        if search_weights is None:
+            search_weights = getattr(model, "search_weights", None) or SEARCH_WEIGHTS
         if "colbert" not in modes and colbert_storage is not None:
             raise ValueError(f"colbert_storage applies to the colbert field, but the index stores only "
                              f"{', '.join(modes)}")
@@ -161,7 +165,8 @@ class Index:
                             dim=dim, colbert_dim=colbert_dim or dim, store_text=store_text,
                             fingerprint_version=fingerprint_version,
                             colbert_storage=colbert_storage or default_colbert_storage(colbert_store),
-                            colbert_store=colbert_store)
+                            colbert_store=colbert_store,
+                            search_weights=check_weights(search_weights, name="search_weights"))
         place = directory.create(location, manifest, collection=collection, client_options=client_options,
                                  collection_options=collection_options)
         return cls(place.store, manifest, place.location, model, place.lock)
@@ -303,7 +308,7 @@ class Index:
         Raises `m3embed.errors.ParamError` naming the parameter at fault.
         """
         mode = check_search_mode(mode or default_search_mode(self.manifest.modes), self.manifest.modes)
-        weights = check_weights(SEARCH_WEIGHTS if weights is None else weights, mode=mode)
+        weights = check_weights(self.manifest.search_weights if weights is None else weights, mode=mode)
         for name, value in (("k", k), ("candidates", candidates), ("hnsw_ef", hnsw_ef)):
             if value is not None and value < 1:
                 raise ParamError(f"{name} must be at least 1, got {value}", param=name)
@@ -360,8 +365,9 @@ class Index:
             k: hits per query.
             mode: one of `m3embed.modes.SEARCH_MODES`; default: the fullest the index allows ("all" when it
                 stores the three representations).
-            weights: (dense, sparse, colbert) for hybrid modes; default `m3embed.modes.SEARCH_WEIGHTS`
-                (0.4, 0.2, 0.4). Scores are the plain weighted sums, not divided by the weight sum.
+            weights: (dense, sparse, colbert) for hybrid modes; default the index's `search_weights` (its
+                model's at creation, else `m3embed.modes.SEARCH_WEIGHTS`, 0.4, 0.2, 0.4). Scores are the plain
+                weighted sums, not divided by the weight sum.
             candidates: candidates per route (dense, sparse) whose union hybrid modes rescore; default 100.
             filter: metadata conditions, all must hold: {"lang": "en", "tag": ["a", "b"], "year": {"gte": 2000}}.
             with_text: return stored texts.

@@ -13,7 +13,7 @@ import numpy as np
 import portalocker
 
 from m3embed.identity import FINGERPRINT_VERSION  # an index is checked with the scheme it was built with
-from m3embed.modes import check_modes
+from m3embed.modes import SEARCH_WEIGHTS, check_modes, check_weights
 
 FORMAT_VERSION = 5  # 2: adds fingerprint_version; 3: adds colbert_storage; 4: adds colbert_store; 5: colbert_dtype
 # moves into colbert_storage
@@ -134,6 +134,8 @@ class Manifest:
         colbert_storage: precision, quantization, originals, rescoring and pooling of the colbert field
             (`ColbertStorage()` for indexes of formats 1 and 2; their `colbert_dtype` is its dtype up to format 4).
         colbert_store: where the colbert rows live, one of `COLBERT_STORES` ("engine" for formats 1-3).
+        search_weights: the hybrid weights (dense, sparse, colbert) a search takes when given none: the model's
+            at creation (`M3Model.search_weights`); BGE-M3's (`SEARCH_WEIGHTS`) for indexes made before.
     """
 
     engine: str
@@ -146,12 +148,14 @@ class Manifest:
     fingerprint_version: int = FINGERPRINT_VERSION
     colbert_storage: ColbertStorage = field(default_factory=ColbertStorage)
     colbert_store: str = "engine"
+    search_weights: tuple[float, float, float] = SEARCH_WEIGHTS
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         self.modes = check_modes(self.modes)
+        self.search_weights = check_weights(self.search_weights, name="search_weights")
         if self.dim < 1 or self.colbert_dim < 1:
             raise ValueError(f"vector sizes must be positive, got dim={self.dim}, colbert_dim={self.colbert_dim}")
         if not isinstance(self.colbert_storage, ColbertStorage):
@@ -167,6 +171,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["modes"] = list(self.modes)
+        d["search_weights"] = list(self.search_weights)
         return d
 
     @classmethod

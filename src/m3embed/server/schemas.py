@@ -240,7 +240,8 @@ class SearchRequest(BaseModel):
         None, description="default: the fullest mode the index stores (all = M3 hybrid: dense and sparse "
                           "candidates, rescored with w_d·dense + w_s·sparse + w_c·colbert)")
     weights: tuple[float, float, float] | None = Field(
-        None, description=f"(dense, sparse, colbert) for hybrid modes; default {SEARCH_WEIGHTS}")
+        None, description=f"(dense, sparse, colbert) for hybrid modes; default the index's search_weights (its "
+                          f"model's, else {SEARCH_WEIGHTS})")
     candidates: int | None = Field(None, ge=1, le=10_000, description="candidates per route for hybrid modes")
     filter: dict[str, Any] | None = Field(
         None, description='metadata conditions, all must hold: {"lang": "en", "tag": ["a", "b"], '
