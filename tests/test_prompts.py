@@ -68,8 +68,8 @@ def test_encode_queries_and_corpus_prepend_the_prompts(prompted_ckpt, tmp_path):
     assert np.array_equal(q.dense, raw.dense) and (q.sparse != raw.sparse).nnz == 0
     assert np.array_equal(model.encode_corpus(DOCS).dense, model.encode([P + d for d in DOCS]).dense)
     assert not np.allclose(model.encode_queries(DOCS).dense, model.encode_corpus(DOCS).dense)
-    with pytest.raises(ValueError, match="role must be 'query' or 'passage'"):
-        model.with_prefix(DOCS, "document")
+    with pytest.raises(ValueError, match="role must be 'query', 'passage' or None"):
+        model.input_texts(DOCS, "document")
 
     plain = M3Model.from_pretrained(prompted_ckpt, device="cpu", query_prefix="", passage_prefix="")
     assert np.array_equal(plain.encode_queries(DOCS).dense, plain.encode(DOCS).dense)

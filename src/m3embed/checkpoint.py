@@ -31,6 +31,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.model")
 CONFIG_FILE = "m3embed.json"
 POOLINGS = ("cls", "mean")
+CASE_FOLDS = ("none", "capitals", "lower")  # `m3embed.tokenize.fold_case`
 
 
 @dataclass
@@ -50,6 +51,9 @@ class M3Config:
     # (`m3embed.modes.SEARCH_WEIGHTS`). A model whose modes score on different scales stores weights fitted on
     # its train data here (e5-m3-small: recipes/e5-m3-small/fit_weights.py)
     search_weights: list[float] | None = None
+    # letter case folded before tokenizing every input (`m3embed.tokenize.fold_case`): "none" (BGE-M3, and any
+    # checkpoint without the key), "capitals" (words written in capitals) or "lower"
+    case_fold: str = "none"
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -61,6 +65,8 @@ class M3Config:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
                 raise ValueError(f"{name} must be an int of at least 2 or None, got {value!r}")
+        if self.case_fold not in CASE_FOLDS:
+            raise ValueError(f"case_fold must be one of {CASE_FOLDS}, got {self.case_fold!r}")
         if self.search_weights is not None:
             from m3embed.modes import check_weights
 

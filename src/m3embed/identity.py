@@ -40,6 +40,8 @@ def fingerprint(model: Any) -> str:
     digest.update(model.pooling.encode())
     if model.query_prefix or model.passage_prefix:  # prompts change the outputs; none keeps older fingerprints
         digest.update(json.dumps([model.query_prefix, model.passage_prefix]).encode())
+    if getattr(model, "case_fold", "none") != "none":  # folding changes the outputs; none keeps older fingerprints
+        digest.update(f"case_fold:{model.case_fold}".encode())
     digest.update(b"encoder" + model.encoder_digest.digest(model.backbone).encode())
     for mode, head in (("colbert", model.colbert_linear), ("sparse", model.sparse_linear)):
         digest.update(mode.encode())
@@ -48,16 +50,16 @@ def fingerprint(model: Any) -> str:
     value = digest.hexdigest()[:16]
     directory = model.encoder_digest.checkpoint(model.backbone, (model.colbert_linear, model.sparse_linear))
     if directory is not None:  # as loaded from its files: remember it for models that do not load torch
-        key = checkpoint_key(directory, model.pooling, (model.query_prefix, model.passage_prefix))
+        key = checkpoint_key(directory, model.pooling, (model.query_prefix, model.passage_prefix), model.case_fold)
         if key is not None and cached_digest(key) != value:
             store_digest(key, value)
     return value
 
 
-def checkpoint_key(directory: Path, pooling: str, prompts: tuple[str, str]) -> str | None:
+def checkpoint_key(directory: Path, pooling: str, prompts: tuple[str, str], case_fold: str) -> str | None:
     """A key naming a checkpoint's files as M3Model reads them (the encoder's, as `weights_key`, and the head
-    files) with the pooling and prompts in use; None if a file is unreadable."""
-    parts: list[object] = ["m3embed-fingerprint-v1", weights_key(directory), pooling, list(prompts)]
+    files) with the pooling, prompts and case folding in use; None if a file is unreadable."""
+    parts: list[object] = ["m3embed-fingerprint-v1", weights_key(directory), pooling, list(prompts), case_fold]
     if parts[1] is None:
         return None
     for name in HEAD_FILES.values():
@@ -71,9 +73,9 @@ def checkpoint_key(directory: Path, pooling: str, prompts: tuple[str, str]) -> s
     return "fingerprint:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def known_fingerprint(directory: Path, pooling: str, prompts: tuple[str, str]) -> str | None:
+def known_fingerprint(directory: Path, pooling: str, prompts: tuple[str, str], case_fold: str) -> str | None:
     """The fingerprint an M3Model loaded from these files (unchanged) computed, or None if none has."""
-    key = checkpoint_key(directory, pooling, prompts)
+    key = checkpoint_key(directory, pooling, prompts, case_fold)
     return cached_digest(key) if key is not None else None
 
 

@@ -17,7 +17,7 @@ from m3embed.onednn import use_onednn
 from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
 from m3embed.sources import resolve
-from m3embed.tokenize import check_pairs, check_texts, resolve_max_length
+from m3embed.tokenize import check_pairs, check_texts, fold_case, resolve_max_length
 from m3embed.types import M3Output
 
 
@@ -33,7 +33,8 @@ class M3Model(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, colbert_linear: nn.Linear | None,
                  sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "", query_prefix: str = "",
                  passage_prefix: str = "", query_max_length: int | None = None,
-                 passage_max_length: int | None = None, search_weights: Sequence[float] | None = None) -> None:
+                 passage_max_length: int | None = None, search_weights: Sequence[float] | None = None,
+                 case_fold: str = "none") -> None:
         super().__init__()
         if pooling not in checkpoint.POOLINGS:
             raise ValueError(f"pooling must be one of {checkpoint.POOLINGS}, got {pooling!r}")
@@ -55,6 +56,7 @@ class M3Model(nn.Module):
         self.query_max_length: int = resolve_max_length(query_max_length, self.max_length, name="query_max_length")
         self.passage_max_length: int = resolve_max_length(passage_max_length, self.max_length,
                                                           name="passage_max_length")
+        self.case_fold = checkpoint.M3Config(case_fold=case_fold).case_fold  # applied by input_texts
         # the default weights of an index built with this model (m3embed.json's search_weights)
         self.search_weights: tuple[float, float, float] = tuple(search_weights or SEARCH_WEIGHTS)
         # FlagEmbedding's list (BGEM3FlagModel: cls, eos, pad, unk where the tokenizer has them); a BERT
@@ -101,7 +103,7 @@ class M3Model(nn.Module):
         options = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
                    "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix,
                    "query_max_length": config.query_max_length, "passage_max_length": config.passage_max_length,
-                   "search_weights": config.search_weights}
+                   "search_weights": config.search_weights, "case_fold": config.case_fold}
         checkpoint.M3Config(pooling=config.pooling, **options)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
         key = identity.weights_key(directory)  # the files as they are when read
@@ -147,7 +149,7 @@ class M3Model(nn.Module):
                    for name in ("query_max_length", "passage_max_length")}
         weights = None if self.search_weights == SEARCH_WEIGHTS else list(self.search_weights)
         checkpoint.M3Config(pooling=self.pooling, query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
-                            search_weights=weights, **lengths).save(directory)
+                            search_weights=weights, case_fold=self.case_fold, **lengths).save(directory)
         return directory
 
     @property
@@ -259,28 +261,29 @@ class M3Model(nn.Module):
                 larger value is an error (`m3embed.tokenize.resolve_max_length`).
             batch_tokens, max_batch_size, mcls, progress: see `m3embed.encode.encode`.
         """
-        return self._encode(check_texts(texts), modes, max_length, None, batch_tokens, max_batch_size, mcls,
+        return self._encode(self.input_texts(texts), modes, max_length, None, batch_tokens, max_batch_size, mcls,
                             progress)
 
-    def with_prefix(self, texts: Sequence[str] | str, role: str) -> list[str]:
-        """The texts with the model's prefix for `role` ("query" or "passage") prepended, checked as `encode` does."""
-        if role not in ("query", "passage"):
-            raise ValueError(f"role must be 'query' or 'passage', got {role!r}")
-        prefix = self.query_prefix if role == "query" else self.passage_prefix
-        return [prefix + t for t in check_texts(texts)]
+    def input_texts(self, texts: Sequence[str] | str, role: str | None = None) -> list[str]:
+        """The texts as the encoder reads them, checked as `encode` does: the model's prefix for `role` ("query"
+        or "passage"; None: none) prepended, and its `case_fold` applied (`m3embed.tokenize.fold_case`)."""
+        if role not in (None, "query", "passage"):
+            raise ValueError(f"role must be 'query', 'passage' or None, got {role!r}")
+        prefix = {None: "", "query": self.query_prefix, "passage": self.passage_prefix}[role]
+        return fold_case([prefix + t for t in check_texts(texts)], self.case_fold)
 
     def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                        max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                        mcls: bool | int = False, progress: bool | None = None) -> M3Output:
         """`encode` of `query_prefix + text`, truncating at `max_length`, by default `self.query_max_length`."""
-        return self._encode(self.with_prefix(texts, "query"), modes, max_length, self.query_max_length,
+        return self._encode(self.input_texts(texts, "query"), modes, max_length, self.query_max_length,
                             batch_tokens, max_batch_size, mcls, progress)
 
     def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                       max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                       mcls: bool | int = False, progress: bool | None = None) -> M3Output:
         """`encode` of `passage_prefix + text`, truncating at `max_length`, by default `self.passage_max_length`."""
-        return self._encode(self.with_prefix(texts, "passage"), modes, max_length, self.passage_max_length,
+        return self._encode(self.input_texts(texts, "passage"), modes, max_length, self.passage_max_length,
                             batch_tokens, max_batch_size, mcls, progress)
 
     def _encode(self, texts: list[str], modes: Sequence[str] | str, max_length: int | None, default: int | None,

@@ -23,7 +23,7 @@ from scipy.special import erf
 from m3embed import checkpoint, identity
 from m3embed.modes import MODES, check_modes
 from m3embed.sources import resolve
-from m3embed.tokenize import check_texts, resolve_max_length, tokenize, warn_truncated
+from m3embed.tokenize import check_texts, fold_case, resolve_max_length, tokenize, warn_truncated
 from m3embed.types import M3Output, lexical_csr
 
 ARCHITECTURES = ("bert", "xlm-roberta")  # post-LayerNorm encoders with learned absolute positions
@@ -63,7 +63,7 @@ class NumpyEncoder:
                  settings: checkpoint.M3Config, fingerprint: str) -> None:
         self.name, self.fingerprint = name, fingerprint
         self.config, self._w, self._heads, self.tokenizer = config, weights, heads, tokenizer
-        self.pooling, self.query_prefix = settings.pooling, settings.query_prefix
+        self.pooling, self.query_prefix, self.case_fold = settings.pooling, settings.query_prefix, settings.case_fold
         self.hidden_size: int = config.hidden_size
         self.vocab_size: int = config.vocab_size
         self.max_length = checkpoint.position_limit(config)
@@ -91,7 +91,7 @@ class NumpyEncoder:
             return None
         settings = checkpoint.read_config(directory)
         fingerprint = identity.known_fingerprint(directory, settings.pooling,
-                                                 (settings.query_prefix, settings.passage_prefix))
+                                                 (settings.query_prefix, settings.passage_prefix), settings.case_fold)
         if fingerprint is None:
             return None
         try:
@@ -107,12 +107,13 @@ class NumpyEncoder:
 
     def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                        max_length: int | None = None) -> M3Output:
-        """`M3Model.encode_queries` in float32 on CPU: the query prefix, truncation at `query_max_length`."""
+        """`M3Model.encode_queries` in float32 on CPU: the query prefix, the case folding, truncation at
+        `query_max_length`."""
         modes = check_modes(modes)
         missing = [m for m in modes if m not in self.available_modes()]
         if missing:
             raise ValueError(f"this model has no {missing[0]} head ({checkpoint.HEAD_FILES[missing[0]]})")
-        texts = [self.query_prefix + t for t in check_texts(texts)]
+        texts = fold_case([self.query_prefix + t for t in check_texts(texts)], self.case_fold)
         length = resolve_max_length(max_length, self.max_length, self.query_max_length)
         ids = tokenize(self.tokenizer, texts, length)
         warn_truncated(self.tokenizer, texts, ids, length, self.max_length)

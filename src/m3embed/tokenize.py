@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from m3embed.checkpoint import CASE_FOLDS
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +65,27 @@ def resolve_max_length(given: int | None, limit: int, default: int | None = None
     if given < 2:
         raise ValueError(f"{name} must be at least 2 (room for the special tokens), got {given}")
     return given
+
+
+_WORD = re.compile(r"[^\W\d_]+")  # a run of letters (any script)
+
+
+def fold_case(texts: list[str], rule: str) -> list[str]:
+    """Texts as a model with case folding `rule` reads them: "none" as given; "capitals" lower-cases every word
+    written in capitals (two letters or more, all upper case: "UNIVERSITY LIBRARIES" -> "university libraries",
+    "Carl Scheele" and "a DNA test" -> "a dna test"); "lower" lower-cases the whole text."""
+    if rule == "none":
+        return texts
+    if rule == "lower":
+        return [t.lower() for t in texts]
+    if rule != "capitals":
+        raise ValueError(f"case_fold must be one of {CASE_FOLDS}, got {rule!r}")
+    return [_WORD.sub(_fold_word, t) for t in texts]
+
+
+def _fold_word(m: re.Match) -> str:
+    word = m[0]
+    return word.lower() if len(word) > 1 and word.isupper() else word
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

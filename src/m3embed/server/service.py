@@ -208,8 +208,7 @@ class Service:
                     role: str | None = None) -> list[int]:
         """Token counts of the texts as encoded for `role` (its prompt included), after truncation; with
         truncate=False an over-long text is a 422."""
-        if role is not None:
-            texts = self.model.with_prefix(texts, role)
+        texts = self.model.input_texts(texts, role)
         if sum(len(t) for t in texts) <= _INLINE_CHARS:  # well under a millisecond: skip the thread hop
             counts = self.tokens.count(texts)
         else:

@@ -230,7 +230,7 @@ class Trainer:
         from m3embed.tokenize import pad, tokenize
 
         tok, model = self.model.tokenizer, self.model
-        queries, passages = model.with_prefix(batch.queries, "query"), model.with_prefix(batch.passages, "passage")
+        queries, passages = model.input_texts(batch.queries, "query"), model.input_texts(batch.passages, "passage")
         q_ids, q_mask = pad(tokenize(tok, queries, self.query_max_length), tok.pad_token_id)
         p_ids, p_mask = pad(tokenize(tok, passages, self.passage_max_length), tok.pad_token_id)
         teacher = (
