@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m3embed._optional import require
 from m3embed.documents import check_id, check_metadata
 
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
@@ -78,8 +79,7 @@ def count_records(path: str | Path) -> int | None:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
+        pq = require("pyarrow.parquet", "parquet")
         return pq.ParquetFile(path).metadata.num_rows
     if suffix in (".jsonl", ".json", ".txt"):
         with path.open("rb") as f:
@@ -188,8 +188,7 @@ def _jsonl(path: Path, text_field: str, id_field: str, title_field: str | None,
 
 def _parquet(path: Path, text_field: str, id_field: str, title_field: str | None,
              generate_ids: bool) -> Iterator[Record]:
-    import pyarrow.parquet as pq
-
+    pq = require("pyarrow.parquet", "parquet")
     reader = pq.ParquetFile(path)
     if text_field not in reader.schema_arrow.names:
         raise ValueError(f"{path}: missing column {text_field!r} (columns: {', '.join(reader.schema_arrow.names)})")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse as sp
 
+from m3embed._optional import require
 from m3embed.types import SparseVector
 
 Lexical = SparseVector | dict[str, float]  # ours, or FlagEmbedding's lexical_weights dict
@@ -50,8 +51,7 @@ def as_sparse(weights: Lexical) -> SparseVector:
 
 def to_qdrant(weights: Lexical) -> Any:
     """`qdrant_client.models.SparseVector`: the ids as indices (sorted, unique), the weights as values."""
-    from qdrant_client import models
-
+    models = require("qdrant_client.models", "qdrant")
     v = as_sparse(weights)
     return models.SparseVector(indices=v.ids.tolist(), values=v.weights.tolist())
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from m3embed._optional import require
 from m3embed.diskspace import check_free
 from m3embed.index.manifest import (
     LOCK_NAME,
@@ -209,15 +210,14 @@ def _load_dir_store(directory: Path, manifest: Manifest, collection: str) -> Sto
 
 
 def _client(location: Any, options: Mapping[str, Any] | None, path: bool = False) -> Any:
-    from qdrant_client import QdrantClient
-
     if not isinstance(location, (str, Path)):
         return location  # a QdrantClient the caller built
+    qdrant_client = require("qdrant_client", "qdrant")
     if path:
-        return QdrantClient(path=str(location), **dict(options or {}))
+        return qdrant_client.QdrantClient(path=str(location), **dict(options or {}))
     if str(location) == ":memory:":
-        return QdrantClient(location=":memory:", **dict(options or {}))
-    return QdrantClient(url=str(location), **dict(options or {}))
+        return qdrant_client.QdrantClient(location=":memory:", **dict(options or {}))
+    return qdrant_client.QdrantClient(url=str(location), **dict(options or {}))
 
 
 def _describe(location: Any) -> str:

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from m3embed._optional import require
 from m3embed.index.manifest import ColbertStorage, Manifest
 from m3embed.index.store import (
     Condition,
@@ -29,6 +28,12 @@ from m3embed.index.store import (
     stored_vectors,
 )
 from m3embed.types import SparseVector
+
+# the [qdrant] extra: without it, importing this module raises MissingExtra with the one-line install hint
+QdrantClient = require("qdrant_client", "qdrant").QdrantClient
+models = require("qdrant_client.models", "qdrant")
+_exceptions = require("qdrant_client.http.exceptions", "qdrant")
+ResponseHandlingException, UnexpectedResponse = _exceptions.ResponseHandlingException, _exceptions.UnexpectedResponse
 
 METADATA_KEY = "m3embed"  # the manifest, kept in the collection's metadata
 F = TypeVar("F", bound=Callable[..., Any])

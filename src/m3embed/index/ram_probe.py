@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -17,8 +18,10 @@ def main(argv: list[str]) -> None:
     import ctypes
     import ctypes.util
 
-    import qdrant_client  # noqa: F401 (imported before the baseline: the engines' code is not the index)
-    import qdrant_edge  # noqa: F401
+    import qdrant_edge  # noqa: F401 (imported before the baseline: the engines' code is not the index)
+
+    with contextlib.suppress(ImportError):  # the [qdrant] extra: a core install opens Qdrant Edge indexes only
+        import qdrant_client  # noqa: F401
 
     from m3embed.index.core import Index
     from m3embed.index.directory import DEFAULT_COLLECTION
