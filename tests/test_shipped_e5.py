@@ -61,3 +61,12 @@ def test_sparse_weights_content_words_above_stopwords(model):
     content = [w for t, w in weights.items() if t.strip().lower() in ("river", "amazon", "rainforest", "flows")]
     stop = [w for t, w in weights.items() if t.strip().lower() in ("which", "the", "through", "query", ":")]
     assert content and np.mean(content) > np.mean(stop or [0.0])
+
+
+def test_its_own_weights_and_case_folding(model):
+    """m3embed.json gives the hybrid weights fitted on train-side questions and folds words written in capitals
+    (recipes/e5-m3-small/fit_weights.py, case_study.py): a query typed in capitals matches as it is written."""
+    assert model.search_weights == (0.65, 0.15, 0.2) and model.case_fold == "capitals"
+    shouted = QUERIES["en"].upper()  # "WHICH RIVER FLOWS THROUGH THE AMAZON RAINFOREST?"
+    lexical = model.compute_score([(shouted, RELEVANT), (QUERIES["en"], RELEVANT)])["sparse"]
+    assert lexical[0] > 0.5 * lexical[1] > 0  # folded, the capitals share the passage's words

@@ -1,14 +1,13 @@
 """Letter case and e5-m3-small (issue 21 item 3), measured on train-side data only.
 
 XLM-R's pieces are cased, so a text in capitals falls apart into rare fragments. On the held-out XQuAD train
-questions and train paragraphs of fit_weights.py (the languages with letter case: en, de, es, ru), four
-conditions of the *data* — as given; questions in capitals (a search box with caps lock); paragraphs in
-capitals (an old collection); both in capitals — are crossed with three *folding rules* the model could apply to
-every input: none; `capitals` (a word whose letters are all capitals, two or more of them, is lower-cased);
-`lower` (the whole text lower-cased). Reported: nDCG@10 of each mode and of `all` at the default weights, mean
-over the four languages.
+questions and train paragraphs of fit_weights.py (languages with letter case: en, de, ru), three conditions of
+the *data* (as given; questions in capitals, a search box with caps lock; both in capitals, an old collection as
+LISA and TIME are written) are crossed with three *folding rules* the model could apply to every input: none;
+`capitals` (a word whose letters are all capitals, two or more of them, is lower-cased); `lower` (the whole
+text lower-cased). Reported: nDCG@10 of each mode and of `all` at --weights, mean over the languages.
 
-    python recipes/e5-m3-small/case_study.py --out runs/e5-m3-small/case_study.json
+    python recipes/e5-m3-small/case_study.py --weights 0.65 0.15 0.2 --out runs/e5-m3-small/case_study.json
 """
 
 from __future__ import annotations
@@ -30,19 +29,32 @@ from m3embed.model import M3Model  # noqa: E402
 WORD = re.compile(r"[^\W\d_]+")
 RULES = {"none": lambda t: t, "capitals": lambda t: WORD.sub(lambda m: m[0].lower() if len(m[0]) > 1 and m[0].isupper()
                                                               else m[0], t), "lower": str.lower}
-DATA = {"as given": (False, False), "questions in capitals": (True, False), "paragraphs in capitals": (False, True),
-        "both in capitals": (True, True)}
+DATA = {"as given": (False, False), "questions in capitals": (True, False), "both in capitals": (True, True)}
+
+
+def _memo(encode):
+    seen: dict[tuple[str, ...], object] = {}
+
+    def cached(texts, **options):
+        key = tuple(texts)
+        if key not in seen:
+            seen[key] = encode(texts, **options)
+        return seen[key]
+
+    return cached
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="e5-m3-small")
-    ap.add_argument("--langs", nargs="+", default=["en", "de", "es", "ru"])
+    ap.add_argument("--langs", nargs="+", default=["en", "de", "ru"])
     ap.add_argument("--weights", type=float, nargs=3, default=[0.4, 0.2, 0.4])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     start = time.time()
     model = M3Model.from_pretrained(args.model, device="cpu")
+    for role in ("encode_queries", "encode_corpus"):  # a text list that two conditions share is encoded once
+        setattr(model, role, _memo(getattr(model, role)))
     held = held_out_questions()
     table: dict[str, dict[str, dict[str, float]]] = {}
     for data, (q_up, p_up) in DATA.items():

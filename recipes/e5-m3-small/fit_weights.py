@@ -1,0 +1,113 @@
+"""Fit e5-m3-small's hybrid weights on XQuAD *train* questions the heads never saw (issue 21 item 2).
+
+build_data.py samples 450 of the 894 train-article questions (seed 0) for training; the other 444 of each
+language are held out here. For each of the 11 train-side sets (6 monolingual, 5 X -> English), the corpus is
+every paragraph of the train articles in the paragraph language (~180), the queries are the held-out questions.
+Every mode's score of every (query, paragraph) is computed once (float32; the corpus is small enough that the
+union of the dense and sparse candidates is the whole of it), then each weight triple on a 0.05 grid of the
+simplex is scored by mean nDCG@10 of `dense+sparse` and of `all` (one relevant paragraph a question: nDCG@10 =
+1 / log2(1 + rank) within the first 10). Two score forms are fitted: the raw M3 sum (weights are the whole
+calibration: a per-mode affine map changes a ranking only through its scale) and per-query z-scores of each
+mode over the candidates. No dev question, dev paragraph, or other evaluation set is read.
+
+    python recipes/e5-m3-small/fit_weights.py --model e5-m3-small --out runs/e5-m3-small/weights.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_data import DATA, LANGS, is_train_article, read_jsonl, train_qrels  # noqa: E402
+
+from m3embed.model import M3Model  # noqa: E402
+from m3embed.scoring import colbert_scores, dense_scores, lexical_scores  # noqa: E402
+
+MODES = ("dense", "sparse", "colbert")
+
+
+def held_out_questions(questions: int = 450, seed: int = 0) -> set[str]:
+    """The train-article question ids build_data.py did not sample (the same rng call, the same seed)."""
+    ids = sorted(qid for qid, _ in train_qrels("en"))
+    keep = set(random.Random(seed).sample(ids, min(questions, len(ids))))
+    return set(ids) - keep
+
+
+def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_length: int,
+                q_text=lambda t: t, p_text=lambda t: t):
+    """(scores {mode: (Q, D)}, gold column per query) of one train-side set, its questions and paragraphs
+    passed through `q_text` and `p_text` first."""
+    docs = [d for d in read_jsonl(DATA / "xquad" / p_lang / "corpus.jsonl") if is_train_article(d["id"])]
+    col = {d["id"]: j for j, d in enumerate(docs)}
+    texts = {q["id"]: q["text"] for q in read_jsonl(DATA / "xquad" / q_lang / "queries.jsonl")}
+    pairs = [(qid, pid) for qid, pid in train_qrels(q_lang) if qid in held]
+    # xquad ids are shared across languages: question qid's paragraph pid has the same id in every language
+    q = model.encode_queries([q_text(texts[qid]) for qid, _ in pairs], modes=MODES, max_length=max_length)
+    p = model.encode_corpus([p_text(d["text"]) for d in docs], modes=MODES, max_length=max_length)
+    scores = {"dense": dense_scores(q.dense, p.dense), "sparse": lexical_scores(q.sparse, p.sparse),
+              "colbert": np.stack([colbert_scores(c, p.colbert) for c in q.colbert])}
+    return scores, np.array([col[pid] for _, pid in pairs])
+
+
+def ndcg10(total: np.ndarray, gold: np.ndarray) -> float:
+    g = total[np.arange(len(gold)), gold]
+    rank = 1 + (total > g[:, None]).sum(1)
+    return float(np.where(rank <= 10, 1 / np.log2(1 + rank), 0.0).mean())
+
+
+def zscores(s: np.ndarray) -> np.ndarray:
+    return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-6)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="e5-m3-small")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    start = time.time()
+    model = M3Model.from_pretrained(args.model, device="cpu")
+    held = held_out_questions()
+    sets = {f"{lang}": (lang, lang) for lang in LANGS} | {f"{lang}-en": (lang, "en") for lang in LANGS if lang != "en"}
+    data = {name: mode_scores(model, ql, pl, held, args.max_length) for name, (ql, pl) in sets.items()}
+    print(f"encoded {len(held)} held-out questions x {len(sets)} sets in {time.time() - start:.0f} s", flush=True)
+    grid = [w for w in itertools.product(np.round(np.arange(0, 1.0001, 0.05), 2), repeat=3)
+            if abs(sum(w) - 1) < 1e-6]
+    result: dict[str, object] = {"model": args.model, "held_out_questions": len(held), "sets": list(sets)}
+    for form, prep in (("raw", lambda s: s), ("z", zscores)):
+        ready = {name: ({m: prep(s[m]) for m in MODES}, gold) for name, (s, gold) in data.items()}
+
+        def score(w, ready=ready) -> dict[str, float]:
+            per = {name: ndcg10(sum(wi * s[m] for wi, m in zip(w, MODES)), gold) for name, (s, gold) in ready.items()}
+            return {"mean": float(np.mean(list(per.values()))), **per}
+
+        single = {m: score(tuple(float(m == x) for x in MODES))["mean"] for m in MODES}
+        # one triple serves both hybrids: `all` uses the three, `dense+sparse` the first two
+        both = {w: (score(w), score((w[0], w[1], 0.0))) for w in grid if w[2] > 0 and w[0] + w[1] > 0}
+        fits = {"all": (1, 0), "dense+sparse": (0, 1), "joint": (1, 1)}  # goal: weights of the two means
+        result[form] = {"single_modes": single}
+        default = (0.4, 0.2, 0.4)
+        print(f"[{form}] single modes {json.dumps({m: round(v, 4) for m, v in single.items()})}; default "
+              f"{default}: all {both[default][0]['mean']:.4f}, dense+sparse {both[default][1]['mean']:.4f}")
+        for goal, (a, b) in fits.items():
+            w = max(both, key=lambda w, a=a, b=b: a * both[w][0]["mean"] + b * both[w][1]["mean"])
+            result[form][f"best_{goal}"] = {"weights": list(w), "all": both[w][0], "dense+sparse": both[w][1]}
+            print(f"[{form}] best for {goal}: {w}: all {both[w][0]['mean']:.4f}, "
+                  f"dense+sparse {both[w][1]['mean']:.4f}", flush=True)
+        result[form]["default"] = {"weights": list(default), "all": both[default][0],
+                                   "dense+sparse": both[default][1]}
+    result["seconds"] = round(time.time() - start)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
