@@ -214,7 +214,7 @@ def index_info(
     table = Table(show_header=False, title=Text(f"m3embed index: {index}"))
     for k, v in info.items():
         if isinstance(v, list):
-            v = ", ".join(v)
+            v = ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
         elif isinstance(v, dict):
             v = ", ".join(f"{name}={value}" for name, value in v.items())
         table.add_row(k, Text(str(v)))
