@@ -43,9 +43,13 @@ def grads_of(trainer: UnsupervisedTrainer, seed: int = 0) -> tuple[float, dict[s
 
 
 def assert_same_grads(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    """Equal within 1e-5 of each tensor's largest gradient: float32 sums in another order (the chunks) differ by
+    ~2e-5 relative on the word-embedding gradient, a sum over every token, on some CPUs (AVX2-only AMD EPYC)."""
     assert got.keys() == ref.keys() and ref
     for name in ref:
-        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-5, msg=name)
+        scale = max(float(ref[name].abs().max()), 1.0)
+        err = float((got[name] - ref[name]).abs().max())
+        assert err <= 1e-5 * scale, f"{name}: largest difference {err:.3g}, allowed {1e-5 * scale:.3g}"
 
 
 @pytest.mark.parametrize("modes", [("dense",), ("dense", "sparse", "colbert")], ids=",".join)
