@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from m3embed.modes import check_weights
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -68,8 +70,6 @@ class M3Config:
         if self.case_fold not in CASE_FOLDS:
             raise ValueError(f"case_fold must be one of {CASE_FOLDS}, got {self.case_fold!r}")
         if self.search_weights is not None:
-            from m3embed.modes import check_weights
-
             self.search_weights = list(check_weights(self.search_weights, name="search_weights"))
 
     def save(self, directory: Path) -> None:

@@ -40,7 +40,7 @@ def fingerprint(model: Any) -> str:
     digest.update(model.pooling.encode())
     if model.query_prefix or model.passage_prefix:  # prompts change the outputs; none keeps older fingerprints
         digest.update(json.dumps([model.query_prefix, model.passage_prefix]).encode())
-    if getattr(model, "case_fold", "none") != "none":  # folding changes the outputs; none keeps older fingerprints
+    if model.case_fold != "none":  # folding changes the outputs; none keeps older fingerprints
         digest.update(f"case_fold:{model.case_fold}".encode())
     digest.update(b"encoder" + model.encoder_digest.digest(model.backbone).encode())
     for mode, head in (("colbert", model.colbert_linear), ("sparse", model.sparse_linear)):
@@ -50,9 +50,8 @@ def fingerprint(model: Any) -> str:
     value = digest.hexdigest()[:16]
     directory = model.encoder_digest.checkpoint(model.backbone, (model.colbert_linear, model.sparse_linear))
     if directory is not None:  # as loaded from its files: remember it for models that do not load torch
-        key = checkpoint_key(directory, model.pooling, (model.query_prefix, model.passage_prefix), model.case_fold)
-        if key is not None and cached_digest(key) != value:
-            store_digest(key, value)
+        model.encoder_digest.remember(directory, model.pooling, (model.query_prefix, model.passage_prefix),
+                                      model.case_fold, value)
     return value
 
 
@@ -121,6 +120,7 @@ class EncoderDigest:
         self._source: tuple[Path, str | None, tuple] | None = None  # (directory, weights_key, versions)
         self._heads: tuple | None = None  # versions of the heads read from the directory's files
         self._memo: tuple[tuple, str] | None = None  # (versions, digest)
+        self._remembered: tuple[str, str] | None = None  # (checkpoint_key, fingerprint) last stored
 
     def loaded(self, backbone: nn.Module, directory: Path, key: str | None,
                heads: tuple[nn.Module | None, ...] | None = None) -> None:
@@ -131,6 +131,15 @@ class EncoderDigest:
             key = None  # the files changed while being read: hash what was loaded, cache nothing
         self._source = (directory, key, _versions(backbone))
         self._heads = None if heads is None else _head_versions(heads)
+
+    def remember(self, directory: Path, pooling: str, prompts: tuple[str, str], case_fold: str,
+                 fingerprint: str) -> None:
+        """Store `fingerprint` as the checkpoint's (`known_fingerprint`), once per model and settings."""
+        key = checkpoint_key(directory, pooling, prompts, case_fold)
+        if key is not None and self._remembered != (key, fingerprint):
+            if cached_digest(key) != fingerprint:
+                store_digest(key, fingerprint)
+            self._remembered = (key, fingerprint)
 
     def checkpoint(self, backbone: nn.Module, heads: tuple[nn.Module | None, ...]) -> Path | None:
         """The directory whose files the model holds, while its encoder and heads are unchanged since read."""

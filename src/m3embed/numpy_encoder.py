@@ -73,9 +73,10 @@ class NumpyEncoder:
         self._act = _ACTIVATIONS[config.hidden_act]
 
     @classmethod
-    def load(cls, name_or_path: str) -> NumpyEncoder | None:
+    def load(cls, name_or_path: str, fingerprint: str | None = None) -> NumpyEncoder | None:
         """The encoder of a local or cached checkpoint, or None where this module does not cover it: another
-        architecture, weights not in safetensors, no tokenizer.json, or no fingerprint known for its files."""
+        architecture, weights not in safetensors, no tokenizer.json, no fingerprint known for its files, or
+        (given `fingerprint`, an index's) another one; the weights are read only once all of that holds."""
         try:
             directory = resolve(name_or_path, None)
         except Exception:  # a hub id not yet downloaded, a shipped model not yet assembled: M3Model's business
@@ -90,9 +91,9 @@ class NumpyEncoder:
                 or getattr(config, "is_decoder", False)):
             return None
         settings = checkpoint.read_config(directory)
-        fingerprint = identity.known_fingerprint(directory, settings.pooling,
-                                                 (settings.query_prefix, settings.passage_prefix), settings.case_fold)
-        if fingerprint is None:
+        known = identity.known_fingerprint(directory, settings.pooling,
+                                           (settings.query_prefix, settings.passage_prefix), settings.case_fold)
+        if known is None or fingerprint not in (None, known):
             return None
         try:
             heads = {mode: _read_head(directory / f) for mode, f in checkpoint.HEAD_FILES.items()
@@ -100,7 +101,7 @@ class NumpyEncoder:
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError):
             return None  # M3Model reads it, or says what is wrong with it
         return cls(directory, str(name_or_path), config, _read_weights(files), heads,
-                   _Tokenizer(directory / "tokenizer.json"), settings, fingerprint)
+                   _Tokenizer(directory / "tokenizer.json"), settings, known)
 
     def available_modes(self) -> tuple[str, ...]:
         return tuple(m for m in MODES if m == "dense" or m in self._heads)

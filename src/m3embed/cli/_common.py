@@ -70,17 +70,15 @@ def _index_model(index, model: str | None, dtype: str, device: str | None, *, qu
     `queries_only` (a command that encodes a few queries and exits): in float32 on CPU, the index's own model
     runs in NumPy (`m3embed.numpy_encoder`, no torch to import) when it covers the checkpoint.
     """
-    from m3embed.index.manifest import model_fingerprint
-
     name = model or index.manifest.model_name
     if not name:
         raise ValueError(f"index {index.location} records no model path; pass --model")
     if queries_only and dtype == "float32" and device in (None, "cpu"):
         from m3embed.numpy_encoder import NumpyEncoder
 
-        fast, manifest = NumpyEncoder.load(name), index.manifest
-        if (fast is not None and model_fingerprint(fast, manifest.fingerprint_version) == manifest.fingerprint
-                and set(manifest.modes) <= set(fast.available_modes())):
+        manifest = index.manifest  # an index of fingerprint scheme 1 never matches: M3Model checks it
+        fast = NumpyEncoder.load(name, manifest.fingerprint) if manifest.fingerprint_version == 2 else None
+        if fast is not None and set(manifest.modes) <= set(fast.available_modes()):
             index.attach(fast)
             return fast
     index.attach(_load(name, index.manifest.modes, dtype, device))
