@@ -15,6 +15,9 @@ from m3embed.cli._common import (
     console,
 )
 
+ATTENTION_DROPOUT_HELP = ("attention dropout in training (default: the checkpoint's); 0 lets the fused attention "
+                          "kernel run, whose memory is linear in the length (long inputs)")
+
 
 def _train_option(field: str, *flags: str, help: str, config: str = "TrainConfig") -> typer.models.OptionInfo:
     """A training option setting `config`.`field` (a class of m3embed.train.config), with its default (one place
@@ -77,6 +80,7 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
     bf16: bool = _train_option("bf16", help="bf16 autocast for the encoder"),
     gradient_checkpointing: bool = _train_option("gradient_checkpointing",
                                                  help="recompute encoder layers in the backward pass"),
+    attention_dropout: float | None = _train_option("attention_dropout", help=ATTENTION_DROPOUT_HELP),
     sub_batch_size: int | None = _train_option("sub_batch_size",
                                                help="texts per checkpointed encoder chunk (saves memory)"),
     cache_encoder_states: bool | None = _train_option(
@@ -154,6 +158,7 @@ def train_unsupervised_command(  # every parameter is named as the UnsupervisedT
     bf16: bool = _unsup_option("bf16", help="bf16 autocast for the encoder"),
     gradient_checkpointing: bool = _unsup_option("gradient_checkpointing",
                                                  help="recompute encoder layers in the backward pass"),
+    attention_dropout: float | None = _unsup_option("attention_dropout", help=ATTENTION_DROPOUT_HELP),
     seed: int = _unsup_option("seed", help="seed of the data order and new heads"),
     device: str | None = _unsup_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
                                        "available)"),
@@ -207,6 +212,7 @@ def pretrain_command(  # every parameter is named as the PretrainConfig field it
     bf16: bool = _pretrain_option("bf16", help="bf16 autocast"),
     gradient_checkpointing: bool = _pretrain_option("gradient_checkpointing",
                                                     help="recompute encoder layers in the backward pass"),
+    attention_dropout: float | None = _pretrain_option("attention_dropout", help=ATTENTION_DROPOUT_HELP),
     seed: int = _pretrain_option("seed", help="seed of the data order, masks and the new decoder"),
     device: str | None = _pretrain_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
                                           "available)"),
@@ -276,6 +282,7 @@ def train_reranker_command(  # every parameter is named as the RerankerTrainConf
     bf16: bool = _reranker_option("bf16", help="bf16 autocast"),
     gradient_checkpointing: bool = _reranker_option("gradient_checkpointing",
                                                     help="recompute encoder layers in the backward pass"),
+    attention_dropout: float | None = _reranker_option("attention_dropout", help=ATTENTION_DROPOUT_HELP),
     sub_batch_size: int | None = _reranker_option("sub_batch_size", help="pairs per checkpointed chunk"),
     seed: int = _reranker_option("seed", help="seed of the data order, group sampling and a new head"),
     device: str | None = _reranker_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "

@@ -54,6 +54,10 @@ class RunConfig:
     bf16: bool = False  # bf16 autocast (GPU, or CPU with AVX512-BF16); losses stay float32
     gradient_checkpointing: bool = False  # recompute encoder layers in backward: long passages fit
     sub_batch_size: int | None = None  # texts per checkpointed encoder chunk; None = encode in one go
+    # attention-probability dropout of every attention layer while training; None = the checkpoint's. 0 lets torch
+    # run its fused attention kernel in training, whose memory grows linearly with the length (with dropout the
+    # CPU kernel materialises a (T x T) map per head): what 8,192-token steps need
+    attention_dropout: float | None = None
     seed: int = 42
     device: str | None = None  # None: cuda:LOCAL_RANK when available, else cpu
 
@@ -108,6 +112,11 @@ class RunConfig:
                 "must be >= 0",
             ),
             (self.logging_steps >= 1, ("logging_steps",), "must be >= 1"),
+            (
+                self.attention_dropout is None or 0 <= self.attention_dropout < 1,
+                ("attention_dropout",),
+                "must be in [0, 1) or None",
+            ),
             (
                 self.teacher_scores in TEACHER_SCORE_USE,
                 ("teacher_scores",),

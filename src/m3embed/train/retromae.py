@@ -88,8 +88,8 @@ class EnhancedDecoder(nn.Module):
         self.ffn_in, self.ffn_out = nn.Linear(h, config.intermediate_size), nn.Linear(config.intermediate_size, h)
         self.act = ACT2FN[config.hidden_act]
         self.norm2 = nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.attention_dropout = config.attention_probs_dropout_prob
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)  # on the attention probabilities
         for module in self.modules():  # the backbone's initialisation
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=config.initializer_range)
@@ -101,9 +101,9 @@ class EnhancedDecoder(nn.Module):
         q, k, v = (proj(x).view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
                    for proj, x in ((self.query, h1), (self.key, h2), (self.value, h2)))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None],
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
-        x = self.norm1(h1 + self.dropout(self.out(a.transpose(1, 2).reshape(b, t, h))))
-        return self.norm2(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+                                           dropout_p=self.dropout.p if self.training else 0.0)
+        x = self.norm1(h1 + self.hidden_dropout(self.out(a.transpose(1, 2).reshape(b, t, h))))
+        return self.norm2(x + self.hidden_dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
 class RetroMAEModel(nn.Module):

@@ -95,6 +95,24 @@ def configure_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
     return trained
 
 
+def set_attention_dropout(model: nn.Module, p: float) -> int:
+    """Set the attention-probability dropout of every attention layer in `model` to `p`; return how many.
+
+    An attention layer is a module with `query`, `key`, `value` projections and an `nn.Dropout` named `dropout`
+    (BERT's and XLM-R's self-attention in transformers, the RetroMAE decoder), whose attention reads that
+    dropout's `p` in training. The saved config is left as it was. Raises ValueError when there is none.
+    """
+    layers = [m for m in model.modules()
+              if all(hasattr(m, a) for a in ("query", "key", "value")) and isinstance(getattr(m, "dropout", None),
+                                                                                      nn.Dropout)]
+    if not layers:
+        raise ValueError(f"attention_dropout={p}: no attention layer with query/key/value projections and a "
+                         f"dropout found in {type(model).__name__}")
+    for layer in layers:
+        layer.dropout.p = p
+    return len(layers)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; no weight decay on biases and LayerNorm weights (1-D tensors)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -180,6 +198,8 @@ class Trainer:
         # token limits: defaults capped at the model's positions, an explicit value above them is an error
         self.query_max_length, self.passage_max_length = config.max_lengths(self.model.max_length)
         self.trained_parts = self.configure_trainable(self.model)
+        if config.attention_dropout is not None:
+            set_attention_dropout(self.model, config.attention_dropout)
 
     def load_model(self, path: str) -> nn.Module:
         """The model to train, from a checkpoint (or the resumed one)."""
