@@ -15,7 +15,7 @@ m3embed eval "${EVAL[@]}" -m minilm-m3 --passage-max-length 512 -o $RUN/eval/lon
 
 for method in copy interpolate; do
   m3embed extend-positions minilm-m3 $RUN/ext-$method --max-length 8192 --method $method
-  m3embed info $RUN/ext-$method | grep -i "max\|length" || true
+  m3embed info -m $RUN/ext-$method  # the new limit: 8192 tokens
   m3embed eval "${EVAL[@]}" -m $RUN/ext-$method --passage-max-length $LEN -o $RUN/eval/longdoc/ext-$method-$LEN
   m3embed pretrain $RUN/long_texts.jsonl -m $RUN/ext-$method -o $RUN/retromae-$method --max-length $LEN \
     --per-device-batch-size 2 --epochs 2 --lr 5e-5 --attention-dropout 0 --gradient-checkpointing \
