@@ -1,4 +1,5 @@
-"""Dense retrieval on a long-document set with MCLS off and on, through the same index-backed evaluation.
+"""Retrieval on a long-document set with MCLS off and on, through the same index-backed evaluation (dense by
+default; --modes dense,all adds the hybrid, whose dense part is the MCLS vector when MCLS is on).
 
 `m3embed eval` encodes with the model's own pooling; MCLS (paper §3.4: a CLS token every 256 tokens, the dense
 vector = mean of the CLS states) is an encode option, so this script evaluates three variants of one model:
@@ -46,11 +47,13 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=256, help="tokens between inserted CLS tokens (paper: 256)")
     ap.add_argument("--max-length", type=int, default=512, help="passage truncation (capped at the model's)")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--modes", default="dense", help="comma-separated modes to score, e.g. dense,all")
     args = ap.parse_args()
 
-    model = M3Model.from_pretrained(args.model, modes=("dense",), dtype=args.dtype)
+    modes = tuple(args.modes.split(","))
+    model = M3Model.from_pretrained(args.model, dtype=args.dtype)
     data = load_dataset(args.dataset)
-    settings = M3Settings(modes=("dense",), passage_max_length=args.max_length)
+    settings = M3Settings(modes=modes, passage_max_length=args.max_length)
     variants = {
         "mcls off": model,
         "mcls on": MclsEncoding(model, args.every),
@@ -63,8 +66,9 @@ def main() -> None:
             merged = EvalResult(result.dataset, result.qrels_file, result.n_queries, result.n_docs, result.k,
                                 settings=dict(result.settings))
             merged.scores["bm25"], merged.seconds["bm25"] = result.scores["bm25"], result.seconds["bm25"]
-        merged.scores[f"dense, {name}"] = result.scores["dense"]
-        merged.seconds[f"dense, {name}"] = result.seconds["dense"]
+        for mode in modes:
+            merged.scores[f"{mode}, {name}"] = result.scores[mode]
+            merged.seconds[f"{mode}, {name}"] = result.seconds[mode]
         merged.settings[f"index build s ({name})"] = result.settings["index build s"]
     merged.settings["mcls interval"] = args.every
     merged.settings["model dtype"] = args.dtype
