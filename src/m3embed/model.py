@@ -21,6 +21,18 @@ from m3embed.tokenize import check_pairs, check_texts, fold_case, resolve_max_le
 from m3embed.types import M3Output
 
 
+def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str, cls_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H) sentence states of (B, T, H) `h`: the [CLS] state ("cls") or the mean over `mask` ("mean");
+    with MCLS `cls_positions` (B, K; -1 = none), the mean of the states at those positions."""
+    if cls_positions is not None:
+        valid = (cls_positions >= 0).to(h.dtype)  # (B, K)
+        states = torch.gather(h, 1, cls_positions.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))
+        return (states * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+    if pooling == "cls":
+        return h[:, 0]
+    return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
 class M3Model(nn.Module):
     """One encoder pass → dense, sparse (lexical) and ColBERT representations.
 
@@ -222,22 +234,13 @@ class M3Model(nn.Module):
         mask = attention_mask.to(h.dtype)  # (B, T)
         out: dict[str, torch.Tensor] = {}
         if "dense" in modes:
-            out["dense"] = F.normalize(self._pool(h, mask, cls_positions), dim=-1)  # (B, H)
+            out["dense"] = F.normalize(pool(h, mask, self.pooling, cls_positions), dim=-1)  # (B, H)
         if "sparse" in modes:
             out["token_weights"] = torch.relu(self.sparse_linear(h)).squeeze(-1) * mask  # (B, T)
         if "colbert" in modes:
             c = self.colbert_linear(h[:, 1:]) * mask[:, 1:, None]  # (B, T-1, H)
             out["colbert"] = F.normalize(c, dim=-1)
         return out
-
-    def _pool(self, h: torch.Tensor, mask: torch.Tensor, cls_positions: torch.Tensor | None) -> torch.Tensor:
-        if cls_positions is not None:  # MCLS: mean of the CLS states
-            valid = (cls_positions >= 0).to(h.dtype)  # (B, K)
-            states = torch.gather(h, 1, cls_positions.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))
-            return (states * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
-        if self.pooling == "cls":
-            return h[:, 0]
-        return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     def sparse_embedding(self, input_ids: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
         """(B, vocab) lexical vectors: max weight per token id, special ids zeroed (differentiable)."""

@@ -104,3 +104,28 @@ def test_bert_backbone_pretrains(tmp_path, text_file):
     trainer = PretrainTrainer(config(ckpt, text_file, tmp_path / "out", max_steps=2))
     assert trainer.model.position_offset == 0
     M3Model.from_pretrained(trainer.train())
+
+
+@pytest.mark.parametrize(("pooling", "bottleneck", "read"), [("cls", "pooling", "cls"), ("mean", "pooling", "mean"),
+                                                           ("mean", "cls", "cls")])
+def test_the_decoder_reads_the_embedding_dense_retrieval_uses(xlmr_ckpt, text_file, tmp_path, pooling, bottleneck,
+                                                             read):
+    """By default the bottleneck is the checkpoint's own pooling (m3embed.json): [CLS] for BGE-M3, the mean for e5 /
+    MiniLM; bottleneck="cls" is RetroMAE's [CLS] whatever the pooling. The output keeps the checkpoint's pooling."""
+    import shutil
+
+    from m3embed.checkpoint import M3Config
+    from m3embed.model import pool
+
+    ckpt = shutil.copytree(xlmr_ckpt, tmp_path / "ckpt")
+    M3Config(pooling=pooling).save(ckpt)
+    trainer = PretrainTrainer(config(ckpt, text_file, tmp_path / "out", max_steps=1, bottleneck=bottleneck))
+    model = trainer.model.eval()
+    seen = []
+    model.decoder.register_forward_hook(lambda module, args, out: seen.append(args[1][:, 0]))  # h2[:, 0]
+    x = trainer.collate(sample_texts(20, seed=3)[11:])
+    with torch.no_grad():
+        trainer.loss_fn(**x)
+        h = model.backbone(input_ids=x["encoder_ids"], attention_mask=x["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(seen[0], pool(h, x["attention_mask"].float(), read))
+    assert M3Model.from_pretrained(trainer.train()).pooling == pooling

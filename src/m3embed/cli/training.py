@@ -198,6 +198,8 @@ def pretrain_command(  # every parameter is named as the PretrainConfig field it
     encoder_mask_ratio: float = _pretrain_option("encoder_mask_ratio", help="share of tokens masked for the encoder"),
     decoder_mask_ratio: float = _pretrain_option("decoder_mask_ratio", help="share of positions each decoder row "
                                                  "does not see"),
+    bottleneck: str = _pretrain_option("bottleneck", help="the decoder's sentence embedding: pooling (the "
+                                       "checkpoint's dense pooling) or cls (RetroMAE's [CLS])"),
     per_device_batch_size: int = _pretrain_option("per_device_batch_size", "--per-device-batch-size",
                                                   "--batch-size", help="texts per process per step"),
     group_by_length: bool = _pretrain_option("group_by_length", help="batches of similar length"),

@@ -329,15 +329,18 @@ class PretrainConfig(RunConfig):
     teacher_scores do not apply.
 
     The encoder reads each text with `encoder_mask_ratio` of its tokens masked (BERT's 80/10/10 replacement) and
-    learns by MLM; a one-layer decoder rebuilds every token from the [CLS] embedding and a sampled
-    `decoder_mask_ratio`-masked view of the others (enhanced decoding). Defaults follow FlagEmbedding's RetroMAE
-    example unless a comment says why.
+    learns by MLM; a one-layer decoder rebuilds every token from the sentence embedding (`bottleneck`) and a
+    sampled `decoder_mask_ratio`-masked view of the others (enhanced decoding). Defaults follow FlagEmbedding's
+    RetroMAE example unless a comment says why.
     """
 
     max_length: int | None = None  # tokens per text; None = 512 capped at the model's positions
     text_field: str = "text"  # jsonl key / parquet column of the text (a "title" is prepended when present)
     encoder_mask_ratio: float = 0.3  # RetroMAE: moderate masking of the encoder input
     decoder_mask_ratio: float = 0.5  # RetroMAE: aggressive masking of what each decoder row sees (0.5-0.7)
+    # the decoder's sentence embedding: "pooling" = the checkpoint's dense pooling (m3embed.json: [CLS] for BGE-M3,
+    # the mean for e5 / MiniLM), so the vector dense retrieval uses is the one trained; "cls" = RetroMAE's [CLS]
+    bottleneck: str = "pooling"
     per_device_batch_size: int = 32
     learning_rate: float = 2e-5  # FlagEmbedding's retromae example
     output_dir: str = "m3embed-pretrained"
@@ -352,6 +355,7 @@ class PretrainConfig(RunConfig):
                 ("encoder_mask_ratio", "decoder_mask_ratio"),
                 "must be in (0, 1)",
             ),
+            (self.bottleneck in ("pooling", "cls"), ("bottleneck",), "must be 'pooling' or 'cls'"),
             (self.max_length is None or self.max_length >= 4, ("max_length",), "must be >= 4 or None"),
         ]
 

@@ -1,9 +1,11 @@
-"""RetroMAE pre-training (Xiao et al. 2022, arXiv 2205.12035): a backbone whose [CLS] state holds the text.
+"""RetroMAE pre-training (Xiao et al. 2022, arXiv 2205.12035): a backbone whose sentence embedding holds the text.
 
 Each text is read twice:
 
 * the encoder reads it with `encoder_mask_ratio` (≈ 0.3) of its tokens masked (80 % [MASK], 10 % random, 10 %
-  kept) and learns by MLM; its last [CLS] state is the sentence embedding h;
+  kept) and learns by MLM; its sentence embedding h is the checkpoint's dense pooling of its last states (by
+  default: [CLS] for BGE-M3 as in RetroMAE, the mean for minilm-m3 / e5-m3-small, so the vector dense retrieval
+  uses is the one trained to hold the text; `bottleneck="cls"` takes [CLS] always);
 * a one-layer decoder, built from the backbone's config, rebuilds every token from h under enhanced decoding:
   the query stream H1 = h + position embeddings, the content stream H2 = [h; token + position embeddings of the
   unmasked text], and a position-specific attention mask in which row i sees h and a random
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m3embed import checkpoint
+from m3embed.model import pool
 from m3embed.train import distributed
 from m3embed.train.config import PretrainConfig
 from m3embed.train.data import epoch_batches
@@ -125,6 +128,7 @@ class RetroMAEModel(nn.Module):
         self.tokenizer = tokenizer
         self.source = source
         self.decoder = EnhancedDecoder(mlm.config) if decoder is None else decoder
+        self.pooling = checkpoint.read_config(source).pooling if source is not None else "cls"  # dense's
         self.max_length = checkpoint.position_limit(mlm.config)
         self.position_offset = mlm.config.max_position_embeddings - self.max_length  # XLM-R: 2 padding rows
 
@@ -166,7 +170,7 @@ class RetroMAEModel(nn.Module):
             if self.source is not None and (self.source / name).is_file():
                 shutil.copyfile(self.source / name, directory / name)
         if not (directory / checkpoint.CONFIG_FILE).is_file():
-            checkpoint.M3Config(pooling="cls").save(directory)  # RetroMAE trains the [CLS] embedding
+            checkpoint.M3Config(pooling=self.pooling).save(directory)  # the embedding RetroMAE trained
         if resumable:
             torch.save({"lm_head": self.lm_head.state_dict(), "decoder": self.decoder.state_dict()},
                        directory / DECODER_FILE)
@@ -179,12 +183,14 @@ class RetroMAELoss(nn.Module):
     Args:
         model: the model.
         bf16: run under bf16 autocast (the losses stay float32).
+        bottleneck: the sentence embedding's pooling, "cls" or "mean" (default: the model's dense pooling).
     """
 
-    def __init__(self, model: RetroMAEModel, bf16: bool = False) -> None:
+    def __init__(self, model: RetroMAEModel, bf16: bool = False, bottleneck: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.bf16 = bf16
+        self.bottleneck = model.pooling if bottleneck is None else bottleneck
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, encoder_ids: Tensor, encoder_labels: Tensor,
                 decoder_mask: Tensor, decoder_labels: Tensor) -> M3LossOutput:
@@ -193,11 +199,11 @@ class RetroMAELoss(nn.Module):
         with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             h = m.backbone(input_ids=encoder_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
             enc_logits = m.lm_head(h[encoder_labels != -100])  # (n_masked, V)
-            cls = h[:, :1]  # (B, 1, H) the sentence embedding
+            sentence = pool(h, attention_mask.to(h.dtype), self.bottleneck)[:, None]  # (B, 1, H) the sentence embedding
             emb = m.backbone.embeddings
-            h2 = torch.cat([cls, emb(input_ids=input_ids)[:, 1:]], dim=1)  # (B, T, H) content stream
+            h2 = torch.cat([sentence, emb(input_ids=input_ids)[:, 1:]], dim=1)  # (B, T, H) content stream
             positions = torch.arange(input_ids.shape[1], device=input_ids.device) + m.position_offset
-            h1 = cls + emb.position_embeddings(positions)[None]  # (B, T, H) query stream
+            h1 = sentence + emb.position_embeddings(positions)[None]  # (B, T, H) query stream
             dec_logits = m.lm_head(m.decoder(h1, h2, decoder_mask)[decoder_labels != -100])  # (n_labels, V)
         parts = {"encoder_mlm": F.cross_entropy(enc_logits.float(), encoder_labels[encoder_labels != -100]),
                  "decoder": F.cross_entropy(dec_logits.float(), decoder_labels[decoder_labels != -100])}
@@ -281,7 +287,7 @@ class PretrainTrainer(Trainer):
         return ["encoder", "lm_head", "decoder"]
 
     def make_loss(self) -> nn.Module:
-        return RetroMAELoss(self.model, self.config.bf16)
+        return RetroMAELoss(self.model, self.config.bf16, "cls" if self.config.bottleneck == "cls" else None)
 
     def collate(self, batch: list[str]) -> dict[str, Tensor]:  # type: ignore[override]
         """Tokenise (cut at max_length), mask for the encoder, sample the decoder's attention, on the device."""
