@@ -198,6 +198,8 @@ def pretrain_command(  # every parameter is named as the PretrainConfig field it
     max_length: int | None = _pretrain_option("max_length", help="tokens per text (default 512, capped at the "
                                               "model's positions)"),
     encoder_mask_ratio: float = _pretrain_option("encoder_mask_ratio", help="share of tokens masked for the encoder"),
+    whole_word_mask: bool = _pretrain_option("whole_word_mask", help="mask whole words for the encoder (all pieces "
+                                             "of a word together; the ratio counts words)"),
     decoder_mask_ratio: float = _pretrain_option("decoder_mask_ratio", help="share of positions each decoder row "
                                                  "does not see"),
     per_device_batch_size: int = _pretrain_option("per_device_batch_size", "--per-device-batch-size",

@@ -345,6 +345,8 @@ class PretrainConfig(RunConfig):
     max_length: int | None = None  # tokens per text; None = 512 capped at the model's positions
     text_field: str = "text"  # jsonl key / parquet column of the text (a "title" is prepended when present)
     encoder_mask_ratio: float = 0.3  # RetroMAE: moderate masking of the encoder input
+    # mask whole words for the encoder (the ratio then counts words; needs a fast tokenizer); False: tokens
+    whole_word_mask: bool = False
     decoder_mask_ratio: float = 0.5  # RetroMAE: aggressive masking of what each decoder row sees (0.5-0.7)
     per_device_batch_size: int = 32
     learning_rate: float = 2e-5  # FlagEmbedding's retromae example
