@@ -88,7 +88,8 @@ def parse_example(obj: Any, where: str, query_field: str = "query", pos_field: s
     if query_field not in obj or pos_field not in obj:
         missing = [k for k in (query_field, pos_field) if k not in obj]
         raise ValueError(
-            f"{where}: missing field(s) {missing}; a line needs '{query_field}', '{pos_field}' and usually 'neg'"
+            f"{where}: missing field(s) {missing}; a line needs '{query_field}', '{pos_field}' (and 'neg' to "
+            "fine-tune)"
         )
     query = obj[query_field]
     if not isinstance(query, str) or not query.strip():
