@@ -13,6 +13,7 @@ from m3embed.checkpoint import CASE_FOLDS
 
 if TYPE_CHECKING:
     import torch
+    from transformers import BatchEncoding
 
 
 def check_texts(texts: Sequence[str] | str) -> list[str]:
@@ -88,12 +89,26 @@ def _fold_word(m: re.Match) -> str:
     return word.lower() if len(word) > 1 and word.isupper() else word
 
 
+def _encode(tokenizer, texts: list[str], max_length: int) -> BatchEncoding:
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
+                     return_attention_mask=False, return_token_type_ids=False)
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids with the model's special tokens, truncated to max_length (as FlagEmbedding does)."""
     if not texts:
         return []
-    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
-                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return _encode(tokenizer, texts, max_length)["input_ids"]
+
+
+def tokenize_words(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    """`tokenize`'s ids and, per token, the index of the word it is a piece of in its text (-1: special tokens),
+    from a fast tokenizer's `word_ids`."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; word boundaries need one "
+                         "(a tokenizer.json)")
+    enc = _encode(tokenizer, texts, max_length)
+    return enc["input_ids"], [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))]
 
 
 class TruncationWarning(UserWarning):

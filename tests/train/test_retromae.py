@@ -48,6 +48,68 @@ def test_masks_follow_the_ratios():
     assert abs(seen[8:, 1:, 1:].float().mean().item() - 0.4 * 38 / 39) < 0.02
 
 
+def token_mask_before_whole_words(ids, maskable, ratio, mask_id, vocab_size, generator):
+    """`mask_tokens` as it was before `words`: the draws its words=None path must keep."""
+    rand = torch.rand(ids.shape, generator=generator)
+    chosen = (rand < ratio) & maskable
+    none = ~chosen.any(1) & maskable.any(1)
+    chosen[none, torch.where(maskable, rand, 2.0)[none].argmin(1)] = True
+    labels = torch.where(chosen, ids, -100)
+    how = torch.rand(ids.shape, generator=generator)
+    masked = torch.where(chosen & (how < 0.8), mask_id, ids)
+    noise = torch.randint(vocab_size, ids.shape, generator=generator)
+    return torch.where(chosen & (how >= 0.9), noise, masked), labels
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3])
+def test_token_masking_draws_as_before_without_words(ratio):
+    ids = torch.randint(5, 100, (16, 24), generator=torch.Generator().manual_seed(1))
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    maskable[:, 0] = maskable[:8, 4:] = False  # short rows: the at-least-one rule picks their token
+    got = mask_tokens(ids, maskable, ratio, 3, 100, generator=torch.Generator().manual_seed(7))
+    ref = token_mask_before_whole_words(ids, maskable, ratio, 3, 100, torch.Generator().manual_seed(7))
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def assert_whole_words(labels: torch.Tensor, words: torch.Tensor) -> int:
+    """Every word of every row is chosen in all its pieces or in none; returns how many words were chosen."""
+    chosen_words = 0
+    for row_labels, row_words in zip(labels, words):
+        for w in row_words[row_words >= 0].unique():
+            chosen = row_labels[row_words == w] != -100
+            assert chosen.all() or not chosen.any(), (w, chosen)
+            chosen_words += int(chosen.all())
+    return chosen_words
+
+
+def test_whole_word_masking_chooses_the_ratio_of_words_with_all_their_pieces():
+    g = torch.Generator().manual_seed(0)
+    words = torch.arange(60)[None].repeat(64, 1) // 3  # 20 words of 3 pieces each
+    words[:, 0] = words[:, -1] = -1  # special tokens
+    words[:8, 40:] = -1  # padding
+    ids = torch.randint(5, 100, words.shape, generator=g)
+    maskable = torch.ones_like(ids, dtype=torch.bool)  # -1 is never masked, whatever maskable says
+    masked, labels = mask_tokens(ids, maskable, 0.3, mask_id=3, vocab_size=100, generator=g, words=words)
+    assert not (labels[words < 0] != -100).any() and torch.equal(masked[words < 0], ids[words < 0])
+    n_words = sum(len(r[r >= 0].unique()) for r in words)
+    assert abs(assert_whole_words(labels, words) / n_words - 0.3) < 0.03
+    few = mask_tokens(ids, maskable, 0.01, 3, 100, generator=g, words=words)[1]
+    assert assert_whole_words(few, words) >= len(words)  # at least one whole word per row
+
+
+def test_pretrain_collate_masks_whole_words_of_the_tokenizer(xlmr_ckpt, text_file, tmp_path):
+    from m3embed.tokenize import pad, tokenize_words
+
+    trainer = PretrainTrainer(config(xlmr_ckpt, text_file, tmp_path / "out", whole_word_mask=True))
+    texts = trainer.batches.batch(0, 0)
+    words = pad(tokenize_words(trainer.model.tokenizer, texts, 48)[1], -1)[0]
+    pieces = torch.stack([(words == w).sum(1) for w in range(int(words.max()) + 1)], 1)  # (B, words)
+    assert (pieces > 1).sum() > 10  # the tokenizer splits many words into several pieces
+    labels = trainer.collate(texts)["encoder_labels"]
+    assert assert_whole_words(labels, words) > len(texts)
+    assert labels.shape == words.shape and not (labels[words < 0] != -100).any()
+
+
 def held_out_loss(trainer: PretrainTrainer, texts: list[str]) -> float:
     """The loss on fixed masks with dropout off."""
     trainer.model.eval()
@@ -94,6 +156,19 @@ def test_cli_pretrains_then_train_takes_the_output(xlmr_ckpt, text_file, tmp_pat
                                  "1", "--batch-size", "2", "--train-group-size", "2", "--device", "cpu",
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
+
+
+def test_cli_pretrains_with_whole_word_masking_and_the_flag_round_trips(xlmr_ckpt, text_file, tmp_path):
+    out = tmp_path / "pre"
+    result = CliRunner().invoke(app, ["pretrain", str(text_file), "-m", str(xlmr_ckpt), "-o", str(out), "--max-steps",
+                                      "1", "--batch-size", "4", "--max-length", "32", "--whole-word-mask",
+                                      "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 1
+    saved = PretrainConfig.load(out / "train_config.json")
+    assert saved.whole_word_mask and not PretrainConfig().whole_word_mask
+    saved.save(tmp_path / "again.json")
+    assert PretrainConfig.load(tmp_path / "again.json") == saved
 
 
 def test_bert_backbone_pretrains(tmp_path, text_file):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,63 @@ def test_cli_trains_and_saves_a_model_that_loads(nodrop_ckpt, pairs_file, tmp_pa
     assert (out / "checkpoint-2").is_dir()
     assert json.loads((out / "train_config.json").read_text())["modes"] == ["dense"]
     M3Model.from_pretrained(out, modes=("dense",))
+
+
+@pytest.fixture(scope="module")
+def title_body_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """{"title", "body"} rows, the body a plain string (every third a list), and a field the stage does not read."""
+    texts = sample_texts(24, seed=4)
+    rows = [{"title": " ".join(t.split()[:3]), "body": [t] if i % 3 == 0 else t, "url": f"u{i}"}
+            for i, t in enumerate(texts)]
+    path = tmp_path_factory.mktemp("title_body") / "articles.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_title_body_rows_train_through_the_python_api(nodrop_ckpt, title_body_file, tmp_path):
+    from m3embed.train.unsupervised import train_unsupervised
+
+    out = train_unsupervised(config(nodrop_ckpt, title_body_file, tmp_path / "out", query_field="title",
+                                    pos_field="body", max_steps=1, grad_cache_chunk_size=4))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1] and log[0]["dense"] > 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["query_field"], saved["pos_field"]) == ("title", "body")
+    assert UnsupervisedTrainConfig.load(out / "train_config.json").pos_field == "body"
+
+
+def test_title_body_rows_train_through_the_cli(nodrop_ckpt, title_body_file, tmp_path):
+    out = tmp_path / "unsup"
+    result = CliRunner().invoke(app, ["train-unsupervised", str(title_body_file), "-m", str(nodrop_ckpt), "-o",
+                                      str(out), "--query-field", "title", "--pos-field", "body", "--batch-size", "8",
+                                      "--max-steps", "1", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 1
+
+
+def test_a_row_missing_the_field_is_one_error_naming_file_line_and_field(nodrop_ckpt, tmp_path, monkeypatch,
+                                                                         capsys):
+    from m3embed.cli import main
+
+    path = tmp_path / "articles.jsonl"
+    path.write_text(json.dumps({"title": "a", "body": "b c"}) + "\n" + json.dumps({"title": "d", "text": "e"}) + "\n")
+    message = f"{path}:2: missing field(s) ['body']"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        UnsupervisedTrainer(config(nodrop_ckpt, path, tmp_path / "out", query_field="title", pos_field="body"))
+    monkeypatch.setattr("sys.argv", ["m3embed", "train-unsupervised", str(path), "-m", str(nodrop_ckpt), "-o",
+                                     str(tmp_path / "cli"), "--query-field", "title", "--pos-field", "body",
+                                     "--device", "cpu", "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_default_fields_still_take_a_list_only_in_fine_tuning(tmp_path):
+    from m3embed.train.data import load_examples, parse_pair
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "q", "pos": "a positive"}) + "\n")
+    assert load_examples(path, parse_pair)[0].pos == ("a positive",)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:1: 'pos' must be a list of strings, got str"):
+        load_examples(path)

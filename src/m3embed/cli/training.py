@@ -134,6 +134,8 @@ def train_unsupervised_command(  # every parameter is named as the UnsupervisedT
                                             help="jsonl files or directories of *.jsonl: {query, pos} pairs"),
     model: str = typer.Option(..., "--model", "-m", help="M3 checkpoint or plain encoder (e.g. after pretrain)"),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="final model, checkpoint-N/, train_log.jsonl"),
+    query_field: str = _unsup_option("query_field", help="jsonl key of the query (e.g. title)"),
+    pos_field: str = _unsup_option("pos_field", help="jsonl key of the positive, a text or a list (e.g. body)"),
     modes: str = _unsup_option("modes", help="losses to train (the paper's stage: dense)"),
     pooling: str | None = _unsup_option("pooling", help="override dense pooling: cls or mean"),
     query_max_length: int | None = _unsup_option("query_max_length", help="query truncation in tokens"),
@@ -196,6 +198,8 @@ def pretrain_command(  # every parameter is named as the PretrainConfig field it
     max_length: int | None = _pretrain_option("max_length", help="tokens per text (default 512, capped at the "
                                               "model's positions)"),
     encoder_mask_ratio: float = _pretrain_option("encoder_mask_ratio", help="share of tokens masked for the encoder"),
+    whole_word_mask: bool = _pretrain_option("whole_word_mask", help="mask whole words for the encoder (all pieces "
+                                             "of a word together; the ratio counts words)"),
     decoder_mask_ratio: float = _pretrain_option("decoder_mask_ratio", help="share of positions each decoder row "
                                                  "does not see"),
     bottleneck: str = _pretrain_option("bottleneck", help="the decoder's sentence embedding: pooling (the "

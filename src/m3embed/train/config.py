@@ -289,7 +289,8 @@ class RerankerTrainConfig(RunConfig):
 @dataclass
 class UnsupervisedTrainConfig(TrainConfig):
     """Settings of the unsupervised contrastive stage (`m3embed train-unsupervised`): TrainConfig's, on
-    {"query", "pos"} pairs with in-batch negatives only (train_group_size 1), dense only by default.
+    {"query", "pos"} pairs (other keys by `query_field` / `pos_field`) with in-batch negatives only
+    (train_group_size 1), dense only by default.
 
     Large batches fit in small memory by gradient caching: the batch is embedded without a graph, the loss and
     the embeddings' gradients are computed, then each chunk of `grad_cache_chunk_size` texts is re-run with a
@@ -302,11 +303,18 @@ class UnsupervisedTrainConfig(TrainConfig):
     learning_rate: float = 5e-5  # M3 paper, pre-training stage
     # texts per re-run chunk (the memory of a step is one chunk's activations); None = one uncached pass
     grad_cache_chunk_size: int | None = 32
+    query_field: str = "query"  # jsonl key of each pair's query (e.g. "title")
+    pos_field: str = "pos"  # jsonl key of its positive: a text or a list of texts (e.g. "body")
 
     def checks(self) -> list[tuple[bool, tuple[str, ...], str]]:
         return [
             *super().checks(),
             (self.train_group_size == 1, ("train_group_size",), "must be 1: in-batch negatives only"),
+            (
+                bool(self.query_field) and bool(self.pos_field) and self.query_field != self.pos_field,
+                ("query_field", "pos_field"),
+                "must be two different non-empty keys",
+            ),
             (self.teacher_scores != "on", ("teacher_scores",), "the unsupervised stage uses no teacher scores"),
             (
                 self.grad_cache_chunk_size is None or self.grad_cache_chunk_size >= 1,
@@ -337,6 +345,8 @@ class PretrainConfig(RunConfig):
     max_length: int | None = None  # tokens per text; None = 512 capped at the model's positions
     text_field: str = "text"  # jsonl key / parquet column of the text (a "title" is prepended when present)
     encoder_mask_ratio: float = 0.3  # RetroMAE: moderate masking of the encoder input
+    # mask whole words for the encoder (the ratio then counts words; needs a fast tokenizer); False: tokens
+    whole_word_mask: bool = False
     decoder_mask_ratio: float = 0.5  # RetroMAE: aggressive masking of what each decoder row sees (0.5-0.7)
     # the decoder's sentence embedding: "pooling" = the checkpoint's dense pooling (m3embed.json: [CLS] for BGE-M3,
     # the mean for e5 / MiniLM), so the vector dense retrieval uses is the one trained; "cls" = RetroMAE's [CLS]

@@ -1,8 +1,9 @@
 """Training data: jsonl {"query", "pos", "neg"} lines, training groups, and length-grouped batches.
 
-One line → one `TrainExample`; a bad line raises ValueError naming `file:line` and the field. Each step a
-query brings a group of `train_group_size` passages: one positive sampled from `pos` and G−1 negatives
-sampled from `neg` (tiled first when it is shorter, as FlagEmbedding does). The batch order of an epoch
+One line → one `TrainExample`; a bad line raises ValueError naming `file:line` and the field. The unsupervised
+stage's pairs (`parse_pair`) may use other keys for query and positive, and give the positive as one string.
+Each step a query brings a group of `train_group_size` passages: one positive sampled from `pos` and G−1
+negatives sampled from `neg` (tiled first when it is shorter, as FlagEmbedding does). The batch order of an epoch
 depends only on (seed, epoch), so every process agrees on it and a resumed run continues where it stopped.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,24 +77,27 @@ def _scores(value: Any, where: str, name: str, n: int) -> tuple[float, ...]:
     return tuple(float(s) for s in value)
 
 
-def parse_example(obj: Any, where: str) -> TrainExample:
-    """Validate one decoded jsonl line; `where` ("file:line") prefixes every error."""
+def parse_example(obj: Any, where: str, query_field: str = "query", pos_field: str = "pos") -> TrainExample:
+    """Validate one decoded jsonl line; `where` ("file:line") prefixes every error. The query and the positives
+    are read from `query_field` and `pos_field`."""
     if not isinstance(obj, dict):
         raise ValueError(  # noqa: TRY004 (one error type for every bad data line)
-            f"{where}: each line must be a JSON object with 'query', 'pos', 'neg', got {type(obj).__name__}"
+            f"{where}: each line must be a JSON object with '{query_field}', '{pos_field}', 'neg', "
+            f"got {type(obj).__name__}"
         )
-    if "query" not in obj or "pos" not in obj:
-        missing = [k for k in ("query", "pos") if k not in obj]
+    if query_field not in obj or pos_field not in obj:
+        missing = [k for k in (query_field, pos_field) if k not in obj]
         raise ValueError(
-            f"{where}: missing field(s) {missing}; a line needs 'query', 'pos' and usually 'neg'"
+            f"{where}: missing field(s) {missing}; a line needs '{query_field}', '{pos_field}' (and 'neg' to "
+            "fine-tune)"
         )
-    query = obj["query"]
+    query = obj[query_field]
     if not isinstance(query, str) or not query.strip():
         raise ValueError(
-            f"{where}: 'query' must be a non-empty string, got "
+            f"{where}: '{query_field}' must be a non-empty string, got "
             f"{repr(query) if isinstance(query, str) else type(query).__name__}"
         )
-    pos = _texts(obj["pos"], where, "pos", allow_empty_list=False)
+    pos = _texts(obj[pos_field], where, pos_field, allow_empty_list=False)
     neg = _texts(obj.get("neg", []), where, "neg", allow_empty_list=True)
     has_pos_s, has_neg_s = obj.get("pos_scores") is not None, obj.get("neg_scores") is not None
     if has_pos_s != has_neg_s:
@@ -110,13 +114,22 @@ def parse_example(obj: Any, where: str) -> TrainExample:
     return TrainExample(query, pos, neg, pos_scores, neg_scores, source=where, **extra)
 
 
-def read_jsonl(path: str | Path) -> list[TrainExample]:
-    """All examples of one jsonl file (blank lines skipped); errors name file:line."""
-    return [parse_example(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
+def parse_pair(obj: Any, where: str, query_field: str = "query", pos_field: str = "pos") -> TrainExample:
+    """`parse_example` for a pair of the unsupervised stage: the positive may also be one string."""
+    if isinstance(obj, dict) and isinstance(obj.get(pos_field), str):
+        obj = {**obj, pos_field: [obj[pos_field]]}
+    return parse_example(obj, where, query_field, pos_field)
 
 
-def load_examples(paths: str | Path | Iterable[str | Path]) -> list[TrainExample]:
-    """Examples of jsonl files and of every *.jsonl in given directories (sorted), in order."""
+def read_jsonl(path: str | Path, parse: Callable[[Any, str], TrainExample] = parse_example) -> list[TrainExample]:
+    """All examples of one jsonl file (blank lines skipped), each line read by `parse`; errors name file:line."""
+    return [parse(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
+
+
+def load_examples(paths: str | Path | Iterable[str | Path],
+                  parse: Callable[[Any, str], TrainExample] = parse_example) -> list[TrainExample]:
+    """Examples of jsonl files and of every *.jsonl in given directories (sorted), in order, each line read by
+    `parse` (`parse_example`, or `parse_pair` with its fields bound)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
@@ -132,7 +145,7 @@ def load_examples(paths: str | Path | Iterable[str | Path]) -> list[TrainExample
             raise FileNotFoundError(f"training data {p} does not exist")
     if not files:
         raise ValueError("no training data given; pass jsonl files or directories")
-    examples = [ex for f in files for ex in read_jsonl(f)]
+    examples = [ex for f in files for ex in read_jsonl(f, parse)]
     if not examples:
         raise ValueError(f"no training lines in {', '.join(map(str, files))}")
     return examples

@@ -3,9 +3,10 @@
 Each text is read twice:
 
 * the encoder reads it with `encoder_mask_ratio` (≈ 0.3) of its tokens masked (80 % [MASK], 10 % random, 10 %
-  kept) and learns by MLM; its sentence embedding h is the checkpoint's dense pooling of its last states (by
-  default: [CLS] for BGE-M3 as in RetroMAE, the mean for minilm-m3 / e5-m3-small, so the vector dense retrieval
-  uses is the one trained to hold the text; `bottleneck="cls"` takes [CLS] always);
+  kept; with `whole_word_mask`, that share of its words, every piece of a chosen word masked) and learns by MLM;
+  its sentence embedding h is the checkpoint's dense pooling of its last states (by default: [CLS] for BGE-M3 as
+  in RetroMAE, the mean for minilm-m3 / e5-m3-small, so the vector dense retrieval uses is the one trained to
+  hold the text; `bottleneck="cls"` takes [CLS] always);
 * a one-layer decoder, built from the backbone's config, rebuilds every token from h under enhanced decoding:
   the query stream H1 = h + position embeddings, the content stream H2 = [h; token + position embeddings of the
   unmasked text], and a position-specific attention mask in which row i sees h and a random
@@ -46,16 +47,29 @@ DECODER_FILE = "retromae_heads.pt"  # checkpoint-N/ only: the MLM head and the d
 
 
 def mask_tokens(ids: Tensor, maskable: Tensor, ratio: float, mask_id: int, vocab_size: int,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                generator: torch.Generator | None = None, words: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """BERT masking: (masked ids, labels) of (B, T) ids; `maskable` (B, T) marks real non-special tokens.
 
     `ratio` of the maskable tokens are chosen (at least one per row that has any); 80 % of them become
     `mask_id`, 10 % a random token, 10 % stay. Labels hold the chosen tokens' ids, -100 elsewhere.
+    With `words` (B, T), each token's word index in its row (-1: never masked), whole words are chosen: `ratio`
+    of the words, all their pieces together; the 80/10/10 replacement stays per token (as BERT's whole-word
+    masking).
     """
-    rand = torch.rand(ids.shape, generator=generator, device=ids.device)
+    if words is None:
+        rand = torch.rand(ids.shape, generator=generator, device=ids.device)
+    else:  # one draw per word, shared by its pieces
+        maskable = maskable & (words >= 0)
+        rand = torch.rand((ids.shape[0], max(int(words.max()), 0) + 1), generator=generator, device=ids.device)
+        rand = rand.gather(1, words.clamp(min=0))
     chosen = (rand < ratio) & maskable
     none = ~chosen.any(1) & maskable.any(1)  # a short text still gets one masked token
-    chosen[none, torch.where(maskable, rand, 2.0)[none].argmin(1)] = True
+    pick = torch.where(maskable, rand, 2.0)[none].argmin(1)
+    if words is None:
+        chosen[none, pick] = True
+    else:  # every piece of that word
+        w = words[none]
+        chosen[none] = maskable[none] & (w == w.gather(1, pick[:, None]))
     labels = torch.where(chosen, ids, -100)
     how = torch.rand(ids.shape, generator=generator, device=ids.device)
     masked = torch.where(chosen & (how < 0.8), mask_id, ids)
@@ -291,15 +305,21 @@ class PretrainTrainer(Trainer):
 
     def collate(self, batch: list[str]) -> dict[str, Tensor]:  # type: ignore[override]
         """Tokenise (cut at max_length), mask for the encoder, sample the decoder's attention, on the device."""
-        from m3embed.tokenize import pad, tokenize
+        from m3embed.tokenize import pad, tokenize, tokenize_words
 
         tok, config = self.model.tokenizer, self.config
-        ids, mask = pad(tokenize(tok, batch, self.passage_max_length), tok.pad_token_id)  # (B, T), max_length
+        words = None
+        if config.whole_word_mask:
+            token_ids, word_ids = tokenize_words(tok, batch, self.passage_max_length)
+            words = pad(word_ids, -1)[0].to(self.device)  # (B, T) word index of each token, -1: special / pad
+        else:
+            token_ids = tokenize(tok, batch, self.passage_max_length)
+        ids, mask = pad(token_ids, tok.pad_token_id)  # (B, T), max_length
         ids, mask = ids.to(self.device), mask.to(self.device)
         special = torch.tensor(tok.all_special_ids, device=self.device)
         maskable = mask.bool() & ~torch.isin(ids, special)
         enc_ids, enc_labels = mask_tokens(ids, maskable, config.encoder_mask_ratio, tok.mask_token_id,
-                                          self.model.mlm.config.vocab_size)
+                                          self.model.mlm.config.vocab_size, words=words)
         dec_labels = torch.where(mask.bool(), ids, -100)
         dec_labels[:, 0] = -100  # position 0 holds the sentence embedding itself
         return {"input_ids": ids, "attention_mask": mask, "encoder_ids": enc_ids, "encoder_labels": enc_labels,

@@ -1,7 +1,8 @@
 """The unsupervised contrastive stage: weakly paired texts, in-batch negatives only, large batches by GradCache.
 
 Rows are the fine-tuning jsonl's with a positive and no negatives ({"query", "pos"}: title–body,
-question–answer, translation pairs). Each step a batch of B pairs (one length range per batch: the trainer's
+question–answer, translation pairs); `query_field` / `pos_field` name other keys ({"title", "body"}), and the
+positive may be one string. Each step a batch of B pairs (one length range per batch: the trainer's
 length grouping, seeded, so every process agrees on the order) gives each query the B positives as candidates
 (and, under torchrun, every process's: cross-device negatives through `distributed.all_gather_with_grad`).
 The loss is M3's InfoNCE of the trained modes (dense only by default, as the paper's stage), computed by
@@ -11,13 +12,14 @@ Data, optimiser, schedule, checkpoints, resume, DDP and the log are `m3embed.tra
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from torch import nn
 
 from m3embed.train import distributed
 from m3embed.train.config import LossConfig, UnsupervisedTrainConfig
-from m3embed.train.data import TrainBatch
+from m3embed.train.data import TrainBatch, load_examples, parse_pair
 from m3embed.train.gradcache import GradCacheLoss
 from m3embed.train.losses import M3LossOutput, M3TrainingLoss
 from m3embed.train.trainer import Trainer
@@ -37,6 +39,14 @@ class UnsupervisedTrainer(Trainer):
     def __init__(self, config: UnsupervisedTrainConfig, model: nn.Module | None = None,
                  examples: list | None = None) -> None:
         super().__init__(config, model, examples)
+
+    def _setup_data(self, examples: list | None) -> None:
+        """Read the pairs by `parse_pair` under the configured fields (unless given), then as `Trainer` does."""
+        if examples is None:
+            c = self.config
+            examples = load_examples(c.train_data, partial(parse_pair, query_field=c.query_field,
+                                                           pos_field=c.pos_field))
+        super()._setup_data(examples)
 
     def make_loss(self) -> nn.Module:
         """GradCacheLoss over M3TrainingLoss; the plain loss when grad_cache_chunk_size is None."""
