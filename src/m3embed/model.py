@@ -33,6 +33,35 @@ def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str, cls_positions: torch
     return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT-style backbone (BERT, XLM-R: `backbone.encoder.layer`)."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(backbone).__name__} has no encoder.layer list: training only its top layers "
+                         "needs a BERT-style encoder")
+    return layers
+
+
+def run_layers(backbone: nn.Module, h: torch.Tensor, attention_mask: torch.Tensor, start: int,
+               stop: int | None = None) -> torch.Tensor:
+    """Encoder layers [start, stop) of `backbone` on hidden states h (B, T, H) under its own attention mask."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(config=backbone.config, inputs_embeds=h, attention_mask=attention_mask)
+    for layer in encoder_layers(backbone)[start:stop]:
+        h = layer(h, mask)
+    return h
+
+
+def backbone_states(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    stop: int | None = None) -> torch.Tensor:
+    """Hidden states after the embeddings and the first `stop` encoder layers (None: all of them, i.e. the
+    backbone's last_hidden_state)."""
+    if stop is None:
+        return backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return run_layers(backbone, backbone.embeddings(input_ids=input_ids), attention_mask, 0, stop)
+
+
 class M3Model(nn.Module):
     """One encoder pass → dense, sparse (lexical) and ColBERT representations.
 

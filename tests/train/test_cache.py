@@ -75,3 +75,53 @@ def test_cache_setting_needs_a_frozen_encoder():
     assert not TrainConfig().use_state_cache
     with pytest.raises(ValueError, match="cache_encoder_states=True.*frozen encoder"):
         TrainConfig(cache_encoder_states=True)
+
+
+def test_top_layers_on_cached_states_give_the_uncached_loss_and_gradients(nodrop_ckpt, train_file, tmp_path):
+    trainer = Trainer(config(nodrop_ckpt, train_file, tmp_path, train_layers=1, per_device_batch_size=4))
+    cache = trainer.state_cache
+    assert isinstance(cache, EncoderStateCache) and cache.stop_layer == 1  # the 2-layer encoder's lower layer
+    ref_loss, ref = loss_and_head_grads(trainer, None)  # the whole backbone runs, the lower part without grad
+    assert {n.split(".")[0] for n in ref} == {"backbone", "colbert_linear", "sparse_linear"}
+    assert all(".layer.1." in n for n in ref if n.startswith("backbone"))  # nothing below the top layer
+    exact = EncoderStateCache(trainer.model.backbone, trainer.model.tokenizer.pad_token_id, dtype=torch.float32,
+                              stop_layer=1)
+    loss, got = loss_and_head_grads(trainer, exact)
+    assert loss == pytest.approx(ref_loss, rel=1e-5) and set(got) == set(ref)
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-6 * ref[name].abs().max()), name
+
+
+@pytest.mark.parametrize("ckpt", ["bert_ckpt", "xlmr_ckpt"])
+def test_states_below_a_layer_then_the_layers_above_give_the_backbones_output(ckpt, request):
+    from m3embed import M3Model
+    from m3embed.model import backbone_states, run_layers
+
+    model = M3Model.from_pretrained(str(request.getfixturevalue(ckpt))).eval()
+    enc = model.tokenizer(["a short one", "a rather longer text than the first one is"], padding=True,
+                          return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    full = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    split = run_layers(model.backbone, backbone_states(model.backbone, ids, mask, 1), mask, 1)
+    assert torch.allclose(split[mask.bool()], full[mask.bool()], atol=1e-6)
+
+
+def test_training_top_layers_leaves_the_rest_of_the_encoder_as_it_was(xlmr_ckpt, train_file, tmp_path):
+    from m3embed import M3Model
+
+    trainer = Trainer(config(xlmr_ckpt, train_file, tmp_path, train_layers=1, max_steps=3, learning_rate=5e-3))
+    assert trainer.trained_parts == ["encoder.layer.1", "sparse_linear", "colbert_linear"]
+    trainer.train()
+    before = M3Model.from_pretrained(str(xlmr_ckpt)).backbone.state_dict()
+    after = M3Model.from_pretrained(str(tmp_path)).backbone.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("encoder.layer.1.") for name in changed)
+
+
+def test_train_layers_settings():
+    assert TrainConfig(train_layers=2).use_state_cache
+    assert not TrainConfig(train_layers=2, cache_encoder_states=False).use_state_cache
+    with pytest.raises(ValueError, match="train_layers.*'encoder' is frozen"):
+        TrainConfig(train_layers=2, freeze="encoder")
+    with pytest.raises(ValueError, match="train_layers=0.*>= 1"):
+        TrainConfig(train_layers=0)

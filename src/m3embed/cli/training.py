@@ -83,10 +83,12 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
     attention_dropout: float | None = _train_option("attention_dropout", help=ATTENTION_DROPOUT_HELP),
     sub_batch_size: int | None = _train_option("sub_batch_size",
                                                help="texts per checkpointed encoder chunk (saves memory)"),
+    train_layers: int | None = _train_option("train_layers", help="train only this many top encoder layers "
+                                             "with the heads (the layers below run once per text, cached)"),
     cache_encoder_states: bool | None = _train_option(
         "cache_encoder_states", "--cache-encoder-states/--no-cache-encoder-states",
         help="frozen encoder: encode each text once and train the heads on cached states "
-        "(default: on when --freeze has encoder)"),
+        "(default: on when --freeze has encoder or --train-layers is set)"),
     seed: int = _train_option("seed", help="seed of the data order, group sampling and new heads"),
     device: str | None = _train_option("device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if "
                                        "available)"),

@@ -5,6 +5,8 @@ a text never changes, yet an uncached loop recomputes it every time the text is 
 all of a step. `EncoderStateCache` maps a token-id sequence (what the tokenizer made of a text at its max length)
 to the backbone's last hidden states on its real tokens, computed once in eval mode (no dropout) under no_grad
 and stored compactly (float16 by default). Each step then only runs pooling and the heads on cached states.
+When only the top encoder layers train, the cache holds the states below them (`stop_layer`) and a step runs
+those layers and the heads.
 
 The cache fills lazily: the sequences of a batch that are not cached yet are encoded together, longest first,
 in token-budget batches, so an epoch costs one backbone pass over the texts it actually samples.
@@ -17,11 +19,12 @@ import time
 import torch
 from torch import Tensor, nn
 
+from m3embed.model import backbone_states
 from m3embed.tokenize import budget_batches, pad
 
 
 class EncoderStateCache:
-    """Last hidden states of a frozen backbone, one entry per distinct token sequence.
+    """Hidden states of a frozen backbone (its last, or those below its trained layers), one per distinct text.
 
     Args:
         backbone: the (frozen) Hugging Face encoder; called as backbone(input_ids=..., attention_mask=...).
@@ -29,6 +32,7 @@ class EncoderStateCache:
         dtype: storage dtype of the states (float16 halves memory; float32 keeps them exact).
         autocast_dtype: run the backbone under this autocast dtype (e.g. torch.bfloat16); None = as loaded.
         batch_tokens: padded tokens per backbone call when filling the cache.
+        stop_layer: cache the states after this many encoder layers (the frozen ones); None = the last.
     """
 
     def __init__(
@@ -38,6 +42,7 @@ class EncoderStateCache:
         dtype: torch.dtype = torch.float16,
         autocast_dtype: torch.dtype | None = None,
         batch_tokens: int = 16_384,
+        stop_layer: int | None = None,
     ) -> None:
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"dtype={dtype}: choose torch.float16, torch.bfloat16 or torch.float32")
@@ -48,6 +53,7 @@ class EncoderStateCache:
         self.dtype = dtype
         self.autocast_dtype = autocast_dtype
         self.batch_tokens = batch_tokens
+        self.stop_layer = stop_layer
         self._states: dict[tuple[int, ...], Tensor] = {}  # token ids -> (n_tokens, H) states
         self.fill_seconds = 0.0  # wall time spent running the backbone
         self.hits = 0
@@ -90,7 +96,7 @@ class EncoderStateCache:
             ):
                 for batch in budget_batches(lengths.numpy(), self.batch_tokens, max_batch_size=256):
                     ids, mask = pad([list(keys[i]) for i in batch], self.pad_id)
-                    h = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                    h = backbone_states(self.backbone, ids.to(device), mask.to(device), self.stop_layer)
                     h = h.to("cpu", self.dtype)  # (b, T, H)
                     for j, i in enumerate(batch):
                         self._states[keys[i]] = h[j, : len(keys[i])].clone()

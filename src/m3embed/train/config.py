@@ -191,8 +191,10 @@ class TrainConfig(RunConfig):
     self_distill_start_step: int = -1  # distil once step > this; -1 = from the first step (FlagEmbedding)
     kd_loss: str = "m3_kd_loss"  # loss for teacher scores: "m3_kd_loss" (M3 paper) or "kl_div"
     negatives_cross_device: bool = True  # dense negatives from every process (no effect on one process)
-    # frozen encoder: run the backbone once per distinct text (eval mode, no dropout) and train the heads on
-    # its cached states; None = on exactly when "encoder" is frozen
+    # train only this many top encoder layers (with the heads); the embeddings and the layers below stay fixed
+    train_layers: int | None = None
+    # frozen encoder (or frozen lower layers): run the frozen part once per distinct text (eval mode, no dropout)
+    # and train on its cached states; None = on exactly when "encoder" is frozen or train_layers is set
     cache_encoder_states: bool | None = None
 
     def __post_init__(self) -> None:
@@ -218,9 +220,16 @@ class TrainConfig(RunConfig):
             *super().checks(),
             (self.temperature > 0, ("temperature",), "must be > 0"),
             (
-                not self.cache_encoder_states or "encoder" in self.freeze,
+                not self.cache_encoder_states or "encoder" in self.freeze or self.train_layers is not None,
                 ("cache_encoder_states", "freeze"),
-                "caching encoder states needs a frozen encoder (add 'encoder' to freeze)",
+                "caching encoder states needs a frozen encoder (add 'encoder' to freeze, or set train_layers)",
+            ),
+            (self.train_layers is None or self.train_layers >= 1, ("train_layers",),
+             "must be >= 1 or None (freeze 'encoder' to train the heads only)"),
+            (
+                self.train_layers is None or "encoder" not in self.freeze,
+                ("train_layers", "freeze"),
+                "trains encoder layers, but 'encoder' is frozen: drop one of them",
             ),
             (self.kd_loss in KD_LOSSES, ("kd_loss",), f"must be one of {KD_LOSSES}"),
             (self.pooling in (None, "cls", "mean"), ("pooling",), "must be 'cls', 'mean' or None"),
@@ -228,9 +237,10 @@ class TrainConfig(RunConfig):
 
     @property
     def use_state_cache(self) -> bool:
-        """Whether heads train on cached encoder states (explicit setting, else: the encoder is frozen)."""
+        """Whether training reads cached encoder states (explicit setting, else: the encoder, or the part below
+        the trained layers, is frozen)."""
         if self.cache_encoder_states is None:
-            return "encoder" in self.freeze
+            return "encoder" in self.freeze or self.train_layers is not None
         return self.cache_encoder_states
 
     @property
@@ -387,6 +397,7 @@ class LossConfig:
     kd_loss: str = TrainConfig.kd_loss  # "m3_kd_loss" or "kl_div" for teacher scores
     negatives_cross_device: bool = TrainConfig.negatives_cross_device  # gathered dense negatives (DDP)
     sub_batch_size: int | None = TrainConfig.sub_batch_size  # texts per checkpointed encoder chunk
+    train_layers: int | None = TrainConfig.train_layers  # top encoder layers run on cached states below them
     bf16: bool = TrainConfig.bf16  # encoder under bf16 autocast
 
     def __post_init__(self) -> None:

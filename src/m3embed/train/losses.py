@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from m3embed.model import encoder_layers, run_layers
 from m3embed.modes import MODES
 from m3embed.scoring import dense_scores  # q (B, h), p (N, h) -> (B, N), as at inference
 from m3embed.train import distributed
@@ -232,7 +233,8 @@ class M3TrainingLoss(nn.Module):
         config: the loss settings (modes, group size, temperature, self-distillation, kd loss, cross-device
             negatives, sub-batch size, bf16 autocast); `LossConfig.from_train_config` takes a run's.
         state_cache: for a frozen encoder, a callable (ids, mask) -> (B, T, H) backbone states (e.g.
-            `EncoderStateCache`); the model then runs only its pooling and heads on them.
+            `EncoderStateCache`); the model then runs only its pooling and heads on them (with
+            `config.train_layers`: the states below the top layers, which run first).
     """
 
     def __init__(
@@ -283,8 +285,13 @@ class M3TrainingLoss(nn.Module):
         }
 
     def _encode_chunk(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        if self.state_cache is not None:  # frozen encoder: heads on cached states (already float32)
-            return self.model.heads_forward(self.state_cache(ids, mask), mask, modes=self.modes)
+        if self.state_cache is not None:  # frozen (lower) encoder: cached states, then the trained top layers
+            h = self.state_cache(ids, mask)
+            if self.config.train_layers:
+                start = len(encoder_layers(self.model.backbone)) - self.config.train_layers
+                with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                    h = run_layers(self.model.backbone, h, mask, start)
+            return self.model.heads_forward(h, mask, modes=self.modes)
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             out = self.model(ids, mask, modes=self.modes)
         return {k: v.float() for k, v in out.items()}

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from m3embed.model import encoder_layers
 from m3embed.train import distributed
 from m3embed.train.config import RerankerTrainConfig
 from m3embed.train.data import TrainBatch
 from m3embed.train.losses import M3LossOutput, run_sub_batches, soft_cross_entropy
-from m3embed.train.trainer import Trainer
+from m3embed.train.trainer import Trainer, train_top_layers
 
 
 def reranker_loss(logits: Tensor, teacher_probs: Tensor | None = None) -> M3LossOutput:
@@ -86,21 +87,15 @@ def configure_reranker_trainable(model: nn.Module, train_layers: int | None, gra
     Returns the trained parts ("embeddings", "layer.N", "head").
     """
     base = model.model.base_model  # BertModel / XLMRobertaModel inside the classification model
-    layers = base.encoder.layer
-    if train_layers is not None and train_layers > len(layers):
-        raise ValueError(f"train_layers={train_layers} but the encoder has {len(layers)} layers; pass at most "
-                         f"{len(layers)} (or None for the whole model)")
     model.requires_grad_(True)
-    frozen = len(layers) - train_layers if train_layers is not None else 0
-    if train_layers is not None:
-        base.embeddings.requires_grad_(False)
-        for layer in layers[:frozen]:
-            layer.requires_grad_(False)
+    if train_layers is None:
+        trained = ["embeddings"] + [f"layer.{i}" for i in range(len(encoder_layers(base)))]
+    else:
+        trained = train_top_layers(base, train_layers)
     if gradient_checkpointing:
         model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    return (["embeddings"] if train_layers is None else []) + [f"layer.{i}" for i in range(frozen, len(layers))] + [
-        "head"]
+    return [*trained, "head"]
 
 
 class RerankerTrainer(Trainer):

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from m3embed._progress import Progress
+from m3embed.model import encoder_layers
 from m3embed.train import distributed
 from m3embed.train.cache import EncoderStateCache
 from m3embed.train.checkpoints import (
@@ -75,13 +76,32 @@ def load_model(path: str, config: TrainConfig, device: torch.device) -> nn.Modul
     return model
 
 
+def train_top_layers(backbone: nn.Module, train_layers: int) -> list[str]:
+    """Hold the embeddings and every encoder layer below the top `train_layers` fixed, train those; return the
+    trained layers' names ("layer.N")."""
+    layers = encoder_layers(backbone)
+    if train_layers > len(layers):
+        raise ValueError(f"train_layers={train_layers} but the encoder has {len(layers)} layers; pass at most "
+                         f"{len(layers)}")
+    frozen = len(layers) - train_layers
+    backbone.requires_grad_(True)
+    backbone.embeddings.requires_grad_(False)
+    for layer in layers[:frozen]:
+        layer.requires_grad_(False)
+    return [f"layer.{i}" for i in range(frozen, len(layers))]
+
+
 def configure_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
-    """Set requires_grad from `modes` and `freeze`, switch on gradient checkpointing; return trained parts."""
+    """Set requires_grad from `modes`, `freeze` and `train_layers`, switch on gradient checkpointing; return
+    the trained parts."""
     model.requires_grad_(False)
     trained = []
     if "encoder" not in config.freeze:
-        model.backbone.requires_grad_(True)
-        trained.append("encoder")
+        if config.train_layers is None:
+            model.backbone.requires_grad_(True)
+            trained.append("encoder")
+        else:
+            trained += [f"encoder.{name}" for name in train_top_layers(model.backbone, config.train_layers)]
         if config.gradient_checkpointing:
             model.backbone.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -223,10 +243,12 @@ class Trainer:
         """M3TrainingLoss over the model (on cached encoder states when configured)."""
         config = self.config
         if config.use_state_cache:
+            layers = config.train_layers
             self.state_cache = EncoderStateCache(
                 self.model.backbone,
                 self.model.tokenizer.pad_token_id,
                 autocast_dtype=torch.bfloat16 if config.bf16 else None,
+                stop_layer=len(encoder_layers(self.model.backbone)) - layers if layers else None,
             )
         return M3TrainingLoss(self.model, LossConfig.from_train_config(config), self.state_cache)
 
