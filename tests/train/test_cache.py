@@ -125,3 +125,12 @@ def test_train_layers_settings():
         TrainConfig(train_layers=2, freeze="encoder")
     with pytest.raises(ValueError, match="train_layers=0.*>= 1"):
         TrainConfig(train_layers=0)
+
+
+def test_heads_take_their_own_learning_rate(xlmr_ckpt, train_file, tmp_path):
+    trainer = Trainer(config(xlmr_ckpt, train_file, tmp_path, train_layers=1, learning_rate=1e-5,
+                             head_learning_rate=2e-3))
+    lr_of = {id(p): g["initial_lr"] for g in trainer.optimizer.param_groups for p in g["params"]}  # peak lrs
+    named = dict(trainer.model.named_parameters())
+    assert {lr_of[id(p)] for n, p in named.items() if n.startswith(("sparse_linear", "colbert_linear"))} == {2e-3}
+    assert {lr_of[id(p)] for n, p in named.items() if n.startswith("backbone") and p.requires_grad} == {1e-5}

@@ -70,6 +70,9 @@ def train_command(  # every parameter is named as the TrainConfig field it sets
         "negatives_cross_device", "--negatives-cross-device/--no-negatives-cross-device",
         "--cross-device-negatives/--no-cross-device-negatives", help="dense negatives from every process"),
     learning_rate: float = _train_option("learning_rate", "--learning-rate", "--lr", help="peak learning rate"),
+    head_learning_rate: float | None = _train_option("head_learning_rate", "--head-learning-rate", "--head-lr",
+                                                     help="peak learning rate of the sparse and ColBERT heads "
+                                                     "(default: --lr)"),
     weight_decay: float = _train_option("weight_decay", help="AdamW weight decay (not on biases and norms)"),
     lr_scheduler: str = _train_option("lr_scheduler", help="linear, cosine, constant_with_warmup, constant"),
     warmup_ratio: float = _train_option("warmup_ratio", help="share of the steps spent warming up"),

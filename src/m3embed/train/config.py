@@ -193,6 +193,9 @@ class TrainConfig(RunConfig):
     negatives_cross_device: bool = True  # dense negatives from every process (no effect on one process)
     # train only this many top encoder layers (with the heads); the embeddings and the layers below stay fixed
     train_layers: int | None = None
+    # learning rate of the sparse and ColBERT heads (new heads start random and take a larger one than a
+    # pre-trained encoder); None = learning_rate
+    head_learning_rate: float | None = None
     # frozen encoder (or frozen lower layers): run the frozen part once per distinct text (eval mode, no dropout)
     # and train on its cached states; None = on exactly when "encoder" is frozen or train_layers is set
     cache_encoder_states: bool | None = None
@@ -224,6 +227,8 @@ class TrainConfig(RunConfig):
                 ("cache_encoder_states", "freeze"),
                 "caching encoder states needs a frozen encoder (add 'encoder' to freeze, or set train_layers)",
             ),
+            (self.head_learning_rate is None or self.head_learning_rate > 0, ("head_learning_rate",),
+             "must be > 0 or None"),
             (self.train_layers is None or self.train_layers >= 1, ("train_layers",),
              "must be >= 1 or None (freeze 'encoder' to train the heads only)"),
             (

@@ -133,14 +133,20 @@ def set_attention_dropout(model: nn.Module, p: float) -> int:
     return len(layers)
 
 
+HEADS = ("sparse_linear", "colbert_linear")  # the M3 heads' module names (`head_learning_rate` applies to them)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; no weight decay on biases and LayerNorm weights (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+    """AdamW over trainable parameters; no weight decay on biases and LayerNorm weights (1-D tensors); the M3
+    heads at `head_learning_rate` when a run sets one."""
+    head_lr = getattr(config, "head_learning_rate", None)  # RunConfigs without M3 heads have none
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            lr = head_lr if head_lr is not None and name.split(".")[0] in HEADS else config.learning_rate
+            groups.setdefault((lr, config.weight_decay if p.ndim >= 2 else 0.0), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": decay} for (lr, decay), ps in groups.items()],
+                             lr=config.learning_rate)
 
 
 class Trainer:
