@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_data import DATA, LANGS, is_train_article, read_jsonl, train_qrels  # noqa: E402
 
+from m3embed.evaluate.bm25 import bm25_searcher  # noqa: E402
 from m3embed.model import M3Model  # noqa: E402
 from m3embed.scoring import colbert_scores, dense_scores, lexical_scores  # noqa: E402
 
@@ -54,12 +55,19 @@ def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_le
     p = model.encode_corpus([p_text(d["text"]) for d in docs], modes=MODES, max_length=max_length)
     scores = {"dense": dense_scores(q.dense, p.dense), "sparse": lexical_scores(q.sparse, p.sparse),
               "colbert": np.stack([colbert_scores(c, p.colbert) for c in q.colbert])}
+    bm25 = np.full((len(pairs), len(docs)), -1.0)  # the reference for the sparse head; unretrieved: below all
+    hits = bm25_searcher([d["id"] for d in docs], [p_text(d["text"]) for d in docs], k=len(docs))(
+        [q_text(texts[qid]) for qid, _ in pairs])
+    for i, row in enumerate(hits):
+        for pid, s in row.items():
+            bm25[i, col[pid]] = s
+    scores["bm25"] = bm25
     return scores, np.array([col[pid] for _, pid in pairs])
 
 
 def ndcg10(total: np.ndarray, gold: np.ndarray) -> float:
     g = total[np.arange(len(gold)), gold]
-    rank = 1 + (total > g[:, None]).sum(1)
+    rank = (total >= g[:, None]).sum(1)  # ties count against the gold (no shared term: every score 0)
     return float(np.where(rank <= 10, 1 / np.log2(1 + rank), 0.0).mean())
 
 
@@ -79,7 +87,7 @@ def main() -> None:
     sets = {f"{lang}": (lang, lang) for lang in LANGS} | {f"{lang}-en": (lang, "en") for lang in LANGS if lang != "en"}
     data = {name: mode_scores(model, ql, pl, held, args.max_length) for name, (ql, pl) in sets.items()}
     print(f"encoded {len(held)} held-out questions x {len(sets)} sets in {time.time() - start:.0f} s", flush=True)
-    grid = [w for w in itertools.product(np.round(np.arange(0, 1.0001, 0.05), 2), repeat=3)
+    grid = [tuple(float(x) for x in w) for w in itertools.product(np.round(np.arange(0, 1.0001, 0.05), 2), repeat=3)
             if abs(sum(w) - 1) < 1e-6]
     result: dict[str, object] = {"model": args.model, "held_out_questions": len(held), "sets": list(sets)}
     for form, prep in (("raw", lambda s: s), ("z", zscores)):
@@ -89,13 +97,15 @@ def main() -> None:
             per = {name: ndcg10(sum(wi * s[m] for wi, m in zip(w, MODES)), gold) for name, (s, gold) in ready.items()}
             return {"mean": float(np.mean(list(per.values()))), **per}
 
-        single = {m: score(tuple(float(m == x) for x in MODES))["mean"] for m in MODES}
+        single = {m: score(tuple(float(m == x) for x in MODES)) for m in MODES}
+        single["bm25"] = {name: ndcg10(s["bm25"], gold) for name, (s, gold) in data.items()}
+        single["bm25"] = {"mean": float(np.mean(list(single["bm25"].values()))), **single["bm25"]}
         # one triple serves both hybrids: `all` uses the three, `dense+sparse` the first two
         both = {w: (score(w), score((w[0], w[1], 0.0))) for w in grid if w[2] > 0 and w[0] + w[1] > 0}
         fits = {"all": (1, 0), "dense+sparse": (0, 1), "joint": (1, 1)}  # goal: weights of the two means
         result[form] = {"single_modes": single}
         default = (0.4, 0.2, 0.4)
-        print(f"[{form}] single modes {json.dumps({m: round(v, 4) for m, v in single.items()})}; default "
+        print(f"[{form}] single modes {json.dumps({m: round(v['mean'], 4) for m, v in single.items()})}; default "
               f"{default}: all {both[default][0]['mean']:.4f}, dense+sparse {both[default][1]['mean']:.4f}")
         for goal, (a, b) in fits.items():
             w = max(both, key=lambda w, a=a, b=b: a * both[w][0]["mean"] + b * both[w][1]["mean"])
