@@ -107,17 +107,18 @@ def mcls_table(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_dir", type=Path)
+    ap.add_argument("--name", default=NEW, help=f"eval.sh's NAME of the {NEW} run (default: %(default)s)")
     args = ap.parse_args()
-    new, old = load(args.eval_dir / NEW), load(args.eval_dir / OLD)
+    new, old = load(args.eval_dir / args.name), load(args.eval_dir / OLD)
     print("nDCG@10\n")
     print(ndcg_table(new, old))
     print(goals(new))
-    reports = {m: json.loads(p.read_text()) for m in (NEW, OLD)
+    reports = {m: json.loads(p.read_text()) for m in (args.name, OLD)
                if (p := args.eval_dir / m / "tatoeba" / "tatoeba.json").is_file()}
     if reports:
         print("Tatoeba accuracy@1\n")
         print(tatoeba_table(reports))
-    for model in (NEW, OLD):
+    for model in (args.name, OLD):
         path = args.eval_dir / model / "mcls" / "eval.json"
         if path.is_file():
             print(f"MCLS, {model}, longdoc_leval\n")
