@@ -3,12 +3,15 @@
 # *train* questions only (fit_weights.py): no dev question, dev paragraph or evaluation set is read.
 #   recipes/e5-m3-small/studies.sh layers [N...]   # heads + top N encoder layers (0: heads only), same 150 steps
 #   recipes/e5-m3-small/studies.sh sparse          # the sparse head alone, monolingual rows, 600 steps
-# Both start from multilingual-e5-small and read runs/e5-m3-small/train.jsonl (build_data.py). fp32 training.
+# Both start from multilingual-e5-small and read $DATA (default runs/e5-m3-small/train.jsonl, from build_data.py);
+# fp32 training. Other settings: PLEN (passage tokens, 128), STEPS (150: layers), SPARSE_STEPS (600), and TAG,
+# appended to every output name (layers-0$TAG, sparse-mono$TAG, combo-0s$TAG, heldout-*$TAG.json).
 set -euo pipefail
 
 RUN=runs/e5-m3-small
+DATA=${DATA:-$RUN/train.jsonl} TAG=${TAG:-}
 TRAIN=(--model multilingual-e5-small --train-group-size 4 --batch-size 16 --query-max-length 64
-       --passage-max-length 128 --no-progress --logging-steps 20)
+       --passage-max-length "${PLEN:-128}" --no-progress --logging-steps 20)
 
 case ${1:?layers or sparse} in
   layers)
@@ -16,28 +19,30 @@ case ${1:?layers or sparse} in
     for n in ${*:-0 2 4}; do
       if [[ $n == 0 ]]; then part=(--freeze encoder); else part=(--train-layers "$n"); fi
       uptime
-      time m3embed train $RUN/train.jsonl "${TRAIN[@]}" "${part[@]}" --lr 2e-5 --head-lr 2e-3 --max-steps 150 \
-        -o $RUN/layers-"$n"
-      time python recipes/e5-m3-small/fit_weights.py --model $RUN/layers-"$n" --out $RUN/heldout-"$n".json
+      time m3embed train "$DATA" "${TRAIN[@]}" "${part[@]}" --lr 2e-5 --head-lr 2e-3 --max-steps "${STEPS:-150}" \
+        -o $RUN/layers-"$n$TAG"
+      time python recipes/e5-m3-small/fit_weights.py --model $RUN/layers-"$n$TAG" --out $RUN/heldout-"$n$TAG".json
     done ;;
   sparse)
     # drop the cross-lingual rows (a non-English question whose positive is an English paragraph): they share no
     # token with their positive, so they only push the lexical weights down
-    python - <<'EOF'
+    python - "$DATA" $RUN/train_mono$TAG.jsonl <<'EOF'
 import json
+import sys
 en = lambda kind: {json.loads(line)["text"] for line in open(f"../shared/data/xquad/en/{kind}.jsonl")}
 paragraphs, questions = en("corpus"), en("queries")
-with open("runs/e5-m3-small/train.jsonl") as f, open("runs/e5-m3-small/train_mono.jsonl", "w") as out:
+with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
     for line in f:
         row = json.loads(line)
         if not (row["pos"][0] in paragraphs and row["query"] not in questions):
             out.write(line)
 EOF
     uptime
-    time m3embed train $RUN/train_mono.jsonl "${TRAIN[@]}" --freeze encoder --modes sparse --lr 2e-3 --max-steps 600 \
-      -o $RUN/sparse-mono
+    time m3embed train $RUN/train_mono$TAG.jsonl "${TRAIN[@]}" --freeze encoder --modes sparse --lr 2e-3 \
+      --max-steps "${SPARSE_STEPS:-600}" -o $RUN/sparse-mono$TAG
     # layers-0's dense and ColBERT heads with this sparse head
-    rm -rf $RUN/combo-0s && cp -r $RUN/layers-0 $RUN/combo-0s && cp $RUN/sparse-mono/sparse_linear.pt $RUN/combo-0s/
-    time python recipes/e5-m3-small/fit_weights.py --model $RUN/combo-0s --out $RUN/heldout-0s.json
+    combo=$RUN/combo-0s$TAG
+    rm -rf $combo && cp -r $RUN/layers-0$TAG $combo && cp $RUN/sparse-mono$TAG/sparse_linear.pt $combo/
+    time python recipes/e5-m3-small/fit_weights.py --model $combo --out $RUN/heldout-0s$TAG.json
     uptime ;;
 esac
