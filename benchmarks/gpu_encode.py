@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # m3testkit/ is at the repo root, not installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from encode_throughput import make_texts  # noqa: E402
+from encode_throughput import ForwardTimer, make_texts  # noqa: E402
 
 from m3embed.model import M3Model  # noqa: E402
 from m3testkit.checkpoints import BGE_M3_SHAPE, write_random_checkpoint  # noqa: E402
@@ -41,33 +41,15 @@ ENGINES = ("FlagEmbedding fp16", "m3embed fp16", "m3embed bf16")
 MODES = ("dense", "sparse", "colbert")
 
 
-class CudaForwardTimer:
-    """Wraps a module's forward method `name` and sums its synchronised wall time; `is_probe(kwargs)` calls are
-    left out."""
-
-    def __init__(self, module: torch.nn.Module, name: str, is_probe) -> None:
-        self.inner, self.is_probe, self.wall = getattr(module, name), is_probe, 0.0
-        setattr(module, name, self)  # instance attribute: found before the class's method
-
-    def __call__(self, *args, **kwargs):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = self.inner(*args, **kwargs)
-        torch.cuda.synchronize()
-        if not self.is_probe(kwargs):
-            self.wall += time.perf_counter() - start
-        return out
-
-
 def load(engine: str, ckpt: Path):
     if engine.startswith("FlagEmbedding"):
         from FlagEmbedding import BGEM3FlagModel
 
         flag = BGEM3FlagModel(str(ckpt), use_fp16=True, devices="cuda:0")
         # FlagEmbedding 1.4.2 probes the batch size with the one forward it calls without truncate_dim
-        return flag, CudaForwardTimer(flag.model, "forward", lambda kwargs: "truncate_dim" not in kwargs)
+        return flag, ForwardTimer(flag.model, lambda kwargs: "truncate_dim" not in kwargs, sync=torch.cuda.synchronize)
     model = M3Model.from_pretrained(ckpt, device="cuda", dtype=torch.float16 if "fp16" in engine else torch.bfloat16)
-    return model, CudaForwardTimer(model, "infer", lambda kwargs: False)  # m3embed.encode's forward pass
+    return model, ForwardTimer(model, lambda kwargs: False, "infer", torch.cuda.synchronize)
 
 
 def encode(engine: str, model, texts: list[str], max_length: int) -> dict:
@@ -118,7 +100,7 @@ def main() -> None:
                 for engine, (model, timer) in engines.items():
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                    timer.wall = 0.0
+                    timer.reset()
                     torch.cuda.synchronize()
                     start = time.perf_counter()
                     out = encode(engine, model, texts, max_length)

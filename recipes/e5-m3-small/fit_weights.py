@@ -51,14 +51,13 @@ def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_le
     texts = {q["id"]: q["text"] for q in read_jsonl(DATA / "xquad" / q_lang / "queries.jsonl")}
     pairs = [(qid, pid) for qid, pid in train_qrels(q_lang) if qid in held]
     # xquad ids are shared across languages: question qid's paragraph pid has the same id in every language
-    q = model.encode_queries([q_text(texts[qid]) for qid, _ in pairs], modes=MODES, max_length=max_length)
-    p = model.encode_corpus([p_text(d["text"]) for d in docs], modes=MODES, max_length=max_length)
+    questions, passages = [q_text(texts[qid]) for qid, _ in pairs], [p_text(d["text"]) for d in docs]
+    q = model.encode_queries(questions, modes=MODES, max_length=max_length)
+    p = model.encode_corpus(passages, modes=MODES, max_length=max_length)
     scores = {"dense": dense_scores(q.dense, p.dense), "sparse": lexical_scores(q.sparse, p.sparse),
               "colbert": np.stack([colbert_scores(c, p.colbert) for c in q.colbert])}
     bm25 = np.full((len(pairs), len(docs)), -1.0)  # the reference for the sparse head; unretrieved: below all
-    hits = bm25_searcher([d["id"] for d in docs], [p_text(d["text"]) for d in docs], k=len(docs))(
-        [q_text(texts[qid]) for qid, _ in pairs])
-    for i, row in enumerate(hits):
+    for i, row in enumerate(bm25_searcher([d["id"] for d in docs], passages, k=len(docs))(questions)):
         for pid, s in row.items():
             bm25[i, col[pid]] = s
     scores["bm25"] = bm25
@@ -90,6 +89,8 @@ def main() -> None:
     grid = [tuple(float(x) for x in w) for w in itertools.product(np.round(np.arange(0, 1.0001, 0.05), 2), repeat=3)
             if abs(sum(w) - 1) < 1e-6]
     result: dict[str, object] = {"model": args.model, "held_out_questions": len(held), "sets": list(sets)}
+    bm25 = {name: ndcg10(s["bm25"], gold) for name, (s, gold) in data.items()}  # the same in both score forms
+    bm25 = {"mean": float(np.mean(list(bm25.values()))), **bm25}
     for form, prep in (("raw", lambda s: s), ("z", zscores)):
         ready = {name: ({m: prep(s[m]) for m in MODES}, gold) for name, (s, gold) in data.items()}
 
@@ -97,9 +98,7 @@ def main() -> None:
             per = {name: ndcg10(sum(wi * s[m] for wi, m in zip(w, MODES)), gold) for name, (s, gold) in ready.items()}
             return {"mean": float(np.mean(list(per.values()))), **per}
 
-        single = {m: score(tuple(float(m == x) for x in MODES)) for m in MODES}
-        single["bm25"] = {name: ndcg10(s["bm25"], gold) for name, (s, gold) in data.items()}
-        single["bm25"] = {"mean": float(np.mean(list(single["bm25"].values()))), **single["bm25"]}
+        single = {m: score(tuple(float(m == x) for x in MODES)) for m in MODES} | {"bm25": bm25}
         # one triple serves both hybrids: `all` uses the three, `dense+sparse` the first two
         both = {w: (score(w), score((w[0], w[1], 0.0))) for w in grid if w[2] > 0 and w[0] + w[1] > 0}
         fits = {"all": (1, 0), "dense+sparse": (0, 1), "joint": (1, 1)}  # goal: weights of the two means
