@@ -64,9 +64,12 @@ def test_sparse_weights_content_words_above_stopwords(model):
 
 
 def test_its_own_weights_and_case_folding(model):
-    """m3embed.json gives the hybrid weights fitted on train-side questions and folds words written in capitals
-    (recipes/e5-m3-small/fit_weights.py, case_study.py): a query typed in capitals matches as it is written."""
-    assert model.search_weights == (0.65, 0.1, 0.25) and model.case_fold == "capitals"
+    """m3embed.json gives the hybrid weights fitted on train-side questions, divides a query's lexical weights by
+    their sum, and folds words written in capitals (recipes/e5-m3-small/fit_weights.py, case_study.py): a query
+    typed in capitals matches as it is written."""
+    assert model.search_weights == (0.55, 0.15, 0.3) and model.case_fold == "capitals"
+    assert model.query_sparse_norm == "l1"
+    assert model.encode_queries(QUERIES["en"], modes=("sparse",)).sparse.sum() == pytest.approx(1.0, rel=1e-5)
     shouted = QUERIES["en"].upper()  # "WHICH RIVER FLOWS THROUGH THE AMAZON RAINFOREST?"
     lexical = model.compute_score([(shouted, RELEVANT), (QUERIES["en"], RELEVANT)])["sparse"]
     assert lexical[0] > 0.5 * lexical[1] > 0  # folded, the capitals share the passage's words

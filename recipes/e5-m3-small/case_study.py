@@ -63,7 +63,7 @@ def main() -> None:
             p_text = (lambda t, f=fold: f(t.upper())) if p_up else fold
             per: dict[str, list[float]] = {m: [] for m in (*MODES, "all")}
             for lang in args.langs:
-                scores, gold = mode_scores(model, lang, lang, held, 512, q_text, p_text)
+                scores, gold = mode_scores(model, lang, lang, held, 512, q_text, p_text)["questions"]
                 for m in MODES:
                     per[m].append(ndcg10(scores[m], gold))
                 per["all"].append(ndcg10(sum(w * scores[m] for w, m in zip(args.weights, MODES)), gold))

@@ -2,13 +2,18 @@
 
 build_data.py samples 450 of the 894 train-article questions (seed 0) for training; the other 444 of each
 language are held out here. For each of the 11 train-side sets (6 monolingual, 5 X -> English), the corpus is
-every paragraph of the train articles in the paragraph language (~180), the queries are the held-out questions.
-Every mode's score of every (query, paragraph) is computed once (float32; the corpus is small enough that the
-union of the dense and sparse candidates is the whole of it), then each weight triple on a 0.05 grid of the
-simplex is scored by mean nDCG@10 of `dense+sparse` and of `all` (one relevant paragraph a question: nDCG@10 =
-1 / log2(1 + rank) within the first 10). Two score forms are fitted: the raw M3 sum (weights are the whole
-calibration: a per-mode affine map changes a ranking only through its scale) and per-query z-scores of each
-mode over the candidates. No dev question, dev paragraph, or other evaluation set is read.
+every paragraph of the train articles in the paragraph language (~180). Two kinds of query: the held-out
+questions as they are, and longer ones, `pairs`: two held-out questions of the same paragraph joined by a space
+(consecutive in id order, each question in one pair), whose gold is that paragraph. Every mode's score of every
+(query, paragraph) is computed once (float32; the corpus is small enough that the union of the dense and sparse
+candidates is the whole of it), then each weight triple on a 0.05 grid of the simplex is scored by mean nDCG@10
+of `dense+sparse` and of `all` (one relevant paragraph a query: nDCG@10 = 1 / log2(1 + rank) within the first
+10). Score forms: the raw M3 sum (a per-mode affine map changes a ranking only through its scale, so the
+weights are the whole calibration); per-query z-scores of each mode over the candidates; and the sparse score
+divided by the query's own lexical mass, its L1 norm (Σ of its weights) or L2 norm, so that it no longer grows
+with the query's length while dense and ColBERT (cosines, a mean of cosines) do not. The fit of each form takes
+the mean over both kinds of query (`joint`); each kind alone is reported too. No dev question, dev paragraph,
+or other evaluation set is read.
 
     python recipes/e5-m3-small/fit_weights.py --model e5-m3-small --out runs/e5-m3-small/weights.json
 """
@@ -42,26 +47,42 @@ def held_out_questions(questions: int = 450, seed: int = 0) -> set[str]:
     return set(ids) - keep
 
 
+def question_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(first id, second id, paragraph id): consecutive held-out questions of one paragraph, in id order."""
+    by_paragraph: dict[str, list[str]] = {}
+    for qid, pid in sorted(pairs):
+        by_paragraph.setdefault(pid, []).append(qid)
+    return [(ids[i], ids[i + 1], pid) for pid, ids in sorted(by_paragraph.items()) for i in range(0, len(ids) - 1, 2)]
+
+
 def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_length: int,
-                q_text=lambda t: t, p_text=lambda t: t):
-    """(scores {mode: (Q, D)}, gold column per query) of one train-side set, its questions and paragraphs
-    passed through `q_text` and `p_text` first."""
+                q_text=lambda t: t, p_text=lambda t: t) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """{kind: (scores {mode: (Q, D)} + the query norms, gold column per query)} of one train-side set for the
+    two kinds of query (`questions`, `pairs`), questions and paragraphs passed through `q_text` and `p_text`."""
     docs = [d for d in read_jsonl(DATA / "xquad" / p_lang / "corpus.jsonl") if is_train_article(d["id"])]
     col = {d["id"]: j for j, d in enumerate(docs)}
-    texts = {q["id"]: q["text"] for q in read_jsonl(DATA / "xquad" / q_lang / "queries.jsonl")}
+    texts = {q["id"]: q_text(q["text"]) for q in read_jsonl(DATA / "xquad" / q_lang / "queries.jsonl")}
     pairs = [(qid, pid) for qid, pid in train_qrels(q_lang) if qid in held]
     # xquad ids are shared across languages: question qid's paragraph pid has the same id in every language
-    questions, passages = [q_text(texts[qid]) for qid, _ in pairs], [p_text(d["text"]) for d in docs]
-    q = model.encode_queries(questions, modes=MODES, max_length=max_length)
+    joined = question_pairs(pairs)
+    kinds = {"questions": ([texts[qid] for qid, _ in pairs], [pid for _, pid in pairs]),
+             "pairs": ([f"{texts[a]} {texts[b]}" for a, b, _ in joined], [pid for _, _, pid in joined])}
+    passages = [p_text(d["text"]) for d in docs]
     p = model.encode_corpus(passages, modes=MODES, max_length=max_length)
-    scores = {"dense": dense_scores(q.dense, p.dense), "sparse": lexical_scores(q.sparse, p.sparse),
-              "colbert": np.stack([colbert_scores(c, p.colbert) for c in q.colbert])}
-    bm25 = np.full((len(pairs), len(docs)), -1.0)  # the reference for the sparse head; unretrieved: below all
-    for i, row in enumerate(bm25_searcher([d["id"] for d in docs], passages, k=len(docs))(questions)):
-        for pid, s in row.items():
-            bm25[i, col[pid]] = s
-    scores["bm25"] = bm25
-    return scores, np.array([col[pid] for _, pid in pairs])
+    out = {}
+    for kind, (queries, gold) in kinds.items():
+        q = model.encode_queries(queries, modes=MODES, max_length=max_length)
+        scores = {"dense": dense_scores(q.dense, p.dense), "sparse": lexical_scores(q.sparse, p.sparse),
+                  "colbert": np.stack([colbert_scores(c, p.colbert) for c in q.colbert]),
+                  "l1": np.asarray(q.sparse.sum(axis=1)).ravel(),
+                  "l2": np.sqrt(np.asarray(q.sparse.multiply(q.sparse).sum(axis=1)).ravel())}
+        bm25 = np.full((len(queries), len(docs)), -1.0)  # the reference for the sparse head; unretrieved: below all
+        for i, row in enumerate(bm25_searcher([d["id"] for d in docs], passages, k=len(docs))(queries)):
+            for pid, s in row.items():
+                bm25[i, col[pid]] = s
+        scores["bm25"] = bm25
+        out[kind] = (scores, np.array([col[pid] for pid in gold]))
+    return out
 
 
 def ndcg10(total: np.ndarray, gold: np.ndarray) -> float:
@@ -72,6 +93,15 @@ def ndcg10(total: np.ndarray, gold: np.ndarray) -> float:
 
 def zscores(s: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-6)
+
+
+def per_norm(norm: str):
+    """The sparse score divided by the query's lexical norm; the other modes as they are."""
+    return lambda s, m: s[m] / np.maximum(s[norm], 1e-6)[:, None] if m == "sparse" else s[m]
+
+
+FORMS = {"raw": lambda s, m: s[m], "z": lambda s, m: zscores(s[m]), "l1": per_norm("l1"), "l2": per_norm("l2")}
+KINDS = ("questions", "pairs")
 
 
 def main() -> None:
@@ -85,32 +115,46 @@ def main() -> None:
     held = held_out_questions()
     sets = {f"{lang}": (lang, lang) for lang in LANGS} | {f"{lang}-en": (lang, "en") for lang in LANGS if lang != "en"}
     data = {name: mode_scores(model, ql, pl, held, args.max_length) for name, (ql, pl) in sets.items()}
-    print(f"encoded {len(held)} held-out questions x {len(sets)} sets in {time.time() - start:.0f} s", flush=True)
+    sizes = {kind: len(data["en"][kind][1]) for kind in KINDS}
+    print(f"encoded {sizes} held-out queries x {len(sets)} sets in {time.time() - start:.0f} s", flush=True)
     grid = [tuple(float(x) for x in w) for w in itertools.product(np.round(np.arange(0, 1.0001, 0.05), 2), repeat=3)
             if abs(sum(w) - 1) < 1e-6]
-    result: dict[str, object] = {"model": args.model, "held_out_questions": len(held), "sets": list(sets)}
-    bm25 = {name: ndcg10(s["bm25"], gold) for name, (s, gold) in data.items()}  # the same in both score forms
-    bm25 = {"mean": float(np.mean(list(bm25.values()))), **bm25}
-    for form, prep in (("raw", lambda s: s), ("z", zscores)):
-        ready = {name: ({m: prep(s[m]) for m in MODES}, gold) for name, (s, gold) in data.items()}
+    result: dict[str, object] = {"model": args.model, "queries": sizes, "sets": list(sets)}
+    # BM25's nDCG is the same in every score form
+    bm25 = {kind: {name: ndcg10(d[kind][0]["bm25"], d[kind][1]) for name, d in data.items()} for kind in KINDS}
+    bm25 = {kind: {"mean": float(np.mean(list(v.values()))), **v} for kind, v in bm25.items()}
+    for form, prep in FORMS.items():
+        ready = {kind: {name: ({m: prep(d[kind][0], m) for m in MODES}, d[kind][1]) for name, d in data.items()}
+                 for kind in KINDS}
 
-        def score(w, ready=ready) -> dict[str, float]:
-            per = {name: ndcg10(sum(wi * s[m] for wi, m in zip(w, MODES)), gold) for name, (s, gold) in ready.items()}
-            return {"mean": float(np.mean(list(per.values()))), **per}
+        def score(w, ready=ready) -> dict[str, dict[str, float]]:
+            res = {}
+            for kind, sets_ in ready.items():
+                per = {name: ndcg10(sum(wi * s[m] for wi, m in zip(w, MODES)), gold)
+                       for name, (s, gold) in sets_.items()}
+                res[kind] = {"mean": float(np.mean(list(per.values()))), **per}
+            res["joint"] = {"mean": float(np.mean([res[kind]["mean"] for kind in KINDS]))}
+            return res
 
-        single = {m: score(tuple(float(m == x) for x in MODES)) for m in MODES} | {"bm25": bm25}
+        single = {m: score(tuple(float(m == x) for x in MODES)) for m in MODES}
+        single = single | {"bm25": bm25 | {"joint": {"mean": float(np.mean([bm25[k]["mean"] for k in KINDS]))}}}
         # one triple serves both hybrids: `all` uses the three, `dense+sparse` the first two
         both = {w: (score(w), score((w[0], w[1], 0.0))) for w in grid if w[2] > 0 and w[0] + w[1] > 0}
-        fits = {"all": (1, 0), "dense+sparse": (0, 1), "joint": (1, 1)}  # goal: weights of the two means
         result[form] = {"single_modes": single}
+
+        def show(w, both=both) -> str:
+            return ", ".join(f"{kind} all {both[w][0][kind]['mean']:.4f} d+s {both[w][1][kind]['mean']:.4f}"
+                             for kind in (*KINDS, "joint"))
+
         default = (0.4, 0.2, 0.4)
-        print(f"[{form}] single modes {json.dumps({m: round(v['mean'], 4) for m, v in single.items()})}; default "
-              f"{default}: all {both[default][0]['mean']:.4f}, dense+sparse {both[default][1]['mean']:.4f}")
+        print(f"[{form}] single modes " + json.dumps({m: {k: round(v[k]["mean"], 4) for k in (*KINDS, "joint")}
+                                                       for m, v in single.items()}))
+        print(f"[{form}] default {default}: {show(default)}")
+        fits = {"all": (1, 0), "dense+sparse": (0, 1), "joint": (1, 1)}  # goal: weights of the two means
         for goal, (a, b) in fits.items():
-            w = max(both, key=lambda w, a=a, b=b: a * both[w][0]["mean"] + b * both[w][1]["mean"])
+            w = max(both, key=lambda w, a=a, b=b: a * both[w][0]["joint"]["mean"] + b * both[w][1]["joint"]["mean"])
             result[form][f"best_{goal}"] = {"weights": list(w), "all": both[w][0], "dense+sparse": both[w][1]}
-            print(f"[{form}] best for {goal}: {w}: all {both[w][0]['mean']:.4f}, "
-                  f"dense+sparse {both[w][1]['mean']:.4f}", flush=True)
+            print(f"[{form}] best for {goal}: {w}: {show(w)}", flush=True)
         result[form]["default"] = {"weights": list(default), "all": both[default][0],
                                    "dense+sparse": both[default][1]}
     result["seconds"] = round(time.time() - start)

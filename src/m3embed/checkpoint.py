@@ -34,6 +34,7 @@ TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "to
 CONFIG_FILE = "m3embed.json"
 POOLINGS = ("cls", "mean")
 CASE_FOLDS = ("none", "capitals", "lower")  # `m3embed.tokenize.fold_case`
+SPARSE_NORMS = ("none", "l1")  # `m3embed.types.normalize_lexical`
 
 
 @dataclass
@@ -56,6 +57,10 @@ class M3Config:
     # letter case folded before tokenizing every input (`m3embed.tokenize.fold_case`): "none" (BGE-M3, and any
     # checkpoint without the key), "capitals" (words written in capitals) or "lower"
     case_fold: str = "none"
+    # the queries' lexical weights divided by their norm by encode_queries (`m3embed.types.normalize_lexical`):
+    # "none" (BGE-M3: FlagEmbedding's weights) or "l1" (they sum to 1, so a query's sparse score no longer grows
+    # with its length, as its dense and ColBERT scores do not; e5-m3-small). Documents are never changed.
+    query_sparse_norm: str = "none"
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -69,6 +74,8 @@ class M3Config:
                 raise ValueError(f"{name} must be an int of at least 2 or None, got {value!r}")
         if self.case_fold not in CASE_FOLDS:
             raise ValueError(f"case_fold must be one of {CASE_FOLDS}, got {self.case_fold!r}")
+        if self.query_sparse_norm not in SPARSE_NORMS:
+            raise ValueError(f"query_sparse_norm must be one of {SPARSE_NORMS}, got {self.query_sparse_norm!r}")
         if self.search_weights is not None:
             self.search_weights = list(check_weights(self.search_weights, name="search_weights"))
 

@@ -18,7 +18,7 @@ from m3embed.quantize import quantize_int8
 from m3embed.scoring import compute_score
 from m3embed.sources import resolve
 from m3embed.tokenize import check_pairs, check_texts, fold_case, resolve_max_length
-from m3embed.types import M3Output
+from m3embed.types import M3Output, normalize_lexical
 
 
 def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str, cls_positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,7 +75,7 @@ class M3Model(nn.Module):
                  sparse_linear: nn.Linear | None, pooling: str = "cls", name: str = "", query_prefix: str = "",
                  passage_prefix: str = "", query_max_length: int | None = None,
                  passage_max_length: int | None = None, search_weights: Sequence[float] | None = None,
-                 case_fold: str = "none") -> None:
+                 case_fold: str = "none", query_sparse_norm: str = "none") -> None:
         super().__init__()
         if pooling not in checkpoint.POOLINGS:
             raise ValueError(f"pooling must be one of {checkpoint.POOLINGS}, got {pooling!r}")
@@ -97,7 +97,9 @@ class M3Model(nn.Module):
         self.query_max_length: int = resolve_max_length(query_max_length, self.max_length, name="query_max_length")
         self.passage_max_length: int = resolve_max_length(passage_max_length, self.max_length,
                                                           name="passage_max_length")
-        self.case_fold = checkpoint.M3Config(case_fold=case_fold).case_fold  # applied by input_texts
+        settings = checkpoint.M3Config(case_fold=case_fold, query_sparse_norm=query_sparse_norm)  # checks them
+        self.case_fold = settings.case_fold  # applied by input_texts
+        self.query_sparse_norm = settings.query_sparse_norm  # applied by encode_queries
         # the default weights of an index built with this model (m3embed.json's search_weights)
         self.search_weights: tuple[float, float, float] = tuple(search_weights or SEARCH_WEIGHTS)
         # FlagEmbedding's list (BGEM3FlagModel: cls, eos, pad, unk where the tokenizer has them); a BERT
@@ -144,7 +146,8 @@ class M3Model(nn.Module):
         options = {"query_prefix": config.query_prefix if query_prefix is None else query_prefix,
                    "passage_prefix": config.passage_prefix if passage_prefix is None else passage_prefix,
                    "query_max_length": config.query_max_length, "passage_max_length": config.passage_max_length,
-                   "search_weights": config.search_weights, "case_fold": config.case_fold}
+                   "search_weights": config.search_weights, "case_fold": config.case_fold,
+                   "query_sparse_norm": config.query_sparse_norm}
         checkpoint.M3Config(pooling=config.pooling, **options)  # checks the overrides
         tokenizer = AutoTokenizer.from_pretrained(directory)
         key = identity.weights_key(directory)  # the files as they are when read
@@ -190,7 +193,8 @@ class M3Model(nn.Module):
                    for name in ("query_max_length", "passage_max_length")}
         weights = None if self.search_weights == SEARCH_WEIGHTS else list(self.search_weights)
         checkpoint.M3Config(pooling=self.pooling, query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
-                            search_weights=weights, case_fold=self.case_fold, **lengths).save(directory)
+                            search_weights=weights, case_fold=self.case_fold,
+                            query_sparse_norm=self.query_sparse_norm, **lengths).save(directory)
         return directory
 
     @property
@@ -307,9 +311,13 @@ class M3Model(nn.Module):
     def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                        max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,
                        mcls: bool | int = False, progress: bool | None = None) -> M3Output:
-        """`encode` of `query_prefix + text`, truncating at `max_length`, by default `self.query_max_length`."""
-        return self._encode(self.input_texts(texts, "query"), modes, max_length, self.query_max_length,
-                            batch_tokens, max_batch_size, mcls, progress)
+        """`encode` of `query_prefix + text`, truncating at `max_length`, by default `self.query_max_length`; the
+        lexical weights divided by their norm where the model's `query_sparse_norm` says so."""
+        out = self._encode(self.input_texts(texts, "query"), modes, max_length, self.query_max_length,
+                           batch_tokens, max_batch_size, mcls, progress)
+        if out.sparse is not None:
+            out.sparse = normalize_lexical(out.sparse, self.query_sparse_norm)
+        return out
 
     def encode_corpus(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                       max_length: int | None = None, batch_tokens: int | None = None, max_batch_size: int = 256,

@@ -24,7 +24,7 @@ from m3embed import checkpoint, identity
 from m3embed.modes import MODES, check_modes
 from m3embed.sources import resolve
 from m3embed.tokenize import check_texts, fold_case, resolve_max_length, tokenize, warn_truncated
-from m3embed.types import M3Output, lexical_csr
+from m3embed.types import M3Output, lexical_csr, normalize_lexical
 
 ARCHITECTURES = ("bert", "xlm-roberta")  # post-LayerNorm encoders with learned absolute positions
 _XLMR_POSITIONS = ("xlm-roberta",)  # positions count from pad_token_id + 1
@@ -64,6 +64,7 @@ class NumpyEncoder:
         self.name, self.fingerprint = name, fingerprint
         self.config, self._w, self._heads, self.tokenizer = config, weights, heads, tokenizer
         self.pooling, self.query_prefix, self.case_fold = settings.pooling, settings.query_prefix, settings.case_fold
+        self.query_sparse_norm = settings.query_sparse_norm
         self.hidden_size: int = config.hidden_size
         self.vocab_size: int = config.vocab_size
         self.max_length = checkpoint.position_limit(config)
@@ -109,7 +110,7 @@ class NumpyEncoder:
     def encode_queries(self, texts: Sequence[str] | str, modes: Sequence[str] | str = ("dense",), *,
                        max_length: int | None = None) -> M3Output:
         """`M3Model.encode_queries` in float32 on CPU: the query prefix, the case folding, truncation at
-        `query_max_length`."""
+        `query_max_length`, the lexical weights' `query_sparse_norm`."""
         modes = check_modes(modes)
         missing = [m for m in modes if m not in self.available_modes()]
         if missing:
@@ -133,7 +134,8 @@ class NumpyEncoder:
             weights = np.maximum(h @ w.T + b, 0.0)[..., 0] * mask
             keep = (weights > 0) & ~np.isin(input_ids, self.special_ids)
             rows, cols = keep.nonzero()
-            out.sparse = lexical_csr(rows, input_ids[rows, cols], weights[rows, cols], len(ids), self.vocab_size)
+            out.sparse = normalize_lexical(lexical_csr(rows, input_ids[rows, cols], weights[rows, cols], len(ids),
+                                                       self.vocab_size), self.query_sparse_norm)
         if "colbert" in modes:
             w, b = self._heads["colbert"]
             vecs = _normalize((h[:, 1:] @ w.T + b) * mask[:, 1:, None])
