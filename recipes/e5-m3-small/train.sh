@@ -15,7 +15,7 @@ python recipes/e5-m3-small/build_data.py --out $RUN/train.jsonl
 # 2. the ColBERT head: heads-only unified training (self-distillation) on cached encoder states, 600 steps;
 # 3. the sparse head alone on the monolingual rows, 600 steps; each followed by fit_weights.py on held-out train
 #    questions; the shipped m3embed.json has query_sparse_norm l1 and search_weights = the "l1" form's
-#    "best_joint" of `fit_weights.py --model $RUN/combo-0s-s600` (runs/e5-m3-small/weights-forms.json)
+#    "best_joint" of `fit_weights.py --model e5-m3-small` (runs/e5-m3-small/weights-forms.json)
 export STEPS=600 TAG=-s600
 recipes/e5-m3-small/studies.sh layers 0
 recipes/e5-m3-small/studies.sh sparse
