@@ -340,7 +340,9 @@ class M3Model(nn.Module):
         """FlagEmbedding's `compute_score`: per pair dense, sparse, colbert and the weighted hybrids.
 
         `weights` (dense, sparse, colbert) default to `m3embed.modes.SCORE_WEIGHTS` (1, 1, 1), as FlagEmbedding.
-        A model without some head scores the modes it has (see `m3embed.scoring.compute_score`).
+        A model without some head scores the modes it has (see `m3embed.scoring.compute_score`). The queries go
+        through `encode_queries`, so a model's `query_sparse_norm` applies to its sparse scores (BGE-M3's layout
+        has none: FlagEmbedding's numbers).
         """
         pairs = check_pairs(pairs)
         modes = self.available_modes()
