@@ -12,7 +12,7 @@ from m3embed import checkpoint
 from m3embed.index import Index
 from m3embed.model import M3Model
 from m3embed.numpy_encoder import NumpyEncoder
-from m3embed.types import normalize_lexical
+from m3embed.scoring import normalize_lexical
 
 MODES = ("dense", "sparse", "colbert")
 QUERIES = ["where does the river flow", "the river flows through the valley to the sea and past the old mill"]
@@ -30,13 +30,18 @@ def test_l1_rows_sum_to_one_and_keep_their_ids() -> None:
         checkpoint.M3Config(query_sparse_norm="l2")
 
 
-def test_queries_are_normalised_documents_are_not(copy_ckpt, xlmr_ckpt: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def models(copy_ckpt, xlmr_ckpt: Path, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> tuple[M3Model, M3Model, Path]:
+    """(the checkpoint as it is, its copy with query_sparse_norm l1, that copy's directory)."""
     monkeypatch.setenv("M3EMBED_CACHE", str(tmp_path / "cache"))
-    plain = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
     ckpt = copy_ckpt(xlmr_ckpt)
     checkpoint.M3Config(query_sparse_norm="l1").save(ckpt)
-    model = M3Model.from_pretrained(ckpt, device="cpu")
+    return M3Model.from_pretrained(xlmr_ckpt, device="cpu"), M3Model.from_pretrained(ckpt, device="cpu"), ckpt
+
+
+def test_queries_are_normalised_documents_are_not(models, tmp_path: Path) -> None:
+    plain, model, ckpt = models
     assert model.query_sparse_norm == "l1"
     raw, q = plain.encode_queries(QUERIES, modes=MODES), model.encode_queries(QUERIES, modes=MODES)
     np.testing.assert_allclose(q.sparse.sum(axis=1), 1.0, rtol=1e-5)
@@ -56,15 +61,10 @@ def test_queries_are_normalised_documents_are_not(copy_ckpt, xlmr_ckpt: Path, tm
     assert saved.query_sparse_norm == "l1"
 
 
-def test_search_scores_the_normalised_query(copy_ckpt, xlmr_ckpt: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_scores_the_normalised_query(models, tmp_path: Path) -> None:
     """Every search mode reads the query through the model: the sparse ranking is unchanged, the hybrids weigh
     the sparse score divided by the query's lexical mass."""
-    monkeypatch.setenv("M3EMBED_CACHE", str(tmp_path / "cache"))
-    ckpt = copy_ckpt(xlmr_ckpt)
-    checkpoint.M3Config(query_sparse_norm="l1").save(ckpt)
-    model = M3Model.from_pretrained(ckpt, device="cpu")
-    plain = M3Model.from_pretrained(xlmr_ckpt, device="cpu")
+    plain, model, _ = models
     weights = (0.4, 0.4, 0.2)
     with Index.create(tmp_path / "idx", model) as index:
         index.add([str(i) for i in range(len(DOCS))], DOCS)

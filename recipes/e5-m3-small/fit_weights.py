@@ -69,6 +69,7 @@ def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_le
              "pairs": ([f"{texts[a]} {texts[b]}" for a, b, _ in joined], [pid for _, _, pid in joined])}
     passages = [p_text(d["text"]) for d in docs]
     p = model.encode_corpus(passages, modes=MODES, max_length=max_length)
+    bm25_search = bm25_searcher([d["id"] for d in docs], passages, k=len(docs))  # one BM25 index for both kinds
     out = {}
     for kind, (queries, gold) in kinds.items():
         q = model.encode_queries(queries, modes=MODES, max_length=max_length)
@@ -77,7 +78,7 @@ def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_le
                   "l1": np.asarray(q.sparse.sum(axis=1)).ravel(),
                   "l2": np.sqrt(np.asarray(q.sparse.multiply(q.sparse).sum(axis=1)).ravel())}
         bm25 = np.full((len(queries), len(docs)), -1.0)  # the reference for the sparse head; unretrieved: below all
-        for i, row in enumerate(bm25_searcher([d["id"] for d in docs], passages, k=len(docs))(queries)):
+        for i, row in enumerate(bm25_search(queries)):
             for pid, s in row.items():
                 bm25[i, col[pid]] = s
         scores["bm25"] = bm25

@@ -34,7 +34,7 @@ TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt", "to
 CONFIG_FILE = "m3embed.json"
 POOLINGS = ("cls", "mean")
 CASE_FOLDS = ("none", "capitals", "lower")  # `m3embed.tokenize.fold_case`
-SPARSE_NORMS = ("none", "l1")  # `m3embed.types.normalize_lexical`
+SPARSE_NORMS = ("none", "l1")  # `m3embed.scoring.normalize_lexical`
 
 
 @dataclass
@@ -57,7 +57,7 @@ class M3Config:
     # letter case folded before tokenizing every input (`m3embed.tokenize.fold_case`): "none" (BGE-M3, and any
     # checkpoint without the key), "capitals" (words written in capitals) or "lower"
     case_fold: str = "none"
-    # the queries' lexical weights divided by their norm by encode_queries (`m3embed.types.normalize_lexical`):
+    # the queries' lexical weights divided by their norm by encode_queries (`m3embed.scoring.normalize_lexical`):
     # "none" (BGE-M3: FlagEmbedding's weights) or "l1" (they sum to 1, so a query's sparse score no longer grows
     # with its length, as its dense and ColBERT scores do not; e5-m3-small). Documents are never changed.
     query_sparse_norm: str = "none"

@@ -15,10 +15,10 @@ from m3embed.encode import encode
 from m3embed.modes import MODES, SCORE_WEIGHTS, SEARCH_WEIGHTS, check_modes
 from m3embed.onednn import use_onednn
 from m3embed.quantize import quantize_int8
-from m3embed.scoring import compute_score
+from m3embed.scoring import compute_score, normalize_lexical
 from m3embed.sources import resolve
 from m3embed.tokenize import check_pairs, check_texts, fold_case, resolve_max_length
-from m3embed.types import M3Output, normalize_lexical
+from m3embed.types import M3Output
 
 
 def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str, cls_positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,9 +22,10 @@ from scipy.special import erf
 
 from m3embed import checkpoint, identity
 from m3embed.modes import MODES, check_modes
+from m3embed.scoring import normalize_lexical
 from m3embed.sources import resolve
 from m3embed.tokenize import check_texts, fold_case, resolve_max_length, tokenize, warn_truncated
-from m3embed.types import M3Output, lexical_csr, normalize_lexical
+from m3embed.types import M3Output, lexical_csr
 
 ARCHITECTURES = ("bert", "xlm-roberta")  # post-LayerNorm encoders with learned absolute positions
 _XLMR_POSITIONS = ("xlm-roberta",)  # positions count from pad_token_id + 1

@@ -9,6 +9,7 @@ from typing import TypeVar
 import numpy as np
 from scipy import sparse as sp
 
+from m3embed.checkpoint import SPARSE_NORMS
 from m3embed.modes import MODES, SCORE_WEIGHTS, check_weights
 from m3embed.types import M3Output, SparseVector
 
@@ -24,6 +25,21 @@ def dense_scores(q: ArrayT, d: ArrayT) -> ArrayT:
 def lexical_scores(q: sp.csr_array, d: sp.csr_array) -> np.ndarray:
     """q (m, V), d (n, V) lexical weights → (m, n): Σ over shared ids of w_q · w_d."""
     return (q @ d.T).toarray()
+
+
+def normalize_lexical(m: sp.csr_array, norm: str) -> sp.csr_array:
+    """Lexical weights (n, V) with each row divided by its `norm` (one of `m3embed.checkpoint.SPARSE_NORMS`): "l1"
+    makes each row sum to 1 (an empty row stays empty); "none" returns `m` as it is."""
+    if norm not in SPARSE_NORMS:
+        raise ValueError(f"norm must be one of {SPARSE_NORMS}, got {norm!r}")
+    if norm == "none":
+        return m
+    sums = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+    out = sp.csr_array((m.data * np.repeat(scale, np.diff(m.indptr)).astype(m.dtype), m.indices, m.indptr),
+                       shape=m.shape)
+    out.has_sorted_indices = m.has_sorted_indices
+    return out
 
 
 def lexical_score(q: SparseVector, d: SparseVector) -> float:

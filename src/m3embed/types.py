@@ -52,21 +52,6 @@ def lexical_csr(rows: np.ndarray, ids: np.ndarray, weights: np.ndarray, n: int, 
     return out
 
 
-def normalize_lexical(m: sp.csr_array, norm: str) -> sp.csr_array:
-    """Lexical weights (n, V) with each row divided by its `norm` (`m3embed.checkpoint.SPARSE_NORMS`): "l1"
-    makes each row sum to 1 (an empty row stays empty); "none" returns `m` as it is."""
-    if norm == "none":
-        return m
-    if norm != "l1":
-        raise ValueError(f"norm must be 'none' or 'l1', got {norm!r}")
-    sums = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
-    out = sp.csr_array((m.data * np.repeat(scale, np.diff(m.indptr)).astype(m.dtype), m.indices, m.indptr),
-                       shape=m.shape)
-    out.has_sorted_indices = m.has_sorted_indices
-    return out
-
-
 @dataclass
 class M3Output:
     """What one encoder pass returns for n texts, in input order.
