@@ -11,7 +11,9 @@ of `dense+sparse` and of `all` (one relevant paragraph a query: nDCG@10 = 1 / lo
 10). Score forms: the raw M3 sum (a per-mode affine map changes a ranking only through its scale, so the
 weights are the whole calibration); per-query z-scores of each mode over the candidates; and the sparse score
 divided by the query's own lexical mass, its L1 norm (Σ of its weights) or L2 norm, so that it no longer grows
-with the query's length while dense and ColBERT (cosines, a mean of cosines) do not. The fit of each form takes
+with the query's length while dense and ColBERT (cosines, a mean of cosines) do not; `idf` and `l1+idf` weigh
+each shared id by its IDF over the set's paragraphs, as a Qdrant sparse field with `Modifier.IDF` would over an
+index (`sparse_idf`), without and with the L1 norm. The fit of each form takes
 the mean over both kinds of query (`joint`); each kind alone is reported too. No dev question, dev paragraph,
 or other evaluation set is read.
 
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_data import DATA, LANGS, is_train_article, read_jsonl, train_qrels  # noqa: E402
@@ -69,11 +72,13 @@ def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_le
              "pairs": ([f"{texts[a]} {texts[b]}" for a, b, _ in joined], [pid for _, _, pid in joined])}
     passages = [p_text(d["text"]) for d in docs]
     p = model.encode_corpus(passages, modes=MODES, max_length=max_length)
+    idf = sparse_idf(p.sparse)
     bm25_search = bm25_searcher([d["id"] for d in docs], passages, k=len(docs))  # one BM25 index for both kinds
     out = {}
     for kind, (queries, gold) in kinds.items():
         q = model.encode_queries(queries, modes=MODES, max_length=max_length)
         scores = {"dense": dense_scores(q.dense, p.dense), "sparse": lexical_scores(q.sparse, p.sparse),
+                  "sparse_idf": lexical_scores(q.sparse @ sp.diags(idf), p.sparse),
                   "colbert": np.stack([colbert_scores(c, p.colbert) for c in q.colbert]),
                   "l1": np.asarray(q.sparse.sum(axis=1)).ravel(),
                   "l2": np.sqrt(np.asarray(q.sparse.multiply(q.sparse).sum(axis=1)).ravel())}
@@ -86,6 +91,13 @@ def mode_scores(model: M3Model, q_lang: str, p_lang: str, held: set[str], max_le
     return out
 
 
+def sparse_idf(docs: sp.csr_array) -> np.ndarray:
+    """Per token id, the IDF a Qdrant sparse field with `Modifier.IDF` applies over these documents:
+    ln((N - n + 0.5) / (n + 0.5) + 1), N documents, n of them holding the id."""
+    n = np.bincount(docs.indices, minlength=docs.shape[1])
+    return np.log((docs.shape[0] - n + 0.5) / (n + 0.5) + 1)
+
+
 def ndcg10(total: np.ndarray, gold: np.ndarray) -> float:
     g = total[np.arange(len(gold)), gold]
     rank = (total >= g[:, None]).sum(1)  # ties count against the gold (no shared term: every score 0)
@@ -96,12 +108,16 @@ def zscores(s: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-6)
 
 
-def per_norm(norm: str):
-    """The sparse score divided by the query's lexical norm; the other modes as they are."""
-    return lambda s, m: s[m] / np.maximum(s[norm], 1e-6)[:, None] if m == "sparse" else s[m]
+def per_norm(norm: str, sparse: str = "sparse"):
+    """The sparse score (`sparse`: "sparse", or "sparse_idf" with the corpus IDF) divided by the query's lexical
+    norm (None: as it is); the other modes as they are."""
+    if norm is None:
+        return lambda s, m: s[sparse] if m == "sparse" else s[m]
+    return lambda s, m: s[sparse] / np.maximum(s[norm], 1e-6)[:, None] if m == "sparse" else s[m]
 
 
-FORMS = {"raw": lambda s, m: s[m], "z": lambda s, m: zscores(s[m]), "l1": per_norm("l1"), "l2": per_norm("l2")}
+FORMS = {"raw": lambda s, m: s[m], "z": lambda s, m: zscores(s[m]), "l1": per_norm("l1"), "l2": per_norm("l2"),
+         "idf": per_norm(None, "sparse_idf"), "l1+idf": per_norm("l1", "sparse_idf")}
 KINDS = ("questions", "pairs")
 
 
