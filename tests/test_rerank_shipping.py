@@ -54,7 +54,7 @@ def test_merge_adds_deltas_replaces_whole_tensors_and_keeps_the_rest(tmp_path):
         ours[name + QDELTA], ours[name + QSCALE] = q[QDELTA], q[QSCALE]
     save_file(ours, str(tmp_path / sources.TRAINED_WEIGHTS), metadata={"format": "pt", "backbone_prefix": "m."})
     expect_w = base["w"] + dequantize_delta(ours["m.w" + QDELTA], ours["m.w" + QSCALE])
-    sources._merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)
+    sources.merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)
     merged = load_file(tmp_path / "model.safetensors")
     assert set(merged) == {"m.w", "m.v", "m.b", "m.head"}
     assert all(v.dtype == torch.float32 for v in merged.values())
@@ -70,4 +70,35 @@ def test_merge_refuses_a_delta_without_its_backbone_tensor(tmp_path):
     q = quantize_delta(torch.ones(2, 2), 8)
     save_file({"x" + QDELTA: q[QDELTA], "x" + QSCALE: q[QSCALE]}, str(tmp_path / sources.TRAINED_WEIGHTS))
     with pytest.raises(ValueError, match="no backbone tensor x"):
-        sources._merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)
+        sources.merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)
+
+
+def test_trained_tensors_ship_what_changed_and_merge_back(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    base = {"big": torch.randn(64, 32, generator=g), "small": torch.randn(8, 32, generator=g),
+            "same": torch.randn(8, 8, generator=g), "bias": torch.randn(8, generator=g)}
+    trained = {k: v.clone() for k, v in base.items()}
+    trained["big"] += torch.randn(64, 32, generator=g) * 1e-2
+    trained["small"] += torch.randn(8, 32, generator=g) * 1e-2
+    trained["bias"] += 1.0
+    trained["head"] = torch.randn(2, 8, generator=g)
+    ours, bits = sources.trained_tensors(trained, base)
+    assert bits == {"big": 8, "small": 8}
+    assert set(ours) == {"bias", "head", *(k + s for k in bits for s in (QDELTA, QSCALE))}  # "same" left out
+    assert ours["bias"].dtype == torch.float16 and ours["big" + QDELTA].dtype == torch.int8
+    # a budget below the 8-bit size moves the largest matrix, and only it, to 4 bits
+    _, tight = sources.trained_tensors(trained, base, max_bytes=64 * 32 + 8 * 32)
+    assert tight == {"big": 4, "small": 8}
+    whole, none = sources.trained_tensors(trained, base, delta_bits=0)
+    assert none == {} and set(whole) == {"big", "small", "bias", "head"}
+    save_file(base, str(tmp_path / "model.safetensors"))
+    save_file(ours, str(tmp_path / sources.TRAINED_WEIGHTS), metadata={"format": "pt"})
+    sources.merge_trained(tmp_path / "model.safetensors", tmp_path / sources.TRAINED_WEIGHTS)
+    merged = load_file(tmp_path / "model.safetensors")
+    for k in ("big", "small"):
+        step = (trained[k] - base[k]).abs().max().item() / 127
+        torch.testing.assert_close(merged[k], trained[k], rtol=0, atol=step)
+    assert torch.equal(merged["same"], base["same"])
+    torch.testing.assert_close(merged["head"], trained["head"].half().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="delta_bits"):
+        sources.trained_tensors(trained, base, delta_bits=2)

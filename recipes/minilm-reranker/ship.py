@@ -19,14 +19,9 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
-from m3embed.sources import QDELTA, QSCALE, TRAINED_WEIGHTS, dequantize_delta, quantize_delta, resolve
-
-
-def nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() * v.element_size() for v in tensors.values())
+from m3embed.sources import QDELTA, QSCALE, TRAINED_WEIGHTS, dequantize_delta, resolve, trained_tensors
 
 
 def main() -> None:
@@ -41,26 +36,14 @@ def main() -> None:
     backbone = {args.prefix + k: v for k, v in load_file(resolve("all-MiniLM-L6-v2") / "model.safetensors")
                 .items()}
     trained = load_file(args.trained / "model.safetensors")
-    changed = {k: v for k, v in trained.items() if k not in backbone or not torch.equal(v, backbone[k].to(v.dtype))}
-    whole = {k: v for k, v in changed.items() if args.delta_bits == 0 or k not in backbone or v.dim() != 2}
-    ours = {k: v.to(torch.float16).contiguous() for k, v in whole.items()}
-    matrices = sorted((k for k in changed if k not in whole), key=lambda k: -changed[k].numel())
-    bits = dict.fromkeys(matrices, args.delta_bits)
-    if args.delta_bits == 8:  # 4 bits for the largest matrices while the estimate exceeds the budget
-        for k in matrices:
-            size = nbytes(ours) + sum(changed[m].numel() * b / 8 + changed[m].shape[0] * 2 for m, b in bits.items())
-            if size <= args.max_mib * 2**20:
-                break
-            bits[k] = 4
+    ours, bits = trained_tensors(trained, backbone, args.delta_bits, args.max_mib * 2**20)
     worst = 0.0
-    for k in matrices:
-        delta = changed[k].float() - backbone[k].float()
-        q = quantize_delta(delta, bits[k])
-        ours[k + QDELTA], ours[k + QSCALE] = q[QDELTA], q[QSCALE]
-        err = (dequantize_delta(q[QDELTA], q[QSCALE]) - delta).norm() / delta.norm().clamp_min(1e-12)
+    for k in bits:
+        delta = trained[k].float() - backbone[k].float()
+        err = (dequantize_delta(ours[k + QDELTA], ours[k + QSCALE]) - delta).norm() / delta.norm().clamp_min(1e-12)
         worst = max(worst, float(err))
-    if matrices:
-        print(f"{len(matrices)} changed matrices as quantised deltas: "
+    if bits:
+        print(f"{len(bits)} changed matrices as quantised deltas: "
               f"{sum(b == 8 for b in bits.values())} 8-bit, {sum(b == 4 for b in bits.values())} 4-bit "
               f"(4-bit: {sorted({re.sub(r'layer[.][0-9]+[.]', 'layer.*.', k) for k, b in bits.items() if b == 4})}); "
               f"worst relative error of a delta {worst:.4f}")
@@ -69,7 +52,7 @@ def main() -> None:
     for name in ("config.json", "train_config.json"):
         shutil.copyfile(args.trained / name, args.ship / name)
     size = (args.ship / TRAINED_WEIGHTS).stat().st_size
-    print(f"{len(changed)} changed tensors of {len(trained)} as {len(ours)} ({size / 2**20:.2f} MiB) -> {args.ship}")
+    print(f"{len(trained)} tensors, {len(ours)} shipped ({size / 2**20:.2f} MiB) -> {args.ship}")
     if size > args.max_mib * 2**20:
         raise SystemExit(f"{TRAINED_WEIGHTS} is {size / 2**20:.2f} MiB, over --max-mib {args.max_mib}")
 

@@ -212,7 +212,7 @@ def _assemble(heads_dir: Path, backbone: Path) -> Path:
         else:
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     if (tmp / TRAINED_WEIGHTS).is_file():
-        _merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
+        merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
     os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
     return target
 
@@ -256,7 +256,38 @@ def dequantize_delta(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.float() * scale.float()
 
 
-def _merge_trained(weights: Path, trained: Path) -> None:
+def trained_tensors(trained: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor], delta_bits: int = 8,
+                    max_bytes: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The tensors TRAINED_WEIGHTS holds for a model trained from `backbone` (both {name: tensor}, same names).
+
+    New tensors and changed 1-D ones (biases, LayerNorms) go whole in float16. A changed matrix goes as its delta
+    over the backbone's, quantised per row (`quantize_delta`): `delta_bits` 8, except that the largest matrices
+    get 4 bits, largest first, while the estimated size is over `max_bytes`; 4 gives every matrix 4 bits; 0 keeps
+    changed matrices whole in float16. Unchanged tensors are left out. Returns (tensors, bits per delta matrix).
+    """
+    import torch
+
+    if delta_bits not in (0, 4, 8):
+        raise ValueError(f"delta_bits must be 0 (whole float16), 4 or 8, got {delta_bits}")
+    changed = {k: v for k, v in trained.items() if k not in backbone or not torch.equal(v, backbone[k].to(v.dtype))}
+    whole = {k: v for k, v in changed.items() if delta_bits == 0 or k not in backbone or v.dim() != 2}
+    ours = {k: v.to(torch.float16).contiguous() for k, v in whole.items()}
+    matrices = sorted((k for k in changed if k not in whole), key=lambda k: -changed[k].numel())
+    bits = dict.fromkeys(matrices, delta_bits)
+    if delta_bits == 8 and max_bytes is not None:
+        fixed = sum(v.numel() * v.element_size() for v in ours.values())
+        for k in matrices:
+            size = fixed + sum(changed[m].numel() * b / 8 + changed[m].shape[0] * 2 for m, b in bits.items())
+            if size <= max_bytes:
+                break
+            bits[k] = 4
+    for k in matrices:
+        q = quantize_delta(changed[k].float() - backbone[k].float(), bits[k])
+        ours[k + QDELTA], ours[k + QSCALE] = q[QDELTA], q[QSCALE]
+    return ours, bits
+
+
+def merge_trained(weights: Path, trained: Path) -> None:
     """Rewrite `weights` (the backbone's) as the full model: prefixed backbone tensors, then ours, in float32.
 
     Ours replace the backbone's tensors, or, for a quantised delta (NAME + QDELTA / QSCALE), are added to them.
