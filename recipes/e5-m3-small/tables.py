@@ -3,8 +3,9 @@
     python recipes/e5-m3-small/tables.py runs/e5-m3-small/eval
 
 Expects <eval>/e5-m3-small/<set>/eval.json (every mode + BM25), <eval>/minilm-m3/<set>/eval.json (for its `all`
-column), <eval>/<model>/tatoeba/tatoeba.json and optionally <eval>/<model>/mcls/eval.json. The encoder of
-e5-m3-small is the converted multilingual-e5-small, frozen, so the "e5-small dense" column is its dense mode.
+column), <eval>/<model>/tatoeba/tatoeba.json and optionally <eval>/<model>/mcls/eval.json. The "e5-small
+dense" column is the dense mode of the run named by --base: a run of a model whose encoder is multilingual-e5-small
+unchanged (heads only; by default the run itself).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def cell(value: float | None, bold: bool = False) -> str:
     return f"**{value:.3f}**" if bold else f"{value:.3f}"
 
 
-def ndcg_table(new: dict[str, dict], old: dict[str, dict]) -> str:
+def ndcg_table(new: dict[str, dict], old: dict[str, dict], base: dict[str, dict]) -> str:
     head = ["set", "BM25", "e5-small dense", *(f"{NEW} {m}" for m in MODES), f"{OLD} all"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for group, sets in GROUPS.items():
@@ -57,7 +58,8 @@ def ndcg_table(new: dict[str, dict], old: dict[str, dict]) -> str:
             values = {m: ndcg(new.get(name), m) for m in MODES}
             best = max((v for v in values.values() if v is not None), default=None)
             bm25 = ndcg(new.get(name), "bm25") or ndcg(old.get(name), "bm25")
-            cells = [cell(bm25), cell(values["dense"])] + [cell(values[m], values[m] == best) for m in MODES]
+            cells = [cell(bm25), cell(ndcg(base.get(name), "dense"))] + [cell(values[m], values[m] == best)
+                                                                          for m in MODES]
             lines.append(f"| {name} | " + " | ".join(cells + [cell(ndcg(old.get(name), 'all'))]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -108,10 +110,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--name", default=NEW, help=f"eval.sh's NAME of the {NEW} run (default: %(default)s)")
+    ap.add_argument("--base", help="the run whose dense mode is e5-small's own (default: --name)")
     args = ap.parse_args()
     new, old = load(args.eval_dir / args.name), load(args.eval_dir / OLD)
     print("nDCG@10\n")
-    print(ndcg_table(new, old))
+    print(ndcg_table(new, old, load(args.eval_dir / (args.base or args.name))))
     print(goals(new))
     reports = {m: json.loads(p.read_text()) for m in (args.name, OLD)
                if (p := args.eval_dir / m / "tatoeba" / "tatoeba.json").is_file()}
