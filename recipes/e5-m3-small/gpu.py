@@ -8,7 +8,8 @@ that copy (`m3embed.e5q4.convert`), trains, and `ship`s what training changed ov
 matrices as quantised deltas (`m3embed.sources.trained_tensors`), the heads and the configs. The deltas are the
 same over the real file, whose layers the copy holds unchanged, so `merge` here joins them with the real
 converted encoder into a model directory for `fit_weights.py` and `m3embed eval`, and the files `ship` wrote
-are what the model would ship (heads and trained layers as quantised deltas, as the reranker does).
+are what the model would ship (heads and trained layers as quantised deltas, as the reranker does). `ship`
+is also how train.sh ships the model trained on the CPU.
 
     python recipes/e5-m3-small/gpu.py pack runs/e5-m3-small/train.jsonl --out runs/e5-m3-small/gpu
     # device: recipes/e5-m3-small/gpu_train.sh (carry .whl and runs/e5-m3-small/gpu)
