@@ -29,7 +29,7 @@ import numpy as np
 from m3embed.e5q4 import Q4_BLOCK, QK, read_q4
 
 PRUNED, DATA = "e5-small-q4-pruned.bin.xz", "train.jsonl.xz"
-HEADS = ("colbert_linear.pt", "sparse_linear.pt", "m3embed.json")
+MODEL_FILES = ("colbert_linear.pt", "sparse_linear.pt", "m3embed.json")  # beside the deltas
 
 
 def kept_ids(tokenizer, texts: list[str], specials: list[int]) -> np.ndarray:
@@ -77,7 +77,7 @@ def ship(trained: Path, backbone: Path, out: Path, max_mib: float) -> None:
                                  max_bytes=max_mib * 2**20)
     out.mkdir(parents=True, exist_ok=True)
     save_file(ours, str(out / TRAINED_WEIGHTS), metadata={"format": "pt", "backbone_prefix": ""})
-    for name in HEADS:
+    for name in MODEL_FILES:
         shutil.copyfile(trained / name, out / name)
     # a checkpoint-N directory holds the model at step N; the run's config is in its parent
     step = checkpoint_step(trained)
@@ -90,19 +90,15 @@ def ship(trained: Path, backbone: Path, out: Path, max_mib: float) -> None:
 
 
 def merge(shipped: Path, out: Path) -> None:
-    """A model directory: the real converted multilingual-e5-small with `ship`'s files merged in."""
-    from m3embed.sources import E5_SMALL, TRAINED_WEIGHTS, backbone_dir, merge_trained
+    """`out`: a link to the model `ship`'s files make with the real converted multilingual-e5-small, assembled as
+    a shipped model is (`m3embed.sources.assemble`: the encoder hard-linked, the deltas merged, in the cache)."""
+    from m3embed.sources import E5_SMALL, assemble, backbone_dir
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(backbone_dir(E5_SMALL), tmp)
-    for f in shipped.iterdir():
-        shutil.copyfile(f, tmp / f.name)
-    if (tmp / TRAINED_WEIGHTS).is_file():
-        merge_trained(tmp / "model.safetensors", tmp / TRAINED_WEIGHTS)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(f"merged {shipped} into {out}")
+    model = assemble(shipped.resolve(), backbone_dir(E5_SMALL))
+    if out.is_symlink():
+        out.unlink()
+    out.symlink_to(model, target_is_directory=True)
+    print(f"merged {shipped} into {model} ({out})")
 
 
 def main() -> None:

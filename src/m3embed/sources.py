@@ -152,7 +152,7 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Pat
     shipped = shipped_models()
     if name in shipped:
         base = backbone_dir(shipped[name])
-        return base if name == shipped[name] else _assemble(SHIPPED_DIR / name, base)
+        return base if name == shipped[name] else assemble(SHIPPED_DIR / name, base)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -185,7 +185,7 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _assemble(heads_dir: Path, backbone: Path) -> Path:
+def assemble(heads_dir: Path, backbone: Path) -> Path:
     """A checkpoint directory joining a package's backbone and what we ship (made once in the cache).
 
     Our head files and config.json replace the backbone's; TRAINED_WEIGHTS is merged into its model.safetensors.
