@@ -3,7 +3,8 @@
     python recipes/e5-m3-small/tables.py runs/e5-m3-small/eval
 
 Expects <eval>/e5-m3-small/<set>/eval.json (every mode + BM25), <eval>/minilm-m3/<set>/eval.json (for its `all`
-column), <eval>/<model>/tatoeba/tatoeba.json and optionally <eval>/<model>/mcls/eval.json. The "e5-small
+column, and for the table of both models' every mode side by side), <eval>/<model>/tatoeba/tatoeba.json and
+optionally <eval>/<model>/mcls/eval.json. The "e5-small
 dense" column is the dense mode of the run named by --base: a run of a model whose encoder is multilingual-e5-small
 unchanged (heads only; by default the run itself).
 """
@@ -31,7 +32,7 @@ def load(directory: Path) -> dict[str, dict]:
     out = {}
     for path in sorted(directory.glob("*/eval.json")):
         result = json.loads(path.read_text())
-        out[result["dataset"]] = result
+        out[result["dataset"].removeprefix("data/")] = result  # eval names a set by its last two path parts
     return out
 
 
@@ -61,6 +62,25 @@ def ndcg_table(new: dict[str, dict], old: dict[str, dict], base: dict[str, dict]
             cells = [cell(bm25), cell(ndcg(base.get(name), "dense"))] + [cell(values[m], values[m] == best)
                                                                           for m in MODES]
             lines.append(f"| {name} | " + " | ".join(cells + [cell(ndcg(old.get(name), 'all'))]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def both_table(new: dict[str, dict], old: dict[str, dict]) -> str:
+    """Every mode of both models on every set either was run on; the better model's figure of each mode in bold."""
+    head = ["set", "BM25", *(f"{model} {m}" for model in (NEW, OLD) for m in MODES)]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for group, sets in GROUPS.items():
+        present = [s for s in sets if s in new or s in old]
+        if not present:
+            continue
+        lines.append(f"| *{group}* |" + " |" * (len(head) - 1))
+        for name in present:
+            a, b = new.get(name), old.get(name)
+            pairs = [(ndcg(a, m), ndcg(b, m)) for m in MODES]
+            ours = [cell(x, x is not None and y is not None and x > y) for x, y in pairs]
+            theirs = [cell(y, x is not None and y is not None and y > x) for x, y in pairs]
+            bm25 = ndcg(a, "bm25") or ndcg(b, "bm25")
+            lines.append(f"| {name} | {cell(bm25)} | " + " | ".join(ours + theirs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +136,9 @@ def main() -> None:
     print("nDCG@10\n")
     print(ndcg_table(new, old, load(args.eval_dir / (args.base or args.name))))
     print(goals(new))
+    if old:
+        print("nDCG@10, every mode of both models\n")
+        print(both_table(new, old))
     reports = {m: json.loads(p.read_text()) for m in (args.name, OLD)
                if (p := args.eval_dir / m / "tatoeba" / "tatoeba.json").is_file()}
     if reports:
