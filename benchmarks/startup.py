@@ -21,7 +21,7 @@ from pathlib import Path
 
 SEARCH = ("import sys\nfrom m3embed.cli import main\n{patch}sys.argv = ['m3embed', 'search', {index!r}, "
           "'who discovered oxygen, and when?', '-k', '5', '--json']\nmain()\n")
-TORCH_ONLY = "import m3embed.numpy_encoder as n\nn.NumpyEncoder.load = staticmethod(lambda name: None)\n"
+TORCH_ONLY = "import m3embed.numpy_encoder as n\nn.NumpyEncoder.load = staticmethod(lambda *args: None)\n"
 
 
 def timed(code: str) -> tuple[float, float]:
