@@ -111,9 +111,12 @@ def zscores(s: np.ndarray) -> np.ndarray:
 def per_norm(norm: str, sparse: str = "sparse"):
     """The sparse score (`sparse`: "sparse", or "sparse_idf" with the corpus IDF) divided by the query's lexical
     norm (None: as it is); the other modes as they are."""
-    if norm is None:
-        return lambda s, m: s[sparse] if m == "sparse" else s[m]
-    return lambda s, m: s[sparse] / np.maximum(s[norm], 1e-6)[:, None] if m == "sparse" else s[m]
+    def form(s: dict[str, np.ndarray], m: str) -> np.ndarray:
+        if m != "sparse":
+            return s[m]
+        return s[sparse] if norm is None else s[sparse] / np.maximum(s[norm], 1e-6)[:, None]
+
+    return form
 
 
 FORMS = {"raw": lambda s, m: s[m], "z": lambda s, m: zscores(s[m]), "l1": per_norm("l1"), "l2": per_norm("l2"),

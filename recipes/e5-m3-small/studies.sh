@@ -20,8 +20,8 @@ case ${1:?layers or sparse} in
     for n in ${*:-0 2 4}; do
       if [[ $n == 0 ]]; then part=(--freeze encoder); else part=(--train-layers "$n"); fi
       uptime
-      time m3embed train "$DATA" --model multilingual-e5-small "${TRAIN[@]}" "${part[@]}" --lr 2e-5 --head-lr 2e-3 --max-steps "${STEPS:-150}" \
-        -o $RUN/layers-"$n$TAG"
+      time m3embed train "$DATA" --model multilingual-e5-small "${TRAIN[@]}" "${part[@]}" --lr 2e-5 --head-lr 2e-3 \
+        --max-steps "${STEPS:-150}" -o $RUN/layers-"$n$TAG"
       time python recipes/e5-m3-small/fit_weights.py --model $RUN/layers-"$n$TAG" --out $RUN/heldout-"$n$TAG".json
     done ;;
   sparse)

@@ -4,9 +4,8 @@
 
 Expects <eval>/e5-m3-small/<set>/eval.json (every mode + BM25), <eval>/minilm-m3/<set>/eval.json (for its `all`
 column, and for the table of both models' every mode side by side), <eval>/<model>/tatoeba/tatoeba.json and
-optionally <eval>/<model>/mcls/eval.json. The "e5-small
-dense" column is the dense mode of the run named by --base: a run of a model whose encoder is multilingual-e5-small
-unchanged (heads only; by default the run itself).
+optionally <eval>/<model>/mcls/eval.json. The "e5-small dense" column is the dense mode of the run named by
+--base: a run of a model whose encoder is multilingual-e5-small unchanged (heads only; by default the run itself).
 """
 
 from __future__ import annotations
@@ -77,10 +76,10 @@ def both_table(new: dict[str, dict], old: dict[str, dict]) -> str:
         for name in present:
             a, b = new.get(name), old.get(name)
             pairs = [(ndcg(a, m), ndcg(b, m)) for m in MODES]
-            ours = [cell(x, x is not None and y is not None and x > y) for x, y in pairs]
-            theirs = [cell(y, x is not None and y is not None and y > x) for x, y in pairs]
+            beats = lambda x, y: x is not None and y is not None and x > y  # noqa: E731
+            cells = [cell(x, beats(x, y)) for x, y in pairs] + [cell(y, beats(y, x)) for x, y in pairs]
             bm25 = ndcg(a, "bm25") or ndcg(b, "bm25")
-            lines.append(f"| {name} | {cell(bm25)} | " + " | ".join(ours + theirs) + " |")
+            lines.append(f"| {name} | {cell(bm25)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     new, old = load(args.eval_dir / args.name), load(args.eval_dir / OLD)
     print("nDCG@10\n")
-    print(ndcg_table(new, old, load(args.eval_dir / (args.base or args.name))))
+    print(ndcg_table(new, old, load(args.eval_dir / args.base) if args.base else new))
     print(goals(new))
     if old:
         print("nDCG@10, every mode of both models\n")
