@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
-from m3embed.tokenize import budget_batches, check_texts, insert_cls, pad
+from m3embed.tokenize import budget_batches, check_texts, count_truncated, insert_cls, pad, tokenize
 
 
 def test_check_texts_names_the_bad_index():
@@ -44,3 +47,24 @@ def test_pad_right_pads_with_mask():
     ids, mask = pad([[0, 5, 2], [0, 2]], pad_id=1)
     assert ids.tolist() == [[0, 5, 2], [0, 2, 1]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_threads_tokenizing_at_different_lengths_keep_their_own_cut(xlmr_ckpt):
+    """A fast tokenizer keeps its truncation on the Rust object the threads share (a server's batch worker beside
+    the caller's own encode): each call must still cut to its own length."""
+    tok = AutoTokenizer.from_pretrained(xlmr_ckpt)
+    texts = ["the river runs past the old library and the blue house " * 8] * 16
+    wrong: list[int] = []
+
+    def run(max_length: int) -> None:
+        for _ in range(150):
+            ids = tokenize(tok, texts, max_length)
+            wrong.extend(len(x) for x in ids if len(x) != max_length)
+            count_truncated(tok, texts, ids, max_length)  # tokenizes again at max_length + 1
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (8, 64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong

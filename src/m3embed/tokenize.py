@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -89,9 +90,20 @@ def _fold_word(m: re.Match) -> str:
     return word.lower() if len(word) > 1 and word.isupper() else word
 
 
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def _call(tokenizer, *args, **kwargs) -> BatchEncoding:
+    """`tokenizer(*args, **kwargs)` under one lock. A fast tokenizer sets its truncation on the Rust object it
+    shares between threads, so two calls at once with different lengths (a server's batch worker and a caller's
+    own `encode`) would cut each other's texts to the wrong length."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(*args, **kwargs)
+
+
 def _encode(tokenizer, texts: list[str], max_length: int) -> BatchEncoding:
-    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
-                     return_attention_mask=False, return_token_type_ids=False)
+    return _call(tokenizer, texts, truncation=True, max_length=max_length, add_special_tokens=True,
+                 return_attention_mask=False, return_token_type_ids=False)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -128,8 +140,8 @@ def count_truncated(tokenizer, texts: list[str], ids: list[list[int]], max_lengt
     at_limit = [texts[i] for i, x in enumerate(ids) if len(x) >= max_length]
     if not at_limit:
         return 0
-    longer = tokenizer(at_limit, truncation=True, max_length=max_length + 1, add_special_tokens=True,
-                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    longer = _call(tokenizer, at_limit, truncation=True, max_length=max_length + 1, add_special_tokens=True,
+                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     return sum(len(x) > max_length for x in longer)
 
 
@@ -182,18 +194,18 @@ def tokenize_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int, que
         return [], None
 
     def cut(texts: list[str], n: int) -> list[str]:
-        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=n,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = _call(tokenizer, texts, add_special_tokens=False, truncation=True, max_length=n,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         return tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     queries = cut([q for q, _ in pairs], query_max_length)
     passages = cut([p for _, p in pairs], passage_max_length or max_length)
-    enc = tokenizer(queries, passages, truncation="only_second", max_length=max_length,
-                    return_attention_mask=False)
+    enc = _call(tokenizer, queries, passages, truncation="only_second", max_length=max_length,
+                return_attention_mask=False)
     ids, types = enc["input_ids"], enc.get("token_type_ids")
     empty = [i for i, p in enumerate(passages) if not p]
     if empty:  # tokenizer(query, "") encodes the query alone ("" is no pair), as FlagReranker's per-pair call does
-        alone = tokenizer([queries[i] for i in empty], return_attention_mask=False)
+        alone = _call(tokenizer, [queries[i] for i in empty], return_attention_mask=False)
         for j, i in enumerate(empty):
             ids[i] = alone["input_ids"][j]
             if types is not None:
